@@ -1,0 +1,22 @@
+"""Where effx-serve keeps its caches."""
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """$EFFX_CACHE_DIR, else $XDG_CACHE_HOME/effx-serve, else ~/.cache/effx-serve (created on demand)."""
+    root = os.environ.get("EFFX_CACHE_DIR")
+    if root:
+        path = Path(root)
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "effx-serve"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,52 @@
+"""PNG pictures: the roofline with models (and optionally their layers) placed on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from effx_serve.errors import UserError
+from effx_serve.roofline import Hardware, ModelRoofline, attainable
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'effx-serve[plot]'") from None
+    return plt
+
+
+def plot_roofline(results: list[ModelRoofline], hardware: Hardware, precision: str, path: str | Path, layers: bool = True) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--plot {path} is a directory; give a file name such as {path / 'roofline.png'}")
+    points = [p for r in results for p in (r.layers if layers else []) if p.flops > 0]
+    intensities = [r.intensity for r in results] + [p.intensity for p in points]
+    low, high = min(intensities + [1.0]) / 2, max(intensities + [hardware.ridge(precision) * 4]) * 2
+    xs = [low * (high / low) ** (i / 200) for i in range(201)]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.loglog(xs, [attainable(x, hardware, precision) / 1e12 for x in xs], color="black", label=f"{hardware.name} {precision} roofline")
+    ax.axvline(hardware.ridge(precision), color="grey", linestyle=":", label=f"ridge {hardware.ridge(precision):.0f} FLOP/B")
+    for index, result in enumerate(results):
+        colour = f"C{index % 10}"
+        if layers:
+            mine = [p for p in result.layers if p.flops > 0]
+            ax.scatter([p.intensity for p in mine], [p.flops / p.seconds / 1e12 for p in mine], s=8, alpha=0.35, color=colour)
+        achieved = result.flops / (result.predicted_ms / 1e3) / 1e12
+        ax.scatter([result.intensity], [achieved], s=80, marker="*", color=colour, edgecolor="black",
+                   label=f"{result.name}: I={result.intensity:.1f}, {result.predicted_ms:.3g} ms")
+    ax.set_xlabel("operational intensity (FLOP/byte)")
+    ax.set_ylabel("attainable TFLOP/s")
+    batch = results[0].batch if results else 1
+    ax.set_title(f"Roofline, batch {batch}, {precision} (stars: whole model; dots: layers)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
