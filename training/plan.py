@@ -177,7 +177,7 @@ def expand(spec: ModelSpec, resolution: int | None = None) -> NetworkPlan:
     count = sum(len(blocks) for blocks in raw)
     stages = []
     index = 0
-    for stage_index, (stage, blocks) in enumerate(zip(spec.stages, raw)):
+    for stage_index, (stage, blocks) in enumerate(zip(spec.stages, raw, strict=False)):
         planned = []
         for b in blocks:
             planned.append(_resolve_block(spec, stage, b, index, count))

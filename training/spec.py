@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from training.errors import SpecError
@@ -72,7 +72,7 @@ class ModelSpec:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ModelSpec":
+    def from_dict(cls, data: Any) -> ModelSpec:
         if not isinstance(data, dict):
             raise SpecError(f"a model spec must be a JSON object, got {type(data).__name__}")
         data = dict(data)
@@ -93,7 +93,7 @@ class ModelSpec:
         return cls(stages=tuple(parse_stage(s) for s in stages), **data)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
@@ -101,7 +101,7 @@ class ModelSpec:
         return cls.from_dict(data)
 
     # --- derived -------------------------------------------------------------------------
-    def with_(self, **changes: Any) -> "ModelSpec":
+    def with_(self, **changes: Any) -> ModelSpec:
         """A copy with some global parameters changed (validated again)."""
         return replace(self, **changes)
 
@@ -163,10 +163,3 @@ def _check_regions(stages: tuple[StageArgs, ...]) -> None:
 
 def spec_from_stage_strings(stages: list[str], **globals_: Any) -> ModelSpec:
     return ModelSpec(stages=tuple(parse_stage(s) for s in stages), **globals_)
-
-
-def spec_summary(spec: ModelSpec) -> dict[str, Any]:
-    """The global parameters in a flat dict (for tables)."""
-    data = asdict(spec)
-    data.pop("stages")
-    return data
