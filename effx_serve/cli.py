@@ -80,6 +80,20 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hardware(args: argparse.Namespace) -> int:
+    from effx_serve.hardware import detect
+
+    found = detect(allow_torch=args.allow_torch).to_dict()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    width = max(len(k) for k in found)
+    for key, value in found.items():
+        if value not in (None, [], ()):
+            print(f"{key.ljust(width)}  {', '.join(value) if isinstance(value, list) else value}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     try:
         from training.export import check_onnx, export_onnx
@@ -127,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", metavar="PNG")
     p.set_defaults(func=cmd_roofline)
+
+    p = sub.add_parser("hardware", help="detect this machine's accelerator: hardware id, class, name, how it was found")
+    p.add_argument("--allow-torch", action="store_true", help="also ask torch.cuda when NVML and nvidia-smi find nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_hardware)
 
     p = sub.add_parser("export", help="export a model to ONNX (dynamic batch) and check it against PyTorch")
     p.add_argument("model", metavar="MODEL")
