@@ -8,6 +8,7 @@ reference grammar; width and depth multipliers are applied when the spec is expa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields, replace
@@ -104,6 +105,17 @@ class ModelSpec:
     def with_(self, **changes: Any) -> ModelSpec:
         """A copy with some global parameters changed (validated again)."""
         return replace(self, **changes)
+
+    def arch_hash(self) -> str:
+        """A stable id of what decides inference cost: stages and global shape parameters.
+
+        Leaves out the name, the resolution (latency records key it separately) and training-only
+        parameters (dropout, drop_connect, BN settings), so renaming or retraining keeps the hash.
+        """
+        keep = ("width", "depth", "se_coefficient", "activation", "num_classes", "stem_filters", "head_filters", "depth_divisor")
+        data = {key: getattr(self, key) for key in keep}
+        data["stages"] = [format_stage(stage) for stage in self.stages]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def filters(self, count: int) -> int:
         return round_filters(count, self.width, self.depth_divisor)

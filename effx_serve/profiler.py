@@ -1,0 +1,111 @@
+"""Latency measurement of an ONNX model under ONNX Runtime, with the protocol of docs/profiling.md.
+
+Warm-up first (at least `warmup_runs` and `warmup_seconds`), then timed runs until both `min_runs` and
+`min_seconds` are reached (at most `max_runs`); each run's wall time is read with perf_counter around a
+synchronous `session.run` whose outputs are host arrays, so device work is finished when the clock is read.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from effx_serve.errors import UserError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    warmup_runs: int = 5
+    warmup_seconds: float = 0.5
+    min_runs: int = 30
+    min_seconds: float = 1.0
+    max_runs: int = 2000
+
+
+@dataclass(frozen=True)
+class Timing:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    spread: float  # interquartile range / median
+
+    @classmethod
+    def from_samples(cls, seconds: list[float]) -> Timing:
+        if not seconds:
+            raise ValueError("no timing samples")
+        ms = np.asarray(seconds) * 1e3
+        p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99])
+        return cls(float(p50), float(p90), float(p99), float(statistics.fmean(ms)), len(ms), float((p75 - p25) / p50) if p50 else 0.0)
+
+
+def time_calls(call, protocol: Protocol = Protocol()) -> Timing:
+    """Warm up, then time `call()` under `protocol`."""
+    start = time.perf_counter()
+    runs = 0
+    while runs < protocol.warmup_runs or time.perf_counter() - start < protocol.warmup_seconds:
+        call()
+        runs += 1
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < protocol.max_runs and (len(samples) < protocol.min_runs or time.perf_counter() - start < protocol.min_seconds):
+        begin = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - begin)
+    return Timing.from_samples(samples)
+
+
+def onnxruntime_session(path: str | os.PathLike, provider: str = "CPUExecutionProvider", threads: int | None = None):
+    import onnxruntime as ort
+
+    if provider not in ort.get_available_providers():
+        raise UserError(f"ONNX Runtime execution provider {provider} is not available here (available: {', '.join(ort.get_available_providers())})")
+    if not os.path.isfile(path):
+        raise UserError(f"ONNX model {path} does not exist")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+    except Exception as error:  # noqa: BLE001 - ORT raises its own types for unreadable models
+        raise UserError(f"ONNX model {path} cannot be loaded: {str(error).splitlines()[0]}") from None
+
+
+def profile_onnx(path: str | os.PathLike, batch: int, resolution: int, provider: str = "CPUExecutionProvider",
+                 threads: int | None = None, protocol: Protocol = Protocol()) -> tuple[Timing, dict]:
+    """Time one ONNX model at one batch size. Returns the timing and the settings it ran with."""
+    if batch < 1:
+        raise UserError(f"batch must be at least 1, got {batch}")
+    session = onnxruntime_session(path, provider, threads)
+    name = session.get_inputs()[0].name
+    images = np.random.default_rng(0).standard_normal((batch, 3, resolution, resolution), dtype=np.float32)
+    timing = time_calls(lambda: session.run(None, {name: images}), protocol)
+    options = session.get_session_options()
+    import onnxruntime as ort
+
+    settings = {"provider": provider, "intra_op_threads": options.intra_op_num_threads, "inter_op_threads": options.inter_op_num_threads,
+                "onnxruntime": ort.__version__, "warmup_runs": protocol.warmup_runs, "min_runs": protocol.min_runs}
+    return timing, settings
+
+
+def get_or_measure(store, key, model: str, measure) -> tuple[object, bool]:
+    """The stored measured record for `key`, or measure it now (`measure() -> (Timing, settings)`) and store it.
+
+    Returns (record, came_from_store): a cached result is never measured twice.
+    """
+    from effx_serve.latency_store import LatencyRecord
+
+    cached = store.get(key, provenance="measured")
+    if cached is not None:
+        return cached, True
+    timing, settings = measure()
+    record = LatencyRecord(key, "measured", timing.p50_ms, timing.p90_ms, timing.p99_ms, timing.runs, timing.spread,
+                           model=model, details=settings | {"mean_ms": timing.mean_ms})
+    store.put(record)
+    return record, False
