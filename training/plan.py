@@ -142,12 +142,11 @@ def expand(spec: ModelSpec, resolution: int | None = None) -> NetworkPlan:
     stem_channels = spec.filters(spec.stem_filters)
     size = _same_out(resolution, 2)
     channels = stem_channels
-    raw: list[list[dict]] = []
-    stage_sizes: list[tuple[int, int]] = []
+    count = sum(spec.repeats(stage.repeats) for stage in spec.stages)
+    stages: list[StagePlan] = []
     for stage_index, stage in enumerate(spec.stages):
         nominal_in = spec.filters(stage.in_filters)
         nominal_out = spec.filters(stage.out_filters)
-        repeats = spec.repeats(stage.repeats)
         first = dict(nominal_in=nominal_in, out=nominal_out, kernel=stage.kernel, stride=stage.stride, s2d=False)
         rest = dict(nominal_in=nominal_out, out=nominal_out, kernel=stage.kernel, stride=1, s2d=False)
         if stage.space_to_depth:
@@ -157,40 +156,19 @@ def expand(spec: ModelSpec, resolution: int | None = None) -> NetworkPlan:
             first["s2d"] = stage.space_to_depth == 1
             if stage.stride == 1:  # the region goes on through the rest of the stage
                 rest.update(nominal_in=nominal_out * factor, out=nominal_out * factor, kernel=kernel)
-        sub = stage.space_to_batch or 1
         stage_in = size
-        size = _same_out(size, sub)  # sub-image size (padding bottom/right to a multiple of the block)
+        size = _same_out(size, stage.space_to_batch or 1)  # sub-image side, padded to a multiple of the block
         blocks = []
-        for repeat in range(repeats):
+        for repeat in range(spec.repeats(stage.repeats)):
             args = first if repeat == 0 else rest
             in_size = size
-            if args["s2d"]:
-                size = _same_out(size, 2)
-            size = _same_out(size, args["stride"])
-            blocks.append(dict(args, stage=stage_index, in_channels=channels, in_size=in_size, out_size=size))
+            size = _same_out(_same_out(size, 2) if args["s2d"] else size, args["stride"])
+            index = sum(len(s.blocks) for s in stages) + repeat
+            blocks.append(_resolve_block(spec, stage, dict(args, stage=stage_index, in_channels=channels, in_size=in_size, out_size=size), index, count))
             channels = args["out"]
-        out_size = _same_out(stage_in, stage.stride if not stage.space_to_depth else (2 if first["s2d"] else 1))
-        size = out_size
-        raw.append(blocks)
-        stage_sizes.append((stage_in, out_size))
-
-    count = sum(len(blocks) for blocks in raw)
-    stages = []
-    index = 0
-    for stage_index, (stage, blocks) in enumerate(zip(spec.stages, raw, strict=False)):
-        planned = []
-        for b in blocks:
-            planned.append(_resolve_block(spec, stage, b, index, count))
-            index += 1
-        stages.append(
-            StagePlan(
-                index=stage_index,
-                blocks=tuple(planned),
-                space_to_batch=stage.space_to_batch,
-                in_size=stage_sizes[stage_index][0],
-                out_size=stage_sizes[stage_index][1],
-            )
-        )
+        # Whole-image side after the stage (space-to-batch crops back to it).
+        size = _same_out(stage_in, 2 if first["s2d"] else first["stride"])
+        stages.append(StagePlan(stage_index, tuple(blocks), stage.space_to_batch, stage_in, size))
     return NetworkPlan(
         spec=spec,
         resolution=resolution,
