@@ -96,9 +96,11 @@ def host_ceilings(refresh: bool = False) -> tuple[Ceilings, bool]:
         try:
             data = json.loads(path.read_text())
             if data.pop("cache_version", None) == CACHE_VERSION:
-                return Ceilings(**data), True
-        except (ValueError, TypeError):
-            pass  # a corrupt or old cache is measured again, not trusted
+                cached = Ceilings(**data)
+                if cached.hardware_id == hardware_id and cached.fp32_flops > 0 and cached.bandwidth > 0:
+                    return cached, True
+        except (ValueError, TypeError, AttributeError, OSError):
+            pass  # a corrupt, foreign or old cache is measured again, not trusted
     ceilings = measure()
     write_atomic(path, json.dumps({"cache_version": CACHE_VERSION, **asdict(ceilings)}, indent=2))
     return ceilings, False

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("roofline", help="FLOPs, bytes, intensity and roofline latency of models on a hardware")
     p.add_argument("models", nargs="+", metavar="MODEL", help="preset name, spec JSON file or inline JSON")
-    p.add_argument("--hardware", required=True, help="nvidia-v100|a100|h100|h200, tpu-v2|v3|v4i, or host (measured)")
+    p.add_argument("--hardware", required=True, help="nvidia-v100, nvidia-a100, nvidia-h100, nvidia-h200, tpu-v2, tpu-v3, tpu-v4i, or host (measured)")
     p.add_argument("--batch", type=_positive_int, default=1)
     p.add_argument("--precision", choices=list(PRECISION_BYTES), default="fp32")
     p.add_argument("--resolution", type=_positive_int)
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PATH")
     p.add_argument("--resolution", type=_positive_int)
     p.add_argument("--num-classes", type=_positive_int)
-    p.add_argument("--opset", type=_positive_int, default=18)
+    p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset, 18 or later")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
     return parser

@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from effx_serve.errors import UserError
+
 
 def cache_dir() -> Path:
     """$EFFX_CACHE_DIR, else $XDG_CACHE_HOME/effx-serve, else ~/.cache/effx-serve (created on demand)."""
@@ -11,12 +13,18 @@ def cache_dir() -> Path:
         path = Path(root)
     else:
         path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "effx-serve"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cache folder {path} cannot be created ({error.strerror}); set EFFX_CACHE_DIR to a writable folder") from None
     return path
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

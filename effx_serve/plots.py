@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from effx_serve.errors import UserError
@@ -45,8 +46,20 @@ def plot_roofline(results: list[ModelRoofline], hardware: Hardware, precision: s
     ax.set_title(f"Roofline, batch {batch}, {precision} (stars: whole model; dots: layers)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        if not path.parent.is_dir():
+            raise UserError(f"--plot {path}: folder {path.parent} does not exist")
+        suffix = path.suffix.lstrip(".").lower()
+        if suffix not in fig.canvas.get_supported_filetypes():
+            raise UserError(f"--plot {path}: unsupported picture format '{suffix}'; use .png")
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp.{suffix}")
+        try:
+            fig.savefig(tmp, dpi=120)
+            os.replace(tmp, path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"--plot {path}: cannot write ({error.strerror})") from None
+    finally:
+        plt.close(fig)
     return path

@@ -40,3 +40,30 @@ def test_console_script_is_installed():
     result = subprocess.run([f"{bin_dir}/effx-serve", "models", "--family", "efficientnet-x"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "efficientnet-x-b7" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "make_argv, message",
+    [
+        (lambda tmp: ["export", "efficientnet-b0", "--out", "/proc/effx/x.onnx"], "cannot write /proc/effx/x.onnx"),
+        (lambda tmp: ["export", "efficientnet-b0", "--out", str(tmp / "x.onnx"), "--opset", "11"], "opset 11 is too old"),
+        (lambda tmp: ["roofline", "efficientnet-b0", "--hardware", "nvidia-h200", "--plot", str(tmp / "no" / "r.png")], "does not exist"),
+        (lambda tmp: ["roofline", "efficientnet-b0", "--hardware", "nvidia-h200", "--plot", str(tmp / "r.txt")], "unsupported picture format 'txt'"),
+        (lambda tmp: ["roofline", str(tmp), "--hardware", "tpu-v3", "--precision", "bf16"], "is a directory"),
+        (lambda tmp: ["roofline", str(tmp / "binary.json"), "--hardware", "tpu-v3", "--precision", "bf16"], "cannot be read"),
+        (lambda tmp: ["roofline", "[]", "--hardware", "tpu-v3", "--precision", "bf16"], "must be a JSON object"),
+        (lambda tmp: ["roofline", '{"stages": ["r1_k3_s11_e1_i32_o16"], "depth": 1e300}', "--hardware", "tpu-v3", "--precision", "bf16"], "depth must be in"),
+    ],
+)
+def test_bad_paths_and_absurd_values_are_one_line_errors(tmp_path, make_argv, message, capsys):
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00\x81" * 10)
+    assert main(make_argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_unusable_cache_folder_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setenv("EFFX_CACHE_DIR", "/proc/effx-cache")
+    assert main(["roofline", "efficientnet-b0", "--hardware", "host"]) == 2
+    assert "set EFFX_CACHE_DIR to a writable folder" in capsys.readouterr().err

@@ -47,3 +47,8 @@ def test_export_command(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["path"] == str(out) and out.is_file()
     assert all(c["ok"] for c in report["checks"])
+
+
+def test_exported_file_is_readable_by_other_users(tmp_path):
+    path = export_onnx(build_model(get_preset("efficientnet-b0", width=0.25, depth=0.3, num_classes=3)), tmp_path / "m.onnx", 32)
+    assert path.stat().st_mode & 0o044 == 0o044

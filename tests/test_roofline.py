@@ -127,3 +127,12 @@ def test_roofline_on_the_measured_host(quick_ceilings, capsys):
     assert main(["roofline", "efficientnet-x-b0", "--hardware", "host", "--resolution", "64", "--layers"]) == 0
     out = capsys.readouterr().out
     assert "measured on this host" in out and "blocks.0.s2d" in out
+
+
+@pytest.mark.parametrize("content", ["5", json.dumps({"cache_version": 1, "hardware_id": "cpu-x", "cpu_model": "x", "threads": 1, "fp32_flops": 0.0, "bandwidth": 0.0, "measured_at": 0.0, "numpy_version": "0"})])
+def test_absurd_or_foreign_ceilings_caches_are_measured_again(quick_ceilings, content):
+    ceilings.host_ceilings()
+    path = next(ceilings.cache_dir().glob("ceilings-*.json"))
+    path.write_text(content)
+    again, cached = ceilings.host_ceilings()
+    assert not cached and again.fp32_flops > 0 and len(quick_ceilings) == 2

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -44,15 +45,18 @@ def test_any_number_of_classes_and_resolution():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(width=0), "width must be positive"),
+        (dict(width=0), "width must be in (0, 16.0]"),
+        (dict(width=1e308), "width must be in (0, 16.0]"),
+        (dict(depth=float("inf")), "depth must be in (0, 16.0]"),
+        (dict(depth=float("nan")), "depth must be in (0, 16.0]"),
         (dict(num_classes=0), "num_classes must be at least 1"),
         (dict(activation="gelu"), "activation must be one of relu, swish"),
         (dict(dropout=1.0), "dropout must be in [0, 1)"),
-        (dict(resolution=4), "resolution must be at least 8"),
+        (dict(resolution=4), "resolution must be in [8, 4096]"),
     ],
 )
 def test_bad_global_parameters(changes, message):
-    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace(")", r"\)")):
+    with pytest.raises(SpecError, match=re.escape(message)):
         get_preset("efficientnet-b0", **changes)
 
 

@@ -16,7 +16,7 @@ from training.errors import SpecError
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 18  # what the dynamo exporter emits natively
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, opse
     path = Path(path)
     if path.is_dir():
         raise SpecError(f"ONNX output path {path} is a directory; give a file name such as {path / 'model.onnx'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if opset < DEFAULT_OPSET:
+        raise SpecError(f"opset {opset} is too old: the exporter writes opset {DEFAULT_OPSET} or later")
     model = model.eval()
     example = torch.randn(2, 3, resolution, resolution)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=path.parent)
+    except OSError as error:
+        raise SpecError(f"cannot write {path}: {error.strerror}") from None
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; servers running as another user must read the model
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

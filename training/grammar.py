@@ -63,8 +63,10 @@ def _number(stage: str, key: str, text: str, kind: type):
 
 def parse_stage(stage: str) -> StageArgs:
     """Decode one stage string into `StageArgs` (raises `SpecError` naming the key and stage)."""
-    if not isinstance(stage, str) or not stage.strip():
-        raise SpecError(f"empty stage string: {stage!r}")
+    if not isinstance(stage, str):
+        raise SpecError(f"a stage must be a string such as 'r1_k3_s11_e1_i32_o16', got {stage!r}")
+    if not stage.strip():
+        raise SpecError("empty stage string")
     values: dict[str, str] = {}
     for op in stage.strip().split("_"):
         match = _KEY_VALUE.match(op)
@@ -145,12 +147,12 @@ def format_stage(args: StageArgs) -> str:
 def stage_problem(args) -> str | None:
     """Why these stage values are impossible, or None when they are fine."""
     rules = [
-        (args.repeats >= 1, f"key 'r' (repeats) must be at least 1, got {args.repeats}"),
-        (args.kernel >= 1, f"key 'k' (kernel) must be at least 1, got {args.kernel}"),
+        (1 <= args.repeats <= 64, f"key 'r' (repeats) must be in 1..64, got {args.repeats}"),
+        (1 <= args.kernel <= 15, f"key 'k' (kernel) must be in 1..15, got {args.kernel}"),
         (args.stride in (1, 2), f"key 's' (stride) must be s11 or s22, got stride {args.stride}"),
-        (args.expand >= 1, f"key 'e' (expansion) must be at least 1, got {args.expand}"),
-        (args.in_filters >= 1, f"key 'i' (input filters) must be at least 1, got {args.in_filters}"),
-        (args.out_filters >= 1, f"key 'o' (output filters) must be at least 1, got {args.out_filters}"),
+        (1 <= args.expand <= 16, f"key 'e' (expansion) must be in 1..16, got {args.expand}"),
+        (1 <= args.in_filters <= 8192, f"key 'i' (input filters) must be in 1..8192, got {args.in_filters}"),
+        (1 <= args.out_filters <= 8192, f"key 'o' (output filters) must be in 1..8192, got {args.out_filters}"),
         (
             args.se_ratio is None or 0 < args.se_ratio <= 1,
             f"key 'se' must be in (0, 1], got {args.se_ratio} (leave it out for no squeeze-and-excite)",
@@ -158,8 +160,8 @@ def stage_problem(args) -> str | None:
         (args.space_to_depth in (0, 1, 2), f"key 'd' takes d1 or d2, got d{args.space_to_depth}"),
         (args.activation in (None, *ACTIVATIONS), f"key 'a' takes a0 (ReLU) or a1 (swish), got {args.activation!r}"),
         (
-            args.space_to_batch == 0 or args.space_to_batch >= 2,
-            f"key 'b' (space-to-batch block) must be at least 2, got b{args.space_to_batch}",
+            args.space_to_batch == 0 or 2 <= args.space_to_batch <= 8,
+            f"key 'b' (space-to-batch block) must be in 2..8, got b{args.space_to_batch}",
         ),
         (
             not (args.space_to_batch and args.space_to_depth),

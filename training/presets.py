@@ -122,14 +122,18 @@ def load_spec(ref: str) -> ModelSpec:
     from pathlib import Path
 
     text = ref.strip()
-    if text.startswith("{"):
+    if text[:1] in ("{", "[", '"'):
         return ModelSpec.from_json(text)
     if text.endswith(".json") or "/" in text:
         path = Path(text)
-        if not path.is_file():
-            raise SpecError(f"spec file {path} does not exist")
+        if path.is_dir():
+            raise SpecError(f"spec file {path} is a directory")
         try:
-            return ModelSpec.from_json(path.read_text())
+            return ModelSpec.from_json(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SpecError(f"spec file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise SpecError(f"spec file {path} cannot be read: {getattr(error, 'strerror', None) or error}") from None
         except SpecError as error:
             raise SpecError(f"{path}: {error}") from None
     return get_preset(text)

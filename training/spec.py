@@ -18,6 +18,9 @@ from training.errors import SpecError
 from training.grammar import ACTIVATIONS, StageArgs, format_stage, parse_stage
 
 SCHEMA_VERSION = 1
+# Far beyond any useful model, low enough that an absurd spec is refused rather than overflowing or hanging.
+MAX_MULTIPLIER = 16.0
+MAX_RESOLUTION = 4096
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -140,9 +143,9 @@ def _global_problem(spec: ModelSpec) -> str | None:
     rules = [
         (len(spec.stages) >= 1, "needs at least one stage"),
         (all(isinstance(s, StageArgs) for s in spec.stages), "stages must be StageArgs"),
-        (spec.width > 0, f"width must be positive, got {spec.width}"),
-        (spec.depth > 0, f"depth must be positive, got {spec.depth}"),
-        (spec.resolution >= 8, f"resolution must be at least 8, got {spec.resolution}"),
+        (0 < spec.width <= MAX_MULTIPLIER, f"width must be in (0, {MAX_MULTIPLIER}], got {spec.width}"),
+        (0 < spec.depth <= MAX_MULTIPLIER, f"depth must be in (0, {MAX_MULTIPLIER}], got {spec.depth}"),
+        (8 <= spec.resolution <= MAX_RESOLUTION, f"resolution must be in [8, {MAX_RESOLUTION}], got {spec.resolution}"),
         (0 <= spec.dropout < 1, f"dropout must be in [0, 1), got {spec.dropout}"),
         (0 <= spec.drop_connect < 1, f"drop_connect must be in [0, 1), got {spec.drop_connect}"),
         (spec.se_coefficient > 0, f"se_coefficient must be positive, got {spec.se_coefficient}"),
