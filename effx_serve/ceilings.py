@@ -33,13 +33,18 @@ class Ceilings:
     numpy_version: str
 
 
+def read_cpuinfo() -> str:
+    """/proc/cpuinfo, or '' where there is none."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_model_name(cpuinfo: str | None = None) -> str:
     """The CPU's model name from /proc/cpuinfo (or platform.processor() elsewhere)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = read_cpuinfo()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("model name", "Model", "cpu model", "Hardware") and value.strip():

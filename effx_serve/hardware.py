@@ -2,7 +2,7 @@
 
 Probes, first hit wins: NVIDIA GPUs (NVML through pynvml, else `nvidia-smi`, else torch when the caller
 allows importing it), TPUs (the runtime's environment, its device files, or libtpu), else the CPU
-(/proc/cpuinfo). Every probe takes its inputs (environment, command runner, file reader, module finder)
+(/proc/cpuinfo). Every probe takes its inputs (environment, command runner, cpuinfo text, file test, module finder)
 as arguments, so tests run each path with faked tool output.
 """
 
@@ -14,9 +14,8 @@ import re
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from effx_serve.ceilings import cpu_hardware_id, cpu_model_name
+from effx_serve.ceilings import cpu_hardware_id, cpu_model_name, read_cpuinfo
 
 _KNOWN_NVIDIA = re.compile(r"\b(gb200|b200|b100|h200|h100|h800|gh200|a100|a800|a40|a30|a10g|a10|l40s|l40|l4|v100|t4|p100|p40|k80)\b")
 _TPU_TYPE = re.compile(r"^(v\d+[a-z]*?)(?:litepod|pod)?(?:-\d+)?$")
@@ -157,9 +156,4 @@ def detect(
     found = found or _from_tpu(env, exists, find_spec)
     if found:
         return found
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    return _cpu(cpuinfo)
+    return _cpu(read_cpuinfo() if cpuinfo is None else cpuinfo)

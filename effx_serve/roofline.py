@@ -89,10 +89,12 @@ def get_hardware(hardware_id: str) -> Hardware:
     if key in VENDOR_HARDWARE:
         return VENDOR_HARDWARE[key]
     if key in HOST_ALIASES or key.startswith("cpu-"):
-        host = host_hardware()
-        if key in HOST_ALIASES or key == host.id:
-            return host
-        raise UserError(f"hardware '{hardware_id}' is a CPU other than this host ({host.id}); ceilings are measured, so run on it")
+        from effx_serve.ceilings import cpu_hardware_id, cpu_model_name
+
+        host_id = cpu_hardware_id(cpu_model_name())
+        if key not in HOST_ALIASES and key != host_id:
+            raise UserError(f"hardware '{hardware_id}' is a CPU other than this host ({host_id}); ceilings are measured, so run on it")
+        return host_hardware()
     known = ", ".join([*VENDOR_HARDWARE, *HOST_ALIASES])
     raise UserError(f"unknown hardware '{hardware_id}' (known: {known})")
 

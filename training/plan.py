@@ -10,6 +10,7 @@ cannot disagree with each other. Nothing here imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from training.errors import SpecError
 from training.spec import ModelSpec
@@ -102,16 +103,20 @@ class NetworkPlan:
     def final_size(self) -> int:
         return self.stages[-1].out_size
 
+    @cached_property
+    def _layer_list(self) -> tuple[Layer, ...]:
+        return tuple(_layers(self))
+
     def layers(self) -> list[Layer]:
-        return _layers(self)
+        return list(self._layer_list)
 
     @property
     def params(self) -> int:
-        return sum(layer.params + layer.bn_params for layer in self.layers())
+        return sum(layer.params + layer.bn_params for layer in self._layer_list)
 
     @property
     def macs(self) -> int:
-        return sum(layer.macs for layer in self.layers())
+        return sum(layer.macs for layer in self._layer_list)
 
 
 def _same_out(size: int, stride: int) -> int:
