@@ -1,0 +1,162 @@
+"""The factorized, accelerator-aware search space of the paper (Section 3), over EfficientNet-B0's 7 stages.
+
+Per stage: block type (MBConv or fused MBConv), kernel, expansion, SE ratio, activation, repeats (base - 1,
+base, base + 1) and a width multiplier on the stage's output filters; globally: space-to-depth in stage 1
+(the X-B0 region: `d1` on stage 1, `d2` on stage 2) and space-to-batch (`b2` on the first stage after the
+space-to-depth region). A point is a plain dict of choices; `decode` turns it into a `ModelSpec`, so
+everything downstream (builder, counters, roofline, profiler) speaks the one spec format.
+EfficientNet-B0 and EfficientNet-X-B0 are points of the space (`B0_POINT`, `X_B0_POINT`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+
+from training.errors import SpecError
+from training.grammar import StageArgs, format_stage, parse_stage
+from training.presets import EFFICIENTNET_STAGES, EFFICIENTNET_X_STAGES
+from training.spec import ModelSpec, round_filters
+
+STAGE_CHOICES: dict[str, tuple] = {
+    "block": ("mbconv", "fused"),
+    "kernel": (3, 5),
+    "expand": (1, 4, 6),
+    "se": (0.0, 0.25, 0.5),
+    "activation": ("relu", "swish"),
+    "repeats": (-1, 0, 1),
+    "width": (0.75, 1.0, 1.25),
+}
+GLOBAL_CHOICES: dict[str, tuple] = {
+    "activation": ("swish", "relu"),  # stem and head, and every stage that matches it
+    "space_to_depth": (False, True),
+    "space_to_batch": (False, True),
+}
+BASE_STAGES = tuple(parse_stage(s) for s in EFFICIENTNET_STAGES)
+STEM_FILTERS = 32
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The choices per stage and global; the defaults are the paper's. A narrower space is a subset."""
+
+    stage_choices: tuple[tuple[str, tuple], ...] = tuple(STAGE_CHOICES.items())
+    global_choices: tuple[tuple[str, tuple], ...] = tuple(GLOBAL_CHOICES.items())
+    stages: int = len(BASE_STAGES)
+
+    @property
+    def size(self) -> int:
+        per_stage = 1
+        for _, options in self.stage_choices:
+            per_stage *= len(options)
+        total = per_stage**self.stages
+        for _, options in self.global_choices:
+            total *= len(options)
+        return total
+
+    def sample(self, rng: random.Random) -> dict:
+        point = {name: rng.choice(options) for name, options in self.global_choices}
+        point["stages"] = [{name: rng.choice(options) for name, options in self.stage_choices} for _ in range(self.stages)]
+        return point
+
+    def mutate(self, point: dict, rng: random.Random, rate: float | None = None) -> dict:
+        """Re-draw each decision with probability `rate` (default: one decision on average); always changes one."""
+        decisions = [(None, name, options) for name, options in self.global_choices]
+        decisions += [(i, name, options) for i in range(self.stages) for name, options in self.stage_choices]
+        rate = 1.0 / len(decisions) if rate is None else rate
+        child = {**point, "stages": [dict(stage) for stage in point["stages"]]}
+        forced = rng.randrange(len(decisions))
+        for index, (stage, name, options) in enumerate(decisions):
+            if index == forced or rng.random() < rate:
+                target = child if stage is None else child["stages"][stage]
+                target[name] = rng.choice([o for o in options if o != target[name]] or options)
+        return child
+
+    def validate(self, point: dict) -> None:
+        """A clear SpecError for a point with an unknown key or a choice outside the space."""
+        if not isinstance(point, dict) or not isinstance(point.get("stages"), list):
+            raise SpecError("a search-space point is an object with a 'stages' list")
+        globals_ = dict(self.global_choices)
+        for name, value in point.items():
+            if name != "stages" and (name not in globals_ or value not in globals_[name]):
+                raise SpecError(_choice_error(name, value, globals_.get(name)))
+        if len(point["stages"]) != self.stages:
+            raise SpecError(f"a point needs {self.stages} stages, got {len(point['stages'])}")
+        per_stage = dict(self.stage_choices)
+        for i, stage in enumerate(point["stages"], 1):
+            for name in per_stage.keys() | stage.keys():
+                if name not in per_stage or stage.get(name) not in per_stage[name]:
+                    raise SpecError(f"stage {i}: " + _choice_error(name, stage.get(name), per_stage.get(name)))
+
+
+def _choice_error(name: str, value, options) -> str:
+    if options is None:
+        return f"unknown choice '{name}'"
+    return f"'{name}' = {value!r} is not one of {', '.join(map(repr, options))}"
+
+
+def point_hash(point: dict) -> str:
+    """A stable id of a point (key order and spelling do not matter)."""
+    return hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def decode(point: dict, space: SearchSpace = SearchSpace(), **spec_fields) -> ModelSpec:
+    """The `ModelSpec` of a point. `spec_fields` (num_classes, resolution, width, depth, ...) pass through."""
+    space.validate(point)
+    activation = point.get("activation", "swish")
+    # A point whose stages all use the global activation leaves the keys out, so B0 decodes to its own strings.
+    uniform = all(stage["activation"] == activation for stage in point["stages"])
+    s2b_stage = 2 if point.get("space_to_depth") else 1
+    stages = []
+    in_filters = STEM_FILTERS
+    for i, (base, choice) in enumerate(zip(BASE_STAGES, point["stages"], strict=True)):
+        out_filters = round_filters(base.out_filters, choice["width"], 8)
+        d_key = (1 if i == 0 else 2 if i == 1 else 0) if point.get("space_to_depth") else 0
+        stages.append(StageArgs(
+            repeats=max(1, base.repeats + choice["repeats"]),
+            kernel=choice["kernel"],
+            stride=base.stride,
+            expand=choice["expand"],
+            in_filters=in_filters,
+            out_filters=out_filters,
+            se_ratio=choice["se"] or None,
+            fused=choice["block"] == "fused",
+            space_to_depth=d_key,
+            activation=None if uniform else choice["activation"],
+            space_to_batch=2 if point.get("space_to_batch") and i == s2b_stage else 0,
+        ))
+        in_filters = out_filters
+    fields = {"name": f"point-{point_hash(point)}", "activation": activation} | spec_fields
+    return ModelSpec(stages=tuple(stages), **fields)
+
+
+def stage_strings(point: dict) -> list[str]:
+    return [format_stage(stage) for stage in decode(point).stages]
+
+
+def _point_of(stage_strings: tuple[str, ...], activation: str, space_to_depth: bool) -> dict:
+    stages = []
+    for base, text in zip(BASE_STAGES, stage_strings, strict=True):
+        args = parse_stage(text)
+        stages.append({"block": "fused" if args.fused else "mbconv", "kernel": args.kernel, "expand": args.expand,
+                       "se": args.se_ratio or 0.0, "activation": args.activation or activation,
+                       "repeats": args.repeats - base.repeats, "width": 1.0})
+    return {"activation": activation, "space_to_depth": space_to_depth, "space_to_batch": False, "stages": stages}
+
+
+B0_POINT = _point_of(EFFICIENTNET_STAGES, "swish", space_to_depth=False)
+X_B0_POINT = _point_of(EFFICIENTNET_X_STAGES, "relu", space_to_depth=True)
+
+
+def random_specs(count: int, seed: int = 0, resolutions: tuple[int, ...] = (64, 96, 128), widths: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25),
+                 depths: tuple[float, ...] = (0.75, 1.0, 1.5), space: SearchSpace = SearchSpace(), num_classes: int = 1000) -> list[ModelSpec]:
+    """`count` random points of the space at random global width, depth and resolution (for calibration)."""
+    rng = random.Random(seed)
+    specs = []
+    for _ in range(count):
+        point = space.sample(rng)
+        specs.append(decode(point, width=rng.choice(widths), depth=rng.choice(depths), resolution=rng.choice(resolutions),
+                            num_classes=num_classes))
+    return specs
