@@ -109,3 +109,70 @@ def host_ceilings(refresh: bool = False) -> tuple[Ceilings, bool]:
     ceilings = measure()
     write_atomic(path, json.dumps({"cache_version": CACHE_VERSION, **asdict(ceilings)}, indent=2))
     return ceilings, False
+
+
+def measure_torch(device: str = "cuda", matmul_size: int = 8192, copy_mib: int = 1024, repeats: int = 10) -> dict:
+    """Peak matmul FLOP/s per precision and copy bandwidth of a torch device, each the best of `repeats`.
+
+    fp16 and bf16 are measured where the device runs them; the clock is read after a synchronize.
+    """
+    import torch
+
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def timed(fn) -> float:
+        def run():
+            fn()
+            synchronize()
+
+        return _best_time(run, repeats)
+
+    peak = {}
+    for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        try:
+            a = torch.randn(matmul_size, matmul_size, device=device).to(dtype)
+            b = torch.randn(matmul_size, matmul_size, device=device).to(dtype)
+            peak[precision] = 2.0 * matmul_size**3 / timed(lambda a=a, b=b: torch.matmul(a, b))
+        except (RuntimeError, TypeError):  # a precision the device does not run
+            continue
+    src = torch.ones(copy_mib * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    bandwidth = 2.0 * src.numel() * 4 / timed(lambda: dst.copy_(src))
+    return {"peak": peak, "bandwidth": bandwidth, "torch": torch.__version__, "device": device, "measured_at": time.time()}
+
+
+def device_hardware(detected, refresh: bool = False):
+    """The roofline `Hardware` of the detected device, with measured ceilings wherever it can run code.
+
+    CPU: numpy-measured (host_hardware). NVIDIA GPU: torch-measured when torch sees CUDA, cached per hardware id;
+    else the vendor table. TPU: the vendor table (neither ONNX Runtime nor torch runs there).
+    """
+    from effx_serve.roofline import VENDOR_HARDWARE, Hardware, host_hardware
+
+    if detected.hw_class == "cpu":
+        return host_hardware(refresh=refresh)
+    vendor = VENDOR_HARDWARE.get(detected.id)
+    if detected.hw_class == "gpu" and _torch_cuda():
+        path = cache_dir() / f"ceilings-{detected.id}.json"
+        try:
+            data = None if refresh else json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict) or data.get("cache_version") != CACHE_VERSION or not data.get("peak"):
+            data = {"cache_version": CACHE_VERSION, **measure_torch("cuda")}
+            write_atomic(path, json.dumps(data, indent=2))
+        return Hardware(detected.id, detected.name, "gpu", data["peak"], data["bandwidth"],
+                        f"measured on this host: torch {data['torch']} matmul and copy")
+    if vendor is None:
+        from effx_serve.errors import UserError
+
+        raise UserError(f"no ceilings for {detected.id}: torch cannot reach it and it is not in the vendor table")
+    return vendor
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()

@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS latency (
 )
 """
 
+# Column names are interpolated into SQL, so only these may be asked for.
+_COLUMNS = {"arch_hash", "hardware_id", "runtime", "precision", "batch", "resolution", "provenance", "model"}
+
 
 @dataclass(frozen=True)
 class LatencyKey:
@@ -95,10 +98,13 @@ class LatencyStore:
         return min(records, key=lambda r: PROVENANCES.index(r.provenance), default=None)
 
     def find(self, key: LatencyKey | None = None, **where) -> list[LatencyRecord]:
+        unknown = set(where) - _COLUMNS
+        if unknown:
+            raise UserError(f"latency records have no column {', '.join(sorted(unknown))} (columns: {', '.join(sorted(_COLUMNS))})")
         conditions = asdict(key) if key is not None else {}
         conditions.update(where)
         sql = "SELECT * FROM latency" + (" WHERE " + " AND ".join(f"{c} = ?" for c in conditions) if conditions else "")
-        cursor = self._db.execute(sql + " ORDER BY arch_hash, hardware_id, runtime, precision, resolution, batch", tuple(conditions.values()))
+        cursor = self._db.execute(sql + " ORDER BY model, hardware_id, runtime, precision, resolution, batch, provenance", tuple(conditions.values()))
         names = [d[0] for d in cursor.description]
         return [_record(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 

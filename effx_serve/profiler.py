@@ -1,8 +1,9 @@
-"""Latency measurement of an ONNX model under ONNX Runtime, with the protocol of docs/profiling.md.
+"""Latency measurement of an ONNX model under ONNX Runtime or a PyTorch module, with the protocol of docs/profiling.md.
 
 Warm-up first (at least `warmup_runs` and `warmup_seconds`), then timed runs until both `min_runs` and
 `min_seconds` are reached (at most `max_runs`); each run's wall time is read with perf_counter around a
-synchronous `session.run` whose outputs are host arrays, so device work is finished when the clock is read.
+synchronous `session.run` whose outputs are host arrays (or a torch call followed by a device synchronize), so
+device work is finished when the clock is read.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Protocol:
     max_runs: int = 2000
 
 
+DEFAULT_PROTOCOL = Protocol()
+
 @dataclass(frozen=True)
 class Timing:
     p50_ms: float
@@ -44,7 +47,7 @@ class Timing:
         return cls(float(p50), float(p90), float(p99), float(statistics.fmean(ms)), len(ms), float((p75 - p25) / p50) if p50 else 0.0)
 
 
-def time_calls(call, protocol: Protocol = Protocol()) -> Timing:
+def time_calls(call, protocol: Protocol = DEFAULT_PROTOCOL) -> Timing:
     """Warm up, then time `call()` under `protocol`."""
     start = time.perf_counter()
     runs = 0
@@ -61,7 +64,10 @@ def time_calls(call, protocol: Protocol = Protocol()) -> Timing:
 
 
 def onnxruntime_session(path: str | os.PathLike, provider: str = "CPUExecutionProvider", threads: int | None = None):
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
 
     if provider not in ort.get_available_providers():
         raise UserError(f"ONNX Runtime execution provider {provider} is not available here (available: {', '.join(ort.get_available_providers())})")
@@ -77,20 +83,60 @@ def onnxruntime_session(path: str | os.PathLike, provider: str = "CPUExecutionPr
         raise UserError(f"ONNX model {path} cannot be loaded: {str(error).splitlines()[0]}") from None
 
 
+def _check_batch(batch: int) -> None:
+    if not isinstance(batch, int) or batch < 1:
+        raise UserError(f"batch must be a whole number of at least 1, got {batch!r}")
+
+
 def profile_onnx(path: str | os.PathLike, batch: int, resolution: int, provider: str = "CPUExecutionProvider",
-                 threads: int | None = None, protocol: Protocol = Protocol()) -> tuple[Timing, dict]:
+                 threads: int | None = None, protocol: Protocol = DEFAULT_PROTOCOL) -> tuple[Timing, dict]:
     """Time one ONNX model at one batch size. Returns the timing and the settings it ran with."""
-    if batch < 1:
-        raise UserError(f"batch must be at least 1, got {batch}")
+    _check_batch(batch)
     session = onnxruntime_session(path, provider, threads)
-    name = session.get_inputs()[0].name
+    model_input = session.get_inputs()[0]
+    height, width = model_input.shape[2:4] if len(model_input.shape) == 4 else (None, None)
+    if (isinstance(height, int) and height != resolution) or (isinstance(width, int) and width != resolution):
+        raise UserError(f"ONNX model {path} takes {height}x{width} images, not {resolution}x{resolution}")
     images = np.random.default_rng(0).standard_normal((batch, 3, resolution, resolution), dtype=np.float32)
-    timing = time_calls(lambda: session.run(None, {name: images}), protocol)
+    timing = time_calls(lambda: session.run(None, {model_input.name: images}), protocol)
     options = session.get_session_options()
     import onnxruntime as ort
 
     settings = {"provider": provider, "intra_op_threads": options.intra_op_num_threads, "inter_op_threads": options.inter_op_num_threads,
                 "onnxruntime": ort.__version__, "warmup_runs": protocol.warmup_runs, "min_runs": protocol.min_runs}
+    return timing, settings
+
+
+def profile_torch(model, batch: int, resolution: int, device: str = "cpu", precision: str = "fp32", compile: bool = False,
+                  threads: int | None = None, protocol: Protocol = DEFAULT_PROTOCOL) -> tuple[Timing, dict]:
+    """Time a PyTorch module (eager, or torch.compile'd) at one batch size, synchronising the device per run."""
+    _check_batch(batch)
+    try:
+        import torch
+    except ImportError:
+        raise UserError("the torch runtime needs PyTorch: pip install 'effx-serve[train]'") from None
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise UserError(f"the torch runtime runs fp32, fp16 or bf16, not {precision}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("the torch runtime was asked for CUDA but torch sees no CUDA device")
+    if threads:
+        torch.set_num_threads(threads)
+    model = model.to(device=device, dtype=dtypes[precision]).eval()
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    runner = torch.compile(model) if compile else model
+    images = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(device, dtypes[precision])
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def call():
+        with torch.inference_mode():
+            runner(images)
+        synchronize()  # the clock is read after the device finished, not when the launch returned
+
+    timing = time_calls(call, protocol)
+    settings = {"device": device, "compile": compile, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                "warmup_runs": protocol.warmup_runs, "min_runs": protocol.min_runs}
     return timing, settings
 
 

@@ -99,5 +99,39 @@ def test_profiler_bad_input(tmp_path, tiny_onnx):
         profile_onnx(garbage, 1, 64, protocol=QUICK)
     with pytest.raises(UserError, match="TensorrtExecutionProvider is not available"):
         profile_onnx(tiny_onnx, 1, 64, provider="TensorrtExecutionProvider", protocol=QUICK)
-    with pytest.raises(UserError, match="batch must be at least 1"):
+    with pytest.raises(UserError, match="batch must be a whole number of at least 1"):
         profile_onnx(tiny_onnx, 0, 64, protocol=QUICK)
+    with pytest.raises(UserError, match="takes 64x64 images, not 96x96"):
+        profile_onnx(tiny_onnx, 1, 96, protocol=QUICK)
+
+
+def test_profile_a_torch_module():
+    from effx_serve.profiler import profile_torch
+    from training.model import build_model
+
+    model = build_model(get_preset("efficientnet-x-b0", width=0.25, depth=0.5, num_classes=10))
+    timing, settings = profile_torch(model, batch=2, resolution=64, threads=1, protocol=QUICK)
+    assert timing.runs >= 5 and 0 < timing.p50_ms <= timing.p99_ms
+    assert settings == settings | {"device": "cpu", "compile": False, "torch_threads": 1}
+    with pytest.raises(UserError, match="fp32, fp16 or bf16"):
+        profile_torch(model, 1, 64, precision="int8", protocol=QUICK)
+    with pytest.raises(UserError, match="batch must be"):
+        profile_torch(model, 0, 64, protocol=QUICK)
+
+
+def test_find_accepts_only_known_columns(tmp_path):
+    with LatencyStore(tmp_path / "s.sqlite") as store:
+        with pytest.raises(UserError, match="no column bogus"):
+            store.find(bogus="1; DROP TABLE latency")
+
+
+def test_published_table3_records():
+    from effx_serve.published import TABLE3_MS, ensure_published
+
+    with LatencyStore() as store:
+        assert ensure_published(store) == ensure_published(store) == 2 * len(TABLE3_MS)  # idempotent
+        x_b0 = store.find(model="efficientnet-x-b0", provenance="published")
+        b7 = store.find(model="efficientnet-b7", hardware_id="nvidia-v100")
+    assert {(r.key.hardware_id, r.p50_ms) for r in x_b0} == {("tpu-v3", 8.71), ("nvidia-v100", 22.5)}
+    assert x_b0[0].key.arch_hash == PRESETS["efficientnet-x-b0"].arch_hash() and x_b0[0].key.resolution == 224
+    assert b7[0].p50_ms == 1471.3 and "not stated" in b7[0].details["batch"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -50,6 +51,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, opse
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
+            # The exporter logs one warning per torchvision op it cannot register; torchvision is optional here.
+            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
             torch.onnx.export(
                 model,
                 (example,),
