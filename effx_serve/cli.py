@@ -58,7 +58,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     if args.plot:
         from effx_serve.plots import plot_roofline
 
-        plot_roofline(results, hardware, args.precision, args.plot)
+        plot_roofline(results, hardware, args.precision, args.plot, layers=args.layers)
     if args.json:
         print(json.dumps([r.to_dict(with_layers=args.layers) for r in results], indent=2))
         return 0
@@ -115,6 +115,127 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 1,8,32, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got '{text}'")
+    return sorted(set(values))
+
+
+def _predictor(machine, runtime: str, precision: str):
+    """(predict(spec, batch, resolution) -> ms, description): the calibrated model, else the ideal roofline (E = 1)."""
+    from effx_serve import latency_model
+    from effx_serve.roofline import analyze
+
+    calibrated = latency_model.load(machine.hardware_id, runtime, precision)
+    if calibrated is not None:
+        return (lambda spec, batch, res: 1e3 * calibrated.predict_seconds(spec, machine.hardware, batch, res)), "calibrated"
+    return (lambda spec, batch, res: analyze(spec, machine.hardware, batch, precision, res).predicted_ms), "roofline (uncalibrated)"
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from effx_serve.latency_store import LatencyStore
+    from effx_serve.measure import measure_spec, this_machine
+    from effx_serve.published import ensure_published
+    from effx_serve.roofline import analyze
+    from training.presets import load_spec
+
+    specs = [load_spec(ref) for ref in args.models]
+    machine = this_machine()
+    predict, source = _predictor(machine, args.runtime, args.precision)
+    peak, bandwidth = machine.hardware.peak_for(args.precision), machine.hardware.bandwidth
+    rows = []
+    with LatencyStore() as store:
+        ensure_published(store)
+        for spec in specs:
+            resolution = args.resolution or spec.resolution
+            for batch in args.batch:
+                record, cached = measure_spec(spec, resolution, batch, args.runtime, machine, store, args.precision)
+                ideal = analyze(spec, machine.hardware, batch, args.precision, resolution)
+                seconds = record.p50_ms / 1e3
+                rows.append(dict(model=spec.name, resolution=resolution, batch=batch, runtime=args.runtime, hardware=machine.hardware_id,
+                                 measured_ms=record.p50_ms, p90_ms=record.p90_ms, p99_ms=record.p99_ms, spread=record.spread, runs=record.runs,
+                                 cached=cached, predicted_ms=predict(spec, batch, resolution), predicted_by=source,
+                                 flops_per_s=ideal.flops / seconds, bytes_per_s=ideal.bytes / seconds,
+                                 peak_fraction=ideal.flops / seconds / peak, bandwidth_fraction=ideal.bytes / seconds / bandwidth,
+                                 efficiency=ideal.predicted_ms / record.p50_ms, details=record.details))
+    for row in rows:
+        row["error"] = row["predicted_ms"] / row["measured_ms"] - 1
+    if args.plot:
+        from effx_serve.plots import plot_latency
+
+        plot_latency(rows, f"{machine.hardware.name}, {args.runtime}, {args.precision}", args.plot)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{machine.hardware.name} [{machine.hardware_id}], {args.runtime} {args.precision}: peak {peak / 1e9:.1f} GFLOP/s, "
+          f"{bandwidth / 1e9:.1f} GB/s; predicted by {source}")
+    table = [dict(r, gflops=r["flops_per_s"] / 1e9, gbytes=r["bytes_per_s"] / 1e9, peak_pct=100 * r["peak_fraction"],
+                  bw_pct=100 * r["bandwidth_fraction"], err_pct=100 * r["error"], hit="cached" if r["cached"] else "measured") for r in rows]
+    print(_table(table, [("model", "model", ""), ("res", "resolution", "d"), ("batch", "batch", "d"), ("p50 ms", "measured_ms", ".3f"),
+                         ("p99 ms", "p99_ms", ".3f"), ("spread", "spread", ".3f"), ("pred ms", "predicted_ms", ".3f"), ("err%", "err_pct", "+.1f"),
+                         ("GFLOP/s", "gflops", ".1f"), ("%peak", "peak_pct", ".1f"), ("GB/s", "gbytes", ".2f"), ("%bw", "bw_pct", ".1f"),
+                         ("E", "efficiency", ".3f"), ("", "hit", "")]))
+    if args.plot:
+        print(f"\nplot written to {args.plot}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from effx_serve import latency_model
+    from effx_serve.calibrate import fit_samples, measure_samples
+    from effx_serve.latency_store import LatencyStore
+    from effx_serve.measure import this_machine
+    from search.space import random_specs
+
+    machine = this_machine(refresh_ceilings=args.refresh_ceilings)
+    specs = random_specs(args.specs, seed=args.seed, resolutions=tuple(args.resolutions))
+    say = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    say(f"calibrating {args.runtime} on {machine.hardware_id}: {len(specs)} random specs x batches {args.batch}")
+    with LatencyStore() as store:
+        samples = measure_samples(specs, args.batch, args.runtime, machine, store, args.precision, progress=say)
+    model = fit_samples(samples, machine, args.runtime, args.precision,
+                        calibration={"specs": len(specs), "seed": args.seed, "resolutions": args.resolutions, "batches": args.batch})
+    path = latency_model.save(model)
+    if args.json:
+        print(json.dumps(model.to_dict() | {"path": str(path)}, indent=2))
+        return 0
+    print(f"latency model for {machine.hardware_id} / {args.runtime} / {args.precision} written to {path}")
+    for name, value in model.efficiencies.items():
+        print(f"  E[{name}] = {'(no time of its own)' if value is None else f'{value:.4f}'}")
+    print(f"  per-operator overhead {model.coefficients['operators'] * 1e6:.2f} us, per-call overhead {model.coefficients['call'] * 1e6:.1f} us")
+    for label, key in (("in-sample", "in_sample"), ("cross-validated", "cross_validated"), ("FLOPs-only, cross-validated", "flops_only_cross_validated")):
+        stats = model.fit.get(key)
+        if stats is None:
+            print(f"  {label} relative error: not computed (fewer than {2 * len(latency_model.FEATURES)} measurements)")
+            continue
+        print(f"  {label} relative error: median {100 * stats['median']:.1f}%, p90 {100 * stats['p90']:.1f}% (n={stats['n']})")
+    return 0
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from effx_serve.latency_store import LatencyStore
+    from effx_serve.published import ensure_published
+
+    where = {k: v for k, v in (("hardware_id", args.hardware), ("provenance", args.provenance), ("model", args.model)) if v}
+    with LatencyStore() as store:
+        ensure_published(store)
+        records = store.find(**where)
+    rows = [dict(model=r.model, **r.key.__dict__, provenance=r.provenance, p50_ms=r.p50_ms, p99_ms=r.p99_ms, runs=r.runs) for r in records]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(_table(rows, [("model", "model", ""), ("hardware", "hardware_id", ""), ("runtime", "runtime", ""), ("precision", "precision", ""),
+                            ("batch", "batch", "d"), ("res", "resolution", "d"), ("provenance", "provenance", ""), ("p50 ms", "p50_ms", ".3f"),
+                            ("p99 ms", "p99_ms", ".3f"), ("runs", "runs", "d")]))
+    else:
+        print("no latency records match")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from effx_serve import __version__
     from effx_serve.roofline import PRECISION_BYTES
@@ -155,6 +276,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset, 18 or later")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    from effx_serve.measure import RUNTIMES
+
+    p = sub.add_parser("profile", help="measure latency on this machine beside the predicted latency, achieved rates and E")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="preset name, spec JSON file or inline JSON")
+    p.add_argument("--resolution", type=_positive_int, help="input size (default: each model's own)")
+    p.add_argument("--batch", type=_batches, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="fp16/bf16: torch runtimes only")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="PNG", help="latency against batch, measured and predicted")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("calibrate", help="fit this machine's latency model (per-operator efficiencies) on random specs")
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--specs", type=_positive_int, default=40, help="number of random specs to measure (default 40)")
+    p.add_argument("--resolutions", type=_batches, default=[64, 96, 128], help="input sizes to draw from (default 64,96,128)")
+    p.add_argument("--batch", type=_batches, default=[1, 8], help="batch sizes to measure each spec at (default 1,8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refresh-ceilings", action="store_true", help="measure the ceilings again instead of using the cache")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("latency", help="list latency records (measured, predicted, and the paper's published Table 3)")
+    p.add_argument("--hardware", help="hardware id, e.g. tpu-v3")
+    p.add_argument("--provenance", choices=["measured", "predicted", "published"])
+    p.add_argument("--model", help="model name, e.g. efficientnet-x-b0")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_latency)
     return parser
 
 

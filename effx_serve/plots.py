@@ -1,4 +1,4 @@
-"""PNG pictures: the roofline with models (and optionally their layers) placed on it."""
+"""PNG pictures: the roofline with models (and optionally their layers) placed on it; latency against batch."""
 
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ def plot_roofline(results: list[ModelRoofline], hardware: Hardware, precision: s
     ax.set_title(f"Roofline, batch {batch}, {precision} (stars: whole model; dots: layers)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return save_figure(plt, fig, path)
+
+
+def save_figure(plt, fig, path: Path) -> Path:
+    """Write `fig` to `path` atomically (closing it); folder and format problems are one-line errors."""
     try:
         if not path.parent.is_dir():
             raise UserError(f"--plot {path}: folder {path.parent} does not exist")
@@ -63,3 +68,25 @@ def plot_roofline(results: list[ModelRoofline], hardware: Hardware, precision: s
     finally:
         plt.close(fig)
     return path
+
+
+def plot_latency(rows: list[dict], title: str, path: str | Path) -> Path:
+    """Measured (solid) and predicted (dashed) latency against batch size, one colour per model."""
+    plt = _pyplot()
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--plot {path} is a directory; give a file name such as {path / 'latency.png'}")
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for index, name in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["batch"])
+        batches = [r["batch"] for r in mine]
+        ax.plot(batches, [r["measured_ms"] for r in mine], "o-", color=f"C{index % 10}", label=f"{name} measured")
+        ax.plot(batches, [r["predicted_ms"] for r in mine], "x--", color=f"C{index % 10}", label=f"{name} predicted")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency p50 (ms)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(plt, fig, path)
