@@ -236,6 +236,28 @@ def cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_family(args: argparse.Namespace) -> int:
+    from search.lacs import DEFAULT_PHIS, Coefficients, family, member_row
+    from training.errors import SpecError
+    from training.presets import load_spec
+
+    base = load_spec(args.base)
+    try:
+        phis = [float(p) for p in args.phis.split(",")] if args.phis else list(DEFAULT_PHIS)
+    except ValueError:
+        raise SpecError(f"--phis takes comma-separated numbers such as 0,0.33,0.97, got '{args.phis}'") from None
+    members = family(base, Coefficients.parse(args.coefficients), phis, prefix=args.prefix)
+    rows = [member_row(m, phi) for m, phi in zip(members, phis, strict=True)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        row["mparams"], row["gmacs"] = row["params"] / 1e6, row["macs"] / 1e9
+    print(_table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("depth", "depth", "g"), ("width", "width", "g"),
+                        ("res", "resolution", "d"), ("blocks", "blocks", "d"), ("params(M)", "mparams", ".2f"), ("GMACs", "gmacs", ".3f")]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from effx_serve import __version__
     from effx_serve.roofline import PRECISION_BYTES
@@ -306,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name, e.g. efficientnet-x-b0")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("family", help="the members B0..Bn of a compound-scaled family: depth, width, resolution, blocks, params, MACs")
+    p.add_argument("--base", required=True, metavar="SPEC", help="preset name, spec JSON file or inline JSON")
+    p.add_argument("--coefficients", required=True, metavar="A,B,G", help="alpha,beta,gamma, e.g. 1.28,1.17,1.07")
+    p.add_argument("--phis", help="comma-separated phi per member (default: EfficientNet's budgets 0,0.33,0.97,1.85,3.34,4.54,5.55,6.48)")
+    p.add_argument("--prefix", help="member name prefix (default: the base's name)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_family)
     return parser
 
 
