@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from effx_serve.errors import USER_ERRORS, UserError
 
@@ -258,6 +259,156 @@ def cmd_family(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_line(prefix: str):
+    """A progress reporter on stderr: rewritten in place on a terminal, one line per 10% in a log."""
+    tty = sys.stderr.isatty()
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        step = percent if tty else percent // 10 * 10
+        if step == shown[0] and done < total:
+            return
+        shown[0] = step
+        line = f"{prefix}: {done}/{total} ({percent}%)"
+        print(f"\r{line}" if tty else line, end="\n" if (done >= total or not tty) else "", file=sys.stderr, flush=True)
+
+    return report
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from training.demo_data import generate_demo_data
+
+    summary = generate_demo_data(args.out, size=args.size, seed=args.seed, image_size=args.image_size,
+                                 progress=None if args.json else _progress_line("demo data"))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        state = "reused" if summary["reused"] else f"written in {summary['seconds']:.1f} s"
+        print(f"{summary['path']}: {summary['images']} images of {len(summary['classes'])} classes, {state}")
+    return 0
+
+
+def _training_imports():
+    try:
+        from training import data, train
+    except ImportError as error:
+        raise UserError(f"training needs the training extra ({error.name} is missing): pip install 'effx-serve[train]'") from None
+    return data, train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from effx_serve.paths import write_atomic
+    from training.checkpoint import json_path, read_checkpoint
+    from training.presets import load_spec
+    from training.recipe import Recipe
+
+    data, training = _training_imports()
+    out = Path(args.out)
+    if args.arch is None:
+        if not (args.resume and json_path(out, "last").exists()):
+            raise UserError("--arch is required (it may be left out only with --resume on a run that has a checkpoint)")
+        spec = read_checkpoint(json_path(out, "last")).spec
+    else:
+        spec = load_spec(args.arch)
+    classes = data.class_names(args.data)
+    overrides = {"num_classes": len(classes)} | ({"resolution": args.resolution} if args.resolution else {})
+    spec = spec.with_(**overrides)
+    last = json_path(out, "last")
+    resuming = args.resume and last.exists()
+    if args.recipe:
+        recipe = Recipe.from_json(Path(args.recipe).read_text())
+    else:  # on resume, flags change the checkpoint's own recipe
+        recipe = Recipe.from_dict(json.loads(last.read_text())["recipe"]) if resuming else Recipe()
+    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("base_lr", args.lr),
+                                 ("optimizer", args.optimizer), ("schedule", args.schedule), ("num_workers", args.workers),
+                                 ("seed", args.seed)) if v is not None}
+    if changes:
+        if recipe.warmup_epochs > changes.get("epochs", recipe.epochs):  # a short run keeps a proportionate warm-up
+            changes["warmup_epochs"] = changes["epochs"] / 3
+        recipe = recipe.with_(**changes)
+    train_set = data.ImageFolder(args.data, "train", data.train_transform(spec.resolution))
+    val_set = data.ImageFolder(args.data, "val", data.eval_transform(spec.resolution))
+    for dataset in (train_set, val_set):
+        bad = dataset.check_images(skip_bad=args.skip_bad_images)
+        if bad:
+            print(f"skipped {len(bad)} unreadable image(s) in {dataset.split}, e.g. {bad[0]}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "labels.txt", "".join(f"{name}\n" for name in classes))  # build-repo ships these with the model
+    metrics = training.train(spec, train_set, val_set, recipe, out, data.dataset_fingerprint(args.data), resume=args.resume,
+                             progress=not args.json, max_steps_per_epoch=args.max_steps_per_epoch, allow_data_change=args.allow_data_change)
+    if args.json:
+        print(json.dumps(metrics, indent=2, default=str))
+    else:
+        print(f"{spec.name}: EMA top-1 {100 * metrics['ema_top1']:.1f}%, top-5 {100 * metrics['ema_top5']:.1f}% after "
+              f"{metrics['epochs']} epochs; checkpoints in {out}")
+    return 0
+
+
+def cmd_lacs(args: argparse.Namespace) -> int:
+    from effx_serve.latency_store import LatencyStore
+    from effx_serve.measure import this_machine
+    from search.evaluators import MeasuredLatency, ProxyAccuracy
+    from search.lacs_job import LacsSettings, run
+    from training.presets import load_spec
+
+    _training_imports()
+    machine = this_machine()
+    if args.hardware not in ("auto", machine.hardware_id):
+        raise UserError(f"LACS measures latency on this machine ({machine.hardware_id}); run it on {args.hardware} or pass --hardware auto")
+    base = load_spec(args.base)
+    if args.resolution:
+        base = base.with_(resolution=args.resolution)
+    settings = LacsSettings(grid_step=args.grid_step, tolerance=args.tolerance, fine_step=args.fine_step or None, top_k=args.top_k,
+                            w=args.w, target_ms=args.target_ms)
+    out = Path(args.out)
+    accuracy = ProxyAccuracy(Path(args.data), out / "trials", epochs=args.epochs, stride=args.subset_stride, progress=False)
+    say = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    with LatencyStore() as store:
+        result = run(base, out, accuracy, MeasuredLatency(machine, store, batch=args.batch), machine.hardware_id, settings, say)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "families"}, indent=2))
+        return 0
+    for label, key in (("LACS", "lacs"), ("accuracy-only", "accuracy_only")):
+        trial = result[key]
+        print(f"{label:14s} winner {tuple(trial['coefficients'])}: top-1 {100 * trial['accuracy']:.1f}%, "
+              f"{trial['latency_ms']:.3f} ms at phi = 1, reward {trial['reward']:.4f}")
+    rows = [dict(m, mparams=m["params"] / 1e6, mmacs=m["macs"] / 1e6, res=m["spec"]["resolution"]) for m in result["families"]["lacs"]]
+    print(_table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("res", "res", "d"), ("params(M)", "mparams", ".3f"),
+                        ("MMACs", "mmacs", ".1f"), ("latency ms", "expected_latency_ms", ".3f")]))
+    print(f"written: {out / 'lacs.json'}, {out / 'family.json'}, {out / 'lacs.png'}")
+    return 0
+
+
+def cmd_build_family(args: argparse.Namespace) -> int:
+    from effx_serve.latency_store import LatencyStore
+    from effx_serve.measure import this_machine
+    from search.build_family import run_demo, train_family
+    from search.evaluators import MeasuredLatency
+
+    _training_imports()
+    if args.demo == bool(args.family):
+        raise UserError("give either --demo or --family FILE --data DIR")
+    if args.family and not args.data:
+        raise UserError("--family needs --data DIR (the dataset to train the members on)")
+    machine = this_machine()
+    out = Path(args.out)
+    say = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    with LatencyStore() as store:
+        latency = MeasuredLatency(machine, store)
+        if args.demo:
+            rows = run_demo(out, latency, machine.hardware_id, say=say, progress=not args.json)
+        else:
+            rows = train_family(Path(args.family), Path(args.data), out, args.epochs, latency, say, progress=not args.json)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [dict(r, mparams=r["params"] / 1e6, mmacs=r["macs"] / 1e6, top1_pct=100 * r["top1"]) for r in rows]
+    print(_table(table, [("member", "name", ""), ("res", "resolution", "d"), ("params(M)", "mparams", ".3f"), ("MMACs", "mmacs", ".1f"),
+                         (f"CPU ms ({machine.hardware_id})", "latency_ms", ".3f"), ("val top-1 %", "top1_pct", ".1f")]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from effx_serve import __version__
     from effx_serve.roofline import PRECISION_BYTES
@@ -336,6 +487,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="member name prefix (default: the base's name)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_family)
+
+    p = sub.add_parser("demo-data", help="write the generated demo dataset (an ImageFolder tree; no download)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--size", type=_positive_int, default=300, help="training images per class (default 300; val gets a fifth)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=_positive_int, default=64, help="pixels per side (default 64)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("train", help="train a spec on an ImageFolder dataset, with checkpoints every epoch (torchrun for DDP)")
+    p.add_argument("--arch", metavar="SPEC", help="preset name, spec JSON file or inline JSON (optional with --resume)")
+    p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree: DIR/train/<class>/*, DIR/val/<class>/*")
+    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default 30); runs shorter than the warm-up warm up for a third")
+    p.add_argument("--resolution", type=_positive_int, help="train at this input size instead of the spec's")
+    p.add_argument("--batch-size", type=_positive_int, help="global batch size (split over processes)")
+    p.add_argument("--lr", type=float, help="base learning rate per 256 images")
+    p.add_argument("--optimizer", choices=["rmsprop", "sgd"])
+    p.add_argument("--schedule", choices=["cosine", "exponential"])
+    p.add_argument("--workers", type=int, help="data loader worker processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--recipe", metavar="JSON", help="a full recipe file (see docs/training.md); flags above override it")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--skip-bad-images", action="store_true", help="drop unreadable images (counted) instead of stopping at the first")
+    p.add_argument("--allow-data-change", action="store_true", help="resume although the dataset fingerprint changed")
+    p.add_argument("--max-steps-per-epoch", type=_positive_int, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lacs", help="latency-aware compound scaling: rank (alpha, beta, gamma) by accuracy and measured latency")
+    p.add_argument("--base", required=True, metavar="SPEC", help="preset name, spec JSON file or inline JSON")
+    p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder dataset for proxy training")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--hardware", default="auto", help="the hardware id latency is measured on: this machine's (default auto)")
+    p.add_argument("--resolution", type=_positive_int, help="base resolution (default: the spec's)")
+    p.add_argument("--grid-step", type=float, default=0.1)
+    p.add_argument("--tolerance", type=float, default=0.1, help="allowed |alpha beta^2 gamma^2 - 2| (default 0.1)")
+    p.add_argument("--fine-step", type=float, default=0.05, help="finer grid around the best triplets (0: none)")
+    p.add_argument("--top-k", type=_positive_int, default=2)
+    p.add_argument("--w", type=float, default=-0.07, help="latency exponent of the reward (MnasNet: -0.07)")
+    p.add_argument("--target-ms", type=float, help="latency target T (default: the base at phi 1 with EfficientNet's coefficients)")
+    p.add_argument("--epochs", type=_positive_int, default=2, help="proxy training epochs per triplet")
+    p.add_argument("--subset-stride", type=_positive_int, default=1, help="proxy-train on every N-th training image")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size latency is measured at")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lacs)
+
+    p = sub.add_parser("build-family", help="train every member of a family.json (or --demo: data, LACS and family end to end)")
+    p.add_argument("--demo", action="store_true", help="generate the demo data, run a small LACS and train 4 members")
+    p.add_argument("--family", metavar="FILE", help="family.json written by 'effx-serve lacs'")
+    p.add_argument("--data", metavar="DIR", help="ImageFolder dataset (with --family)")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
+    p.add_argument("--epochs", type=_positive_int, default=8, help="epochs per member (with --family)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_build_family)
     return parser
 
 
@@ -351,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("effx-serve: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

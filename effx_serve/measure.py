@@ -20,6 +20,9 @@ from training.spec import ModelSpec
 ORT_PROVIDERS = {"onnxruntime": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider",
                  "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
 RUNTIMES = (*ORT_PROVIDERS, "torch", "torch-compile")
+# On a CPU every measurement uses one intra-op thread: on small shared hosts a second thread makes latency
+# both noisier and less predictable (docs/profiling.md), and a server scales out with one session per core.
+CPU_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ def measure_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, mac
     if runtime in ORT_PROVIDERS and precision != "fp32":
         raise UserError(f"runtime {runtime} profiles the exported fp32 model; use --runtime torch for {precision}")
     key = LatencyKey(spec.arch_hash(), machine.hardware_id, runtime, precision, batch, resolution)
+    if threads is None and machine.device == "cpu":
+        threads = CPU_THREADS
 
     def run():
         if runtime in ORT_PROVIDERS:

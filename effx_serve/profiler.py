@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,6 +25,7 @@ class Protocol:
     min_runs: int = 30
     min_seconds: float = 1.0
     max_runs: int = 2000
+    rounds: int = 3  # the timed runs are split into rounds; p50 is the quietest round's (see time_calls)
 
 
 DEFAULT_PROTOCOL = Protocol()
@@ -48,19 +49,31 @@ class Timing:
 
 
 def time_calls(call, protocol: Protocol = DEFAULT_PROTOCOL) -> Timing:
-    """Warm up, then time `call()` under `protocol`."""
+    """Warm up, then time `call()` in `protocol.rounds` rounds that together meet the run and time minimums.
+
+    p50 is the lowest of the rounds' medians: on a shared machine a neighbour's burst inflates whole rounds,
+    and the quietest round is the best estimate of the model's own latency. p90/p99, mean and spread come
+    from all timed runs, so the tail still shows the noise.
+    """
     start = time.perf_counter()
     runs = 0
     while runs < protocol.warmup_runs or time.perf_counter() - start < protocol.warmup_seconds:
         call()
         runs += 1
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < protocol.max_runs and (len(samples) < protocol.min_runs or time.perf_counter() - start < protocol.min_seconds):
-        begin = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - begin)
-    return Timing.from_samples(samples)
+    rounds = max(1, protocol.rounds)
+    per_round = (max(1, -(-protocol.min_runs // rounds)), protocol.min_seconds / rounds, max(1, protocol.max_runs // rounds))
+    samples: list[list[float]] = []
+    for _ in range(rounds):
+        timed: list[float] = []
+        start = time.perf_counter()
+        while len(timed) < per_round[2] and (len(timed) < per_round[0] or time.perf_counter() - start < per_round[1]):
+            begin = time.perf_counter()
+            call()
+            timed.append(time.perf_counter() - begin)
+        samples.append(timed)
+    pooled = Timing.from_samples([s for timed in samples for s in timed])
+    quietest = min(float(np.median(timed)) for timed in samples) * 1e3
+    return replace(pooled, p50_ms=quietest, p90_ms=max(pooled.p90_ms, quietest), p99_ms=max(pooled.p99_ms, quietest))
 
 
 def onnxruntime_session(path: str | os.PathLike, provider: str = "CPUExecutionProvider", threads: int | None = None):
@@ -103,7 +116,7 @@ def profile_onnx(path: str | os.PathLike, batch: int, resolution: int, provider:
     import onnxruntime as ort
 
     settings = {"provider": provider, "intra_op_threads": options.intra_op_num_threads, "inter_op_threads": options.inter_op_num_threads,
-                "onnxruntime": ort.__version__, "warmup_runs": protocol.warmup_runs, "min_runs": protocol.min_runs}
+                "onnxruntime": ort.__version__} | _protocol_settings(protocol)
     return timing, settings
 
 
@@ -120,13 +133,21 @@ def profile_torch(model, batch: int, resolution: int, device: str = "cpu", preci
         raise UserError(f"the torch runtime runs fp32, fp16 or bf16, not {precision}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("the torch runtime was asked for CUDA but torch sees no CUDA device")
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    model = model.to(device=device, dtype=dtypes[precision]).eval()
+    try:
+        return _time_torch(torch, model, batch, resolution, device, dtypes[precision], compile, protocol)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _time_torch(torch, model, batch, resolution, device, dtype, compile, protocol) -> tuple[Timing, dict]:
+    model = model.to(device=device, dtype=dtype).eval()
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     runner = torch.compile(model) if compile else model
-    images = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(device, dtypes[precision])
+    images = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def call():
@@ -135,9 +156,13 @@ def profile_torch(model, batch: int, resolution: int, device: str = "cpu", preci
         synchronize()  # the clock is read after the device finished, not when the launch returned
 
     timing = time_calls(call, protocol)
-    settings = {"device": device, "compile": compile, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                "warmup_runs": protocol.warmup_runs, "min_runs": protocol.min_runs}
+    settings = {"device": device, "compile": compile, "torch_threads": torch.get_num_threads(), "torch": torch.__version__} | _protocol_settings(protocol)
     return timing, settings
+
+
+def _protocol_settings(protocol: Protocol) -> dict:
+    return {"warmup_runs": protocol.warmup_runs, "min_runs": protocol.min_runs, "min_seconds": protocol.min_seconds,
+            "rounds": protocol.rounds, "p50": "lowest round median"}
 
 
 def get_or_measure(store, key, model: str, measure) -> tuple[object, bool]:

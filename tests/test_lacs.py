@@ -104,3 +104,41 @@ def test_family_command(capsys):
         ("efficientnet-x-b0-b0", 1.0, 1.0, 224), ("efficientnet-x-b0-b1", 1.27, 1.16, 239)]
     assert main(["family", "--base", "efficientnet-x-b0", "--coefficients", "1.28,1.17"]) == 2
     assert "three numbers" in capsys.readouterr().err
+
+
+def test_lacs_job_writes_trials_winners_and_both_families(tmp_path):
+    from search.lacs_job import LacsSettings, read_family, run
+
+    calls = []
+
+    def accuracy_of(spec):
+        calls.append(spec.name)
+        return 0.5 + 0.1 * math.log(spec.depth) + 0.3 * math.log(spec.resolution / 224)
+
+    def latency_of(spec):
+        return 10.0 * spec.depth * spec.width**2 * (spec.resolution / 224) ** 6
+
+    settings = LacsSettings(grid_step=0.25, tolerance=0.25, fine_step=None, w=-0.5, phis=(0.0, 1.0, 2.0))
+    result = run(X_B0, tmp_path / "lacs", accuracy_of, latency_of, "cpu-test", settings, say=lambda line: None)
+    saved = json.loads((tmp_path / "lacs" / "lacs.json").read_text())
+    assert saved["lacs"] == result["lacs"] and len(saved["trials"]) == len(calls) == len(coefficient_grid(0.25, tolerance=0.25))
+    assert saved["target_ms"] == pytest.approx(latency_of(scale(X_B0, Coefficients(1.2, 1.1, 1.15), 1.0)))
+    family_file = read_family(tmp_path / "lacs" / "family.json")
+    members = family_file["members"]
+    assert [m["phi"] for m in members] == [0.0, 1.0, 2.0] and members[0]["spec"]["resolution"] == 224
+    assert all(a["expected_latency_ms"] < b["expected_latency_ms"] for a, b in zip(members, members[1:], strict=False))
+    assert tuple(family_file["coefficients"]) == tuple(saved["lacs"]["coefficients"])
+    assert len(family_file["accuracy_only"]["members"]) == 3
+
+
+def test_read_family_bad_files(tmp_path):
+    from search.lacs_job import read_family
+
+    with pytest.raises(SpecError, match="cannot be read"):
+        read_family(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SpecError, match="not JSON"):
+        read_family(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({"members": []}))
+    with pytest.raises(SpecError, match="not a version-1 family"):
+        read_family(tmp_path / "old.json")

@@ -56,8 +56,24 @@ def test_timing_statistics_on_known_samples():
 
 def test_protocol_warms_up_then_times_at_least_min_runs():
     calls = []
-    timing = time_calls(lambda: calls.append(1), Protocol(warmup_runs=3, warmup_seconds=0.0, min_runs=7, min_seconds=0.0))
+    timing = time_calls(lambda: calls.append(1), Protocol(warmup_runs=3, warmup_seconds=0.0, min_runs=7, min_seconds=0.0, rounds=1))
     assert len(calls) == 10 and timing.runs == 7
+
+
+def test_p50_is_the_quietest_rounds_median_and_the_tail_keeps_the_noise(monkeypatch):
+    """Round 2 of 3 is disturbed (10x slower): p50 ignores it, p99 shows it."""
+    from effx_serve import profiler
+
+    durations = iter([0.0] * 2 + [0.001] * 4 + [0.010] * 4 + [0.002] * 4)  # warm-up, then three rounds of 4
+    clock = [0.0]
+    monkeypatch.setattr(profiler.time, "perf_counter", lambda: clock[0])
+
+    def call():
+        clock[0] += next(durations)
+
+    timing = time_calls(call, Protocol(warmup_runs=2, warmup_seconds=0.0, min_runs=12, min_seconds=0.0, rounds=3))
+    assert timing.runs == 12 and timing.p50_ms == pytest.approx(1.0)
+    assert timing.p99_ms == pytest.approx(10.0) and timing.mean_ms == pytest.approx(13 / 3)
 
 
 def test_cached_results_are_never_measured_twice(tmp_path):

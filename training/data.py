@@ -162,6 +162,22 @@ class ImageFolder(Dataset):
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
 
+    def check_images(self, skip_bad: bool = False) -> list[Path]:
+        """Decode every image once. A bad one stops with its path, or (`skip_bad`) is dropped and returned."""
+        bad = []
+        for path, _ in self.samples:
+            try:
+                load_image(path)
+            except SpecError:
+                if not skip_bad:
+                    raise
+                bad.append(path)
+        dropped = set(bad)
+        self.samples = [(path, label) for path, label in self.samples if path not in dropped]
+        if not self.samples:
+            raise SpecError(f"{self.root / self.split}: no readable images left after skipping {len(bad)} bad ones")
+        return bad
+
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array)

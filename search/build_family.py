@@ -1,0 +1,91 @@
+"""`effx-serve build-family`: train every member of a family.json, measure it, and summarise.
+
+Each member trains into `<out>/checkpoints/<member>/` (resumable: a killed run continues from the last
+finished epoch of the member it was on); the summary `<out>/family-results.json` lists per member its
+params, MACs, measured latency on this machine and validation top-1/top-5. `--demo` runs the whole chain on
+the generated demo data: data, a small LACS, and the family, sized to finish in minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from effx_serve.paths import write_atomic
+from search.lacs_job import LacsSettings, read_family
+from training.errors import SpecError
+from training.spec import ModelSpec
+
+RESULTS_FILE = "family-results.json"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's sizes: chosen so data, LACS and four trained members fit in about ten minutes on 2 cores."""
+
+    images_per_class: int = 240
+    image_size: int = 64
+    base_resolution: int = 32
+    lacs: LacsSettings = LacsSettings(grid_step=0.25, tolerance=0.3, fine_step=None, w=-0.3, phis=(0.0, 1.0, 2.0, 3.0))
+    proxy_epochs: int = 2
+    proxy_stride: int = 2
+    member_epochs: int = 8
+
+
+def demo_base(resolution: int) -> ModelSpec:
+    """A narrow, shallow EfficientNet-X-B0 at a small input: the demo family's B0."""
+    from training.presets import get_preset
+
+    return get_preset("efficientnet-x-b0", width=0.25, depth=0.34, resolution=resolution, num_classes=10, name="demo-x")
+
+
+def train_family(family_file: Path, data: Path, out: Path, epochs: int, latency_of: Callable[[ModelSpec], float],
+                 say: Callable[[str], None] = print, progress: bool = True) -> list[dict]:
+    from training import data as datasets
+    from training.recipe import Recipe
+    from training.train import train
+
+    family = read_family(family_file)
+    classes = datasets.class_names(data)
+    fingerprint = datasets.dataset_fingerprint(data)
+    rows = []
+    for member in family["members"]:
+        spec = ModelSpec.from_dict(member["spec"]).with_(num_classes=len(classes), bn_momentum=0.1)
+        started = time.perf_counter()
+        say(f"training {spec.name} ({member['params'] / 1e6:.2f} M params, {spec.resolution} px) for {epochs} epochs")
+        train_set = datasets.ImageFolder(data, "train", datasets.train_transform(spec.resolution))
+        val_set = datasets.ImageFolder(data, "val", datasets.eval_transform(spec.resolution))
+        recipe = Recipe(epochs=epochs, batch_size=64, warmup_epochs=1.0, num_workers=0)
+        checkpoints = out / "checkpoints" / spec.name
+        metrics = train(spec, train_set, val_set, recipe, checkpoints, fingerprint, resume=True, progress=progress, log=lambda line: None)
+        write_atomic(checkpoints / "labels.txt", "".join(f"{name}\n" for name in classes))
+        rows.append({"name": spec.name, "phi": member["phi"], "resolution": spec.resolution, "params": member["params"],
+                     "macs": member["macs"], "latency_ms": latency_of(spec), "top1": metrics["ema_top1"], "top5": metrics["ema_top5"],
+                     "checkpoint": str(checkpoints), "train_seconds": time.perf_counter() - started})
+        say(f"  {spec.name}: top-1 {100 * metrics['ema_top1']:.1f}%, {rows[-1]['latency_ms']:.3f} ms")
+    write_atomic(out / RESULTS_FILE, json.dumps({"family": str(family_file), "data": str(data), "hardware": family["hardware"],
+                                                 "members": rows}, indent=2))
+    return rows
+
+
+def run_demo(out: Path, latency_of: Callable[[ModelSpec], float], hardware_id: str, settings: DemoSettings = DemoSettings(),
+             say: Callable[[str], None] = print, progress: bool = True) -> list[dict]:
+    from search import lacs_job
+    from search.evaluators import ProxyAccuracy
+    from training.demo_data import generate_demo_data
+
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out} is a file; give a folder")
+    started = time.perf_counter()
+    data = out / "data"
+    summary = generate_demo_data(data, size=settings.images_per_class, image_size=settings.image_size)
+    say(f"demo data: {summary['images']} images in {data}" + (" (reused)" if summary["reused"] else ""))
+    accuracy = ProxyAccuracy(data, out / "lacs" / "trials", epochs=settings.proxy_epochs, stride=settings.proxy_stride)
+    lacs_job.run(demo_base(settings.base_resolution), out / "lacs", accuracy, latency_of, hardware_id, settings.lacs, say)
+    say(f"LACS done after {time.perf_counter() - started:.0f} s")
+    rows = train_family(out / "lacs" / "family.json", data, out, settings.member_epochs, latency_of, say, progress)
+    say(f"demo family built in {time.perf_counter() - started:.0f} s")
+    return rows
