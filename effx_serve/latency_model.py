@@ -7,9 +7,9 @@ class c runs at its own efficiency E_c, so
     latency = sum_c (1 / E_c) * sum_{l in c} t_l  +  t_op * (number of operators)  +  t_0
 
 with t_op the per-operator dispatch cost and t_0 the per-call overhead. The model is linear in
-(1/E_c, t_op, t_0), all non-negative, so a non-negative least-squares fit on measured latencies finds them;
-rows are divided by the measured latency, so the fit minimises squared *relative* error, which is what
-the error targets count. One model per (hardware id, runtime, precision), saved as JSON in the cache.
+(1/E_c, t_op, t_0), all non-negative, so non-negative least squares on measured latencies finds them;
+rows are divided by the measured latency and reweighted (IRLS), so the fit minimises absolute *relative*
+error, which is what the error targets count. One model per (hardware id, runtime, precision), saved as JSON in the cache.
 """
 
 from __future__ import annotations
@@ -126,18 +126,28 @@ class LatencyModel:
                    data.get("fit", {}), data.get("calibration", {}), data.get("created_at", 0.0))
 
 
-def fit(rows: np.ndarray, measured_seconds: np.ndarray) -> np.ndarray:
-    """Coefficients minimising the squared relative error of rows @ c against the measurements, c >= 0."""
+def fit(rows: np.ndarray, measured_seconds: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """Coefficients c >= 0 minimising the mean absolute relative error of rows @ c against the measurements.
+
+    Iteratively reweighted non-negative least squares: each round weights a row by 1 / |its relative error|,
+    which turns squared error into absolute error, so a few noisy measurements (a shared machine has them)
+    pull the fit less than under plain least squares.
+    """
     rows, measured_seconds = np.asarray(rows, float), np.asarray(measured_seconds, float)
     if len(rows) < len(FEATURES):
         raise UserError(f"a latency model needs at least {len(FEATURES)} measurements to fit, got {len(rows)}")
     if (measured_seconds <= 0).any():
         raise UserError("measured latencies must be positive")
-    # Scale columns to unit size so the solver's tolerances mean the same for seconds and counts.
-    weighted = rows / measured_seconds[:, None]
-    scale = np.linalg.norm(weighted, axis=0)
-    scale[scale == 0] = 1.0
-    return nnls(weighted / scale, np.ones(len(rows))) / scale
+    relative = rows / measured_seconds[:, None]
+    weights = np.ones(len(rows))
+    for _ in range(iterations + 1):
+        weighted = relative * np.sqrt(weights)[:, None]
+        # Scale columns to unit size so the solver's tolerances mean the same for seconds and counts.
+        scale = np.linalg.norm(weighted, axis=0)
+        scale[scale == 0] = 1.0
+        coefficients = nnls(weighted / scale, np.sqrt(weights)) / scale
+        weights = 1.0 / np.maximum(np.abs(relative @ coefficients - 1.0), 0.02)
+    return coefficients
 
 
 def cross_validated_errors(rows: np.ndarray, measured_seconds: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:

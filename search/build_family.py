@@ -39,7 +39,7 @@ def demo_base(resolution: int) -> ModelSpec:
     """A narrow, shallow EfficientNet-X-B0 at a small input: the demo family's B0."""
     from training.presets import get_preset
 
-    return get_preset("efficientnet-x-b0", width=0.25, depth=0.34, resolution=resolution, num_classes=10, name="demo-x")
+    return get_preset("efficientnet-x-b0", width=0.25, depth=0.34, resolution=resolution, num_classes=10).with_(name="demo-x")
 
 
 def train_family(family_file: Path, data: Path, out: Path, epochs: int, latency_of: Callable[[ModelSpec], float],

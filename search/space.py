@@ -150,9 +150,14 @@ B0_POINT = _point_of(EFFICIENTNET_STAGES, "swish", space_to_depth=False)
 X_B0_POINT = _point_of(EFFICIENTNET_X_STAGES, "relu", space_to_depth=True)
 
 
-def random_specs(count: int, seed: int = 0, resolutions: tuple[int, ...] = (64, 96, 128), widths: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25),
-                 depths: tuple[float, ...] = (0.75, 1.0, 1.5), space: SearchSpace = SearchSpace(), num_classes: int = 1000) -> list[ModelSpec]:
-    """`count` random points of the space at random global width, depth and resolution (for calibration)."""
+def random_specs(count: int, seed: int = 0, resolutions: tuple[int, ...] = (64, 96, 128),
+                 widths: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0), depths: tuple[float, ...] = (0.75, 1.0, 1.5, 2.0, 3.0),
+                 space: SearchSpace = SearchSpace(), num_classes: int = 1000) -> list[ModelSpec]:
+    """`count` random points of the space at random global width, depth and resolution (for calibration).
+
+    The width and depth ranges reach B5-B7 sizes, so a latency model fitted on them is not extrapolating
+    when it predicts the large members of a family.
+    """
     rng = random.Random(seed)
     specs = []
     for _ in range(count):
