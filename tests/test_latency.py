@@ -151,3 +151,20 @@ def test_published_table3_records():
     assert {(r.key.hardware_id, r.p50_ms) for r in x_b0} == {("tpu-v3", 8.71), ("nvidia-v100", 22.5)}
     assert x_b0[0].key.arch_hash == PRESETS["efficientnet-x-b0"].arch_hash() and x_b0[0].key.resolution == 224
     assert b7[0].p50_ms == 1471.3 and "not stated" in b7[0].details["batch"]
+
+
+def test_a_profile_interrupted_midway_leaves_the_store_consistent(tmp_path):
+    path = tmp_path / "s.sqlite"
+    other = LatencyKey(KEY.arch_hash, KEY.hardware_id, KEY.runtime, KEY.precision, 1, KEY.resolution)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with LatencyStore(path) as store:
+        store.put(record())
+        with pytest.raises(KeyboardInterrupt):
+            get_or_measure(store, other, "x", interrupted)
+    with LatencyStore(path) as store:  # reopens cleanly: the finished record is there, no partial one
+        assert [r.key for r in store.find()] == [KEY]
+        first, cached = get_or_measure(store, other, "x", lambda: (Timing.from_samples([0.001, 0.002]), {}))
+        assert not cached and store.get(other) == first
