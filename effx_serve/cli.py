@@ -116,13 +116,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _batches(text: str) -> list[int]:
+def _int_list(text: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32] (sorted, no repeats); every value at least 1."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 1,8,32, got '{text}'") from None
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got '{text}'")
+        raise argparse.ArgumentTypeError(f"every value must be at least 1, got '{text}'")
     return sorted(set(values))
 
 
@@ -455,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure latency on this machine beside the predicted latency, achieved rates and E")
     p.add_argument("models", nargs="+", metavar="MODEL", help="preset name, spec JSON file or inline JSON")
     p.add_argument("--resolution", type=_positive_int, help="input size (default: each model's own)")
-    p.add_argument("--batch", type=_batches, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="fp16/bf16: torch runtimes only")
     p.add_argument("--json", action="store_true")
@@ -466,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--specs", type=_positive_int, default=40, help="number of random specs to measure (default 40)")
-    p.add_argument("--resolutions", type=_batches, default=[64, 96, 128], help="input sizes to draw from (default 64,96,128)")
-    p.add_argument("--batch", type=_batches, default=[1, 8], help="batch sizes to measure each spec at (default 1,8)")
+    p.add_argument("--resolutions", type=_int_list, default=[64, 96, 128], help="input sizes to draw from (default 64,96,128)")
+    p.add_argument("--batch", type=_int_list, default=[1, 8], help="batch sizes to measure each spec at (default 1,8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refresh-ceilings", action="store_true", help="measure the ceilings again instead of using the cache")
     p.add_argument("--json", action="store_true")

@@ -78,7 +78,7 @@ def test_latency_command_lists_the_published_records(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["profile", "efficientnet-b0", "--batch", "0"], "batch sizes must be at least 1"),
+    (["profile", "efficientnet-b0", "--batch", "0"], "every value must be at least 1"),
     (["profile", "efficientnet-b0", "--batch", "1,x"], "comma-separated whole numbers"),
     (["profile", "efficientnet-b0", "--runtime", "tensorflow"], "invalid choice"),
     (["calibrate", "--specs", "0"], "must be at least 1"),
