@@ -300,27 +300,31 @@ def _training_imports():
 
 def cmd_train(args: argparse.Namespace) -> int:
     from effx_serve.paths import write_atomic
-    from training.checkpoint import json_path, read_checkpoint
+    from training.checkpoint import json_path, read_meta
     from training.presets import load_spec
     from training.recipe import Recipe
+    from training.spec import ModelSpec
 
     data, training = _training_imports()
     out = Path(args.out)
+    last = json_path(out, "last")
+    saved = read_meta(last) if args.resume and last.exists() else None  # the run being resumed
     if args.arch is None:
-        if not (args.resume and json_path(out, "last").exists()):
+        if saved is None:
             raise UserError("--arch is required (it may be left out only with --resume on a run that has a checkpoint)")
-        spec = read_checkpoint(json_path(out, "last")).spec
+        spec = ModelSpec.from_dict(saved.get("spec"))
     else:
         spec = load_spec(args.arch)
     classes = data.class_names(args.data)
     overrides = {"num_classes": len(classes)} | ({"resolution": args.resolution} if args.resolution else {})
     spec = spec.with_(**overrides)
-    last = json_path(out, "last")
-    resuming = args.resume and last.exists()
     if args.recipe:
-        recipe = Recipe.from_json(Path(args.recipe).read_text())
+        try:
+            recipe = Recipe.from_json(Path(args.recipe).read_text())
+        except OSError as error:
+            raise UserError(f"--recipe {args.recipe} cannot be read: {error.strerror}") from None
     else:  # on resume, flags change the checkpoint's own recipe
-        recipe = Recipe.from_dict(json.loads(last.read_text())["recipe"]) if resuming else Recipe()
+        recipe = Recipe.from_dict(saved.get("recipe")) if saved else Recipe()
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("base_lr", args.lr),
                                  ("optimizer", args.optimizer), ("schedule", args.schedule), ("num_workers", args.workers),
                                  ("seed", args.seed)) if v is not None}

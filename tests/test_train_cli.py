@@ -61,8 +61,18 @@ def test_a_corrupt_image_stops_with_its_path_or_is_skipped_by_flag(demo, tmp_pat
     (["train", "--data", "{data}", "--out", "{tmp}/x"], "--arch is required"),
     (["train", "--arch", "efficientnet-b9", "--data", "{data}", "--out", "{tmp}/x"], "efficientnet-b9"),
     (["train", "--arch", "efficientnet-b0", "--data", "{tmp}/missing", "--out", "{tmp}/x"], "missing"),
+    (["train", "--arch", "efficientnet-b0", "--data", "{data}", "--out", "{tmp}/x", "--recipe", "{tmp}/none.json"], "cannot be read"),
 ])
 def test_train_bad_input(argv, message, demo, tmp_path, capsys):
     argv = [a.format(data=demo, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint-last.json").write_text("{ half a file")
+    for arch in ([], ["--arch", TINY.to_json()]):
+        assert main(["train", *arch, "--data", str(demo), "--out", str(out), "--resume", "--workers", "0"]) == 2
+        assert "not valid JSON" in capsys.readouterr().err

@@ -180,8 +180,8 @@ class Checkpoint:
         return found
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read and verify a checkpoint JSON and its tensor file. Never unpickles anything."""
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's JSON metadata (spec, recipe, epoch, metrics ...), checked, without reading its tensors."""
     path = Path(path)
     if path.is_dir():
         raise SpecError(f"{path} is a directory; give a checkpoint JSON such as {path / 'final.json'}")
@@ -200,6 +200,13 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise SpecError(f"checkpoint {path} has format version {version!r}; this version reads {FORMAT_VERSION}")
+    return meta
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and verify a checkpoint JSON and its tensor file. Never unpickles anything."""
+    path = Path(path)
+    meta = read_meta(path)
     weights = meta.get("weights")
     if not isinstance(weights, dict) or not isinstance(weights.get("file"), str) or not isinstance(weights.get("sha256"), str):
         raise SpecError(f"checkpoint {path} does not name its tensor file and sha256; it is corrupt")
