@@ -24,21 +24,13 @@ import time
 import numpy as np
 
 from effx_serve import latency_model
-from effx_serve.calibrate import Sample, fit_samples, measure_samples
+from effx_serve.calibrate import fit_samples, measure_samples
 from effx_serve.latency_store import LatencyStore
 from effx_serve.measure import this_machine
 from search.space import random_specs
 from training.presets import PRESETS, preset_names
 
 TARGETS = {"median": 0.10, "p90": 0.25}
-
-
-def flops_only_coefficients(samples: list[Sample]) -> np.ndarray:
-    rows = np.array([[s.flops, 1.0] for s in samples])
-    measured = np.array([s.measured_s for s in samples])
-    weighted = rows / measured[:, None]
-    scale = np.linalg.norm(weighted, axis=0)
-    return latency_model.nnls(weighted / scale, np.ones(len(samples))) / scale
 
 
 def main() -> int:
@@ -71,13 +63,14 @@ def main() -> int:
                       "random": measure_samples(held_out, batches, args.runtime, machine, store, progress=say)}
     model = fit_samples(calibration, machine, args.runtime)
     vector = np.array([model.coefficients[name] for name in latency_model.FEATURES])
-    flops_vector = flops_only_coefficients(calibration)
+    flops_vector = latency_model.fit_relative(latency_model.flops_rows([s.flops for s in calibration]),
+                                              np.array([s.measured_s for s in calibration]))
 
     rows, summary = [], {}
     for group, samples in evaluation.items():
         measured = np.array([s.measured_s for s in samples])
         predicted = np.array([s.features @ vector for s in samples])
-        flops_predicted = np.array([s.flops * flops_vector[0] + flops_vector[1] for s in samples])
+        flops_predicted = latency_model.flops_rows([s.flops for s in samples]) @ flops_vector
         summary[group] = {"model": latency_model.error_summary(latency_model.relative_errors(predicted, measured)),
                           "flops_only": latency_model.error_summary(latency_model.relative_errors(flops_predicted, measured))}
         rows += [dict(group=group, model=s.name, resolution=s.resolution, batch=s.batch, measured_ms=1e3 * m, predicted_ms=1e3 * p,

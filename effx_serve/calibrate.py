@@ -54,17 +54,9 @@ def fit_samples(samples: Sequence[Sample], machine: Machine, runtime: str, preci
     # Cross-validation needs every fold's training part to be a full fit; small calibrations report in-sample only.
     if len(samples) >= 2 * len(latency_model.FEATURES):
         fit["cross_validated"] = error_summary(latency_model.cross_validated_errors(rows, measured))
-        fit["flops_only_cross_validated"] = error_summary(_flops_only_cv(samples))
+        flops = latency_model.flops_rows([s.flops for s in samples])
+        fit["flops_only_cross_validated"] = error_summary(
+            latency_model.cross_validated_errors(flops, measured, fitter=latency_model.fit_relative))
     return LatencyModel(machine.hardware_id, runtime, precision, dict(zip(latency_model.FEATURES, map(float, coefficients), strict=True)),
                         fit, calibration or {})
 
-
-def _flops_only_cv(samples: Sequence[Sample], folds: int = 5) -> np.ndarray:
-    flops = np.array([s.flops for s in samples])
-    measured = np.array([s.measured_s for s in samples])
-    order = np.random.default_rng(0).permutation(len(samples))
-    errors = np.empty(len(samples))
-    for fold in range(folds):
-        held = order[fold::folds]
-        errors[held] = latency_model.flops_only_errors(flops, measured, np.setdiff1d(order, held))[held]
-    return errors

@@ -126,16 +126,13 @@ class LatencyModel:
                    data.get("fit", {}), data.get("calibration", {}), data.get("created_at", 0.0))
 
 
-def fit(rows: np.ndarray, measured_seconds: np.ndarray, iterations: int = 10) -> np.ndarray:
-    """Coefficients c >= 0 minimising the mean absolute relative error of rows @ c against the measurements.
+def fit_relative(rows: np.ndarray, measured_seconds: np.ndarray, iterations: int = 0) -> np.ndarray:
+    """Coefficients c >= 0 of rows @ c ~ measured, by non-negative least squares on relative error.
 
-    Iteratively reweighted non-negative least squares: each round weights a row by 1 / |its relative error|,
-    which turns squared error into absolute error, so a few noisy measurements (a shared machine has them)
-    pull the fit less than under plain least squares.
+    `iterations` > 0 reweights each row by 1 / |its relative error| that many times (IRLS), which turns squared
+    error into absolute error, so a few noisy measurements (a shared machine has them) pull the fit less.
     """
     rows, measured_seconds = np.asarray(rows, float), np.asarray(measured_seconds, float)
-    if len(rows) < len(FEATURES):
-        raise UserError(f"a latency model needs at least {len(FEATURES)} measurements to fit, got {len(rows)}")
     if (measured_seconds <= 0).any():
         raise UserError("measured latencies must be positive")
     relative = rows / measured_seconds[:, None]
@@ -150,25 +147,36 @@ def fit(rows: np.ndarray, measured_seconds: np.ndarray, iterations: int = 10) ->
     return coefficients
 
 
-def cross_validated_errors(rows: np.ndarray, measured_seconds: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Relative error of each sample predicted by a model fitted without its fold."""
+def fit(rows: np.ndarray, measured_seconds: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """The latency model's coefficients: `fit_relative` with IRLS, minimising mean absolute relative error."""
+    if len(rows) < len(FEATURES):
+        raise UserError(f"a latency model needs at least {len(FEATURES)} measurements to fit, got {len(rows)}")
+    return fit_relative(rows, measured_seconds, iterations)
+
+
+def flops_rows(flops) -> np.ndarray:
+    """Feature rows of the FLOPs-only baseline, latency = a * FLOPs + b."""
+    return np.column_stack([np.asarray(flops, float), np.ones(len(flops))])
+
+
+def cross_validated_errors(rows: np.ndarray, measured_seconds: np.ndarray, folds: int = 5, seed: int = 0,
+                           fitter=fit) -> np.ndarray:
+    """Relative error of each sample predicted by `fitter` fitted without its fold."""
     order = np.random.default_rng(seed).permutation(len(rows))
     errors = np.empty(len(rows))
     for fold in range(folds):
         held = order[fold::folds]
         kept = np.setdiff1d(order, held)
-        coefficients = fit(rows[kept], measured_seconds[kept])
+        coefficients = fitter(rows[kept], measured_seconds[kept])
         errors[held] = relative_errors(rows[held] @ coefficients, measured_seconds[held])
     return errors
 
 
 def flops_only_errors(flops: np.ndarray, measured_seconds: np.ndarray, train: np.ndarray | None = None) -> np.ndarray:
-    """The FLOPs-only baseline: latency = a * FLOPs + b, fitted the same way (relative least squares)."""
-    rows = np.column_stack([flops, np.ones(len(flops))])
+    """The FLOPs-only baseline's relative errors, fitted (plain relative least squares) on `train` rows or all."""
+    rows = flops_rows(flops)
     train = np.arange(len(rows)) if train is None else train
-    weighted = rows[train] / measured_seconds[train, None]
-    scale = np.linalg.norm(weighted, axis=0)
-    coefficients = nnls(weighted / scale, np.ones(len(train))) / scale
+    coefficients = fit_relative(rows[train], np.asarray(measured_seconds, float)[train])
     return relative_errors(rows @ coefficients, measured_seconds)
 
 
