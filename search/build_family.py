@@ -44,23 +44,19 @@ def demo_base(resolution: int) -> ModelSpec:
 
 def train_family(family_file: Path, data: Path, out: Path, epochs: int, latency_of: Callable[[ModelSpec], float],
                  say: Callable[[str], None] = print, progress: bool = True) -> list[dict]:
+    from search.evaluators import short_run
     from training import data as datasets
-    from training.recipe import Recipe
-    from training.train import train
 
     family = read_family(family_file)
     classes = datasets.class_names(data)
     fingerprint = datasets.dataset_fingerprint(data)
     rows = []
     for member in family["members"]:
-        spec = ModelSpec.from_dict(member["spec"]).with_(num_classes=len(classes), bn_momentum=0.1)
+        spec = ModelSpec.from_dict(member["spec"])
         started = time.perf_counter()
         say(f"training {spec.name} ({member['params'] / 1e6:.2f} M params, {spec.resolution} px) for {epochs} epochs")
-        train_set = datasets.ImageFolder(data, "train", datasets.train_transform(spec.resolution))
-        val_set = datasets.ImageFolder(data, "val", datasets.eval_transform(spec.resolution))
-        recipe = Recipe(epochs=epochs, batch_size=64, warmup_epochs=1.0, num_workers=0)
         checkpoints = out / "checkpoints" / spec.name
-        metrics = train(spec, train_set, val_set, recipe, checkpoints, fingerprint, resume=True, progress=progress, log=lambda line: None)
+        spec, metrics = short_run(spec, data, checkpoints, epochs, 1.0, fingerprint, progress=progress)
         write_atomic(checkpoints / "labels.txt", "".join(f"{name}\n" for name in classes))
         rows.append({"name": spec.name, "phi": member["phi"], "resolution": spec.resolution, "params": member["params"],
                      "macs": member["macs"], "latency_ms": latency_of(spec), "top1": metrics["ema_top1"], "top5": metrics["ema_top5"],

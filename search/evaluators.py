@@ -15,6 +15,29 @@ from effx_serve.measure import Machine, measure_spec
 from training.spec import ModelSpec
 
 
+def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, warmup_epochs: float, fingerprint: str,
+              batch_size: int = 64, stride: int = 1, progress: bool = False) -> tuple[ModelSpec, dict]:
+    """Train `spec` briefly on an ImageFolder dataset into `out_dir` (resuming there). Returns (trained spec, metrics).
+
+    Every `stride`-th training image is used (a deterministic subset). BN momentum is 0.1: in a short run the
+    statistics must settle within a few hundred steps (the reference's 0.01 is for long runs).
+    """
+    from torch.utils.data import Subset
+
+    from training import data as datasets
+    from training.recipe import Recipe
+    from training.train import train
+
+    train_set = datasets.ImageFolder(data, "train", datasets.train_transform(spec.resolution))
+    val_set = datasets.ImageFolder(data, "val", datasets.eval_transform(spec.resolution))
+    if stride > 1:
+        train_set = Subset(train_set, range(0, len(train_set), stride))
+    spec = spec.with_(num_classes=len(val_set.classes), bn_momentum=0.1)
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, warmup_epochs=warmup_epochs, num_workers=0)
+    metrics = train(spec, train_set, val_set, recipe, out_dir, fingerprint, resume=True, progress=progress, log=lambda line: None)
+    return spec, metrics
+
+
 @dataclass
 class ProxyAccuracy:
     """Validation top-1 after a short training run (`epochs` on every `stride`-th training image)."""
@@ -26,27 +49,17 @@ class ProxyAccuracy:
     stride: int = 1  # train on every stride-th image: a deterministic subset
     progress: bool = False
     results: dict[str, float] = field(default_factory=dict)
+    fingerprint: str | None = None  # of `data`, computed on first use
 
     def __call__(self, spec: ModelSpec) -> float:
-        from torch.utils.data import Subset
-
-        from training import data
-        from training.recipe import Recipe
-        from training.train import train
+        from training.data import dataset_fingerprint
 
         key = f"{spec.arch_hash()}-r{spec.resolution}"
-        if key in self.results:
-            return self.results[key]
-        train_set = data.ImageFolder(self.data, "train", data.train_transform(spec.resolution))
-        val_set = data.ImageFolder(self.data, "val", data.eval_transform(spec.resolution))
-        if self.stride > 1:
-            train_set = Subset(train_set, range(0, len(train_set), self.stride))
-        # Short runs: BN statistics must settle within a few hundred steps (the reference's 0.01 is for long runs).
-        spec = spec.with_(num_classes=len(val_set.classes), bn_momentum=0.1)
-        recipe = Recipe(epochs=self.epochs, batch_size=self.batch_size, warmup_epochs=min(1.0, self.epochs / 3), num_workers=0)
-        metrics = train(spec, train_set, val_set, recipe, self.work_dir / key, data.dataset_fingerprint(self.data), resume=True,
-                        progress=self.progress, log=lambda line: None)
-        self.results[key] = float(metrics["ema_top1"])
+        if key not in self.results:
+            self.fingerprint = self.fingerprint or dataset_fingerprint(self.data)
+            _, metrics = short_run(spec, self.data, self.work_dir / key, self.epochs, min(1.0, self.epochs / 3), self.fingerprint,
+                                   self.batch_size, self.stride, self.progress)
+            self.results[key] = float(metrics["ema_top1"])
         return self.results[key]
 
 

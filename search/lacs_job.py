@@ -95,10 +95,12 @@ def read_family(path: Path) -> dict:
 
 
 def _plot(trials: Sequence[Trial], winner: Trial, accuracy_only: Trial, target_ms: float, path: Path) -> None:
+    from effx_serve.errors import UserError
+    from effx_serve.plots import _pyplot, save_figure
+
     try:
-        from effx_serve.plots import _pyplot, save_figure
         plt = _pyplot()
-    except Exception:  # noqa: BLE001 - the picture is optional (matplotlib is the plot extra)
+    except UserError:  # no matplotlib: the picture is optional (the plot extra), the JSON files are written
         return
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter([t.latency_ms for t in trials], [100 * t.accuracy for t in trials], c=["C0" if t.stage == "coarse" else "C2" for t in trials],
