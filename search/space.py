@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 from training.errors import SpecError
-from training.grammar import StageArgs, format_stage, parse_stage
+from training.grammar import StageArgs, parse_stage
 from training.presets import EFFICIENTNET_STAGES, EFFICIENTNET_X_STAGES
 from training.spec import ModelSpec, round_filters
 
@@ -45,16 +45,6 @@ class SearchSpace:
     stage_choices: tuple[tuple[str, tuple], ...] = tuple(STAGE_CHOICES.items())
     global_choices: tuple[tuple[str, tuple], ...] = tuple(GLOBAL_CHOICES.items())
     stages: int = len(BASE_STAGES)
-
-    @property
-    def size(self) -> int:
-        per_stage = 1
-        for _, options in self.stage_choices:
-            per_stage *= len(options)
-        total = per_stage**self.stages
-        for _, options in self.global_choices:
-            total *= len(options)
-        return total
 
     def sample(self, rng: random.Random) -> dict:
         point = {name: rng.choice(options) for name, options in self.global_choices}
@@ -130,10 +120,6 @@ def decode(point: dict, space: SearchSpace = SearchSpace(), **spec_fields) -> Mo
         in_filters = out_filters
     fields = {"name": f"point-{point_hash(point)}", "activation": activation} | spec_fields
     return ModelSpec(stages=tuple(stages), **fields)
-
-
-def stage_strings(point: dict) -> list[str]:
-    return [format_stage(stage) for stage in decode(point).stages]
 
 
 def _point_of(stage_strings: tuple[str, ...], activation: str, space_to_depth: bool) -> dict:
