@@ -195,7 +195,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     machine = this_machine(refresh_ceilings=args.refresh_ceilings)
     specs = random_specs(args.specs, seed=args.seed, resolutions=tuple(args.resolutions))
-    say = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    say = _progress_lines(quiet=args.json)
     say(f"calibrating {args.runtime} on {machine.hardware_id}: {len(specs)} random specs x batches {args.batch}")
     with LatencyStore() as store:
         samples = measure_samples(specs, args.batch, args.runtime, machine, store, args.precision, progress=say)
@@ -258,6 +258,11 @@ def cmd_family(args: argparse.Namespace) -> int:
     print(_table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("depth", "depth", "g"), ("width", "width", "g"),
                         ("res", "resolution", "d"), ("blocks", "blocks", "d"), ("params(M)", "mparams", ".2f"), ("GMACs", "gmacs", ".3f")]))
     return 0
+
+
+def _progress_lines(quiet: bool) -> Callable[[str], None]:
+    """Where long jobs report progress: stderr, one line each (nothing with --json, whose output is the result)."""
+    return (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _progress_line(prefix: str):
@@ -368,7 +373,7 @@ def cmd_lacs(args: argparse.Namespace) -> int:
                             w=args.w, target_ms=args.target_ms)
     out = Path(args.out)
     accuracy = ProxyAccuracy(Path(args.data), out / "trials", epochs=args.epochs, stride=args.subset_stride, progress=False)
-    say = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    say = _progress_lines(quiet=args.json)
     with LatencyStore() as store:
         result = run(base, out, accuracy, MeasuredLatency(machine, store, batch=args.batch), machine.hardware_id, settings, say)
     if args.json:
@@ -398,7 +403,7 @@ def cmd_build_family(args: argparse.Namespace) -> int:
         raise UserError("--family needs --data DIR (the dataset to train the members on)")
     machine = this_machine()
     out = Path(args.out)
-    say = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    say = _progress_lines(quiet=args.json)
     with LatencyStore() as store:
         latency = MeasuredLatency(machine, store)
         if args.demo:
