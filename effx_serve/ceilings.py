@@ -93,23 +93,35 @@ def measure(matmul_size: int = 2048, copy_mib: int = 256, repeats: int = 5) -> C
     )
 
 
-def host_ceilings(refresh: bool = False) -> tuple[Ceilings, bool]:
-    """The host's ceilings from the cache, measuring on a miss. Returns (ceilings, came_from_cache)."""
-    hardware_id = cpu_hardware_id(cpu_model_name())
-    path = cache_dir() / f"ceilings-{hardware_id}.json"
+def _cached(path: Path, refresh: bool, build, trusted, measure) -> tuple[object, bool]:
+    """A measurement cached as JSON at `path`: `build(dict)` from the cache when `trusted(value)`, else from
+    `measure() -> dict`, which is stored. Returns (value, came_from_cache).
+
+    A corrupt, foreign or old cache is measured again, not trusted.
+    """
     if not refresh and path.exists():
         try:
             data = json.loads(path.read_text())
-            if data.pop("cache_version", None) == CACHE_VERSION:
-                cached = Ceilings(**data)
-                if cached.hardware_id == hardware_id and cached.fp32_flops > 0 and cached.bandwidth > 0:
-                    return cached, True
-        except (ValueError, TypeError, AttributeError, OSError):
-            pass  # a corrupt, foreign or old cache is measured again, not trusted
-    ceilings = measure()
-    write_atomic(path, json.dumps({"cache_version": CACHE_VERSION, **asdict(ceilings)}, indent=2))
-    return ceilings, False
+            if isinstance(data, dict) and data.pop("cache_version", None) == CACHE_VERSION:
+                value = build(data)
+                if trusted(value):
+                    return value, True
+        except (ValueError, TypeError, AttributeError, KeyError, OSError):
+            pass
+    data = measure()
+    write_atomic(path, json.dumps({"cache_version": CACHE_VERSION, **data}, indent=2))
+    return build(data), False
 
+
+def host_ceilings(refresh: bool = False) -> tuple[Ceilings, bool]:
+    """The host's ceilings from the cache, measuring on a miss. Returns (ceilings, came_from_cache)."""
+    hardware_id = cpu_hardware_id(cpu_model_name())
+
+    def trusted(ceilings: Ceilings) -> bool:
+        return ceilings.hardware_id == hardware_id and ceilings.fp32_flops > 0 and ceilings.bandwidth > 0
+
+    return _cached(cache_dir() / f"ceilings-{hardware_id}.json", refresh, lambda data: Ceilings(**data), trusted,
+                   lambda: asdict(measure()))
 
 def measure_torch(device: str = "cuda", matmul_size: int = 8192, copy_mib: int = 1024, repeats: int = 10) -> dict:
     """Peak matmul FLOP/s per precision and copy bandwidth of a torch device, each the best of `repeats`.
@@ -153,14 +165,8 @@ def device_hardware(detected, refresh: bool = False):
         return host_hardware(refresh=refresh)
     vendor = VENDOR_HARDWARE.get(detected.id)
     if detected.hw_class == "gpu" and _torch_cuda():
-        path = cache_dir() / f"ceilings-{detected.id}.json"
-        try:
-            data = None if refresh else json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = None
-        if not isinstance(data, dict) or data.get("cache_version") != CACHE_VERSION or not data.get("peak"):
-            data = {"cache_version": CACHE_VERSION, **measure_torch("cuda")}
-            write_atomic(path, json.dumps(data, indent=2))
+        data, _ = _cached(cache_dir() / f"ceilings-{detected.id}.json", refresh, dict,
+                          lambda data: bool(data.get("peak")), lambda: measure_torch("cuda"))
         return Hardware(detected.id, detected.name, "gpu", data["peak"], data["bandwidth"],
                         f"measured on this host: torch {data['torch']} matmul and copy")
     if vendor is None:

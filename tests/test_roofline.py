@@ -136,3 +136,22 @@ def test_absurd_or_foreign_ceilings_caches_are_measured_again(quick_ceilings, co
     path.write_text(content)
     again, cached = ceilings.host_ceilings()
     assert not cached and again.fp32_flops > 0 and len(quick_ceilings) == 2
+
+
+def test_gpu_ceilings_are_measured_with_torch_once_then_cached(monkeypatch):
+    from types import SimpleNamespace
+
+    calls = []
+
+    def fake_measure(device):
+        calls.append(device)
+        return {"peak": {"fp32": 60e12, "bf16": 800e12}, "bandwidth": 4.3e12, "torch": "test", "device": device}
+
+    monkeypatch.setattr(ceilings, "_torch_cuda", lambda: True)
+    monkeypatch.setattr(ceilings, "measure_torch", fake_measure)
+    h200 = SimpleNamespace(id="nvidia-h200", name="NVIDIA H200", hw_class="gpu")
+    first = ceilings.device_hardware(h200)
+    again = ceilings.device_hardware(h200)
+    assert calls == ["cuda"] and first == again and first.peak["bf16"] == 800e12 and "measured" in first.source
+    monkeypatch.setattr(ceilings, "_torch_cuda", lambda: False)  # torch cannot reach it: the vendor table
+    assert ceilings.device_hardware(h200).source.startswith("NVIDIA H200 datasheet")
