@@ -2,6 +2,7 @@ import json
 
 import onnx
 import pytest
+import torch
 
 from effx_serve.cli import main
 from training.errors import SpecError
@@ -14,6 +15,7 @@ from training.spec import spec_from_stage_strings
 def test_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
     spec = get_preset("efficientnet-x-b0", width=0.25, depth=0.5, resolution=64, num_classes=10)
     model = build_model(spec)
+    torch.nn.init.normal_(model.fc.weight)  # the classifier starts at zero: give the check logits that differ
     path = export_onnx(model, tmp_path / "x.onnx", 64)
     graph = onnx.load(str(path)).graph
     onnx.checker.check_model(onnx.load(str(path)))
@@ -29,6 +31,7 @@ def test_space_to_batch_is_in_the_exported_graph(tmp_path):
     spec = spec_from_stage_strings(["r1_k3_s11_e1_i32_o16", "r1_k3_s22_e4_i16_o24_b2", "r1_k3_s22_e4_i24_o32"],
                                    width=0.5, resolution=48, num_classes=4)
     model = build_model(spec)
+    torch.nn.init.normal_(model.fc.weight)
     path = export_onnx(model, tmp_path / "s2b.onnx", 48)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"Reshape", "Transpose"} <= ops

@@ -67,6 +67,9 @@ def test_build_optimizer_kinds():
     assert isinstance(rms, TFRMSprop) and rms.param_groups[0]["eps"] == 1e-3 and rms.param_groups[0]["lr"] == schedule(0)
     sgd, _ = build_optimizer(model, Recipe(optimizer="sgd"), steps_per_epoch=10)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
+    adamw, _ = build_optimizer(model, Recipe.small_data(), steps_per_epoch=10)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]  # decoupled decay, weights only
 
 
 def test_exponential_schedule_at_warmup_end_and_decay_points():

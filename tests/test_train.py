@@ -86,8 +86,10 @@ def tensors(out, kind="final"):
     return read_checkpoint(json_path(out, kind)).tensors
 
 
-def test_learns_a_learnable_task(tmp_path):
-    metrics = run(tmp_path, RECIPE.with_(epochs=4))
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adamw"])
+def test_learns_a_learnable_task(tmp_path, optimizer):
+    recipe = RECIPE.with_(epochs=4, optimizer=optimizer, base_lr=0.4 if optimizer == "rmsprop" else 0.04)
+    metrics = run(tmp_path, recipe)
     history = read_checkpoint(json_path(tmp_path, "last")).meta["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -97,16 +99,18 @@ def test_learns_a_learnable_task(tmp_path):
     assert metrics["best_epoch"] is not None and (tmp_path / "best.json").exists()
     final = read_checkpoint(json_path(tmp_path, "final")).meta
     assert final["metrics"] == metrics and final["finished"] and final["data_fingerprint"] == "data-v1"
-    assert Recipe.from_dict(final["recipe"]) == RECIPE.with_(epochs=4)
+    assert Recipe.from_dict(final["recipe"]) == recipe
 
 
-def test_resume_after_a_kill_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adamw"])
+def test_resume_after_a_kill_is_bit_identical(tmp_path, optimizer):
     spec = tiny_spec(dropout=0.3, drop_connect=0.3)  # random draws everywhere: dropout, drop-connect, flips
-    whole = run(tmp_path / "whole", spec=spec, train_set=RandomFlip(TRAIN))
+    recipe = RECIPE.with_(optimizer=optimizer)
+    whole = run(tmp_path / "whole", recipe, spec=spec, train_set=RandomFlip(TRAIN))
     with pytest.raises(KeyboardInterrupt):  # killed in the middle of epoch 2
-        run(tmp_path / "split", spec=spec, train_set=Crashing(TRAIN, budget=128 + 70))
+        run(tmp_path / "split", recipe, spec=spec, train_set=Crashing(TRAIN, budget=128 + 70))
     assert read_checkpoint(json_path(tmp_path / "split", "last")).meta["epoch"] == 1
-    resumed = run(tmp_path / "split", spec=spec, train_set=RandomFlip(TRAIN), resume=True)
+    resumed = run(tmp_path / "split", recipe, spec=spec, train_set=RandomFlip(TRAIN), resume=True)
     a, b = tensors(tmp_path / "whole"), tensors(tmp_path / "split")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     a, b = tensors(tmp_path / "whole", "last"), tensors(tmp_path / "split", "last")

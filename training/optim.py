@@ -149,6 +149,8 @@ def build_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int) -> t
         optimizer: torch.optim.Optimizer = TFRMSprop(
             groups, lr=schedule(0), decay=recipe.rmsprop_decay, momentum=recipe.momentum, eps=recipe.rmsprop_eps
         )
+    elif recipe.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=schedule(0), betas=(recipe.momentum, 0.999))
     else:
         optimizer = torch.optim.SGD(groups, lr=schedule(0), momentum=recipe.momentum, nesterov=recipe.momentum > 0)
     return optimizer, schedule

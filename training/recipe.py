@@ -25,7 +25,7 @@ from typing import Any
 
 from training.errors import SpecError
 
-OPTIMIZERS = ("rmsprop", "sgd")
+OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
@@ -38,13 +38,13 @@ RESUMABLE_CHANGES = frozenset({"epochs", "num_workers"})
 class Recipe:
     """How to train: optimizer, schedule, regularisation, precision and reproducibility settings."""
 
-    optimizer: str = "rmsprop"  # "rmsprop" (TensorFlow's, as the reference) or "sgd" (Nesterov momentum)
+    optimizer: str = "rmsprop"  # "rmsprop" (TensorFlow's, as the reference), "sgd" (Nesterov) or "adamw" (small data)
     base_lr: float = 0.016  # per 256 images
     batch_size: int = 64  # global: split evenly over the processes
     momentum: float = 0.9
     rmsprop_decay: float = 0.9
     rmsprop_eps: float = 1e-3
-    weight_decay: float = 1e-5  # L2 on conv and dense weights only (see training.optim.param_groups)
+    weight_decay: float = 1e-5  # on conv and dense weights only: L2 for rmsprop/sgd, decoupled for adamw (~0.05)
     warmup_epochs: float = 2.0
     schedule: str = "cosine"
     lr_decay_rate: float = 0.97  # exponential schedule: factor per lr_decay_epochs (staircase)
@@ -67,6 +67,16 @@ class Recipe:
     def lr(self) -> float:
         """Peak learning rate after the linear scaling rule."""
         return self.base_lr * self.batch_size / 256
+
+    @classmethod
+    def small_data(cls, **changes: Any) -> Recipe:
+        """For a few thousand images and a few epochs (the demo, proxy training): AdamW at lr 0.01 per batch of 64.
+
+        The reference's RMSProp at lr 0.016/256 learns too slowly to rank models in under ten epochs;
+        AdamW with decoupled weight decay and the same warm-up + cosine reaches several times chance in that time.
+        """
+        base = dict(optimizer="adamw", base_lr=0.04, weight_decay=0.05, warmup_epochs=1.0)
+        return cls(**{**base, **changes})
 
     @classmethod
     def reference(cls, **changes: Any) -> Recipe:
