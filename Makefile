@@ -15,9 +15,9 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed  ## create .venv and install everything
 
-run: setup  ## the main job (until the server lands: the model zoo and its roofline)
-	$(BIN)/effx-serve models
-	$(BIN)/effx-serve roofline efficientnet-b0 efficientnet-x-b0 --hardware nvidia-h200 --batch 128 --precision bf16
+run: setup  ## the main job: the demo model repository (built on first run, ~10 min), checked (the server is next)
+	test -f model_repository/manifest.json || $(BIN)/effx-serve build-repo --demo --hardware nvidia-h200 tpu-v3
+	$(BIN)/effx-serve check-repo model_repository
 
 test: setup  ## the whole test suite
 	$(BIN)/python -m pytest

@@ -8,27 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from effx_serve.cli_common import int_list, positive_int, progress_line, progress_lines, table, training_imports
 from effx_serve.errors import USER_ERRORS, UserError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """Fixed-width text table; columns are (header, key, format)."""
-    cells = [[format(row[key], fmt) for _, key, fmt in columns] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, (h, _, _) in enumerate(columns)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((h, _, _), w) in enumerate(zip(columns, widths, strict=False)))]
-    for row in cells:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))))
-    return "\n".join(lines)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -44,7 +25,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(_table(rows, [("model", "name", ""), ("res", "resolution", "d"), ("params", "params", ",d"),
+        print(table(rows, [("model", "name", ""), ("res", "resolution", "d"), ("params", "params", ",d"),
                             ("GMACs", "gmacs", ".3f"), ("blocks", "blocks", "d"), ("width", "width", "g"), ("depth", "depth", "g")]))
     return 0
 
@@ -67,14 +48,14 @@ def cmd_roofline(args: argparse.Namespace) -> int:
           f"{hardware.bandwidth / 1e9:.0f} GB/s, ridge {hardware.ridge(args.precision):.1f} FLOP/B ({hardware.source})")
     rows = [dict(r.to_dict(), mparams=r.params / 1e6, gmacs=r.macs / 1e9, gflops=r.flops / 1e9, mbytes=r.bytes / 1e6,
                  bound="memory" if r.intensity < r.ridge else "compute") for r in results]
-    print(_table(rows, [("model", "name", ""), ("res", "resolution", "d"), ("batch", "batch", "d"), ("params(M)", "mparams", ".2f"),
+    print(table(rows, [("model", "name", ""), ("res", "resolution", "d"), ("batch", "batch", "d"), ("params(M)", "mparams", ".2f"),
                         ("GMACs/img", "gmacs", ".3f"), ("W(GFLOP)", "gflops", ".3f"), ("Q(MB)", "mbytes", ".2f"),
                         ("I(FLOP/B)", "intensity", ".1f"), ("pred ms", "predicted_ms", ".4g"), ("bound", "bound", "")]))
     if args.layers:
         for result in results:
             print(f"\n{result.name}: per layer")
             layer_rows = [dict(p.__dict__, mflops=p.flops / 1e6, kbytes=p.bytes / 1e3, us=p.seconds * 1e6) for p in result.layers]
-            print(_table(layer_rows, [("layer", "name", ""), ("kind", "kind", ""), ("MFLOP", "mflops", ".3f"), ("KB", "kbytes", ".1f"),
+            print(table(layer_rows, [("layer", "name", ""), ("kind", "kind", ""), ("MFLOP", "mflops", ".3f"), ("KB", "kbytes", ".1f"),
                                       ("I", "intensity", ".2f"), ("us", "us", ".3f"), ("bound", "bound", "")]))
     if args.plot:
         print(f"\nplot written to {args.plot}")
@@ -114,17 +95,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2) if args.json else
           f"wrote {path}; " + ", ".join(f"batch {c.batch}: max |onnx - torch| = {c.max_abs_diff:.2e}" for c in checks))
     return 0 if all(c.ok for c in checks) else 1
-
-
-def _int_list(text: str) -> list[int]:
-    """'1,8,32' -> [1, 8, 32] (sorted, no repeats); every value at least 1."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 1,8,32, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"every value must be at least 1, got '{text}'")
-    return sorted(set(values))
 
 
 def _predictor(machine, runtime: str, precision: str):
@@ -175,9 +145,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return 0
     print(f"{machine.hardware.name} [{machine.hardware_id}], {args.runtime} {args.precision}: peak {peak / 1e9:.1f} GFLOP/s, "
           f"{bandwidth / 1e9:.1f} GB/s; predicted by {source}")
-    table = [dict(r, gflops=r["flops_per_s"] / 1e9, gbytes=r["bytes_per_s"] / 1e9, peak_pct=100 * r["peak_fraction"],
+    shown = [dict(r, gflops=r["flops_per_s"] / 1e9, gbytes=r["bytes_per_s"] / 1e9, peak_pct=100 * r["peak_fraction"],
                   bw_pct=100 * r["bandwidth_fraction"], err_pct=100 * r["error"], hit="cached" if r["cached"] else "measured") for r in rows]
-    print(_table(table, [("model", "model", ""), ("res", "resolution", "d"), ("batch", "batch", "d"), ("p50 ms", "measured_ms", ".3f"),
+    print(table(shown, [("model", "model", ""), ("res", "resolution", "d"), ("batch", "batch", "d"), ("p50 ms", "measured_ms", ".3f"),
                          ("p99 ms", "p99_ms", ".3f"), ("spread", "spread", ".3f"), ("pred ms", "predicted_ms", ".3f"), ("err%", "err_pct", "+.1f"),
                          ("GFLOP/s", "gflops", ".1f"), ("%peak", "peak_pct", ".1f"), ("GB/s", "gbytes", ".2f"), ("%bw", "bw_pct", ".1f"),
                          ("E", "efficiency", ".3f"), ("", "hit", "")]))
@@ -195,7 +165,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     machine = this_machine(refresh_ceilings=args.refresh_ceilings)
     specs = random_specs(args.specs, seed=args.seed, resolutions=tuple(args.resolutions))
-    say = _progress_lines(quiet=args.json)
+    say = progress_lines(quiet=args.json)
     say(f"calibrating {args.runtime} on {machine.hardware_id}: {len(specs)} random specs x batches {args.batch}")
     with LatencyStore() as store:
         samples = measure_samples(specs, args.batch, args.runtime, machine, store, args.precision, progress=say)
@@ -230,7 +200,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
-        print(_table(rows, [("model", "model", ""), ("hardware", "hardware_id", ""), ("runtime", "runtime", ""), ("precision", "precision", ""),
+        print(table(rows, [("model", "model", ""), ("hardware", "hardware_id", ""), ("runtime", "runtime", ""), ("precision", "precision", ""),
                             ("batch", "batch", "d"), ("res", "resolution", "d"), ("provenance", "provenance", ""), ("p50 ms", "p50_ms", ".3f"),
                             ("p99 ms", "p99_ms", ".3f"), ("runs", "runs", "d")]))
     else:
@@ -255,52 +225,22 @@ def cmd_family(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         row["mparams"], row["gmacs"] = row["params"] / 1e6, row["macs"] / 1e9
-    print(_table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("depth", "depth", "g"), ("width", "width", "g"),
+    print(table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("depth", "depth", "g"), ("width", "width", "g"),
                         ("res", "resolution", "d"), ("blocks", "blocks", "d"), ("params(M)", "mparams", ".2f"), ("GMACs", "gmacs", ".3f")]))
     return 0
-
-
-def _progress_lines(quiet: bool) -> Callable[[str], None]:
-    """Where long jobs report progress: stderr, one line each (nothing with --json, whose output is the result)."""
-    return (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-
-
-def _progress_line(prefix: str):
-    """A progress reporter on stderr: rewritten in place on a terminal, one line per 10% in a log."""
-    tty = sys.stderr.isatty()
-    shown = [-1]
-
-    def report(done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        step = percent if tty else percent // 10 * 10
-        if step == shown[0] and done < total:
-            return
-        shown[0] = step
-        line = f"{prefix}: {done}/{total} ({percent}%)"
-        print(f"\r{line}" if tty else line, end="\n" if (done >= total or not tty) else "", file=sys.stderr, flush=True)
-
-    return report
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from training.demo_data import generate_demo_data
 
     summary = generate_demo_data(args.out, size=args.size, seed=args.seed, image_size=args.image_size,
-                                 progress=None if args.json else _progress_line("demo data"))
+                                 progress=None if args.json else progress_line("demo data"))
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         state = "reused" if summary["reused"] else f"written in {summary['seconds']:.1f} s"
         print(f"{summary['path']}: {summary['images']} images of {len(summary['classes'])} classes, {state}")
     return 0
-
-
-def _training_imports():
-    try:
-        from training import data, train
-    except ImportError as error:
-        raise UserError(f"training needs the training extra ({error.name} is missing): pip install 'effx-serve[train]'") from None
-    return data, train
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -310,7 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.recipe import Recipe
     from training.spec import ModelSpec
 
-    data, training = _training_imports()
+    data, training = training_imports()
     out = Path(args.out)
     last = json_path(out, "last")
     saved = read_meta(last) if args.resume and last.exists() else None  # the run being resumed
@@ -362,7 +302,7 @@ def cmd_lacs(args: argparse.Namespace) -> int:
     from search.lacs_job import LacsSettings, run
     from training.presets import load_spec
 
-    _training_imports()
+    training_imports()
     machine = this_machine()
     if args.hardware not in ("auto", machine.hardware_id):
         raise UserError(f"LACS measures latency on this machine ({machine.hardware_id}); run it on {args.hardware} or pass --hardware auto")
@@ -373,7 +313,7 @@ def cmd_lacs(args: argparse.Namespace) -> int:
                             w=args.w, target_ms=args.target_ms)
     out = Path(args.out)
     accuracy = ProxyAccuracy(Path(args.data), out / "trials", epochs=args.epochs, stride=args.subset_stride, progress=False)
-    say = _progress_lines(quiet=args.json)
+    say = progress_lines(quiet=args.json)
     with LatencyStore() as store:
         result = run(base, out, accuracy, MeasuredLatency(machine, store, batch=args.batch), machine.hardware_id, settings, say)
     if args.json:
@@ -384,7 +324,7 @@ def cmd_lacs(args: argparse.Namespace) -> int:
         print(f"{label:14s} winner {tuple(trial['coefficients'])}: top-1 {100 * trial['accuracy']:.1f}%, "
               f"{trial['latency_ms']:.3f} ms at phi = 1, reward {trial['reward']:.4f}")
     rows = [dict(m, mparams=m["params"] / 1e6, mmacs=m["macs"] / 1e6, res=m["spec"]["resolution"]) for m in result["families"]["lacs"]]
-    print(_table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("res", "res", "d"), ("params(M)", "mparams", ".3f"),
+    print(table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("res", "res", "d"), ("params(M)", "mparams", ".3f"),
                         ("MMACs", "mmacs", ".1f"), ("latency ms", "expected_latency_ms", ".3f")]))
     print(f"written: {out / 'lacs.json'}, {out / 'family.json'}, {out / 'lacs.png'}")
     return 0
@@ -396,14 +336,14 @@ def cmd_build_family(args: argparse.Namespace) -> int:
     from search.build_family import run_demo, train_family
     from search.evaluators import MeasuredLatency
 
-    _training_imports()
+    training_imports()
     if args.demo == bool(args.family):
         raise UserError("give either --demo or --family FILE --data DIR")
     if args.family and not args.data:
         raise UserError("--family needs --data DIR (the dataset to train the members on)")
     machine = this_machine()
     out = Path(args.out)
-    say = _progress_lines(quiet=args.json)
+    say = progress_lines(quiet=args.json)
     with LatencyStore() as store:
         latency = MeasuredLatency(machine, store)
         if args.demo:
@@ -413,14 +353,14 @@ def cmd_build_family(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = [dict(r, mparams=r["params"] / 1e6, mmacs=r["macs"] / 1e6, top1_pct=100 * r["top1"]) for r in rows]
-    print(_table(table, [("member", "name", ""), ("res", "resolution", "d"), ("params(M)", "mparams", ".3f"), ("MMACs", "mmacs", ".1f"),
+    shown = [dict(r, mparams=r["params"] / 1e6, mmacs=r["macs"] / 1e6, top1_pct=100 * r["top1"]) for r in rows]
+    print(table(shown, [("member", "name", ""), ("res", "resolution", "d"), ("params(M)", "mparams", ".3f"), ("MMACs", "mmacs", ".1f"),
                          (f"CPU ms ({machine.hardware_id})", "latency_ms", ".3f"), ("val top-1 %", "top1_pct", ".1f")]))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from effx_serve import __version__
+    from effx_serve import __version__, cli_repo
     from effx_serve.roofline import PRECISION_BYTES
     from training.presets import FAMILIES
 
@@ -430,16 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the preset models with params, MACs and blocks")
     p.add_argument("--family", choices=FAMILIES)
-    p.add_argument("--resolution", type=_positive_int, help="count at this input size instead of each model's own")
+    p.add_argument("--resolution", type=positive_int, help="count at this input size instead of each model's own")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("roofline", help="FLOPs, bytes, intensity and roofline latency of models on a hardware")
     p.add_argument("models", nargs="+", metavar="MODEL", help="preset name, spec JSON file or inline JSON")
     p.add_argument("--hardware", required=True, help="nvidia-v100, nvidia-a100, nvidia-h100, nvidia-h200, tpu-v2, tpu-v3, tpu-v4i, or host (measured)")
-    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--precision", choices=list(PRECISION_BYTES), default="fp32")
-    p.add_argument("--resolution", type=_positive_int)
+    p.add_argument("--resolution", type=positive_int)
     p.add_argument("--efficiency", type=float, default=1.0, help="E, achieved / ideal rate (default 1: the ideal roofline)")
     p.add_argument("--layers", action="store_true", help="also show (or put in the JSON) every layer")
     p.add_argument("--json", action="store_true")
@@ -454,9 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model to ONNX (dynamic batch) and check it against PyTorch")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--out", required=True, metavar="PATH")
-    p.add_argument("--resolution", type=_positive_int)
-    p.add_argument("--num-classes", type=_positive_int)
-    p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset, 18 or later")
+    p.add_argument("--resolution", type=positive_int)
+    p.add_argument("--num-classes", type=positive_int)
+    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset, 18 or later")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -464,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="measure latency on this machine beside the predicted latency, achieved rates and E")
     p.add_argument("models", nargs="+", metavar="MODEL", help="preset name, spec JSON file or inline JSON")
-    p.add_argument("--resolution", type=_positive_int, help="input size (default: each model's own)")
-    p.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--resolution", type=positive_int, help="input size (default: each model's own)")
+    p.add_argument("--batch", type=int_list, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="fp16/bf16: torch runtimes only")
     p.add_argument("--json", action="store_true")
@@ -475,9 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="fit this machine's latency model (per-operator efficiencies) on random specs")
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    p.add_argument("--specs", type=_positive_int, default=40, help="number of random specs to measure (default 40)")
-    p.add_argument("--resolutions", type=_int_list, default=[64, 96, 128], help="input sizes to draw from (default 64,96,128)")
-    p.add_argument("--batch", type=_int_list, default=[1, 8], help="batch sizes to measure each spec at (default 1,8)")
+    p.add_argument("--specs", type=positive_int, default=40, help="number of random specs to measure (default 40)")
+    p.add_argument("--resolutions", type=int_list, default=[64, 96, 128], help="input sizes to draw from (default 64,96,128)")
+    p.add_argument("--batch", type=int_list, default=[1, 8], help="batch sizes to measure each spec at (default 1,8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refresh-ceilings", action="store_true", help="measure the ceilings again instead of using the cache")
     p.add_argument("--json", action="store_true")
@@ -500,9 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-data", help="write the generated demo dataset (an ImageFolder tree; no download)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--size", type=_positive_int, default=300, help="training images per class (default 300; val gets a fifth)")
+    p.add_argument("--size", type=positive_int, default=300, help="training images per class (default 300; val gets a fifth)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=_positive_int, default=64, help="pixels per side (default 64)")
+    p.add_argument("--image-size", type=positive_int, default=64, help="pixels per side (default 64)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo_data)
 
@@ -510,11 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="SPEC", help="preset name, spec JSON file or inline JSON (optional with --resume)")
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree: DIR/train/<class>/*, DIR/val/<class>/*")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder")
-    p.add_argument("--epochs", type=_positive_int, help="epochs (default 30); runs shorter than the warm-up warm up for a third")
-    p.add_argument("--resolution", type=_positive_int, help="train at this input size instead of the spec's")
-    p.add_argument("--batch-size", type=_positive_int, help="global batch size (split over processes)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default 30); runs shorter than the warm-up warm up for a third")
+    p.add_argument("--resolution", type=positive_int, help="train at this input size instead of the spec's")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (split over processes)")
     p.add_argument("--lr", type=float, help="base learning rate per 256 images")
-    p.add_argument("--optimizer", choices=["rmsprop", "sgd"])
+    p.add_argument("--optimizer", choices=["rmsprop", "sgd", "adamw"])
     p.add_argument("--schedule", choices=["cosine", "exponential"])
     p.add_argument("--workers", type=int, help="data loader worker processes")
     p.add_argument("--seed", type=int)
@@ -522,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--skip-bad-images", action="store_true", help="drop unreadable images (counted) instead of stopping at the first")
     p.add_argument("--allow-data-change", action="store_true", help="resume although the dataset fingerprint changed")
-    p.add_argument("--max-steps-per-epoch", type=_positive_int, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -531,16 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder dataset for proxy training")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--hardware", default="auto", help="the hardware id latency is measured on: this machine's (default auto)")
-    p.add_argument("--resolution", type=_positive_int, help="base resolution (default: the spec's)")
+    p.add_argument("--resolution", type=positive_int, help="base resolution (default: the spec's)")
     p.add_argument("--grid-step", type=float, default=0.1)
     p.add_argument("--tolerance", type=float, default=0.1, help="allowed |alpha beta^2 gamma^2 - 2| (default 0.1)")
     p.add_argument("--fine-step", type=float, default=0.05, help="finer grid around the best triplets (0: none)")
-    p.add_argument("--top-k", type=_positive_int, default=2)
+    p.add_argument("--top-k", type=positive_int, default=2)
     p.add_argument("--w", type=float, default=-0.07, help="latency exponent of the reward (MnasNet: -0.07)")
     p.add_argument("--target-ms", type=float, help="latency target T (default: the base at phi 1 with EfficientNet's coefficients)")
-    p.add_argument("--epochs", type=_positive_int, default=2, help="proxy training epochs per triplet")
-    p.add_argument("--subset-stride", type=_positive_int, default=1, help="proxy-train on every N-th training image")
-    p.add_argument("--batch", type=_positive_int, default=1, help="batch size latency is measured at")
+    p.add_argument("--epochs", type=positive_int, default=2, help="proxy training epochs per triplet")
+    p.add_argument("--subset-stride", type=positive_int, default=1, help="proxy-train on every N-th training image")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size latency is measured at")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lacs)
 
@@ -549,9 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", metavar="FILE", help="family.json written by 'effx-serve lacs'")
     p.add_argument("--data", metavar="DIR", help="ImageFolder dataset (with --family)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=_positive_int, default=8, help="epochs per member (with --family)")
+    p.add_argument("--epochs", type=positive_int, default=8, help="epochs per member (with --family)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build_family)
+
+    cli_repo.add_parsers(sub)
     return parser
 
 

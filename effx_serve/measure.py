@@ -62,8 +62,13 @@ def onnx_file(spec: ModelSpec, resolution: int) -> Path:
 
 
 def measure_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, machine: Machine, store: LatencyStore,
-                 precision: str = "fp32", protocol: Protocol = DEFAULT_PROTOCOL, threads: int | None = None) -> tuple[LatencyRecord, bool]:
-    """The measured record of `spec` at (resolution, batch) on this machine: from the store, or timed now."""
+                 precision: str = "fp32", protocol: Protocol = DEFAULT_PROTOCOL, threads: int | None = None,
+                 onnx_path: Path | None = None) -> tuple[LatencyRecord, bool]:
+    """The measured record of `spec` at (resolution, batch) on this machine: from the store, or timed now.
+
+    ONNX runtimes time `onnx_path` when given (an export of this spec at this resolution), else a cached
+    export with random weights: latency depends on the graph, not on the weights' values.
+    """
     check_runtime(runtime)
     if runtime in ORT_PROVIDERS and precision != "fp32":
         raise UserError(f"runtime {runtime} profiles the exported fp32 model; use --runtime torch for {precision}")
@@ -73,7 +78,7 @@ def measure_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, mac
 
     def run():
         if runtime in ORT_PROVIDERS:
-            return profile_onnx(onnx_file(spec, resolution), batch, resolution, ORT_PROVIDERS[runtime], threads, protocol)
+            return profile_onnx(onnx_path or onnx_file(spec, resolution), batch, resolution, ORT_PROVIDERS[runtime], threads, protocol)
         from training.model import build_model
 
         model = build_model(spec.with_(resolution=resolution))

@@ -1,0 +1,70 @@
+"""What the command-line modules share: argument types, the text table, progress reporters."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from effx_serve.errors import UserError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Fixed-width text table; columns are (header, key, format)."""
+    cells = [[format(row[key], fmt) for _, key, fmt in columns] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, (h, _, _) in enumerate(columns)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((h, _, _), w) in enumerate(zip(columns, widths, strict=False)))]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))))
+    return "\n".join(lines)
+
+
+def int_list(text: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32] (sorted, no repeats); every value at least 1."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 1,8,32, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be at least 1, got '{text}'")
+    return sorted(set(values))
+
+
+def progress_lines(quiet: bool) -> Callable[[str], None]:
+    """Where long jobs report progress: stderr, one line each (nothing with --json, whose output is the result)."""
+    return (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def progress_line(prefix: str):
+    """A progress reporter on stderr: rewritten in place on a terminal, one line per 10% in a log."""
+    tty = sys.stderr.isatty()
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        step = percent if tty else percent // 10 * 10
+        if step == shown[0] and done < total:
+            return
+        shown[0] = step
+        line = f"{prefix}: {done}/{total} ({percent}%)"
+        print(f"\r{line}" if tty else line, end="\n" if (done >= total or not tty) else "", file=sys.stderr, flush=True)
+
+    return report
+
+
+def training_imports():
+    try:
+        from training import data, train
+    except ImportError as error:
+        raise UserError(f"training needs the training extra ({error.name} is missing): pip install 'effx-serve[train]'") from None
+    return data, train
