@@ -347,9 +347,10 @@ def cmd_build_family(args: argparse.Namespace) -> int:
     with LatencyStore() as store:
         latency = MeasuredLatency(machine, store)
         if args.demo:
-            rows = run_demo(out, latency, machine.hardware_id, say=say, progress=not args.json)
+            rows = run_demo(out, latency, machine.hardware_id, say=say, progress=not args.json, accuracy_only=args.with_accuracy_only)
         else:
-            rows = train_family(Path(args.family), Path(args.data), out, args.epochs, latency, say, progress=not args.json)
+            rows = train_family(Path(args.family), Path(args.data), out, args.epochs, latency, say, progress=not args.json,
+                                accuracy_only=args.with_accuracy_only)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -490,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="ImageFolder dataset (with --family)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
     p.add_argument("--epochs", type=positive_int, default=8, help="epochs per member (with --family)")
+    p.add_argument("--with-accuracy-only", action="store_true",
+                   help="also train the accuracy-only family, to compare in family.png (doubles the time)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build_family)
 

@@ -41,15 +41,18 @@ def test_lacs_then_build_family_on_tiny_data(tmp_path, capsys):
 
     family = json.loads((lacs_out / "family.json").read_text())
     family["members"] = family["members"][:2]  # two members keep the test short
+    family["accuracy_only"]["members"] = family["accuracy_only"]["members"][:1]
     (lacs_out / "family.json").write_text(json.dumps(family))
     out = tmp_path / "family"
     assert main(["build-family", "--family", str(lacs_out / "family.json"), "--data", str(data), "--out", str(out),
-                 "--epochs", "1", "--json"]) == 0
+                 "--epochs", "1", "--with-accuracy-only", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == [m["name"] for m in family["members"]]
     assert all(0 <= r["top1"] <= 1 and r["latency_ms"] > 0 for r in rows)
     saved = json.loads((out / RESULTS_FILE).read_text())
     assert saved["members"] == rows and (out / "checkpoints" / rows[0]["name"] / "labels.txt").exists()
+    assert [r["name"] for r in saved["accuracy_only_members"]] == [family["accuracy_only"]["members"][0]["name"]]
+    assert (out / "family.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("argv, message", [

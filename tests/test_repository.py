@@ -15,8 +15,8 @@ from effx_serve.repo_build import RepoSettings, build_repository
 from effx_serve.repo_check import check_repository
 from search.build_family import train_family
 from search.lacs import Coefficients
-from search.lacs_job import FAMILY_VERSION
 from search.lacs import family as scale_family
+from search.lacs_job import FAMILY_VERSION
 from training.demo_data import generate_demo_data
 from training.plan import expand
 from training.spec import spec_from_stage_strings

@@ -74,10 +74,9 @@ class EfficientNet(nn.Module):
         """Conv N(0, sqrt(2/fan_out)) as the reference; the classifier starts at zero.
 
         The reference's dense init U(+-1/sqrt(classes)) is small for ImageNet's 1000 classes, but for 10
-        classes it gives initial logits of several units (loss ~5 instead of ln 10). On the demo data that
-        cost a short run about a third of its accuracy, and a small U(+-1/sqrt(fan_in)) init still lost
-        4 points (27.7% against 31.7% top-1 for the demo's B0 after 8 epochs). Zero weights start every
-        class equal; the backbone gets gradients from the second step on.
+        classes it gives initial logits of several units (loss ~5 instead of ln 10), and in our short runs
+        on the demo data both it and a small U(+-1/sqrt(fan_in)) init trained to lower accuracy than zero
+        weights. Zero weights start every class equal; the backbone gets gradients from the second step on.
         """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
