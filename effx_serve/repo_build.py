@@ -166,6 +166,14 @@ def _predicted(spec: ModelSpec, hardware_id: str, batches) -> list[dict]:
     return records
 
 
+def _keep_own_files(out: Path, staging: Path) -> None:
+    """Carry over top-level files someone put beside the members (a README): Triton ignores them, the swap must not drop them."""
+    if out.is_dir():
+        for path in out.iterdir():
+            if path.is_file() and not path.name.startswith(".") and path.name != MANIFEST_FILE:
+                shutil.copy2(path, staging / path.name)
+
+
 def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: RepoSettings, machine: Machine, store,
                      say: Callable[[str], None] = print) -> dict:
     """Build (or rebuild) the repository at `out`; returns the manifest written."""
@@ -230,11 +238,12 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
             "preprocessing": {"layout": "NCHW", "color": "RGB", "dtype": "float32", "mean": list(MEAN), "std": list(STD),
                               "crop_fraction": DEFAULT_CROP_FRACTION, "resize": "shorter-side-bicubic-then-center-crop"},
             "families": [{"name": family.get("name") or members[0].name.rsplit("-", 1)[0], "searched_for": family["hardware"],
-                          "hardware_classes": sorted({hardware_class(family["hardware"]), target_class}),
+                          "hardware_classes": sorted({hardware_class(h) for h in (family["hardware"], machine.hardware_id, *settings.hardware_ids)}),
                           "coefficients": list(family["coefficients"]), "members": [m.name for m in members]}],
             "members": entries,
         }
         manifest.validate(data, "the manifest being built")
+        _keep_own_files(out, staging)
         (staging / MANIFEST_FILE).write_text(json.dumps(data, indent=2))
         atomic_dir.swap_in(staging, out)
     except OSError as error:  # disk full, permissions, a vanished folder: the old repository is untouched

@@ -96,7 +96,7 @@ def test_layout_config_and_manifest(built):
         assert [r["batch"] for r in measured] == [1, 4, 16] and all(r["p50_ms"] > 0 for r in measured)
         assert {r["hardware_id"] for r in predicted} == {"nvidia-h200"} and predicted[0]["precision"] == "fp16"
         assert 0 <= member["accuracy"]["top1"] <= 1 and member["accuracy"]["provenance"] == "measured"
-    assert data["families"][0]["members"] == ["tiny-f-b0", "tiny-f-b1"]
+    assert data["families"][0]["members"] == ["tiny-f-b0", "tiny-f-b1"] and data["families"][0]["hardware_classes"] == ["cpu", "gpu"]
     assert data["members"]["tiny-f-b1"]["resolution"] > data["members"]["tiny-f-b0"]["resolution"]
 
 
@@ -137,8 +137,10 @@ def test_rebuild_reuses_unchanged_exports(built, trained, tmp_path, monkeypatch)
     monkeypatch.setattr(training.export, "export_onnx", lambda *a, **k: pytest.fail("an unchanged member was exported again"))
     monkeypatch.setattr(profiler, "profile_onnx", lambda *a, **k: pytest.fail("an unchanged member was profiled again"))
     monkeypatch.setenv("EFFX_CACHE_DIR", str(built.parent / "cache"))  # the latency store the first build filled
+    (out / "README.md").write_text("kept")
     data = build(trained, out, hardware_ids=("nvidia-h200",))
     assert exported == ["tiny-f-b0", "tiny-f-b1"] and check_repository(out)[1] == []
+    assert (out / "README.md").read_text() == "kept"  # files of one's own beside the members survive a rebuild
     assert data["members"]["tiny-f-b0"]["model"]["sha256"] == manifest.read(built)["members"]["tiny-f-b0"]["model"]["sha256"]
 
 
