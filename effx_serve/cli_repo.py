@@ -44,7 +44,8 @@ def cmd_build_repo(args: argparse.Namespace) -> int:
         if not args.checkpoints:
             raise UserError("--family needs --checkpoints DIR (the folder with one trained run per member)")
         family, checkpoints, dataset = Path(args.family), Path(args.checkpoints), args.dataset_name
-    settings = RepoSettings(backend=args.triton_backend, hardware_ids=tuple(args.hardware), batches=tuple(args.batches), dataset_name=dataset)
+    settings = RepoSettings(backend=args.triton_backend, hardware_ids=tuple(args.hardware), target=args.target, batches=tuple(args.batches),
+                            dataset_name=dataset)
     machine = this_machine()
     with LatencyStore() as store:
         data = build_repository(family, checkpoints, Path(args.out), settings, machine, store, say)
@@ -90,6 +91,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--checkpoints", metavar="DIR", help="one trained run per member: DIR/<member>/final.json (build-family's <out>/checkpoints)")
     p.add_argument("--out", default=DEFAULT_REPOSITORY, metavar="DIR", help=f"the repository (default {DEFAULT_REPOSITORY})")
     p.add_argument("--hardware", nargs="*", default=[], metavar="ID", help="also predict latency on these hardware ids (e.g. nvidia-h200 tpu-v3)")
+    p.add_argument("--target", metavar="ID", help="write the configs for this hardware (one of --hardware; default: this machine), "
+                   "e.g. nvidia-h200 for GPU instance groups and TensorRT")
     p.add_argument("--triton-backend", choices=["onnxruntime", "python"], default="onnxruntime",
                    help="onnxruntime (the official Triton container) or python (ONNX Runtime inside Triton's Python backend)")
     p.add_argument("--batches", type=int_list, default=[1, 4, 16], help="batch sizes to profile (default 1,4,16; must include 1)")

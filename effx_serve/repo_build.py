@@ -44,6 +44,7 @@ PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 class RepoSettings:
     backend: str = "onnxruntime"
     hardware_ids: tuple[str, ...] = ()  # predicted records for these, beside this machine's measured ones
+    target: str | None = None  # the hardware the configs are written for (default: this machine); must be among the above
     batches: tuple[int, ...] = DEFAULT_BATCHES
     opset: int = 18
     dataset_name: str | None = None  # default: the checkpoints' data fingerprint
@@ -107,7 +108,7 @@ def _previous(out: Path) -> dict:
         return {}
 
 
-def _export(member: Member, model_dir: Path, opset: int, previous: dict, out: Path, say) -> tuple[float | None, bool]:
+def _export(member: Member, model_dir: Path, opset: int, previous: dict, out: Path) -> tuple[float | None, bool]:
     """Write model_dir/model.onnx: linked from the previous build when its inputs are unchanged, else exported and checked."""
     target = model_dir / "model.onnx"
     old = previous.get(member.name, {}).get("model", {})
@@ -193,7 +194,10 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_dir.recover(out)
     previous = _previous(out)
-    target_class = hardware_class(machine.hardware_id)
+    target = settings.target or machine.hardware_id
+    if target not in (machine.hardware_id, *settings.hardware_ids):
+        raise UserError(f"--target {target} has no latency records to plan batching from; add it to --hardware")
+    target_class = hardware_class(target)
     threads = max(1, len(os.sched_getaffinity(0)))
     staging = atomic_dir.staging_dir(out)
     try:
@@ -202,14 +206,14 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
             started = time.perf_counter()
             model_dir = staging / member.name / "1"
             model_dir.mkdir(parents=True)
-            diff, reused = _export(member, model_dir, settings.opset, previous, out, say)
+            diff, reused = _export(member, model_dir, settings.opset, previous, out)
             if settings.backend == "python":
                 shutil.copyfile(PYTHON_MODEL, model_dir / "model.py")
             latency = _measured(member.spec, model_dir / "model.onnx", machine, store, settings.batches)
             for hardware_id in settings.hardware_ids:
                 if hardware_id != machine.hardware_id:
                     latency += _predicted(member.spec, hardware_id, settings.batches)
-            batching = triton_config.BatchingPlan.from_profile({r["batch"]: r["p50_ms"] for r in latency if r["provenance"] == "measured"})
+            batching = triton_config.BatchingPlan.from_profile({r["batch"]: r["p50_ms"] for r in latency if r["hardware_id"] == target})
             config = triton_config.model_config(member.name, settings.backend, member.spec.resolution, len(member.labels), batching,
                                                 target_class, threads, INPUT_NAME, OUTPUT_NAME)
             (staging / member.name / "config.pbtxt").write_text(triton_config.render(config))
@@ -232,7 +236,7 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
                 f"{batch1['p50_ms']:.3f} ms at batch 1 ({time.perf_counter() - started:.1f} s)")
         data = {
             "manifest_version": MANIFEST_VERSION, "created_by": "effx-serve build-repo", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "triton_backend": settings.backend, "target_hardware": machine.hardware_id,
+            "triton_backend": settings.backend, "target_hardware": target,
             "dataset": {"name": settings.dataset_name or members[0].meta["data_fingerprint"], "fingerprint": members[0].meta["data_fingerprint"],
                         "labels": members[0].labels},
             "preprocessing": {"layout": "NCHW", "color": "RGB", "dtype": "float32", "mean": list(MEAN), "std": list(STD),

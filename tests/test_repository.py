@@ -268,6 +268,16 @@ def test_a_checkpoint_of_another_spec_is_refused(trained, tmp_path):
         build(trained[:1] + (swapped,), tmp_path / "r")
 
 
+def test_configs_for_another_target(trained, tmp_path):
+    out = tmp_path / "r"
+    data = build(trained, out, hardware_ids=("nvidia-h200",), target="nvidia-h200", batches=(1, 8))
+    config = triton_config.parse((out / "tiny-f-b0" / "config.pbtxt").read_text())
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU and data["target_hardware"] == "nvidia-h200"
+    assert [a.name for a in config.optimization.execution_accelerators.gpu_execution_accelerator] == ["tensorrt"]
+    with pytest.raises(UserError, match="--target tpu-v3 has no latency records"):
+        build(trained, tmp_path / "r2", target="tpu-v3")
+
+
 def test_python_backend_variant(trained, tmp_path):
     out = tmp_path / "r"
     data = build(trained, out, backend="python", batches=(1, 2))
