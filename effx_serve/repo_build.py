@@ -189,17 +189,20 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
         raise UserError(f"--out {out} is a file; give a folder for the repository")
     if 1 not in settings.batches:
         raise UserError("--batches must include 1 (the batching plan and the router start from it)")
-    family = read_family(family_file)
-    members = find_members(family, checkpoints, family_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_dir.recover(out)
-    previous = _previous(out)
     target = settings.target or machine.hardware_id
     if target not in (machine.hardware_id, *settings.hardware_ids):
         raise UserError(f"--target {target} has no latency records to plan batching from; add it to --hardware")
+    family = read_family(family_file)
+    members = find_members(family, checkpoints, family_file)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_dir.recover(out)
+        staging = atomic_dir.staging_dir(out)
+    except OSError as error:
+        raise UserError(f"cannot write beside {out}: {error.strerror or error} ({error.filename}); choose another --out") from None
+    previous = _previous(out)
     target_class = hardware_class(target)
     threads = max(1, len(os.sched_getaffinity(0)))
-    staging = atomic_dir.staging_dir(out)
     try:
         entries = {}
         for index, member in enumerate(members, 1):

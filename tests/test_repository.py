@@ -259,6 +259,17 @@ def test_bad_inputs_to_build_repo(trained, built, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_an_unwritable_output_folder_is_a_clear_error(trained, tmp_path, monkeypatch, capsys):
+    def refuse(target):  # what mkdir raises in a folder without write permission (root, running tests here, may write anywhere)
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(atomic_dir, "staging_dir", refuse)
+    family, checkpoints = trained
+    assert main(["build-repo", "--family", str(family), "--checkpoints", str(checkpoints), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write beside" in err and "Permission denied" in err
+
+
 def test_a_checkpoint_of_another_spec_is_refused(trained, tmp_path):
     family, checkpoints = trained
     swapped = tmp_path / "checkpoints"
