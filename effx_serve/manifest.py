@@ -72,11 +72,14 @@ def validate(data: Any, where: str = MANIFEST_FILE) -> dict:
     return data
 
 
-def read(repository: str | Path) -> dict:
-    """The validated manifest of a repository folder (or of a manifest file given directly)."""
+def _path_of(repository: str | Path) -> Path:
     path = Path(repository)
-    if path.is_dir():
-        path = path / MANIFEST_FILE
+    return path / MANIFEST_FILE if path.is_dir() else path
+
+
+def load(repository: str | Path) -> Any:
+    """The parsed, not yet validated, manifest of a repository folder (or of a manifest file given directly)."""
+    path = _path_of(repository)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -87,7 +90,12 @@ def read(repository: str | Path) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ManifestError(f"{path} is not JSON: {error}") from None
-    return validate(data, str(path))
+    return data
+
+
+def read(repository: str | Path) -> dict:
+    """The validated manifest of a repository folder (or of a manifest file given directly)."""
+    return validate(load(repository), str(_path_of(repository)))
 
 
 def hardware_class(hardware_id: str) -> str:

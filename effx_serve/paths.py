@@ -1,5 +1,6 @@
-"""Where effx-serve keeps its caches."""
+"""Where effx-serve keeps its caches, and small file helpers."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -28,3 +29,12 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

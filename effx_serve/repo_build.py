@@ -18,7 +18,6 @@ its previous model.onnx, and profiles come from the latency store, so a re-run o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from effx_serve import atomic_dir, manifest, triton_config
 from effx_serve.errors import UserError
 from effx_serve.manifest import MANIFEST_FILE, MANIFEST_VERSION, hardware_class
 from effx_serve.measure import Machine, measure_spec
+from effx_serve.paths import sha256_file
 from training.spec import ModelSpec
 
 DEFAULT_BATCHES = (1, 4, 16)
@@ -58,14 +58,6 @@ class Member:
     checkpoint: Path  # the final.json of its training run
     meta: dict
     labels: list[str]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_members(family: dict, checkpoints: Path, family_file: Path) -> list[Member]:
@@ -114,7 +106,7 @@ def _export(member: Member, model_dir: Path, opset: int, previous: dict, out: Pa
     old = previous.get(member.name, {}).get("model", {})
     old_file = out / old.get("path", "-")
     if (old.get("checkpoint_sha256") == member.meta["weights"]["sha256"] and old.get("opset") == opset
-            and old_file.is_file() and _sha256(old_file) == old.get("sha256")):
+            and old_file.is_file() and sha256_file(old_file) == old.get("sha256")):
         try:
             os.link(old_file, target)  # files are never modified in place, so sharing the inode is safe
         except OSError:
@@ -228,7 +220,7 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
                 "params": roofline.params, "macs": roofline.macs, "intensity": roofline.intensity,
                 "accuracy": {"top1": metrics["ema_top1"], "top5": metrics["ema_top5"], "dataset": settings.dataset_name or member.meta["data_fingerprint"],
                              "split": "val", "provenance": "measured"},
-                "model": {"path": f"{member.name}/1/model.onnx", "sha256": _sha256(model_dir / "model.onnx"), "opset": settings.opset,
+                "model": {"path": f"{member.name}/1/model.onnx", "sha256": sha256_file(model_dir / "model.onnx"), "opset": settings.opset,
                           "input": {"name": INPUT_NAME, "dims": [3, member.spec.resolution, member.spec.resolution]},
                           "output": {"name": OUTPUT_NAME, "dims": [len(member.labels)]}, "max_batch_size": batching.max_batch_size,
                           "checkpoint_sha256": member.meta["weights"]["sha256"]} | ({} if diff is None else {"export_max_abs_diff": diff}),

@@ -8,12 +8,12 @@ manifest does not list.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from effx_serve import manifest, triton_config
 from effx_serve.errors import UserError
+from effx_serve.paths import sha256_file
 
 
 @dataclass(frozen=True)
@@ -25,26 +25,18 @@ class Problem:
         return f"{self.where}: {self.message}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def check_repository(root: Path, run_models: bool = True) -> tuple[dict | None, list[Problem]]:
     """(the manifest when it is valid, every problem found)."""
     if not root.is_dir():
         return None, [Problem(str(root), "not a folder")]
     manifest_path = root / manifest.MANIFEST_FILE
     try:
-        data = manifest.read(manifest_path)
+        data = manifest.load(manifest_path)
     except UserError as error:
-        found = []
-        try:  # list every schema violation, not just the first
-            import json
-
-            found = [Problem(str(manifest_path), p) for p in manifest.problems(json.loads(manifest_path.read_text(encoding="utf-8")))]
-        except (OSError, ValueError):
-            pass
-        return None, found or [Problem(str(manifest_path), str(error).removeprefix(f"{manifest_path}: ").removeprefix(str(manifest_path)).strip())]
+        return None, [Problem(str(manifest_path), str(error).removeprefix(str(manifest_path)).strip())]
+    found = manifest.problems(data)  # every schema violation, not just the first
+    if found:
+        return None, [Problem(str(manifest_path), problem) for problem in found]
     problems: list[Problem] = []
     for name, member in data["members"].items():
         problems += _check_member(root, name, member, data, run_models)
@@ -86,7 +78,7 @@ def _check_member(root: Path, name: str, member: dict, data: dict, run_models: b
     model_path = root / member["model"]["path"]
     if not model_path.is_file():
         return [*found, Problem(str(model_path), "missing")]
-    if _sha256(model_path) != member["model"]["sha256"]:
+    if sha256_file(model_path) != member["model"]["sha256"]:
         found.append(Problem(str(model_path), "sha256 differs from the manifest: the file was changed or damaged"))
     if data["triton_backend"] == "python" and not (model_path.parent / "model.py").is_file():
         found.append(Problem(str(model_path.parent / "model.py"), "missing (the python backend runs it)"))

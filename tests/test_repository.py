@@ -11,6 +11,7 @@ from effx_serve.cli import main
 from effx_serve.errors import UserError
 from effx_serve.latency_store import LatencyStore
 from effx_serve.measure import this_machine
+from effx_serve.paths import sha256_file
 from effx_serve.repo_build import RepoSettings, build_repository
 from effx_serve.repo_check import check_repository
 from search.build_family import train_family
@@ -231,7 +232,7 @@ def test_check_repo_runs_onnx_checker_on_a_model_that_matches_its_manifest_hash(
     model = out / "tiny-f-b0" / "1" / "model.onnx"
     model.write_bytes(b"\x08\x07garbage")
     data = json.loads((out / "manifest.json").read_text())
-    data["members"]["tiny-f-b0"]["model"]["sha256"] = repo_build._sha256(model)
+    data["members"]["tiny-f-b0"]["model"]["sha256"] = sha256_file(model)
     (out / "manifest.json").write_text(json.dumps(data))
     assert any("onnx.checker" in str(p) or "ONNX Runtime" in str(p) for p in check_repository(out)[1])
 
