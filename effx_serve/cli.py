@@ -361,7 +361,7 @@ def cmd_build_family(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from effx_serve import __version__, cli_repo
+    from effx_serve import __version__, cli_repo, cli_serve
     from effx_serve.roofline import PRECISION_BYTES
     from training.presets import FAMILIES
 
@@ -497,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_family)
 
     cli_repo.add_parsers(sub)
+    cli_serve.add_parsers(sub)
     return parser
 
 

@@ -43,12 +43,15 @@ _OFFSET = (np.asarray(MEAN, dtype=np.float32) / np.asarray(STD, dtype=np.float32
 _WHITE = (255, 255, 255, 255)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
+                 shrink_to: int | None = None) -> Image.Image:
     """Decode image bytes into a loaded, upright PIL image (any mode; see `to_rgb`).
 
     Raises UserError for empty or corrupt data, a format outside `formats`, or more than
     `max_pixels` pixels. The pixel count comes from the header, before pixels are decoded, so a
-    decompression bomb costs nothing. Animated images give their first frame.
+    decompression bomb costs nothing. Animated images give their first frame. `shrink_to` lets a
+    JPEG decoder scale down by a power of two (DCT scaling, several times faster than decoding every
+    pixel) while both sides stay at least `shrink_to`; other formats ignore it.
     """
     allowed = _check_decode_arguments(max_pixels, formats)
     if not data:
@@ -57,6 +60,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Ite
     width, height = image.size
     if width * height > max_pixels:
         raise UserError(f"the image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}; send a smaller image")
+    if shrink_to is not None and image.format == "JPEG":
+        image.draft(image.mode, (shrink_to, shrink_to))
     try:
         image.load()
         # Phones store pixels as the sensor saw them plus an Orientation tag; models should see the

@@ -21,3 +21,72 @@ def quick_ceilings(monkeypatch):
 
     monkeypatch.setattr(ceilings, "measure", small)
     return calls
+
+
+SERVED_ACCURACY = {"tiny-f-b0": 0.5, "tiny-f-b1": 0.7}
+"""Top-1 written into the served test repository's manifest, so routing by accuracy has distinct members."""
+
+
+def _tiny_family(root):
+    """(family.json, checkpoints) of a two-member family trained for one epoch on tiny demo data."""
+    import json
+
+    import torch
+
+    from search.build_family import train_family
+    from search.lacs import Coefficients
+    from search.lacs import family as scale_family
+    from search.lacs_job import FAMILY_VERSION
+    from training.demo_data import generate_demo_data
+    from training.plan import expand
+    from training.spec import spec_from_stage_strings
+
+    base = spec_from_stage_strings(["r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e4_i16_o24_se0.25"], width=0.5, resolution=24,
+                                   num_classes=10, head_filters=64, name="tiny")
+    data = root / "data"
+    generate_demo_data(data, size=8, image_size=32)
+    members = []
+    for spec, phi in zip(scale_family(base, Coefficients(1.0, 1.1, 1.15), (0.0, 1.0), "tiny-f"), (0.0, 1.0), strict=True):
+        plan = expand(spec)
+        members.append({"name": spec.name, "phi": phi, "spec": spec.to_dict(), "params": plan.params, "macs": plan.macs, "expected_latency_ms": 0.1})
+    family = root / "family.json"
+    family.write_text(json.dumps({"family_version": FAMILY_VERSION, "hardware": "cpu-test", "coefficients": [1.0, 1.1, 1.15], "members": members}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_family(family, data, root / "run", 1, lambda spec: 0.1, say=lambda line: None, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return family, root / "run" / "checkpoints"
+
+
+def build_served_repository(root, backend: str):
+    """A repository of the tiny family for `backend` (onnxruntime or python), profiled quickly, with SERVED_ACCURACY."""
+    import json
+
+    from effx_serve import profiler
+    from effx_serve.latency_store import LatencyStore
+    from effx_serve.measure import this_machine
+    from effx_serve.repo_build import RepoSettings, build_repository
+
+    quick = profiler.Protocol(warmup_runs=1, warmup_seconds=0.0, min_runs=3, min_seconds=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EFFX_CACHE_DIR", str(root / "cache"))
+        real = profiler.time_calls
+        mp.setattr(profiler, "time_calls", lambda call, protocol=None: real(call, quick))
+        family, checkpoints = _tiny_family(root)
+        out = root / "model_repository"
+        with LatencyStore() as store:
+            build_repository(family, checkpoints, out, RepoSettings(backend=backend, hardware_ids=("nvidia-h200",)), this_machine(), store,
+                             say=lambda line: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, accuracy in SERVED_ACCURACY.items():
+        manifest["members"][name]["accuracy"]["top1"] = accuracy
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def served_repository(tmp_path_factory):
+    """A model repository (ONNX Runtime backend) of two tiny trained members, built once per test session."""
+    return build_served_repository(tmp_path_factory.mktemp("served"), "onnxruntime")

@@ -1,0 +1,124 @@
+"""The images and fields of a classification request, in any of its three shapes, within the size limits.
+
+- multipart/form-data: one or more file parts (any field name), other parts are fields;
+- a raw body of type image/jpeg, image/png or image/webp (or another allowed image/* type);
+- application/json: {"image": "<base64>"} or {"images": [...]}, a data: URL prefix allowed, and fields.
+
+The body is read in chunks and cut off at the limit, whatever Content-Length claims, so an oversized
+or endless upload costs at most the limit in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+RAW_IMAGE_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP",
+                   "image/gif": "GIF", "image/tiff": "TIFF"}
+
+
+class RequestProblem(Exception):
+    """A request the server cannot take as sent; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ImageRequest:
+    images: list[bytes]
+    fields: dict[str, object] = field(default_factory=dict)  # SLA parameters sent in the body
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestProblem(413, f"the body is {int(declared)} bytes, more than the limit of {limit} bytes; send a smaller image")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestProblem(413, f"the body is more than the limit of {limit} bytes; send a smaller image")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_base64(text: object, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise RequestProblem(422, f"{where} must be a base64 string, not {type(text).__name__}")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestProblem(422, f"{where} is not valid base64") from None
+
+
+def _from_json(body: bytes, max_images: int) -> ImageRequest:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RequestProblem(400, f"the body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise RequestProblem(422, 'the JSON body must be an object such as {"image": "<base64>"}')
+    if "image" in data and "images" in data:
+        raise RequestProblem(422, 'send either "image" or "images", not both')
+    if "image" in data:
+        images = [_decode_base64(data.pop("image"), "image")]
+    elif "images" in data:
+        items = data.pop("images")
+        if not isinstance(items, list):
+            raise RequestProblem(422, '"images" must be a list of base64 strings')
+        if len(items) > max_images:
+            raise RequestProblem(413, f"{len(items)} images in one request, more than the limit of {max_images}")
+        images = [_decode_base64(item, f"images[{index}]") for index, item in enumerate(items)]
+    else:
+        raise RequestProblem(422, 'the JSON body has no "image" (base64 of the image file)')
+    return ImageRequest(images, data)
+
+
+async def _from_multipart(request: Request, body: bytes, max_images: int) -> ImageRequest:
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=max_images, max_fields=32)
+    except MultiPartException as error:
+        raise RequestProblem(400, f"the multipart body cannot be read: {error}") from None
+    images, fields = [], {}
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                images.append(await value.read())
+            else:
+                fields[key] = value
+    finally:
+        await form.close()
+    if not images:
+        raise RequestProblem(422, "the multipart body has no file part; send the image as a file (e.g. curl -F image=@photo.jpg)")
+    return ImageRequest(images, fields)
+
+
+async def read_images(request: Request, limit: int, max_images: int) -> ImageRequest:
+    """The images and body fields of `request`; RequestProblem with a 4xx status when it cannot be taken."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not content_type:
+        raise RequestProblem(415, "no Content-Type; send image/jpeg, image/png, image/webp, multipart/form-data or application/json")
+    if content_type not in RAW_IMAGE_TYPES and content_type not in ("multipart/form-data", "application/json"):
+        raise RequestProblem(415, f"unsupported Content-Type {content_type}; send image/jpeg, image/png, image/webp, "
+                                  "multipart/form-data or application/json")
+    body = await read_body(request, limit)
+    if not body:
+        raise RequestProblem(400, "the body is empty; send the bytes of a JPEG, PNG or WebP image")
+    if content_type == "application/json":
+        return _from_json(body, max_images)
+    if content_type == "multipart/form-data":
+        return await _from_multipart(request, body, max_images)
+    return ImageRequest([body])
