@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch on machines that have it locally; override for CUDA, e.g. TORCH=torch==2.13.0
 TORCH ?= torch==2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: setup run test lint clean
 
@@ -15,9 +17,9 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed  ## create .venv and install everything
 
-run: setup  ## the main job: the demo model repository (built on first run, ~10 min), checked (the server is next)
+run: setup  ## the main job: the SLA-routing server on model_repository/ (the demo repository is built on first run, ~10 min)
 	test -f model_repository/manifest.json || $(BIN)/effx-serve build-repo --demo --hardware nvidia-h200 tpu-v3
-	$(BIN)/effx-serve check-repo model_repository
+	$(BIN)/effx-serve serve --repo model_repository --host $(HOST) --port $(PORT)
 
 test: setup  ## the whole test suite
 	$(BIN)/python -m pytest

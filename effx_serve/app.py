@@ -108,6 +108,9 @@ def create_app(server: Server) -> FastAPI:
         # One readable line first (like every other 4xx here), FastAPI's structured list beside it.
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"] if part not in ("query", "body")) or "request"
+        if request.url.path.startswith("/v1/classify"):
+            endpoint = "batch" if request.url.path.endswith("/batch") else "classify"
+            server.metrics.requests.labels("none", endpoint, "422").inc()
         return JSONResponse({"detail": f"{where}: {first['msg']}", "errors": jsonable_encoder(error.errors())}, 422)
 
     def decode(data: bytes, member: Member) -> np.ndarray:
@@ -132,7 +135,11 @@ def create_app(server: Server) -> FastAPI:
     async def serve(request: Request, query: ClassifyParams, endpoint: str, max_images: int):
         started = time.perf_counter()
         member_label, sla_kind = "none", "none"
+        server.in_flight += 1
         try:
+            if server.in_flight > settings.max_in_flight:
+                raise Refusal(429, f"the server is handling {settings.max_in_flight} requests, its limit; retry shortly",
+                              headers={"Retry-After": "1"})
             body = await read_images(request, settings.max_body_bytes, settings.max_images)
             if len(body.images) > max_images:
                 raise Refusal(422, f"{len(body.images)} images sent to /v1/classify, which takes one; send several to /v1/classify/batch")
@@ -176,6 +183,8 @@ def create_app(server: Server) -> FastAPI:
             status, response = 429, JSONResponse({"detail": str(full)}, 429, headers={"Retry-After": str(math.ceil(full.retry_after_s))})
         except (BackendUnavailable, BatcherClosed) as error:
             status, response = 503, JSONResponse({"detail": f"cannot serve now: {error}"}, 503, headers={"Retry-After": "1"})
+        finally:
+            server.in_flight -= 1
         server.metrics.requests.labels(member_label, endpoint, str(status)).inc()
         server.metrics.request_seconds.labels(member_label).observe(time.perf_counter() - started)
         return response

@@ -31,7 +31,8 @@ def settings_from(args: argparse.Namespace):
     dispatch = DispatchSettings(max_queue=args.max_queue, max_wait_ms=args.max_wait_ms, default_policy=args.default_policy)
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
-                          max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images)
+                          max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
+                          max_in_flight=args.max_in_flight)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -69,6 +70,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: %(default)s)")
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")
+    p.add_argument("--max-in-flight", type=positive_int, default=256, help="requests inside the server at once before 429 (default: %(default)s)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     p.set_defaults(func=cmd_serve)

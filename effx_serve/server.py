@@ -39,12 +39,13 @@ class ServerSettings:
     max_pixels: int = 40_000_000
     min_side: int = 8
     max_images: int = 64  # per batch request
+    max_in_flight: int = 256  # requests inside the server at once (bodies read, decoding, queued): bounds memory
     formats: tuple[str, ...] = SERVING_FORMATS
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend '{self.backend}' (known: {', '.join(BACKENDS)})")
-        for name in ("max_body_bytes", "max_pixels", "min_side", "max_images"):
+        for name in ("max_body_bytes", "max_pixels", "min_side", "max_images", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
         if self.dispatch.max_queue < self.max_images:
@@ -94,6 +95,7 @@ class Server:
         self.dispatcher = Dispatcher(self.catalog, backend, settings.dispatch, self.metrics)
         self.decoder = ThreadPoolExecutor(available_cpus(), thread_name_prefix="decode")
         self.startup_error: str | None = None
+        self.in_flight = 0  # requests inside the app now (the event loop is the only writer)
         self._starting: asyncio.Task | None = None
 
     def problem(self) -> str | None:

@@ -90,3 +90,9 @@ def build_served_repository(root, backend: str):
 def served_repository(tmp_path_factory):
     """A model repository (ONNX Runtime backend) of two tiny trained members, built once per test session."""
     return build_served_repository(tmp_path_factory.mktemp("served"), "onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def served_python_repository(tmp_path_factory):
+    """The same two members in a Triton python-backend repository (what the local tritonserver can run)."""
+    return build_served_repository(tmp_path_factory.mktemp("served-python"), "python")

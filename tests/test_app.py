@@ -309,6 +309,45 @@ def test_a_full_queue_answers_429_with_retry_after(served_repository):
     assert [r.status_code for r in stalled] == [200, 200, 200]
 
 
+def test_the_in_flight_limit_answers_429(served_repository):
+    backend = GatedBackend()
+    backend.loading.set()
+    server = make_server(served_repository, backend, max_in_flight=1)
+    app = create_app(server)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+                while (await http.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.02)
+                backend.running.clear()
+                send = lambda: http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"})  # noqa: E731
+                stalled = asyncio.create_task(send())
+                while server.in_flight < 1:
+                    await asyncio.sleep(0.01)
+                refused = await asyncio.wait_for(send(), 30)
+                backend.running.set()
+                return refused, await asyncio.wait_for(stalled, 30)
+
+    refused, stalled = asyncio.run(scenario())
+    assert refused.status_code == 429 and "1 requests, its limit" in refused.json()["detail"] and stalled.status_code == 200
+
+
+def test_a_model_onnx_runtime_cannot_load_is_named_by_readyz(served_repository, tmp_path):
+    import shutil
+
+    broken = tmp_path / "repo"
+    shutil.copytree(served_repository, broken)
+    (broken / "tiny-f-b1" / "1" / "model.onnx").write_bytes(b"not a model")
+    with TestClient(create_app(make_server(broken))) as client:
+        deadline = time.monotonic() + 30
+        while "startup failed" not in client.get("/readyz").json()["detail"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer = client.get("/readyz")
+        assert answer.status_code == 503 and "tiny-f-b1" in answer.json()["detail"] and "ONNX Runtime" in answer.json()["detail"]
+        assert post_jpeg(client).status_code == 503
+
+
 def test_the_serving_path_never_imports_torch():
     code = ("import sys, effx_serve.app, effx_serve.server, effx_serve.cli_serve, effx_serve.backends, effx_serve.backend_triton; "
             "print('torch' in sys.modules)")
