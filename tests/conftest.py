@@ -60,7 +60,16 @@ def _tiny_family(root):
     return family, root / "run" / "checkpoints"
 
 
-def build_served_repository(root, backend: str):
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """(family.json, checkpoints folder) of a two-member family trained for one epoch on tiny demo data, once per session."""
+    root = tmp_path_factory.mktemp("family")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EFFX_CACHE_DIR", str(root / "cache"))
+        return _tiny_family(root)
+
+
+def build_served_repository(root, backend: str, tiny_family):
     """A repository of the tiny family for `backend` (onnxruntime or python), profiled quickly, with SERVED_ACCURACY."""
     import json
 
@@ -74,7 +83,7 @@ def build_served_repository(root, backend: str):
         mp.setenv("EFFX_CACHE_DIR", str(root / "cache"))
         real = profiler.time_calls
         mp.setattr(profiler, "time_calls", lambda call, protocol=None: real(call, quick))
-        family, checkpoints = _tiny_family(root)
+        family, checkpoints = tiny_family
         out = root / "model_repository"
         with LatencyStore() as store:
             build_repository(family, checkpoints, out, RepoSettings(backend=backend, hardware_ids=("nvidia-h200",)), this_machine(), store,
@@ -87,12 +96,12 @@ def build_served_repository(root, backend: str):
 
 
 @pytest.fixture(scope="session")
-def served_repository(tmp_path_factory):
+def served_repository(tmp_path_factory, tiny_family):
     """A model repository (ONNX Runtime backend) of two tiny trained members, built once per test session."""
-    return build_served_repository(tmp_path_factory.mktemp("served"), "onnxruntime")
+    return build_served_repository(tmp_path_factory.mktemp("served"), "onnxruntime", tiny_family)
 
 
 @pytest.fixture(scope="session")
-def served_python_repository(tmp_path_factory):
+def served_python_repository(tmp_path_factory, tiny_family):
     """The same two members in a Triton python-backend repository (what the local tritonserver can run)."""
-    return build_served_repository(tmp_path_factory.mktemp("served-python"), "python")
+    return build_served_repository(tmp_path_factory.mktemp("served-python"), "python", tiny_family)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_repository import QUICK, _triton_or_skip, build, trained  # noqa: F401 - trained is a fixture used here
+from test_repository import QUICK, _triton_or_skip, build
 
 from effx_serve import catalog, ceilings, manifest, profiler, triton_local
 from effx_serve.backend_triton import TritonBackend
@@ -17,7 +17,7 @@ from effx_serve.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def members(trained, tmp_path_factory):  # noqa: F811 - the fixture imported above
+def members(tiny_family, tmp_path_factory):
     """The members of a python-backend repository of the tiny family (the only backend the local tritonserver has)."""
     _triton_or_skip()
     out = tmp_path_factory.mktemp("triton-repo") / "model_repository"
@@ -26,7 +26,7 @@ def members(trained, tmp_path_factory):  # noqa: F811 - the fixture imported abo
         real_time, real_measure = profiler.time_calls, ceilings.measure
         mp.setattr(profiler, "time_calls", lambda call, protocol=None: real_time(call, QUICK))
         mp.setattr(ceilings, "measure", lambda **_: real_measure(matmul_size=128, copy_mib=4, repeats=2))
-        build(trained, out, backend="python", batches=(1, 4))
+        build(tiny_family, out, backend="python", batches=(1, 4))
     data = manifest.read(out)
     loaded = catalog.load(out, data["target_hardware"], "onnxruntime")
     return list(loaded.members.values())

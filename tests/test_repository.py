@@ -14,38 +14,11 @@ from effx_serve.measure import this_machine
 from effx_serve.paths import sha256_file
 from effx_serve.repo_build import RepoSettings, build_repository
 from effx_serve.repo_check import check_repository
-from search.build_family import train_family
-from search.lacs import Coefficients
-from search.lacs import family as scale_family
-from search.lacs_job import FAMILY_VERSION
-from training.demo_data import generate_demo_data
-from training.plan import expand
 from training.spec import spec_from_stage_strings
 
 BASE = spec_from_stage_strings(["r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e4_i16_o24_se0.25"], width=0.5, resolution=24,
                                num_classes=10, head_filters=64, name="tiny")
 QUICK = profiler.Protocol(warmup_runs=1, warmup_seconds=0.0, min_runs=3, min_seconds=0.0)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(family.json, checkpoints folder) of a two-member family trained for one epoch on tiny demo data."""
-    root = tmp_path_factory.mktemp("family")
-    data = root / "data"
-    generate_demo_data(data, size=8, image_size=32)
-    members = []
-    for spec, phi in zip(scale_family(BASE, Coefficients(1.0, 1.1, 1.15), (0.0, 1.0), "tiny-f"), (0.0, 1.0), strict=True):
-        plan = expand(spec)
-        members.append({"name": spec.name, "phi": phi, "spec": spec.to_dict(), "params": plan.params, "macs": plan.macs, "expected_latency_ms": 0.1})
-    family = root / "family.json"
-    family.write_text(json.dumps({"family_version": FAMILY_VERSION, "hardware": "cpu-test", "coefficients": [1.0, 1.1, 1.15], "members": members}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EFFX_CACHE_DIR", str(root / "cache"))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        train_family(family, data, root / "run", 1, lambda spec: 0.1, say=lambda line: None, progress=False)
-        torch.set_num_threads(threads)
-    return family, root / "run" / "checkpoints"
 
 
 @pytest.fixture(autouse=True)
@@ -54,21 +27,21 @@ def quick(monkeypatch, quick_ceilings):
     monkeypatch.setattr(profiler, "time_calls", lambda call, protocol=None: real(call, QUICK))
 
 
-def build(trained, out, **settings):
-    family, checkpoints = trained
+def build(tiny_family, out, **settings):
+    family, checkpoints = tiny_family
     with LatencyStore() as store:
         return build_repository(family, checkpoints, out, RepoSettings(**settings), this_machine(), store, say=lambda line: None)
 
 
 @pytest.fixture(scope="module")
-def built(trained, tmp_path_factory):
+def built(tiny_family, tmp_path_factory):
     """A repository built once (tests that damage it work on copies)."""
     out = tmp_path_factory.mktemp("repo") / "model_repository"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EFFX_CACHE_DIR", str(out.parent / "cache"))
         real = profiler.time_calls
         mp.setattr(profiler, "time_calls", lambda call, protocol=None: real(call, QUICK))
-        build(trained, out, hardware_ids=("nvidia-h200",))
+        build(tiny_family, out, hardware_ids=("nvidia-h200",))
     return out
 
 
@@ -108,14 +81,14 @@ def test_check_repo_passes_on_a_good_repository(built, capsys):
     assert "OK, 2 members" in capsys.readouterr().out
 
 
-def test_exported_model_matches_pytorch_logits(built, trained):
+def test_exported_model_matches_pytorch_logits(built, tiny_family):
     import numpy as np
 
     from effx_serve.profiler import onnxruntime_session
     from training.checkpoint import load_weights
     from training.model import build_model
 
-    spec, weights = load_weights(trained[1] / "tiny-f-b0")
+    spec, weights = load_weights(tiny_family[1] / "tiny-f-b0")
     model = build_model(spec).eval()
     model.load_state_dict(weights)
     x = torch.randn(3, 3, spec.resolution, spec.resolution)
@@ -128,7 +101,7 @@ def test_exported_model_matches_pytorch_logits(built, trained):
 # --- incremental, atomic --------------------------------------------------------------------------
 
 
-def test_rebuild_reuses_unchanged_exports(built, trained, tmp_path, monkeypatch):
+def test_rebuild_reuses_unchanged_exports(built, tiny_family, tmp_path, monkeypatch):
     out = copy_of(built, tmp_path)
     exported = []
     real = repo_build._export
@@ -139,14 +112,14 @@ def test_rebuild_reuses_unchanged_exports(built, trained, tmp_path, monkeypatch)
     monkeypatch.setattr(profiler, "profile_onnx", lambda *a, **k: pytest.fail("an unchanged member was profiled again"))
     monkeypatch.setenv("EFFX_CACHE_DIR", str(built.parent / "cache"))  # the latency store the first build filled
     (out / "README.md").write_text("kept")
-    data = build(trained, out, hardware_ids=("nvidia-h200",))
+    data = build(tiny_family, out, hardware_ids=("nvidia-h200",))
     assert exported == ["tiny-f-b0", "tiny-f-b1"] and check_repository(out)[1] == []
     assert (out / "README.md").read_text() == "kept"  # files of one's own beside the members survive a rebuild
     assert data["members"]["tiny-f-b0"]["model"]["sha256"] == manifest.read(built)["members"]["tiny-f-b0"]["model"]["sha256"]
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(28, "No space left on device")])
-def test_a_build_that_fails_midway_leaves_the_old_repository_intact(built, trained, tmp_path, monkeypatch, failure):
+def test_a_build_that_fails_midway_leaves_the_old_repository_intact(built, tiny_family, tmp_path, monkeypatch, failure):
     out = copy_of(built, tmp_path)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     real = repo_build._measured
@@ -161,10 +134,10 @@ def test_a_build_that_fails_midway_leaves_the_old_repository_intact(built, train
     monkeypatch.setattr(repo_build, "_measured", measured)
     if isinstance(failure, OSError):
         with pytest.raises(UserError, match="No space left on device.*unchanged"):
-            build(trained, out)
+            build(tiny_family, out)
     else:
         with pytest.raises(KeyboardInterrupt):
-            build(trained, out)
+            build(tiny_family, out)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not list(tmp_path.glob(".repo.*"))  # no staging folder left behind
 
@@ -240,8 +213,8 @@ def test_check_repo_runs_onnx_checker_on_a_model_that_matches_its_manifest_hash(
 # --- bad input to build-repo ----------------------------------------------------------------------
 
 
-def test_bad_inputs_to_build_repo(trained, built, tmp_path, capsys):
-    family, checkpoints = trained
+def test_bad_inputs_to_build_repo(tiny_family, built, tmp_path, capsys):
+    family, checkpoints = tiny_family
     a_file = tmp_path / "file"
     a_file.write_text("x")
     cases = [
@@ -260,39 +233,39 @@ def test_bad_inputs_to_build_repo(trained, built, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_an_unwritable_output_folder_is_a_clear_error(trained, tmp_path, monkeypatch, capsys):
+def test_an_unwritable_output_folder_is_a_clear_error(tiny_family, tmp_path, monkeypatch, capsys):
     def refuse(target):  # what mkdir raises in a folder without write permission (root, running tests here, may write anywhere)
         raise PermissionError(13, "Permission denied", str(target))
 
     monkeypatch.setattr(atomic_dir, "staging_dir", refuse)
-    family, checkpoints = trained
+    family, checkpoints = tiny_family
     assert main(["build-repo", "--family", str(family), "--checkpoints", str(checkpoints), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "cannot write beside" in err and "Permission denied" in err
 
 
-def test_a_checkpoint_of_another_spec_is_refused(trained, tmp_path):
-    family, checkpoints = trained
+def test_a_checkpoint_of_another_spec_is_refused(tiny_family, tmp_path):
+    family, checkpoints = tiny_family
     swapped = tmp_path / "checkpoints"
     shutil.copytree(checkpoints / "tiny-f-b1", swapped / "tiny-f-b0")
     shutil.copytree(checkpoints / "tiny-f-b1", swapped / "tiny-f-b1")
     with pytest.raises(UserError, match="is of another model than member tiny-f-b0"):
-        build(trained[:1] + (swapped,), tmp_path / "r")
+        build(tiny_family[:1] + (swapped,), tmp_path / "r")
 
 
-def test_configs_for_another_target(trained, tmp_path):
+def test_configs_for_another_target(tiny_family, tmp_path):
     out = tmp_path / "r"
-    data = build(trained, out, hardware_ids=("nvidia-h200",), target="nvidia-h200", batches=(1, 8))
+    data = build(tiny_family, out, hardware_ids=("nvidia-h200",), target="nvidia-h200", batches=(1, 8))
     config = triton_config.parse((out / "tiny-f-b0" / "config.pbtxt").read_text())
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU and data["target_hardware"] == "nvidia-h200"
     assert [a.name for a in config.optimization.execution_accelerators.gpu_execution_accelerator] == ["tensorrt"]
     with pytest.raises(UserError, match="--target tpu-v3 has no latency records"):
-        build(trained, tmp_path / "r2", target="tpu-v3")
+        build(tiny_family, tmp_path / "r2", target="tpu-v3")
 
 
-def test_python_backend_variant(trained, tmp_path):
+def test_python_backend_variant(tiny_family, tmp_path):
     out = tmp_path / "r"
-    data = build(trained, out, backend="python", batches=(1, 2))
+    data = build(tiny_family, out, backend="python", batches=(1, 2))
     assert data["triton_backend"] == "python"
     for name in data["members"]:
         assert (out / name / "1" / "model.py").read_text() == repo_build.PYTHON_MODEL.read_text()
@@ -318,7 +291,7 @@ def _triton_or_skip():
         pytest.skip(f"the local tritonserver cannot start here: {(probe.stderr or probe.stdout).decode(errors='replace')[-300:]}")
 
 
-def test_real_tritonserver_serves_the_python_backend_repository(trained, tmp_path):
+def test_real_tritonserver_serves_the_python_backend_repository(tiny_family, tmp_path):
     import numpy as np
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -328,7 +301,7 @@ def test_real_tritonserver_serves_the_python_backend_repository(trained, tmp_pat
 
     _triton_or_skip()
     out = tmp_path / "r"
-    data = build(trained, out, backend="python", batches=(1, 4))
+    data = build(tiny_family, out, backend="python", batches=(1, 4))
     rng = np.random.default_rng(0)
     with triton_local.serve(out) as server:
         http = httpclient.InferenceServerClient(server.http_url)
