@@ -66,7 +66,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--family", help="family served when a request pins none (default: the one for the detected hardware)")
     p.add_argument("--default-policy", choices=POLICIES, default="most_accurate", help="for requests without an SLA (default: %(default)s)")
     p.add_argument("--max-queue", type=positive_int, default=256, help="images waiting per member before 429 (default: %(default)s)")
-    p.add_argument("--max-wait-ms", type=_non_negative_float, help="how long a batch waits for company (default: half a member's batch-1 time)")
+    p.add_argument("--max-wait-ms", type=_non_negative_float, default=0.0,
+                   help="how long a batch that is not full waits for more images (default: 0, batches form from what queued meanwhile)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: %(default)s)")
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")

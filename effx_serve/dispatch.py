@@ -18,19 +18,21 @@ from effx_serve.batcher import ItemResult, MicroBatcher, retry_after_s
 from effx_serve.catalog import Catalog, Member
 from effx_serve.router import POLICIES, Decision, LatencyTracker, Option, Sla, route
 from effx_serve.serve_metrics import ServerMetrics
-from effx_serve.triton_config import BatchingPlan
 
 
 @dataclass(frozen=True)
 class DispatchSettings:
     max_queue: int = 256  # images waiting per member before 429
-    max_wait_ms: float | None = None  # None: per member, half its batch-1 time (as the Triton configs)
+    # How long a batch that is not full waits for company. 0: batches form only from what queued while the
+    # previous batch ran (they grow with load at no cost to a lone request; any wait here costs at least
+    # the event loop's 1 ms timer resolution, several times the batch-1 time of a small member).
+    max_wait_ms: float = 0.0
     default_policy: str = "most_accurate"  # requests with no SLA
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
             raise ValueError("max_queue must be >= 1")
-        if self.max_wait_ms is not None and not 0 <= self.max_wait_ms <= 1000:
+        if not 0 <= self.max_wait_ms <= 1000:
             raise ValueError("max_wait_ms must be from 0 to 1000")
         if self.default_policy not in POLICIES:
             raise ValueError(f"default_policy must be one of {POLICIES}")
@@ -53,16 +55,11 @@ class Dispatcher:
         self.tracker = LatencyTracker()
         self.batchers: dict[str, MicroBatcher] = {}
 
-    def _max_wait_ms(self, member: Member) -> float:
-        if self.settings.max_wait_ms is not None:
-            return self.settings.max_wait_ms
-        return BatchingPlan.from_profile({1: member.latency.service_ms(1)}).max_queue_delay_us / 1000.0
-
     async def start(self) -> None:
         members = list(self.catalog.members.values())
         await self.backend.start(members)
         for member in members:
-            batcher = MicroBatcher(member.name, self._runner(member), member.max_batch, self._max_wait_ms(member), self.settings.max_queue,
+            batcher = MicroBatcher(member.name, self._runner(member), member.max_batch, self.settings.max_wait_ms, self.settings.max_queue,
                                    self.backend.workers_per_member, on_batch=self._observer(member))
             batcher.start()
             self.batchers[member.name] = batcher

@@ -14,10 +14,7 @@ from effx_serve.measure import this_machine
 from effx_serve.paths import sha256_file
 from effx_serve.repo_build import RepoSettings, build_repository
 from effx_serve.repo_check import check_repository
-from training.spec import spec_from_stage_strings
 
-BASE = spec_from_stage_strings(["r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e4_i16_o24_se0.25"], width=0.5, resolution=24,
-                               num_classes=10, head_filters=64, name="tiny")
 QUICK = profiler.Protocol(warmup_runs=1, warmup_seconds=0.0, min_runs=3, min_seconds=0.0)
 
 

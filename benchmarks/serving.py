@@ -1,0 +1,532 @@
+"""What the HTTP router costs over raw ONNX Runtime on this machine: per-request overhead and served throughput (issue 6).
+
+    .venv/bin/python benchmarks/serving.py [--member NAME] [--backends onnxruntime,triton] [--duration 3] [--json OUT.json]
+
+Every member of --repo (default model_repository; or one --member) on every backend, with one 640x480 photo-like
+JPEG (smooth gradients, shapes, mild noise; quality 90), measured side by side in one run:
+
+1. Router overhead = p50 end-to-end latency of POST /v1/classify?member=NAME (real HTTP over localhost to
+   `effx-serve serve` running in its own process; a keep-alive client, one request at a time) MINUS p50 of
+   ONNX Runtime session.run at batch 1 on the same model.onnx in this process, with the thread settings of the
+   server's backend (ThreadSettings.fit). Target <= 2 ms. The medians of the server's own `timing` (decode,
+   queue, inference, total) and of this process's decode + preprocessing of the same JPEG explain it.
+2. Served throughput at saturation = the best images/s over several in-flight counts (--concurrency) of a load
+   generator in a separate process (asyncio, raw HTTP/1.1 keep-alive connections), DIVIDED BY raw ONNX Runtime
+   images/s at its best batch (1, 4, 16 on pre-made tensors, in this process, same thread settings). Target
+   >= 0.85. The row `batch16` sends 16 images per request to /v1/classify/batch (--batch-concurrency), which
+   amortises HTTP. The load generator competes with the server for the same cores: the CPU it, the server (and
+   tritonserver) used is printed per level, in cores.
+3. The same through the Triton backend: `effx-serve serve --backend triton` in front of the tritonserver that
+   nvidia-pytriton ships (Python backend only), on a python-backend repository built by `effx-serve build-repo
+   --triton-backend python` into a temporary folder from the demo run (--demo-run; cached exports make it quick),
+   or the one given with --triton-repo. The in-process reference is the same model.onnx (checked by sha256).
+
+With the defaults (--duration 3, three single-image and three batch concurrency levels) one member takes about a
+minute on both backends and all four demo members about five. Exit status 0 when every single-image row meets
+both targets. Measure on a quiet machine: anything else on these cores lowers the served figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+OVERHEAD_TARGET_MS = 2.0
+RATIO_TARGET = 0.85
+RAW_BATCHES = (1, 4, 16)
+REQUEST_BATCH = 16  # images per /v1/classify/batch request
+HOST = "127.0.0.1"
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+
+# --- the load generator (run in its own process: `serving.py --load-generator SPEC.json`; stdlib only) -------------
+
+def _ticks(pid: int) -> int | None:
+    """utime + stime of one process in clock ticks; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (tritonserver's Python-backend stubs are its children)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += parents.get(current, [])
+    return found
+
+
+def _busy_ticks() -> int:
+    """Ticks every core of the machine spent not idle (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    return sum(values) - values[3] - values[4]  # minus idle and iowait
+
+
+def _cpu_snapshot(watch: dict[str, list[int]]) -> dict:
+    return {"t": time.perf_counter(), "system": _busy_ticks(), "client": _ticks(os.getpid()) or 0,
+            **{name: sum(_ticks(pid) or 0 for pid in pids) for name, pids in watch.items()}}
+
+
+async def _generate(spec: dict) -> dict:
+    request = Path(spec["request_file"]).read_bytes()
+    concurrency, images = spec["concurrency"], spec["images_per_request"]
+    watch = {name: _tree(pid) for name, pid in spec["watch"].items()}
+    begin = time.perf_counter()
+    start, stop = begin + spec["warmup_s"], begin + spec["warmup_s"] + spec["duration_s"]
+    finished: list[tuple[float, float, int, dict | None]] = []  # (done at, latency, status, timing)
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(HOST, spec["port"])
+        try:
+            while time.perf_counter() < stop:
+                sent = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = _LENGTH.search(head)
+                if length is None:
+                    raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
+                body = await reader.readexactly(int(length.group(1)))
+                done = time.perf_counter()
+                status = int(head[9:12])
+                timing = None
+                if start <= done <= stop and status == 200:
+                    answer = json.loads(body)
+                    timing = dict(answer["timing"], batch_size=answer.get("batch_size") or
+                                  statistics.median(r["batch_size"] for r in answer["results"]))
+                finished.append((done, done - sent, status, timing))
+        finally:
+            writer.close()
+
+    async def snapshot_at(when: float) -> dict:
+        await asyncio.sleep(max(0.0, when - time.perf_counter()))
+        return _cpu_snapshot(watch)
+
+    snapshots = asyncio.gather(snapshot_at(start), snapshot_at(stop))
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    first, last = await snapshots
+    window = [f for f in finished if start <= f[0] <= stop]
+    ok = [f for f in window if f[2] == 200]
+    errors: dict[str, int] = {}
+    for f in window:
+        if f[2] != 200:
+            errors[str(f[2])] = errors.get(str(f[2]), 0) + 1
+    elapsed, hz = last["t"] - first["t"], os.sysconf("SC_CLK_TCK")
+    cores = {name: (last[name] - first[name]) / hz / elapsed for name in last if name != "t"}
+    timings = [f[3] for f in ok]
+    return {"concurrency": concurrency, "requests": len(ok), "images_per_s": len(ok) * images / spec["duration_s"],
+            "p50_ms": 1e3 * statistics.median(f[1] for f in ok) if ok else None, "errors": errors, "cores": cores,
+            "server_timing": {key: statistics.median(t[key] for t in timings) for key in timings[0]} if timings else {}}
+
+
+def load_generator(spec_file: str) -> int:
+    spec = json.loads(Path(spec_file).read_text())
+    print(json.dumps(asyncio.run(_generate(spec))))
+    return 0
+
+
+# --- the benchmark -------------------------------------------------------------------------------------------------
+
+def make_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
+    """A photo-like JPEG: a smooth sky-to-ground gradient, soft-edged shapes, mild sensor noise; quality 90."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    sky = np.stack([90 + 60 * y / height, 140 + 50 * y / height, 220 - 40 * y / height], axis=-1)
+    ground = np.stack([70 + 40 * x / width, 110 + 30 * np.sin(x / 57.0), 50 + 20 * y / height], axis=-1)
+    horizon = (0.55 * height + 25 * np.sin(x / 90.0))[..., None]
+    pixels = np.where(y[..., None] < horizon, sky, ground)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(14):
+        cx, cy, r = rng.integers(0, width), rng.integers(0, height), rng.integers(15, 90)
+        colour = tuple(int(c) for c in rng.integers(20, 235, 3))
+        if rng.random() < 0.5:
+            draw.ellipse((cx - r, cy - r, cx + r, cy + int(r * rng.uniform(0.5, 1.5))), fill=colour)
+        else:
+            draw.polygon([(int(cx + r * np.cos(a)), int(cy + r * np.sin(a))) for a in rng.uniform(0, 2 * np.pi, 5)], fill=colour)
+    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)
+    pixels += rng.normal(0.0, 4.0, pixels.shape)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def multipart(image: bytes, count: int) -> tuple[bytes, str]:
+    boundary = "effx-benchmark-boundary"
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"photo.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode() + image + b"\r\n"
+    return part * count + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def http_request(port: int, path: str, body: bytes, content_type: str) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def median_ms(seconds: list[float]) -> float:
+    return 1e3 * statistics.median(seconds)
+
+
+def timed_loop(call, duration_s: float, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        call()
+    times, stop = [], time.perf_counter() + duration_s
+    while True:
+        started = time.perf_counter()
+        call()
+        done = time.perf_counter()
+        times.append(done - started)
+        if done >= stop:
+            return times
+
+
+class InProcess:
+    """Raw ONNX Runtime on one model.onnx with the server backend's session settings, and the server's decode."""
+
+    def __init__(self, member, image: bytes, duration_s: float):
+        import math
+
+        import numpy as np
+
+        from effx_serve import preprocess
+        from effx_serve.backends import OnnxRuntimeBackend
+        from effx_serve.hardware import detect
+        from effx_serve.server import SERVING_FORMATS, ServerSettings
+
+        backend = OnnxRuntimeBackend(detect().hw_class)  # its _session: the very options the server's sessions get
+        session, self.threads = backend._session(member), backend.threads
+        max_pixels = ServerSettings.__dataclass_fields__["max_pixels"].default
+        shorter = math.ceil(member.resolution / preprocess.DEFAULT_CROP_FRACTION)
+
+        def decode() -> np.ndarray:  # as effx_serve.app's decode()
+            return preprocess.to_input(preprocess.decode_image(image, max_pixels, SERVING_FORMATS, shrink_to=2 * shorter), member.resolution)
+
+        self.decode_p50_ms = median_ms(timed_loop(decode, min(1.0, duration_s)))
+        one = decode()
+        self.p50_ms, self.images_per_s = {}, {}
+        for batch in RAW_BATCHES:
+            feed = {member.input_name: np.ascontiguousarray(np.repeat(one[None], batch, axis=0))}
+            times = timed_loop(lambda feed=feed: session.run([member.output_name], feed), duration_s)
+            self.p50_ms[batch] = median_ms(times)
+            self.images_per_s[batch] = batch * len(times) / sum(times)
+        self.best_batch = max(self.images_per_s, key=self.images_per_s.get)
+        backend._executor.shutdown()
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0):
+    """`effx-serve serve` on `repo` in its own process until the block ends; yields (port, process) once /readyz is 200."""
+    port = free_port()
+    log = log_dir / f"serve-{port}.log"
+    argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repo), "--host", HOST, "--port", str(port),
+            "--log-level", "warning", *extra]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                why = f"exited with code {process.returncode}" if process.poll() is not None else f"was not ready after {timeout_s:.0f} s"
+                raise RuntimeError(f"effx-serve serve {why}:\n{tail}")
+            time.sleep(0.2)
+        yield port, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def latency(port: int, path: str, image: bytes, duration_s: float) -> dict:
+    """One request at a time on one keep-alive connection (a blocking socket: the least client work per request)."""
+    request = http_request(port, path, image, "image/jpeg")
+    timings: list[dict] = []
+    with socket.create_connection((HOST, port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = b""
+
+        def call() -> None:
+            nonlocal buffer
+            sock.sendall(request)
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            found = _LENGTH.search(head + b"\r\n")
+            if found is None:
+                raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
+            length = int(found.group(1))
+            while len(buffer) < length:
+                buffer += sock.recv(65536)
+            body, buffer = buffer[:length], buffer[length:]
+            if head[9:12] != b"200":
+                raise RuntimeError(f"POST {path} answered {head[:200]!r}: {body[:300]!r}")
+            timings.append(body)
+
+        times = timed_loop(call, duration_s)
+    answers = [json.loads(body)["timing"] for body in timings[-len(times):]]
+    return {"p50_ms": median_ms(times), "requests": len(times),
+            "server_timing": {key: statistics.median(a[key] for a in answers) for key in answers[0]}}
+
+
+def load(port: int, request: bytes, images: int, concurrency: int, duration_s: float, watch: dict[str, int], work: Path) -> dict:
+    request_file, spec_file = work / "request.bin", work / "load.json"
+    request_file.write_bytes(request)
+    spec_file.write_text(json.dumps({"port": port, "request_file": str(request_file), "images_per_request": images,
+                                     "concurrency": concurrency, "warmup_s": min(1.0, duration_s / 3), "duration_s": duration_s,
+                                     "watch": watch}))
+    result = subprocess.run([sys.executable, __file__, "--load-generator", str(spec_file)], capture_output=True, text=True, timeout=120 + 2 * duration_s)
+    if result.returncode != 0:
+        raise RuntimeError(f"the load generator failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def available_cpus() -> int:
+    from effx_serve.backends import available_cpus as cpus
+
+    return cpus()
+
+
+def serve_rows(member, backend: str, port: int, image: bytes, reference: InProcess, args, watch: dict[str, int], work: Path, say) -> list[dict]:
+    path = f"/v1/classify?member={member.name}"
+    say(f"{member.name} on {backend}: latency, one request at a time")
+    single = latency(port, path, image, args.duration)
+    levels = []
+    for concurrency in args.concurrency:
+        say(f"{member.name} on {backend}: /v1/classify with {concurrency} in flight")
+        levels.append(load(port, http_request(port, path, image, "image/jpeg"), 1, concurrency, args.duration, watch, work))
+    body, content_type = multipart(image, REQUEST_BATCH)
+    batch_request = http_request(port, f"/v1/classify/batch?member={member.name}", body, content_type)
+    batch_levels = []
+    for concurrency in args.batch_concurrency:
+        say(f"{member.name} on {backend}: /v1/classify/batch ({REQUEST_BATCH} images) with {concurrency} in flight")
+        batch_levels.append(load(port, batch_request, REQUEST_BATCH, concurrency, args.duration, watch, work))
+    raw = reference.images_per_s[reference.best_batch]
+    pipeline_ms = reference.decode_p50_ms + 1e3 / raw  # CPU per image that no server can avoid: decode and inference
+    rows = []
+    for endpoint, http_p50, inproc_p50, timing, measured in (
+            ("classify", single["p50_ms"], reference.p50_ms[1], single["server_timing"], levels),
+            (f"batch{REQUEST_BATCH}", next((lv["p50_ms"] for lv in batch_levels if lv["concurrency"] == 1), None), reference.p50_ms[REQUEST_BATCH],
+             next((lv["server_timing"] for lv in batch_levels if lv["concurrency"] == 1), {}), batch_levels)):
+        best = max(measured, key=lambda lv: lv["images_per_s"])
+        overhead = None if http_p50 is None else http_p50 - inproc_p50
+        rows.append({"member": member.name, "backend": backend, "endpoint": endpoint, "http_p50_ms": http_p50, "inprocess_p50_ms": inproc_p50,
+                     "inprocess_batch": 1 if endpoint == "classify" else REQUEST_BATCH, "overhead_ms": overhead,
+                     "overhead_ok": None if endpoint != "classify" else overhead <= OVERHEAD_TARGET_MS,
+                     "served_images_per_s": best["images_per_s"], "served_concurrency": best["concurrency"],
+                     "raw_images_per_s": raw, "raw_batch": reference.best_batch, "ratio": best["images_per_s"] / raw,
+                     "ratio_ok": best["images_per_s"] / raw >= RATIO_TARGET, "server_timing_p50_ms": timing,
+                     "decode_inprocess_p50_ms": reference.decode_p50_ms, "levels": measured,
+                     "latency_requests": single["requests"] if endpoint == "classify" else None, "cpus": available_cpus(),
+                     "pipeline_cpu_ms_per_image": pipeline_ms, "pipeline_ceiling_images_per_s": 1e3 * available_cpus() / pipeline_ms})
+    return rows
+
+
+def build_triton_repo(args, dataset: str, out: Path, say) -> Path:
+    if args.triton_repo:
+        return Path(args.triton_repo)
+    demo = Path(args.demo_run)
+    family, checkpoints = demo / "lacs" / "family.json", demo / "checkpoints"
+    if not family.is_file() or not checkpoints.is_dir():
+        raise RuntimeError(f"no demo run at {demo} ({family} and {checkpoints}) to build the python-backend repository from; "
+                           "give one with --demo-run or a built repository with --triton-repo")
+    say(f"building a python-backend repository for the local tritonserver in {out}")
+    argv = [sys.executable, "-m", "effx_serve.cli", "build-repo", "--family", str(family), "--checkpoints", str(checkpoints),
+            "--out", str(out), "--triton-backend", "python", "--dataset-name", dataset]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"effx-serve build-repo failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    return out
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def mark(ok) -> str:
+    return "" if ok is None else ("ok" if ok else "FAIL")
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'member':15s} {'backend':11s} {'endpoint':8s} {'HTTP p50':>9s} {'in-proc p50':>11s} {'overhead':>9s} {'<=2ms':>5s} "
+          f"{'served img/s':>12s} {'(N)':>5s} {'raw ORT img/s':>13s} {'(b)':>4s} {'ratio':>6s} {'>=0.85':>6s}")
+    for r in rows:
+        print(f"{r['member']:15s} {r['backend']:11s} {r['endpoint']:8s} {fmt(r['http_p50_ms'], '9.2f')} "
+              f"{fmt(r['inprocess_p50_ms'], '8.2f')} b{r['inprocess_batch']:<2d} {fmt(r['overhead_ms'], '9.2f')} {mark(r['overhead_ok']):>5s} "
+              f"{r['served_images_per_s']:12.0f} {r['served_concurrency']:5d} {r['raw_images_per_s']:13.0f} {r['raw_batch']:4d} "
+              f"{r['ratio']:6.2f} {mark(r['ratio_ok']):>6s}")
+    print("(HTTP p50 and in-process p50 in ms; in-proc p50 at batch b1 for /v1/classify, b16 for a 16-image /v1/classify/batch request;\n"
+          " N: requests in flight at the best served rate; b: the best raw batch)")
+
+
+def print_details(rows: list[dict]) -> None:
+    print("\nwhere the time goes (medians, ms) and the load levels (img/s, p50 ms, CPU in cores: "
+          "server = the router process, triton = tritonserver and its stubs, client = the load generator, all = the whole machine)")
+    for r in rows:
+        t = r["server_timing_p50_ms"]
+        head = f"{r['member']} {r['backend']} {r['endpoint']}:"
+        if t:
+            outside = None if r["http_p50_ms"] is None else r["http_p50_ms"] - t["total_ms"]
+            print(f"  {head} server decode {t['decode_ms']:.2f} + queue {t['queue_ms']:.2f} + inference {t['inference_ms']:.2f} "
+                  f"-> total {t['total_ms']:.2f} in the handler; HTTP, ASGI, JSON and client outside it {fmt(outside, '.2f')}; "
+                  f"this process decodes the JPEG in {r['decode_inprocess_p50_ms']:.2f}")
+            if r["endpoint"] == "classify":
+                print(f"    decode + inference at the best raw batch alone take {r['pipeline_cpu_ms_per_image']:.2f} ms CPU per image: "
+                      f"at most {r['pipeline_ceiling_images_per_s']:.0f} img/s on {r['cpus']} cores even with zero HTTP cost "
+                      f"({r['pipeline_ceiling_images_per_s'] / r['raw_images_per_s']:.2f} x raw)")
+        else:
+            print(f"  {head}")
+        for lv in r["levels"]:
+            st = lv["server_timing"]
+            cores = " ".join(f"{name} {value:.2f}" for name, value in lv["cores"].items() if name != "system") + f" all {lv['cores']['system']:.2f}"
+            errors = f" errors {lv['errors']}" if lv["errors"] else ""
+            extra = (f"; server decode {st['decode_ms']:.2f} queue {st['queue_ms']:.2f} inference {st['inference_ms']:.2f} "
+                     f"batch {st['batch_size']:.0f}") if st else ""
+            per_image = " + ".join(f"{name} {1e3 * lv['cores'][name] / lv['images_per_s']:.2f}" for name in ("server", "triton")
+                                   if name in lv["cores"] and lv["images_per_s"] > 0)
+            print(f"    N={lv['concurrency']:<3d} {lv['images_per_s']:7.0f} img/s  p50 {fmt(lv['p50_ms'], '7.2f')}  cores: {cores} "
+                  f"(CPU ms per image: {per_image}){extra}{errors}")
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--load-generator":
+        return load_generator(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", default="model_repository", help="the served repository (default: %(default)s)")
+    parser.add_argument("--member", help="one member (default: every member of --repo)")
+    parser.add_argument("--backends", default="onnxruntime,triton", help="comma-separated, of onnxruntime and triton (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default: %(default)s)")
+    parser.add_argument("--concurrency", default="4,16,64", help="requests in flight tried on /v1/classify (default: %(default)s)")
+    parser.add_argument("--batch-concurrency", default="1,2,4", help="requests in flight tried on /v1/classify/batch (default: %(default)s)")
+    parser.add_argument("--demo-run", default="runs/demo", help="the demo run the Triton repository is built from (default: %(default)s)")
+    parser.add_argument("--triton-repo", help="an already built python-backend repository for the Triton rows")
+    parser.add_argument("--json", metavar="OUT", help="also write every figure here")
+    args = parser.parse_args()
+    args.concurrency = [int(n) for n in args.concurrency.split(",")]
+    args.batch_concurrency = [int(n) for n in args.batch_concurrency.split(",")]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or any(b not in ("onnxruntime", "triton") for b in backends):
+        parser.error(f"--backends takes onnxruntime and/or triton, not '{args.backends}'")
+    repo = Path(args.repo)
+    if not (repo / "manifest.json").is_file():
+        print(f"{repo / 'manifest.json'} is missing: build the repository first (make run, or effx-serve build-repo --demo)", file=sys.stderr)
+        return 2
+    begin = time.perf_counter()
+
+    def say(line: str) -> None:
+        print(f"  [{time.perf_counter() - begin:5.0f} s] {line}", file=sys.stderr, flush=True)
+
+    from effx_serve import catalog as catalog_io
+    from effx_serve import triton_local
+    from effx_serve.hardware import detect
+
+    hardware = detect()
+    catalog = catalog_io.load(repo, hardware.id, "onnxruntime")
+    if args.member and args.member not in catalog.members:
+        print(f"unknown member '{args.member}'; {repo} has: {', '.join(catalog.members)}", file=sys.stderr)
+        return 2
+    members = [catalog.members[args.member]] if args.member else sorted(catalog.members.values(), key=lambda m: m.resolution)
+    image = make_jpeg()
+    references: dict[str, InProcess] = {}  # by model.onnx sha256
+    for member in members:
+        say(f"{member.name}: in-process ONNX Runtime at batches {', '.join(map(str, RAW_BATCHES))}")
+        references[sha256(member.model_path)] = InProcess(member, image, args.duration)
+    threads = next(iter(references.values())).threads
+    print(f"{hardware.id}, {available_cpus()} CPUs; ONNX Runtime sessions as the server's: intra-op {threads.intra_op} thread(s), "
+          f"spinning off; image 640x480 JPEG q90, {len(image)} bytes; {args.duration:g} s per measurement")
+    print(f"load generator: a separate process (asyncio, raw HTTP/1.1 keep-alive) on the same {available_cpus()} cores as the server; "
+          "latency: one blocking keep-alive connection in this process")
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="effx-bench-serving-") as work:
+        work = Path(work)
+        for backend in backends:
+            if backend == "onnxruntime":
+                with router(repo, [], work) as (port, process):
+                    for member in members:
+                        rows += serve_rows(member, backend, port, image, references[sha256(member.model_path)], args, {"server": process.pid}, work, say)
+                continue
+            triton_repo = build_triton_repo(args, catalog.dataset, work / "triton-repo", say)
+            triton_catalog = catalog_io.load(triton_repo, hardware.id, "onnxruntime")
+            say(f"starting tritonserver on {triton_repo}")
+            with triton_local.serve(triton_repo) as triton, router(triton_repo, ["--backend", "triton", "--triton-url", triton.http_url], work) as (port, process):
+                for member in members:
+                    served = triton_catalog.members.get(member.name)
+                    if served is None:
+                        say(f"{member.name} is not in {triton_repo}: no Triton row")
+                        continue
+                    key = sha256(served.model_path)
+                    if key not in references:
+                        say(f"{served.model_path} differs from {member.model_path}: measuring it in-process too")
+                        references[key] = InProcess(served, image, args.duration)
+                    rows += serve_rows(served, backend, port, image, references[key], args,
+                                       {"server": process.pid, "triton": triton.process.pid}, work, say)
+
+    print_table(rows)
+    print_details(rows)
+    single = [r for r in rows if r["endpoint"] == "classify"]
+    met = all(r["overhead_ok"] and r["ratio_ok"] for r in single)
+    print(f"\ntargets (overhead <= {OVERHEAD_TARGET_MS:g} ms, served/raw >= {RATIO_TARGET:g}) on every /v1/classify row: "
+          f"{'met' if met else 'NOT met'} ({sum(bool(r['overhead_ok']) for r in single)}/{len(single)} overhead, "
+          f"{sum(r['ratio_ok'] for r in single)}/{len(single)} throughput); {time.perf_counter() - begin:.0f} s")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"hardware": hardware.id, "cpus": available_cpus(), "image_bytes": len(image), "duration_s": args.duration,
+                       "intra_op_threads": threads.intra_op, "targets": {"overhead_ms": OVERHEAD_TARGET_MS, "ratio": RATIO_TARGET},
+                       "rows": rows, "met": met}, out, indent=2)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
