@@ -215,22 +215,20 @@ class InProcess:
     """Raw ONNX Runtime on one model.onnx with the server backend's session settings, and the server's decode."""
 
     def __init__(self, member, image: bytes, duration_s: float):
-        import math
 
         import numpy as np
 
         from effx_serve import preprocess
         from effx_serve.backends import OnnxRuntimeBackend
         from effx_serve.hardware import detect
-        from effx_serve.server import SERVING_FORMATS, ServerSettings
+        from effx_serve.server import ServerSettings
 
-        backend = OnnxRuntimeBackend(detect().hw_class)  # its _session: the very options the server's sessions get
-        session, self.threads = backend._session(member), backend.threads
-        max_pixels = ServerSettings.__dataclass_fields__["max_pixels"].default
-        shorter = math.ceil(member.resolution / preprocess.DEFAULT_CROP_FRACTION)
+        backend = OnnxRuntimeBackend(detect().hw_class)  # its session(): the very options the server's sessions get
+        session, self.threads = backend.session(member), backend.threads
+        defaults = ServerSettings(Path("."))
 
-        def decode() -> np.ndarray:  # as effx_serve.app's decode()
-            return preprocess.to_input(preprocess.decode_image(image, max_pixels, SERVING_FORMATS, shrink_to=2 * shorter), member.resolution)
+        def decode() -> np.ndarray:  # as the server decodes
+            return preprocess.serving_input(image, member.resolution, defaults.max_pixels, defaults.formats, defaults.min_side)
 
         self.decode_p50_ms = median_ms(timed_loop(decode, min(1.0, duration_s)))
         one = decode()
@@ -241,7 +239,6 @@ class InProcess:
             self.p50_ms[batch] = median_ms(times)
             self.images_per_s[batch] = batch * len(times) / sum(times)
         self.best_batch = max(self.images_per_s, key=self.images_per_s.get)
-        backend._executor.shutdown()
 
 
 def sha256(path: Path) -> str:

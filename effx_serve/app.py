@@ -114,13 +114,7 @@ def create_app(server: Server) -> FastAPI:
         return JSONResponse({"detail": f"{where}: {first['msg']}", "errors": jsonable_encoder(error.errors())}, 422)
 
     def decode(data: bytes, member: Member) -> np.ndarray:
-        # A JPEG decodes straight to the smallest power-of-two scale that still covers the resize target:
-        # DCT scaling averages the pixels it drops, so the bicubic resize that follows sees a clean image.
-        shorter = math.ceil(member.resolution / preprocess.DEFAULT_CROP_FRACTION)
-        image = preprocess.decode_image(data, settings.max_pixels, settings.formats, shrink_to=shorter)
-        if min(image.size) < settings.min_side:
-            raise UserError(f"the image is {image.size[0]}x{image.size[1]} pixels; both sides must be at least {settings.min_side}")
-        return preprocess.to_input(image, member.resolution)
+        return preprocess.serving_input(data, member.resolution, settings.max_pixels, settings.formats, settings.min_side)
 
     async def decode_all(images: list[bytes], member: Member) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()

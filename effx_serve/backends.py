@@ -88,11 +88,12 @@ class OnnxRuntimeBackend:
     def __init__(self, hardware_class: str, threads: ThreadSettings | None = None):
         self.runtime, self._providers = onnxruntime_runtime(hardware_class)
         self.threads = threads or ThreadSettings.fit()
-        self._executor = ThreadPoolExecutor(self.threads.concurrent_batches, thread_name_prefix="onnxruntime")
+        self._executor: ThreadPoolExecutor | None = None  # made in start(): a backend built only for session() holds no threads
         self._sessions: dict[str, object] = {}
         self._loaded = False
 
-    def _session(self, member: Member):
+    def session(self, member: Member):
+        """A new ONNX Runtime session of `member` with this backend's options (not warmed up)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -112,13 +113,14 @@ class OnnxRuntimeBackend:
         return session
 
     def _load(self, member: Member) -> None:
-        session = self._session(member)
+        session = self.session(member)
         for batch in sorted({1, member.max_batch}):  # warm-up: first runs allocate, later ones are representative
             zeros = np.zeros((batch, 3, member.resolution, member.resolution), np.float32)
             session.run([member.output_name], {member.input_name: zeros})
         self._sessions[member.name] = session
 
     async def start(self, members: list[Member]) -> None:
+        self._executor = self._executor or ThreadPoolExecutor(self.threads.concurrent_batches, thread_name_prefix="onnxruntime")
         loop = asyncio.get_running_loop()
         for member in members:
             await loop.run_in_executor(self._executor, self._load, member)
@@ -144,4 +146,5 @@ class OnnxRuntimeBackend:
 
     async def close(self) -> None:
         self._sessions.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -217,6 +217,18 @@ def to_input(image: Image.Image, resolution: int, crop_fraction: float = DEFAULT
     return normalize(resize_and_center_crop(to_rgb(image), resolution, crop_fraction))
 
 
+def serving_input(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
+                  min_side: int = 1) -> np.ndarray:
+    """Image bytes -> model input, as the server does it: `decode_image` with a JPEG decoded straight to the
+    smallest power-of-two scale that still covers the resize target (DCT scaling averages the pixels it
+    drops, so the bicubic resize that follows sees a clean image), at least `min_side` pixels a side."""
+    shorter = math.ceil(resolution / DEFAULT_CROP_FRACTION)
+    image = decode_image(data, max_pixels, formats, shrink_to=shorter)
+    if min(image.size) < min_side:
+        raise UserError(f"the image is {image.size[0]}x{image.size[1]} pixels; both sides must be at least {min_side}")
+    return to_input(image, resolution)
+
+
 def batch_inputs(inputs: Sequence[np.ndarray]) -> np.ndarray:
     """Stack CHW inputs of one shape into a contiguous float32 NCHW batch."""
     if len(inputs) == 0:

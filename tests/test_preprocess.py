@@ -349,3 +349,28 @@ def test_batch_inputs_refuses_empty_and_mixed():
         batch_inputs([np.zeros((3, 4, 4), np.float32), np.zeros((3, 5, 5), np.float32)])
     with pytest.raises(UserError, match="CHW"):
         batch_inputs([np.zeros((4, 4), np.float32)])
+
+
+def test_serving_input_decodes_large_jpegs_at_a_smaller_scale_with_nearly_the_same_result():
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from effx_serve import preprocess
+
+    picture = Image.new("RGB", (640, 480))
+    draw = ImageDraw.Draw(picture)
+    for i in range(0, 640, 40):  # smooth gradient with shapes: a photo-like picture
+        draw.rectangle([i, 0, i + 40, 480], fill=(i // 3, 120, 255 - i // 3))
+    draw.ellipse([200, 120, 440, 360], fill=(250, 220, 30))
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    full = preprocess.to_input(preprocess.decode_image(data), 64)
+    scaled = preprocess.serving_input(data, 64)
+    assert scaled.shape == full.shape == (3, 64, 64)
+    # normalised units (about 4.4 per full 0..255 range): a resampling difference, not another picture
+    assert float(np.mean(np.abs(scaled - full))) < 0.03
+    with pytest.raises(UserError, match="at least 800"):
+        preprocess.serving_input(data, 64, min_side=800)
