@@ -43,6 +43,9 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from effx_serve.backends import available_cpus
+from effx_serve.paths import sha256_file
+
 OVERHEAD_TARGET_MS = 2.0
 RATIO_TARGET = 0.85
 RAW_BATCHES = (1, 4, 16)
@@ -241,21 +244,11 @@ class InProcess:
         self.best_batch = max(self.images_per_s, key=self.images_per_s.get)
 
 
-def sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0):
     """`effx-serve serve` on `repo` in its own process until the block ends; yields (port, process) once /readyz is 200."""
+    from effx_serve.triton_local import free_port, stop
+
     port = free_port()
     log = log_dir / f"serve-{port}.log"
     argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repo), "--host", HOST, "--port", str(port),
@@ -278,12 +271,7 @@ def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0
             time.sleep(0.2)
         yield port, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def latency(port: int, path: str, image: bytes, duration_s: float) -> dict:
@@ -327,12 +315,6 @@ def load(port: int, request: bytes, images: int, concurrency: int, duration_s: f
     if result.returncode != 0:
         raise RuntimeError(f"the load generator failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout)
-
-
-def available_cpus() -> int:
-    from effx_serve.backends import available_cpus as cpus
-
-    return cpus()
 
 
 def serve_rows(member, backend: str, port: int, image: bytes, reference: InProcess, args, watch: dict[str, int], work: Path, say) -> list[dict]:
@@ -478,7 +460,7 @@ def main() -> int:
     references: dict[str, InProcess] = {}  # by model.onnx sha256
     for member in members:
         say(f"{member.name}: in-process ONNX Runtime at batches {', '.join(map(str, RAW_BATCHES))}")
-        references[sha256(member.model_path)] = InProcess(member, image, args.duration)
+        references[sha256_file(member.model_path)] = InProcess(member, image, args.duration)
     threads = next(iter(references.values())).threads
     print(f"{hardware.id}, {available_cpus()} CPUs; ONNX Runtime sessions as the server's: intra-op {threads.intra_op} thread(s), "
           f"spinning off; image 640x480 JPEG q90, {len(image)} bytes; {args.duration:g} s per measurement")
@@ -492,7 +474,7 @@ def main() -> int:
             if backend == "onnxruntime":
                 with router(repo, [], work) as (port, process):
                     for member in members:
-                        rows += serve_rows(member, backend, port, image, references[sha256(member.model_path)], args, {"server": process.pid}, work, say)
+                        rows += serve_rows(member, backend, port, image, references[sha256_file(member.model_path)], args, {"server": process.pid}, work, say)
                 continue
             triton_repo = build_triton_repo(args, catalog.dataset, work / "triton-repo", say)
             triton_catalog = catalog_io.load(triton_repo, hardware.id, "onnxruntime")
@@ -503,7 +485,7 @@ def main() -> int:
                     if served is None:
                         say(f"{member.name} is not in {triton_repo}: no Triton row")
                         continue
-                    key = sha256(served.model_path)
+                    key = sha256_file(served.model_path)
                     if key not in references:
                         say(f"{served.model_path} differs from {member.model_path}: measuring it in-process too")
                         references[key] = InProcess(served, image, args.duration)

@@ -84,6 +84,16 @@ def _ready(port: int) -> bool:
         return False
 
 
+def stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """Ask a child process to end (SIGTERM), kill it if it has not within `grace_s`, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def serve(repository: Path, timeout_s: float = 120.0):
     """Run tritonserver on `repository` until the block ends; yields a RunningTriton once it is ready."""
@@ -116,9 +126,4 @@ def serve(repository: Path, timeout_s: float = 120.0):
                 time.sleep(0.2)
             yield running
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)

@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import pytest
 import yaml
 
 from effx_serve.cli import build_parser
+from effx_serve.triton_local import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -315,12 +315,6 @@ def test_the_router_reads_the_same_repository_and_publishes_its_port():
 
 # --- the serving install, for real -------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _clean_env() -> dict[str, str]:
     """Nothing of this environment (the main .venv, a PYTHONPATH) may leak into the fresh one's processes."""
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
@@ -391,7 +385,7 @@ def test_the_serving_install_has_no_torch_and_serves(tmp_path, served_repository
     assert imports.returncode == 0, imports.stderr[-3000:]
     assert str(venv) in imports.stdout, f"imported from outside the fresh venv: {imports.stdout}"
 
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen([str(venv / "bin" / "effx-serve"), "serve", "--repo", str(served_repository), "--host", "127.0.0.1",
                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=_clean_env())
@@ -409,10 +403,5 @@ def test_the_serving_install_has_no_torch_and_serves(tmp_path, served_repository
             body = json.loads(answer.read())
         assert body["predictions"], body
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
         log.close()
