@@ -27,6 +27,18 @@ class Recorder:
         return batch * 2.0
 
 
+def gate():
+    """A fake model that holds every batch until `release` is set; `seen` records the batch sizes it got."""
+    release, seen = asyncio.Event(), []
+
+    async def blocked(batch):
+        seen.append(len(batch))
+        await release.wait()
+        return batch
+
+    return release, seen, blocked
+
+
 def test_every_answer_goes_to_its_own_request_under_concurrency():
     async def scenario():
         model = Recorder()
@@ -55,12 +67,7 @@ def test_every_answer_goes_to_its_own_request_under_concurrency():
 
 def test_a_full_queue_refuses_the_whole_request_and_keeps_nothing_of_it():
     async def scenario():
-        release = asyncio.Event()
-
-        async def blocked(batch):
-            await release.wait()
-            return batch
-
+        release, _, blocked = gate()
         batcher = MicroBatcher("m", blocked, max_batch=2, max_wait_ms=0.0, max_queue=4)
         batcher.start()
         first = asyncio.create_task(batcher.submit([np.zeros(1)] * 2))  # taken by the worker, which blocks
@@ -96,14 +103,7 @@ def test_a_failing_batch_fails_only_its_requests():
 
 def test_cancelled_requests_are_dropped_and_close_fails_what_is_left():
     async def scenario():
-        release = asyncio.Event()
-        seen = []
-
-        async def blocked(batch):
-            seen.append(len(batch))
-            await release.wait()
-            return batch
-
+        release, seen, blocked = gate()
         batcher = MicroBatcher("m", blocked, max_batch=4, max_wait_ms=0.0, max_queue=100)
         batcher.start()
         running = asyncio.create_task(batcher.submit([np.zeros(1)]))
@@ -132,12 +132,7 @@ def test_cancelled_requests_are_dropped_and_close_fails_what_is_left():
 
 def test_expected_time_counts_the_queue_ahead():
     async def scenario():
-        release = asyncio.Event()
-
-        async def blocked(batch):
-            await release.wait()
-            return batch
-
+        release, _, blocked = gate()
         batcher = MicroBatcher("m", blocked, max_batch=4, max_wait_ms=2.0, max_queue=100)
         service = {1: 1.0, 2: 1.5, 3: 2.0, 4: 2.5}.get
         idle = batcher.expected_ms(service)

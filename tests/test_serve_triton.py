@@ -1,23 +1,19 @@
 """The whole serving path through a real tritonserver (nvidia-pytriton's, Python backend): HTTP in, Triton out, 503 when it dies."""
 
-import time
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_app import CPU, JPEG, post_jpeg, reference_logits
+from test_app import CPU, JPEG, post_jpeg, reference_logits, wait_ready
+from test_repository import _triton_or_skip
 
 from effx_serve.app import create_app
 from effx_serve.server import Server, ServerSettings
-from effx_serve.triton_local import find_install, serve
+from effx_serve.triton_local import serve
 
 
 @pytest.fixture(scope="module")
 def triton(served_python_repository):
-    try:
-        find_install()
-    except Exception as error:  # noqa: BLE001
-        pytest.skip(f"no local tritonserver: {error}")
+    _triton_or_skip()
     with serve(served_python_repository) as running:
         yield running
 
@@ -28,10 +24,7 @@ def test_classify_through_triton(served_python_repository, triton, protocol):
     server = Server(ServerSettings(served_python_repository, backend="triton", triton_url=url, triton_protocol=protocol,
                                    triton_ready_timeout_s=30), CPU)
     with TestClient(create_app(server)) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert client.get("/readyz").status_code == 200
+        wait_ready(client, timeout=60)
         for member in ("tiny-f-b0", "tiny-f-b1"):
             answer = post_jpeg(client, member=member, top_k=10).json()
             assert answer["member"] == member
@@ -45,16 +38,11 @@ def test_classify_through_triton(served_python_repository, triton, protocol):
 
 
 def test_a_dead_triton_is_503_naming_it(served_python_repository):
-    try:
-        find_install()
-    except Exception as error:  # noqa: BLE001
-        pytest.skip(f"no local tritonserver: {error}")
+    _triton_or_skip()
     with serve(served_python_repository) as running:
         server = Server(ServerSettings(served_python_repository, backend="triton", triton_url=running.http_url, triton_ready_timeout_s=30), CPU)
         with TestClient(create_app(server)) as client:
-            deadline = time.monotonic() + 60
-            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_ready(client, timeout=60)
             assert post_jpeg(client).status_code == 200
             running.process.kill()
             running.process.wait()
