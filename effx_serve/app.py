@@ -57,17 +57,15 @@ _REQUEST_BODY = {"requestBody": {"required": True, "content": {
 _ERRORS = {status: {"model": Problem} for status in (400, 404, 413, 415, 429, 503)} | {422: {"model": Rejection}}
 
 
-class Refusal(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None, extra: dict | None = None):
-        super().__init__(detail)
-        self.status, self.detail, self.headers, self.extra = status, detail, headers, extra or {}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"detail": self.detail, **self.extra}, self.status, headers=self.headers)
-
-
 def _misses(member_accuracy: float, latency_ms: float, sla: Sla) -> list[str]:
     return [name for name, ok in (("accuracy", sla.accuracy_ok(member_accuracy)), ("latency", sla.latency_ok(latency_ms))) if not ok]
+
+
+def _first_error(errors: list[dict]) -> str:
+    """A validation failure in one readable line: where (the field, without 'query' or 'body') and why."""
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"] if part not in ("query", "body")) or "request"
+    return f"{where}: {first['msg']}"
 
 
 def _params(query: ClassifyParams, fields: dict) -> ClassifyParams:
@@ -76,9 +74,7 @@ def _params(query: ClassifyParams, fields: dict) -> ClassifyParams:
     try:
         return ClassifyParams.model_validate({**query.model_dump(exclude_unset=True), **fields})
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise Refusal(422, f"{where}: {first['msg']}") from None
+        raise RequestProblem(422, _first_error(error.errors())) from None
 
 
 def _predictions(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> list[Prediction]:
@@ -106,24 +102,20 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
         # One readable line first (like every other 4xx here), FastAPI's structured list beside it.
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"] if part not in ("query", "body")) or "request"
         if request.url.path.startswith("/v1/classify"):
             endpoint = "batch" if request.url.path.endswith("/batch") else "classify"
             server.metrics.requests.labels("none", endpoint, "422").inc()
-        return JSONResponse({"detail": f"{where}: {first['msg']}", "errors": jsonable_encoder(error.errors())}, 422)
-
-    def decode(data: bytes, member: Member) -> np.ndarray:
-        return preprocess.serving_input(data, member.resolution, settings.max_pixels, settings.formats, settings.min_side)
+        return JSONResponse({"detail": _first_error(error.errors()), "errors": jsonable_encoder(error.errors())}, 422)
 
     async def decode_all(images: list[bytes], member: Member) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(server.decoder, decode, data, member) for data in images]
+        jobs = [loop.run_in_executor(server.decoder, preprocess.serving_input, data, member.resolution, settings.max_pixels, settings.formats,
+                                     settings.min_side) for data in images]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for index, result in enumerate(results):
             if isinstance(result, UserError):
                 where = f"image {index}: " if len(images) > 1 else ""
-                raise Refusal(400, f"{where}{result}")
+                raise RequestProblem(400, f"{where}{result}")
             if isinstance(result, BaseException):
                 raise result
         return results
@@ -134,16 +126,16 @@ def create_app(server: Server) -> FastAPI:
         server.in_flight += 1
         try:
             if server.in_flight > settings.max_in_flight:
-                raise Refusal(429, f"the server is handling {settings.max_in_flight} requests, its limit; retry shortly",
-                              headers={"Retry-After": "1"})
+                raise RequestProblem(429, f"the server is handling {settings.max_in_flight} requests, its limit; retry shortly",
+                                     headers={"Retry-After": "1"})
             body = await read_images(request, settings.max_body_bytes, settings.max_images)
             if len(body.images) > max_images:
-                raise Refusal(422, f"{len(body.images)} images sent to /v1/classify, which takes one; send several to /v1/classify/batch")
+                raise RequestProblem(422, f"{len(body.images)} images sent to /v1/classify, which takes one; send several to /v1/classify/batch")
             params = _params(query, body.fields)
             try:
                 sla = Sla(params.min_accuracy, params.max_latency_ms, params.on_miss)
             except UserError as error:
-                raise Refusal(422, str(error)) from None
+                raise RequestProblem(422, str(error)) from None
             sla_kind = sla.kind
             server.metrics.sla_requests.labels(sla_kind).inc()
             routed = server.dispatcher.route(sla, params.family, params.member, len(body.images))
@@ -151,12 +143,12 @@ def create_app(server: Server) -> FastAPI:
                 server.metrics.sla_misses.labels(sla_kind, "rejected").inc()
                 options = [OptionOut(member=o.name, accuracy=o.accuracy, expected_latency_ms=o.expected_ms,
                                      misses=_misses(o.accuracy, o.expected_ms, sla)).model_dump() for o in routed.decision.nearest[:3]]
-                raise Refusal(422, f"no member can meet the SLA ({_describe(sla)}); the nearest options follow; relax the SLA, "
+                raise RequestProblem(422, f"no member can meet the SLA ({_describe(sla)}); the nearest options follow; relax the SLA, "
                                    "or send on_miss=best_effort to be served by the nearest", extra={"options": options})
             member = routed.member
             member_label = member.name
             if params.top_k > len(member.labels):
-                raise Refusal(422, f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
+                raise RequestProblem(422, f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
             decode_started = time.perf_counter()
             inputs = await decode_all(body.images, member)
             decode_ms = (time.perf_counter() - decode_started) * 1000.0
@@ -170,10 +162,8 @@ def create_app(server: Server) -> FastAPI:
                     server.metrics.sla_misses.labels(sla_kind, cause).inc()
             # Serialised here, once: returning the model would make FastAPI validate it again (a tenth of a millisecond).
             status, response = 200, Response(answer.model_dump_json(), media_type="application/json")
-        except Refusal as refusal:
-            status, response = refusal.status, refusal.response()
         except RequestProblem as problem:
-            status, response = problem.status, JSONResponse({"detail": str(problem)}, problem.status)
+            status, response = problem.status, problem.response()
         except UnknownName as error:
             status, response = 404, JSONResponse({"detail": str(error)}, 404)
         except QueueFull as full:

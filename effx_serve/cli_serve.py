@@ -11,7 +11,7 @@ from effx_serve.cli_repo import DEFAULT_REPOSITORY
 from effx_serve.errors import UserError
 
 
-def _non_negative_float(text: str) -> float:
+def _wait_ms(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -66,7 +66,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--family", help="family served when a request pins none (default: the one for the detected hardware)")
     p.add_argument("--default-policy", choices=POLICIES, default="most_accurate", help="for requests without an SLA (default: %(default)s)")
     p.add_argument("--max-queue", type=positive_int, default=256, help="images waiting per member before 429 (default: %(default)s)")
-    p.add_argument("--max-wait-ms", type=_non_negative_float, default=0.0,
+    p.add_argument("--max-wait-ms", type=_wait_ms, default=0.0,
                    help="how long a batch that is not full waits for more images (default: 0, batches form from what queued meanwhile)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: %(default)s)")

@@ -18,17 +18,22 @@ from dataclasses import dataclass, field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 RAW_IMAGE_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP",
                    "image/gif": "GIF", "image/tiff": "TIFF"}
 
 
 class RequestProblem(Exception):
-    """A request the server cannot take as sent; `status` is the HTTP status that says why."""
+    """A request the server cannot take as sent: the HTTP status that says why, the message, and any extra
+    headers (Retry-After) or fields (the nearest options of a rejected SLA) of the answer."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, extra: dict | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers, self.extra = status, headers, extra or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"detail": str(self), **self.extra}, self.status, headers=self.headers)
 
 
 @dataclass
