@@ -361,7 +361,7 @@ def cmd_build_family(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from effx_serve import __version__, cli_repo, cli_serve
+    from effx_serve import __version__, cli_loadtest, cli_repo, cli_serve
     from effx_serve.roofline import PRECISION_BYTES
     from training.presets import FAMILIES
 
@@ -498,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_repo.add_parsers(sub)
     cli_serve.add_parsers(sub)
+    cli_loadtest.add_parsers(sub)
     return parser
 
 

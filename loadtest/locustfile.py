@@ -1,0 +1,201 @@
+"""The effx-serve locustfile: classification requests of a named scenario, closed or open loop, in steps.
+
+Run by `effx-serve loadtest`, or by hand (then pass --host and the --effx-* options below):
+
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --headless -u 10 -t 60s --effx-scenario mixed
+    locust -f loadtest/locustfile.py --master ...   # and on other machines: locust -f loadtest/locustfile.py --worker --master-host H
+
+Closed loop (the default): each user sends its next request when the previous one is answered. Open loop
+(--effx-user-rate R): each user sends requests at Poisson arrival times of rate R whether or not earlier ones
+were answered, and latency counts from the time a request was meant to be sent, so a slow server cannot
+hide its tail by slowing the generator down (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import gevent
+import gevent.pool
+from locust import FastHttpUser, LoadTestShape, constant, events, task
+from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
+
+from effx_serve.paths import write_atomic
+from loadtest import scenarios
+from loadtest.plan import parse_steps
+from loadtest.tally import ERRORS, Outcome, Tally
+from loadtest.workload import RequestFactory, judge, members_from_models
+
+log = logging.getLogger("effx.loadtest")
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    group = parser.add_argument_group("effx-serve")
+    group.add_argument("--effx-scenario", default="mixed", help=f"request mix: {', '.join(scenarios.SCENARIOS)}")
+    group.add_argument("--effx-user-rate", type=float, default=0.0,
+                       help="open loop: each user's Poisson arrival rate in requests/s (0: closed loop)")
+    group.add_argument("--effx-steps", default="", help="a stepped ramp, 'users:seconds,users:seconds,...' (else -u and -t)")
+    group.add_argument("--effx-drain", type=float, default=4.0,
+                       help="seconds at zero users after the last step, for answers in flight and the workers' last reports")
+    group.add_argument("--effx-timeout", type=float, default=30.0, help="seconds before a request counts as a connection error")
+    group.add_argument("--effx-max-pending", type=int, default=64,
+                       help="open loop: requests a user may have in flight; arrivals beyond are counted as dropped")
+    group.add_argument("--effx-seed", type=int, default=0)
+    group.add_argument("--effx-out", default="", help="where the master (or a lone process) writes what it counted, as JSON")
+
+
+class LoadState:
+    """What one locust process knows about the run: the requests to send, what it counted, the steps it ran."""
+
+    def __init__(self, environment) -> None:
+        self.environment = environment
+        self.tally = Tally()
+        self.factory: RequestFactory | None = None
+        self.steps: list[dict] = []
+        self.started = time.time()
+        self.drain_started: float | None = None
+        self.workers: set[str] = set()  # workers that reported to this master
+
+    def prepare(self) -> None:
+        """Read the served members (the SLAs are drawn from them) and make the images, once per process."""
+        options = self.environment.parsed_options
+        try:
+            scenario = scenarios.get(options.effx_scenario)
+            url = self.environment.host.rstrip("/") + "/v1/models"
+            with urllib.request.urlopen(url, timeout=options.effx_timeout) as answer:
+                members = members_from_models(json.load(answer))
+            self.factory = RequestFactory(scenario, members, options.effx_seed)
+        except (ValueError, KeyError, TypeError, OSError, urllib.error.URLError) as error:
+            self.tally.examples.setdefault("setup", f"cannot prepare the workload: {error}")
+            log.error("cannot prepare the workload: %s", error)
+
+    def merge(self, worker: str, report: dict) -> None:
+        self.workers.add(worker)
+        if "effx" in report:
+            self.tally.merge(Tally.from_json(report["effx"]))
+
+    def write(self) -> None:
+        out = self.environment.parsed_options.effx_out
+        if not out:
+            return
+        data = {"tally": self.tally.to_json(), "steps": self.steps, "started": self.started, "drain_started": self.drain_started,
+                "stopped": time.time(), "workers": len(self.workers)}
+        write_atomic(Path(out), json.dumps(data))
+
+
+@events.init.add_listener
+def _init(environment, **_) -> None:
+    state = environment.effx = LoadState(environment)
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        environment.events.report_to_master.add_listener(lambda client_id, data: data.update(effx=state.tally.take().to_json()))
+    if isinstance(runner, MasterRunner):
+        environment.events.worker_report.add_listener(lambda client_id, data: state.merge(client_id, data))
+    if not isinstance(runner, WorkerRunner):
+        try:  # checked here so a bad option stops locust at once instead of failing inside the running shape
+            parse_steps(environment.parsed_options.effx_steps)
+            scenarios.get(environment.parsed_options.effx_scenario)
+        except ValueError as error:
+            raise SystemExit(f"effx-serve locustfile: {error}") from None
+        environment.events.quitting.add_listener(lambda environment, **_: state.write())
+
+
+@events.test_start.add_listener
+def _test_start(environment, **_) -> None:
+    if not isinstance(environment.runner, MasterRunner):
+        environment.effx.prepare()
+
+
+class ClassifyUser(FastHttpUser):
+    wait_time = constant(0)
+    concurrency = 16  # connections per user: open-loop users overlap requests
+    connection_timeout = 5.0
+
+    def __init__(self, environment) -> None:
+        options = environment.parsed_options
+        self.network_timeout = options.effx_timeout
+        super().__init__(environment)
+        self.state: LoadState = environment.effx
+        self.rate = options.effx_user_rate
+        self.max_pending = options.effx_max_pending
+        self.rng = random.Random(f"{options.effx_seed}-{id(self)}")
+        self.pending = gevent.pool.Group()
+        self.next_at: float | None = None
+
+    @task
+    def classify(self) -> None:
+        if self.state.factory is None:
+            raise StopUser()
+        if self.rate <= 0:
+            self._send(time.perf_counter())
+            return
+        now = time.perf_counter()
+        if self.next_at is None:  # a random phase, so users started together do not fire together
+            self.next_at = now + self.rng.expovariate(self.rate)
+        if self.next_at > now:
+            gevent.sleep(self.next_at - now)
+        intended, self.next_at = self.next_at, self.next_at + self.rng.expovariate(self.rate)
+        if len(self.pending) >= self.max_pending:
+            request = self.state.factory.next(self.rng)
+            self.state.tally.sent(request.request_class)
+            self.state.tally.record(Outcome(request.request_class, _epoch(intended), 0.0, "dropped",
+                                            detail=f"the generator had {self.max_pending} requests in flight per user"))
+            return
+        self.pending.spawn(self._send, intended)
+
+    def _send(self, intended: float) -> None:
+        tally, request = self.state.tally, self.state.factory.next(self.rng)
+        tally.sent(request.request_class)
+        if self.rate > 0:
+            tally.lag.add((time.perf_counter() - intended) * 1000)
+        endpoint = "batch" if request.batch else "classify"
+        with self.client.request("POST", request.path, data=request.body, headers={"content-type": request.content_type},
+                                 name=f"{endpoint} {request.request_class.removeprefix('batch ')}", catch_response=True) as response:
+            latency_ms = (time.perf_counter() - intended) * 1000
+            error = getattr(response, "error", None)  # set only when the request failed
+            verdict = judge(request, response.status_code or 0, response.content or b"", latency_ms, error and str(error))
+            if verdict.kind in ERRORS:
+                response.failure(verdict.detail or verdict.kind)
+            else:
+                response.success()
+        tally.record(Outcome(request.request_class, _epoch(intended), latency_ms, verdict.kind, verdict.member,
+                             verdict.attained, verdict.attained_e2e, verdict.detail))
+
+    def on_stop(self) -> None:
+        self.pending.join(timeout=self.network_timeout)  # answers still in flight are counted as unfinished
+        self.pending.kill(block=False)
+
+
+def _epoch(perf: float) -> float:
+    return time.time() - (time.perf_counter() - perf)
+
+
+class StepShape(LoadTestShape):
+    """--effx-steps when given, else -u users for -t seconds; then a drain at zero users."""
+
+    use_common_options = True
+
+    def tick(self):
+        options = self.runner.environment.parsed_options
+        state: LoadState = self.runner.environment.effx
+        steps = parse_steps(options.effx_steps) or [(options.num_users or 1, options.run_time or math.inf)]
+        elapsed, end = self.get_run_time(), 0.0
+        for index, (users, seconds) in enumerate(steps):
+            end += seconds
+            if elapsed < end:
+                if len(state.steps) == index:
+                    state.steps.append({"index": index, "users": users, "start": time.time(), "seconds": seconds})
+                return users, max(users, 1)
+        if elapsed < end + options.effx_drain:
+            state.drain_started = state.drain_started or time.time()
+            return 0, 1000
+        return None

@@ -1,0 +1,42 @@
+"""The server's /metrics before and after a run, and what changed in between."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why not)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout_s) as answer:
+            return answer.read().decode(), None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return None, f"GET /metrics failed: {getattr(error, 'reason', error)}"
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def delta(before: str, after: str) -> dict:
+    """Counters and histogram sums over the run, keyed the way the report prints them."""
+    old, new = _samples(before), _samples(after)
+
+    def change(name: str) -> dict[tuple, float]:
+        return {labels: value - old.get((sample, labels), 0.0) for (sample, labels), value in new.items() if sample == name}
+
+    requests = {" ".join(dict(labels)[k] for k in ("member", "endpoint", "status")): n
+                for labels, n in change("effx_requests_total").items() if n}
+    images = {dict(labels)["member"]: n for labels, n in change("effx_images_total").items() if n}
+    sums, counts = change("effx_batch_size_sum"), change("effx_batch_size_count")
+    batch = {dict(labels)["member"]: sums.get(labels, 0.0) / n for labels, n in counts.items() if n}
+    misses: dict[str, float] = defaultdict(float)
+    for labels, n in change("effx_sla_misses_total").items():
+        if n:
+            misses[f"{dict(labels)['sla']} {dict(labels)['cause']}"] += n
+    return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses)}

@@ -1,0 +1,361 @@
+"""A load test's report.json dict rendered for people: report.md, one self-contained report.html and PNG charts.
+
+Nothing here computes a statistic; it formats what the report holds. A run that failed early has few figures,
+so every key is optional and a missing figure shows as an em dash.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import os
+import re
+from functools import partial
+from pathlib import Path
+
+DASH = "—"
+NO_CHARTS = "PNG charts skipped: matplotlib is not installed (pip install 'effx-serve[load]')"
+CSS = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-variant-numeric:tabular-nums}th{background:#f3f3f3}
+th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;vertical-align:top}img{max-width:100%}
+.verdict{font-size:1.3rem;font-weight:bold}.passed{color:#176f2c}.failed{color:#b3261e}
+pre{background:#f6f6f6;padding:.6rem;white-space:pre-wrap;word-break:break-all}"""
+
+
+def render(report: dict, folder: Path) -> list[str]:
+    """Write report.md, report.html and (with matplotlib, when there is data) timeline.png and capacity.png; return their names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    charts, skipped = _charts(report, folder)
+    blocks = _document(report, charts, skipped)
+    _write_atomic(folder / "report.md", _markdown(blocks).encode("utf-8"))
+    _write_atomic(folder / "report.html", _html(blocks).encode("utf-8"))
+    return charts + ["report.md", "report.html"]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Readers (a browser, CI's artifact upload) see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# Formatting: whatever the report holds in, text out; DASH where there is no figure.
+
+def _number(x) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and not math.isnan(x) else None
+
+
+def _fmt(x, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    value = _number(x)
+    if value is None:
+        return DASH
+    return "∞" if math.isinf(value) else f"{value * scale:{spec}}{suffix}"  # tally's p99 is inf when failures are too many
+
+
+def _ms(x) -> str:
+    return _fmt(x, ".2f" if abs(_number(x) or 0) < 10 else ".1f")
+
+
+_rate = partial(_fmt, spec=".1f")
+_pct = partial(_fmt, spec=".1f", scale=100.0, suffix="%")
+
+
+def _plain(x) -> str:
+    """Counts, seconds, names, gate values: whole numbers without ".0", others to 4 significant digits, yes/no, text as is."""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if x is None or x == "" or isinstance(x, float | int) and _number(x) is None:
+        return DASH
+    return _fmt(x, ".0f" if float(x).is_integer() else ".4g") if isinstance(x, int | float) else str(x)
+
+
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _rows(x) -> list[dict]:
+    return [row for row in x if isinstance(row, dict)] if isinstance(x, list) else []
+
+
+def _pairs(mapping, fmt) -> str:
+    """{"b0": 0.4, "b1": 0.6} -> "b0 40.0%, b1 60.0%" (with fmt=_pct)."""
+    return ", ".join(f"{name} {fmt(value)}" for name, value in _dict(mapping).items()) or DASH
+
+
+# The document is a list of blocks, which Markdown and HTML each render: ("h1"|"h2"|"h3"|"p"|"code", text),
+# ("verdict", text, status), ("list", items), ("table", headers, rows), ("img", src, alt), ("links", [(label, href)]).
+
+def _table(headers: list[str], rows: list[list[str]], empty: str = DASH) -> list[tuple]:
+    return [("table", headers, rows)] if rows else [("p", empty)]
+
+
+def _document(report: dict, charts: list[str], skipped: bool) -> list[tuple]:
+    load, summary = _dict(report.get("load")), _dict(report.get("summary"))
+    url = _dict(report.get("target")).get("url")
+    blocks = [("h1", f"Load test: {_plain(load.get('scenario'))} against {_plain(url)}"), *_verdict(report),
+              ("h2", "Command"), ("code", _plain(report.get("command"))), *_load(load), *_summary(summary)]
+    if "timeline.png" in charts:
+        blocks.append(("img", "timeline.png", "Answers and failures per second, and p99 latency, over the run"))
+    if skipped:
+        blocks.append(("p", NO_CHARTS))
+    blocks += _errors(summary) + _classes(report) + _members(report) + _capacity(report, charts)
+    blocks += [("h2", "Gates"), *_table(["gate", "threshold", "value", "passed"], [
+        [_plain(g.get("name")), _plain(g.get("threshold")), _plain(g.get("value")), _plain(g.get("passed"))]
+        for g in _rows(report.get("gates"))])]
+    generator = _dict(summary.get("generator"))
+    blocks += _server(report.get("server_metrics")) + [("h2", "Load generator"), ("table", ["figure", "value"], [
+        ["send lag p99 (ms)", _ms(generator.get("lag_p99_ms"))], ["dropped arrivals", _plain(generator.get("dropped"))]])]
+    versions = [[str(key), _plain(value)] for key, value in _dict(report.get("versions")).items()]
+    files = [(str(label), href) for label, href in _dict(report.get("files")).items() if isinstance(href, str)]
+    return blocks + [("h2", "Versions"), *_table(["component", "version"], versions),
+                     ("h2", "Raw files"), ("links", files) if files else ("p", DASH)]
+
+
+def _verdict(report: dict) -> list[tuple]:
+    status, duration = report.get("status"), _number(report.get("duration_s"))
+    when = ", ".join(filter(None, [report.get("started") and f"started {report['started']}",
+                                   duration is not None and f"ran {_plain(duration)} s"]))
+    problems = [_plain(p) for p in report.get("problems") or [] if p is not None] if isinstance(report.get("problems"), list) else []
+    verdict = f"Verdict: {({'passed': 'PASSED', 'failed': 'FAILED'}).get(status, DASH)}" + (f" ({when})" if when else "")
+    return [("verdict", verdict, status), ("list", problems) if problems else ("p", "No problems reported.")]
+
+
+def _load(load: dict) -> list[tuple]:
+    meaning = {"open": " (requests arrive at the offered rate, however long the answers take)",
+               "closed": " (each user sends its next request once the previous one is answered)"}.get(load.get("mode"), "")
+    line = (f"Mode: {_plain(load.get('mode'))}{meaning}; workers {_plain(load.get('workers'))}; "
+            f"per-user rate {_rate(load.get('per_user_rate'))} req/s.")
+    return [("h2", "Load"), ("p", line), *_table(["step", "users", "target rate (req/s)", "offered rate (req/s)", "seconds"], [
+        [_plain(s.get("index")), _plain(s.get("users")), _rate(s.get("target_rate")), _rate(s.get("offered_rate")),
+         _plain(s.get("seconds"))] for s in _rows(load.get("steps"))])]
+
+
+def _summary(summary: dict) -> list[tuple]:
+    latency = _dict(summary.get("latency_ms"))
+    rows = [["requests", _plain(summary.get("requests"))], ["ok", _plain(summary.get("ok"))],
+            ["throughput (req/s)", _rate(summary.get("throughput_rps"))], ["error rate", _pct(summary.get("error_rate"))],
+            ["unfinished", _plain(summary.get("unfinished"))]]
+    rows += [[f"latency {key} (ms)", _ms(latency.get(key))] for key in ("p50", "p90", "p95", "p99", "p99.9", "max", "mean")]
+    return [("h2", "Summary"), ("table", ["figure", "value"], rows)]
+
+
+def _errors(summary: dict) -> list[tuple]:
+    errors = sorted(((str(kind), _dict(e)) for kind, e in _dict(summary.get("errors")).items()),
+                    key=lambda item: -(_number(item[1].get("count")) or 0))
+    total = sum(_number(e.get("count")) or 0 for _, e in errors)
+    rows = [[kind, _plain(e.get("count")), _pct((_number(e.get("count")) or 0) / total if total else None), _plain(e.get("example"))]
+            for kind, e in errors]
+    return [("h2", "Errors by class"), *_table(["kind", "count", "share of errors", "example"], rows,
+                                               "No errors." if isinstance(summary.get("errors"), dict) else DASH)]
+
+
+def _classes(report: dict) -> list[tuple]:
+    headers = ["class", "requests", "ok", "SLA attainment (server contract)", "end-to-end attainment", "p50 (ms)", "p99 (ms)",
+               "outcomes", "members"]
+    rows = [[_plain(c.get("name")), _plain(c.get("requests")), _plain(c.get("ok")), _pct(c.get("sla_attainment")),
+             _pct(c.get("e2e_attainment")), _ms(_dict(c.get("latency_ms")).get("p50")), _ms(_dict(c.get("latency_ms")).get("p99")),
+             _pairs(c.get("outcomes"), _plain), _pairs(c.get("members"), _pct)] for c in _rows(report.get("classes"))]
+    return [("h2", "Per request class"), *_table(headers, rows)]
+
+
+def _members(report: dict) -> list[tuple]:
+    members = sorted((str(name), _dict(m)) for name, m in _dict(report.get("members")).items())
+    return [("h2", "Member shares"), *_table(["member", "requests", "share"],
+                                             [[name, _plain(m.get("requests")), _pct(m.get("share"))] for name, m in members])]
+
+
+def _capacity(report: dict, charts: list[str]) -> list[tuple]:
+    headers = ["step", "offered (req/s)", "throughput (req/s)", "p50 (ms)", "p99 (ms, failures counted as late)", "error rate",
+               "within bound"]
+    rows = [[_plain(p.get("step")), _rate(p.get("offered_rate")), _rate(p.get("throughput_rps")), _ms(p.get("p50_ms")),
+             _ms(p.get("p99_ms")), _pct(p.get("error_rate")), _plain(p.get("within_bound"))] for p in _rows(report.get("curve"))]
+    blocks = [("h2", "Capacity curve"), *_table(headers, rows), ("p", _capacity_sentence(_dict(report.get("capacity"))))]
+    if "capacity.png" in charts:
+        blocks.append(("img", "capacity.png", "p99 latency against achieved throughput, one point per step"))
+    return blocks
+
+
+def _capacity_sentence(capacity: dict) -> str:
+    bound, throughput = _ms(capacity.get("p99_bound_ms")), _rate(capacity.get("throughput_rps"))
+    if _number(capacity.get("max_rate")) is not None:
+        return f"Highest offered rate with p99 <= {bound} ms: {_rate(capacity['max_rate'])} req/s (throughput {throughput} req/s)"
+    if capacity.get("step") is not None:  # closed mode has no offered rate: the step (its users) is the answer
+        return f"Highest step with p99 <= {bound} ms: step {_plain(capacity['step'])} (throughput {throughput} req/s)"
+    return f"No step kept p99 <= {bound} ms" if capacity else DASH
+
+
+def _server(metrics) -> list[tuple]:
+    blocks = [("h2", "Server metrics (change over the run)")]
+    if not isinstance(metrics, dict) or not metrics.get("scraped"):
+        return blocks + [("p", f"not scraped: {_plain(_dict(metrics).get('reason'))}")]
+    for key, title, column, fmt in (("requests", "Requests by member, endpoint and status", "requests", _plain),
+                                    ("images", "Images by member", "images", _plain),
+                                    ("mean_batch_size", "Mean batch size by member", "mean batch size", lambda x: _fmt(x, ".2f")),
+                                    ("sla_misses", "SLA misses by class and cause", "misses", _plain)):
+        blocks += [("h3", title), *_table(["series", column], [[str(k), fmt(v)] for k, v in _dict(metrics.get(key)).items()])]
+    return blocks
+
+
+# Charts: optional (matplotlib is an extra), drawn only when there is something to draw.
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (no display on a CI runner or server), or None when it is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _charts(report: dict, folder: Path) -> tuple[list[str], bool]:
+    """(names of the PNGs written, whether charts were wanted but matplotlib is missing)."""
+    wanted = [("timeline.png", _draw_timeline)] if _rows(report.get("timeline")) else []
+    if sum(1 for _, y, _ in _curve(report) if math.isfinite(y)) >= 2:
+        wanted.append(("capacity.png", _draw_capacity))
+    plt = _pyplot() if wanted else None
+    if plt is None:
+        return [], bool(wanted)
+    for name, draw in wanted:
+        fig, buffer = draw(plt, report), io.BytesIO()
+        try:
+            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        finally:
+            plt.close(fig)
+        _write_atomic(folder / name, buffer.getvalue())
+    return [name for name, _ in wanted], False
+
+
+def _value(row: dict, key: str) -> float:
+    value = _number(row.get(key))
+    return math.nan if value is None else value  # matplotlib leaves a gap at NaN
+
+
+def _log_ms_axis(plt, ax, values: list[float]) -> None:
+    """Latency spans decades once a step overloads the server; ticks read 1, 2, 5, 10, 20 rather than 2x10^0."""
+    shown = [v for v in values if math.isfinite(v) and v > 0]
+    narrow = max(shown) < 10 * min(shown)  # within a decade there may be no 1, 2 or 5 tick: label them all
+
+    def label(v, _):
+        return f"{v:g}" if v > 0 and (narrow or round(v / 10 ** math.floor(math.log10(v)), 6) in (1, 2, 5)) else ""
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(plt.FuncFormatter(label))
+
+
+def _draw_timeline(plt, report: dict):
+    rows = _rows(report.get("timeline"))
+    t, p99 = [_value(r, "t") for r in rows], [_value(r, "p99_ms") for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    top.plot(t, [_value(r, "ok") for r in rows], color="C0", label="ok answers/s")
+    top.plot(t, [_value(r, "failed") for r in rows], color="C3", label="failed/s")
+    top.set(ylabel="requests per second", title="Throughput and p99 latency per second (dotted lines: step starts)")
+    bottom.plot(t, p99, color="C1", marker=".", label="p99")
+    bound = _number(_dict(report.get("capacity")).get("p99_bound_ms"))
+    if bound:
+        bottom.axhline(bound, color="C3", linestyle="--", linewidth=1, label=f"p99 bound {_ms(bound)} ms")
+    if any(v > 0 for v in p99 if math.isfinite(v)):
+        _log_ms_axis(plt, bottom, p99)
+    bottom.set(ylabel="p99 latency (ms)", xlabel="seconds since start")
+    for ax in (top, bottom):
+        for start in filter(lambda s: s is not None, map(_number, report.get("step_starts") or [])):
+            ax.axvline(start, color="grey", linestyle=":", linewidth=1)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def _curve(report: dict) -> list[tuple[float, float, dict]]:
+    """(throughput, p99, row) per step with a throughput; p99 is inf where the step has none (too many failures)."""
+    points = [(_number(p.get("throughput_rps")), _number(p.get("p99_ms")), p) for p in _rows(report.get("curve"))]
+    return [(x, y if y is not None and y > 0 else math.inf, p) for x, y, p in points if x is not None and math.isfinite(x)]
+
+
+def _draw_capacity(plt, report: dict):
+    points, capacity = _curve(report), _dict(report.get("capacity"))
+    bound = _number(capacity.get("p99_bound_ms"))
+    drawn, over = [p for p in points if math.isfinite(p[1])], [p for p in points if math.isinf(p[1])]
+    ceiling = max([y for _, y, _ in drawn] + [bound or 0]) * 1.6  # steps without a p99 go above everything, not out
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.plot([x for x, _, _ in drawn], [y for _, y, _ in drawn], "o-", color="C0", label="step (label: offered rate)")
+    if over:
+        ax.scatter([x for x, _, _ in over], [ceiling] * len(over), marker="^", color="C3", zorder=3, label="no p99: too many failures")
+    for x, y, p in points:
+        label = f"{_rate(p['offered_rate'])}/s" if _number(p.get("offered_rate")) is not None else f"step {_plain(p.get('step'))}"
+        ax.annotate(label, (x, min(y, ceiling)), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if bound:
+        ax.axhline(bound, color="C3", linestyle="--", label=f"p99 bound {_ms(bound)} ms")
+    best = [(x, y) for x, y, p in drawn if capacity.get("step") is not None and p.get("step") == capacity.get("step")]
+    if best:
+        ax.scatter(*zip(*best, strict=True), s=250, facecolors="none", edgecolors="C2", linewidths=2, zorder=3,
+                   label="capacity: " + _capacity_sentence(capacity).split(": ", 1)[-1])
+    _log_ms_axis(plt, ax, [y for _, y, _ in drawn] + [bound or math.nan, ceiling])
+    ax.set(xlabel="achieved throughput (req/s)", ylabel="p99 latency (ms, failures counted as late)",
+           title="Capacity: p99 latency against achieved throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+# Renderers.
+
+def _md(text: str) -> str:
+    """Markdown-safe text: no raw HTML, emphasis or code spans from the data, "|" escaped so tables keep their columns."""
+    return re.sub(r"[\\`*|]|<(?=[A-Za-z/!?])", lambda m: "\\" + m.group(), " ".join(str(text).splitlines()))
+
+
+def _markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *args in blocks:
+        match kind:
+            case "h1" | "h2" | "h3":
+                out.append("#" * int(kind[1]) + " " + _md(args[0]))
+            case "verdict":
+                out.append(f"**{_md(args[0])}**")
+            case "p":
+                out.append(_md(args[0]))
+            case "code":
+                fence = "`" * max(3, 1 + max(map(len, re.findall("`+", args[0])), default=0))  # longer than any run inside
+                out.append(f"{fence}\n{args[0]}\n{fence}")
+            case "list":
+                out.append("\n".join(f"- {_md(item)}" for item in args[0]))
+            case "table":
+                lines = ["| " + " | ".join(map(_md, args[0])) + " |", "|" + "---|" * len(args[0])]
+                out.append("\n".join(lines + ["| " + " | ".join(map(_md, row)) + " |" for row in args[1]]))
+            case "img":
+                out.append(f"![{_md(args[1])}]({args[0]})")
+            case "links":
+                out.append("\n".join(f"- [{_md(label)}](<{href}>)" for label, href in args[0]))
+    return "\n\n".join(out) + "\n"
+
+
+def _html(blocks: list[tuple]) -> str:
+    e, body = html.escape, []
+    for kind, *args in blocks:
+        match kind:
+            case "h1" | "h2" | "h3" | "p":
+                body.append(f"<{kind}>{e(args[0])}</{kind}>")
+            case "verdict":
+                body.append(f'<p class="verdict {e(str(args[1]))}">{e(args[0])}</p>')
+            case "code":
+                body.append(f"<pre><code>{e(args[0])}</code></pre>")
+            case "list" | "links":
+                items = [f'<a href="{e(item[1])}">{e(item[0])}</a>' if kind == "links" else e(item) for item in args[0]]
+                body.append("<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>")
+            case "table":
+                head = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in args[0]) + "</tr>"
+                rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in args[1])
+                body.append(f"<table><thead>{head}</thead><tbody>{rows}</tbody></table>")
+            case "img":
+                body.append(f'<p><img src="{e(args[0])}" alt="{e(args[1])}"></p>')
+    title = next(args[0] for kind, *args in blocks if kind == "h1")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>\n'
+            f"<style>\n{CSS}\n</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")

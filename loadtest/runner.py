@@ -1,0 +1,202 @@
+"""`effx-serve loadtest`: check the server, run locust headless, and write the report whatever happened.
+
+The report folder is built beside its target and swapped in whole (effx_serve.atomic_dir), so a killed run
+never leaves half a report, and a failed run (unreachable server, errors, a bad scenario) still leaves one
+that says what went wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from effx_serve import atomic_dir, hardware, triton_local
+from loadtest import prom, render, scenarios, summary
+from loadtest.plan import LoadTest, Plan, format_steps, make_plan
+from loadtest.tally import Tally
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+DRAIN_S = 4.0  # zero users after the last step: answers in flight arrive and workers send their last counts (every 3 s)
+
+
+def _get_json(url: str, timeout_s: float) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+        return json.load(answer)
+
+
+def wait_ready(url: str, timeout_s: float) -> str | None:
+    """None once GET /readyz says ready, else why it never did within `timeout_s`."""
+    deadline, reason = time.monotonic() + timeout_s, "no answer"
+    while True:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/readyz", timeout=5) as answer:
+                if answer.status == 200:
+                    return None
+        except urllib.error.HTTPError as error:
+            reason = f"/readyz answered {error.code}: {error.read()[:200].decode(errors='replace')}"
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = f"cannot connect ({getattr(error, 'reason', error)})"
+        if time.monotonic() >= deadline:
+            return f"the server at {url} was not ready within {timeout_s:g} s: {reason}"
+        time.sleep(0.5)
+
+
+def versions() -> dict:
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    machine = hardware.detect()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    return {"effx_serve": version("effx-serve"), "locust": version("locust"), "python": platform.python_version(),
+            "platform": platform.platform(), "generator_hardware": f"{machine.name} ({machine.id})", "cores": os.cpu_count(),
+            "git_commit": commit.stdout.strip() if commit.returncode == 0 else None}
+
+
+def locust_argv(test: LoadTest, plan: Plan, raw: Path, master_port: int | None) -> list[str]:
+    argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", test.url, "--headless", "--only-summary",
+            "--csv", str(raw / "locust"), "--csv-full-history", "--html", str(raw / "locust.html"),
+            "--logfile", str(raw / "locust.log"), "--stop-timeout", f"{test.request_timeout_s:g}",
+            "--effx-scenario", test.scenario, "--effx-user-rate", repr(plan.per_user_rate),
+            "--effx-steps", format_steps(plan), "--effx-drain", repr(DRAIN_S),
+            "--effx-timeout", repr(test.request_timeout_s), "--effx-seed", str(test.seed), "--effx-out", str(raw / "counts.json")]
+    if master_port is not None:
+        argv += ["--master", "--master-bind-port", str(master_port), "--expect-workers", str(test.workers or test.expect_workers),
+                 "--expect-workers-max-wait", f"{max(test.ready_timeout_s, 60):g}"]
+    return argv
+
+
+def run_locust(test: LoadTest, plan: Plan, raw: Path) -> list[str]:
+    """Run the master (or lone process) and any local workers; the problems seen, if any."""
+    distributed = test.workers > 0 or test.expect_workers > 0
+    port = (triton_local.free_port() if test.workers else test.master_port) if distributed else None
+    limit_s = sum(s.seconds for s in plan.steps) + DRAIN_S + test.request_timeout_s + (max(test.ready_timeout_s, 60) if distributed else 0) + 60
+    with open(raw / "locust_stdout.txt", "w") as stdout:
+        master = subprocess.Popen(locust_argv(test, plan, raw, port), stdout=stdout, stderr=subprocess.STDOUT)
+        workers = [subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
+                                     "--master-port", str(port), "--logfile", str(raw / f"worker-{i}.log")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for i in range(test.workers)]
+        problems = []
+        try:
+            code = master.wait(timeout=limit_s)
+            if code not in (0, 1):  # 1: locust's own "some requests failed", which the report judges instead
+                problems.append(f"locust exited with code {code} (see raw/locust.log and raw/locust_stdout.txt)")
+        except subprocess.TimeoutExpired:
+            problems.append(f"locust did not finish within {limit_s:.0f} s and was stopped")
+        except KeyboardInterrupt:
+            problems.append("interrupted (Ctrl-C): the report covers the run up to then")
+        finally:
+            for process in [master, *workers]:
+                if process.poll() is None:
+                    triton_local.stop(process, grace_s=10)
+    return problems
+
+
+def locust_request_count(raw: Path) -> int | None:
+    """Locust's own count of requests (its Aggregated row), to check the generator's counts against."""
+    try:
+        with open(raw / "locust_stats.csv", newline="") as handle:
+            return next(int(row["Request Count"]) for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
+    except (OSError, StopIteration, KeyError, ValueError):
+        return None
+
+
+def build(test: LoadTest, plan: Plan | None, raw: Path, target: dict, problems: list[str]) -> dict:
+    """The report's figures from what locust's processes counted (raw/counts.json)."""
+    report: dict = {"target": target}
+    try:
+        counts = json.loads((raw / "counts.json").read_text())
+    except (OSError, ValueError):
+        if plan is not None and target.get("ready"):
+            problems.append("the load generator wrote no counts (see raw/locust.log)")
+        return report
+    tally = Tally.from_json(counts["tally"])
+    stopped = counts.get("drain_started") or counts["stopped"]
+    ran = counts["steps"]
+    windows = [summary.Window(s["index"], s["users"], plan.steps[s["index"]].offered_rate, s["start"],
+                              ran[i + 1]["start"] if i + 1 < len(ran) else stopped) for i, s in enumerate(ran)]
+    start = windows[0].start if windows else counts["started"]
+    totals = summary.totals(tally, stopped - start)
+    totals["locust_request_count"] = locust_request_count(raw)
+    curve = summary.curve(tally, windows, test.p99_bound_ms)
+    report |= {"summary": totals, "classes": summary.classes(tally), "members": summary.members(tally), "curve": curve,
+               "capacity": summary.capacity(curve, test.p99_bound_ms), "timeline": summary.timeline(tally, start, stopped),
+               "step_starts": [w.start - start for w in windows]}
+    report["load"] = report.get("load", {}) | {"workers": counts.get("workers", 0)}
+    if "setup" in tally.examples:
+        problems.append(f"a load generator could not start: {tally.examples['setup']}")
+    if totals["completed"] == 0:
+        problems.append("no request was completed")
+    return report
+
+
+def run(test: LoadTest, report_dir: Path, command: str) -> dict:
+    """Run the whole load test and write the report folder; returns the report (its "status" says pass or fail)."""
+    if report_dir.exists() and not report_dir.is_dir():
+        raise NotADirectoryError(f"--report {report_dir} is a file; give a folder")
+    report_dir.parent.mkdir(parents=True, exist_ok=True)
+    atomic_dir.recover(report_dir)
+    staging = atomic_dir.staging_dir(report_dir)
+    raw = staging / "raw"
+    raw.mkdir()
+    started = time.time()
+    problems: list[str] = []
+    plan = None
+    target: dict = {"url": test.url, "ready": False}
+    try:
+        scenarios.get(test.scenario)
+        plan = make_plan(test)
+    except ValueError as error:
+        problems.append(str(error))
+    if plan is not None:
+        reason = wait_ready(test.url, test.ready_timeout_s)
+        if reason:
+            problems.append(reason)
+        else:
+            target["ready"] = True
+            try:
+                models = _get_json(test.url.rstrip("/") + "/v1/models", 10)
+                target |= {"family": models.get("default_family"), "hardware": _get_json(test.url.rstrip("/") + "/v1/hardware", 10),
+                           "members": [{k: m.get(k) for k in ("name", "accuracy", "expected_latency_ms")} for m in models.get("members", [])]}
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                problems.append(f"GET /v1/models or /v1/hardware failed: {error}")
+    metrics: dict = {"scraped": False, "reason": "the load did not run"}
+    if target["ready"] and plan is not None:
+        before, reason = prom.scrape(test.url)
+        problems += run_locust(test, plan, raw)
+        after, reason_after = prom.scrape(test.url)
+        if before and after:
+            (raw / "metrics_before.prom").write_text(before)
+            (raw / "metrics_after.prom").write_text(after)
+            metrics = {"scraped": True, "reason": None} | prom.delta(before, after)
+        else:
+            metrics["reason"] = reason or reason_after
+    report = build(test, plan, raw, target, problems)
+    report |= {"command": command, "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+               "duration_s": time.time() - started, "server_metrics": metrics, "versions": versions(),
+               "load": report.get("load", {}) | {"scenario": test.scenario, "mode": plan and plan.mode,
+                                                  "per_user_rate": plan and plan.per_user_rate,
+                                                  "steps": [asdict(s) | {"index": i} for i, s in enumerate(plan.steps)] if plan else []}}
+    if not problems:
+        report["gates"] = summary.check_gates(test.gates, report["summary"], report["classes"], report.get("capacity"))
+        problems += [f"gate failed: {g['name']} {g['threshold']} (was {g['value']})" for g in report["gates"] if not g["passed"]]
+    report["status"] = "failed" if problems else "passed"
+    report["problems"] = problems
+    report["files"] = {"report.json": "report.json"} | {p.name: f"raw/{p.name}" for p in sorted(raw.iterdir())}
+    render.render(report, staging)
+    (staging / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False, default=str))
+    atomic_dir.swap_in(staging, report_dir)
+    return report

@@ -1,0 +1,149 @@
+"""The requests a scenario sends, and how an answer is judged. No locust here: the locustfile drives these."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from loadtest.scenarios import ImageKind, Scenario
+from loadtest.tally import OK, SLA_REJECTED
+
+VARIANTS = 3  # different pictures per image kind, so no two consecutive requests need be byte-identical
+
+
+def make_image(kind: ImageKind, seed: int) -> bytes:
+    """A photo-like picture (smooth background, shapes, sensor noise) that compresses like a real one."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:kind.height, 0:kind.width] / max(kind.width, kind.height)
+    base = rng.uniform(40, 215, size=3)
+    tilt = rng.uniform(-90, 90, size=(2, 3))
+    pixels = base + x[..., None] * tilt[0] + y[..., None] * tilt[1]
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = rng.uniform(0, 1, 2) * (kind.width, kind.height)
+        size = rng.uniform(0.05, 0.4) * min(kind.width, kind.height)
+        box = (x0, y0, x0 + size, y0 + size * rng.uniform(0.5, 1.5))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    image = image.filter(ImageFilter.GaussianBlur(1.2))
+    noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, 6, (kind.height, kind.width, 3)).astype(np.int16)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB").save(buffer, kind.format, quality=85)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    accuracy: float
+    expected_latency_ms: float  # queue + inference of a one-image request when the server is at rest
+    profile: tuple[tuple[int, float], ...] = ()  # (batch, p50 ms) as profiled
+
+    def expected_ms(self, images: int) -> float:
+        """At rest, for a request of `images`: the one-image figure scaled by the profile's batch curve."""
+        if len(self.profile) < 2 or images <= 1:
+            return self.expected_latency_ms
+        batches, times = zip(*self.profile, strict=True)
+        return self.expected_latency_ms * float(np.interp(images, batches, times) / np.interp(1, batches, times))
+
+
+def members_from_models(models: dict) -> list[Member]:
+    """The default family's members, from the server's GET /v1/models."""
+    names = set(models["families"][models["default_family"]])
+    return [Member(m["name"], m["accuracy"], m["expected_latency_ms"], tuple((p["batch"], p["p50_ms"]) for p in m.get("profile", [])))
+            for m in models["members"] if m["name"] in names]
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    request_class: str  # the SLA class, prefixed "batch " for batch requests
+    path: str
+    body: bytes
+    content_type: str
+    images: int
+    min_accuracy: float | None
+    max_latency_ms: float | None
+
+    @property
+    def batch(self) -> bool:
+        return self.path.startswith("/v1/classify/batch")
+
+
+class RequestFactory:
+    """Draws requests of a scenario; SLAs are drawn from the served members' own figures, so each is meetable at rest."""
+
+    def __init__(self, scenario: Scenario, members: list[Member], seed: int = 0) -> None:
+        if not members:
+            raise ValueError("the server lists no members in its default family")
+        self.scenario = scenario
+        self.members = members
+        self.images = {kind: [make_image(kind, seed * 1000 + i) for i in range(VARIANTS)] for kind in scenario.images}
+        self.encoded = {kind: [base64.b64encode(b).decode() for b in blobs] for kind, blobs in self.images.items()}
+
+    def next(self, rng: random.Random) -> PlannedRequest:
+        s = self.scenario
+        sla = rng.choices(list(s.slas), weights=list(s.slas.values()))[0]
+        batch = rng.random() < s.batch_share
+        images = s.batch_images if batch else 1
+        params: dict[str, object] = {"top_k": 1}
+        min_accuracy = max_latency_ms = None
+        if sla in ("accuracy", "both"):
+            min_accuracy = params["min_accuracy"] = rng.choice(self.members).accuracy
+        if sla in ("latency", "both"):
+            max_latency_ms = params["max_latency_ms"] = round(rng.choice(self.members).expected_ms(images) * rng.uniform(*s.latency_factor), 3)
+        if sla != "none" and rng.random() < s.best_effort_share:
+            params["on_miss"] = "best_effort"
+        kinds, weights = list(s.images), list(s.images.values())
+        if batch:
+            chosen = [rng.choice(self.encoded[k]) for k in rng.choices(kinds, weights=weights, k=images)]
+            return PlannedRequest(f"batch {sla}", f"/v1/classify/batch?{urlencode(params)}", json.dumps({"images": chosen}).encode(),
+                                  "application/json", images, min_accuracy, max_latency_ms)
+        kind = rng.choices(kinds, weights=weights)[0]
+        return PlannedRequest(sla, f"/v1/classify?{urlencode(params)}", rng.choice(self.images[kind]), kind.content_type,
+                              1, min_accuracy, max_latency_ms)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    member: str | None = None
+    attained: bool = False
+    attained_e2e: bool = False
+    detail: str = ""
+
+
+def judge(request: PlannedRequest, status: int, body: bytes, latency_ms: float, error: str | None = None) -> Verdict:
+    """Sort an answer into OK, SLA_REJECTED or an error kind, and check a 200 really is a well-formed answer."""
+    text = body[:300].decode(errors="replace")
+    if status == 0:
+        return Verdict("connection", detail=error or "no answer")
+    if status == 429:
+        return Verdict("overloaded", detail=f"429 {text}")
+    if status >= 500:
+        return Verdict("server_error", detail=f"{status} {text}")
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return Verdict("bad_answer" if status == 200 else "client_error", detail=f"{status} answer is not JSON: {text}")
+    if status == 422 and isinstance(answer, dict) and "options" in answer:
+        return Verdict(SLA_REJECTED, detail=str(answer.get("detail", "")))
+    if status != 200:
+        return Verdict("client_error", detail=f"{status} {text}")
+    try:
+        met = bool(answer["sla"]["met"])
+        member = str(answer["member"])
+        results = answer["results"] if request.batch else [answer]
+        if len(results) != request.images or not all(r["predictions"] for r in results):
+            return Verdict("bad_answer", detail=f"{len(results)} results for {request.images} images")
+    except (KeyError, TypeError) as missing:
+        return Verdict("bad_answer", detail=f"200 answer without {missing}: {text}")
+    in_time = request.max_latency_ms is None or latency_ms <= request.max_latency_ms
+    return Verdict(OK, member, met, met and in_time)
