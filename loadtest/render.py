@@ -98,7 +98,7 @@ def _document(report: dict, charts: list[str], skipped: bool) -> list[tuple]:
     load, summary = _dict(report.get("load")), _dict(report.get("summary"))
     url = _dict(report.get("target")).get("url")
     blocks = [("h1", f"Load test: {_plain(load.get('scenario'))} against {_plain(url)}"), *_verdict(report),
-              ("h2", "Command"), ("code", _plain(report.get("command"))), *_load(load), *_summary(summary)]
+              ("h2", "Command"), ("code", _plain(report.get("command"))), *_target(report), *_load(load), *_summary(summary)]
     if "timeline.png" in charts:
         blocks.append(("img", "timeline.png", "Answers and failures per second, and p99 latency, over the run"))
     if skipped:
@@ -114,6 +114,20 @@ def _document(report: dict, charts: list[str], skipped: bool) -> list[tuple]:
     files = [(str(label), href) for label, href in _dict(report.get("files")).items() if isinstance(href, str)]
     return blocks + [("h2", "Versions"), *_table(["component", "version"], versions),
                      ("h2", "Raw files"), ("links", files) if files else ("p", DASH)]
+
+
+def _target(report: dict) -> list[tuple]:
+    """The server under test: its hardware and backend (GET /v1/hardware) and its members at the start (GET /v1/models)."""
+    target = _dict(report.get("target"))
+    served = _dict(target.get("hardware"))
+    machine, backend = _dict(served.get("hardware")), _dict(served.get("backend"))
+    rows = [["family", _plain(target.get("family"))], ["ready at the start", _plain(target.get("ready"))],
+            ["hardware", f"{_plain(machine.get('name'))} ({_plain(machine.get('id'))}), {_plain(machine.get('count'))} cores or devices"],
+            ["backend", f"{_plain(backend.get('kind'))}, {_plain(backend.get('intra_op_threads'))} intra-op threads, "
+                        f"{_plain(backend.get('concurrent_batches'))} concurrent batches"]]
+    members = [[_plain(m.get("name")), _pct(m.get("accuracy")), _ms(m.get("expected_latency_ms"))] for m in _rows(target.get("members"))]
+    return [("h2", "Server"), ("table", ["figure", "value"], rows),
+            *_table(["member", "top-1", "expected latency at the start (ms)"], members)]
 
 
 def _verdict(report: dict) -> list[tuple]:
@@ -171,9 +185,10 @@ def _members(report: dict) -> list[tuple]:
 
 def _capacity(report: dict, charts: list[str]) -> list[tuple]:
     headers = ["step", "offered (req/s)", "throughput (req/s)", "p50 (ms)", "p99 (ms, failures counted as late)", "error rate",
-               "within bound"]
+               "refused by SLA", "within bound"]
     rows = [[_plain(p.get("step")), _rate(p.get("offered_rate")), _rate(p.get("throughput_rps")), _ms(p.get("p50_ms")),
-             _ms(p.get("p99_ms")), _pct(p.get("error_rate")), _plain(p.get("within_bound"))] for p in _rows(report.get("curve"))]
+             _ms(p.get("p99_ms")), _pct(p.get("error_rate")), _pct(p.get("rejected_share")), _plain(p.get("within_bound"))]
+            for p in _rows(report.get("curve"))]
     blocks = [("h2", "Capacity curve"), *_table(headers, rows), ("p", _capacity_sentence(_dict(report.get("capacity"))))]
     if "capacity.png" in charts:
         blocks.append(("img", "capacity.png", "p99 latency against achieved throughput, one point per step"))
@@ -257,6 +272,7 @@ def _draw_timeline(plt, report: dict):
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
     top.plot(t, [_value(r, "ok") for r in rows], color="C0", label="ok answers/s")
     top.plot(t, [_value(r, "failed") for r in rows], color="C3", label="failed/s")
+    top.plot(t, [_value(r, "rejected") for r in rows], color="C2", linestyle="--", label="refused by SLA/s")
     top.set(ylabel="requests per second", title="Throughput and p99 latency per second (dotted lines: step starts)")
     bottom.plot(t, p99, color="C1", marker=".", label="p99")
     bound = _number(_dict(report.get("capacity")).get("p99_bound_ms"))

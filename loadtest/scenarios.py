@@ -37,7 +37,7 @@ class Scenario:
     best_effort_share: float = 0.0  # the share of SLA requests that ask on_miss=best_effort instead of a 422
     # A latency SLA is a member's expected latency at rest times a factor drawn from this range: loose enough to be
     # met when the server is idle, tight enough that queueing under load makes the router pick faster members.
-    latency_factor: tuple[float, float] = (2.0, 6.0)
+    latency_factor: tuple[float, float] = (3.0, 15.0)
 
 
 SCENARIOS = {s.name: s for s in (

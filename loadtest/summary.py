@@ -92,15 +92,17 @@ def curve(tally: Tally, windows: list[Window], p99_bound_ms: float) -> list[dict
     points = []
     for window in windows:
         seconds = _seconds_in(tally, window)
-        latency, failed = Histogram(), sum(s.failed for s in seconds)
+        latency, failed, rejected = Histogram(), sum(s.failed for s in seconds), sum(s.rejected for s in seconds)
         for s in seconds:
             latency.merge(s.latency)
-        done = latency.count + failed
-        p99 = latency.percentile(99, late=failed)  # MLPerf's Server rule: a request never answered is later than any bound
+        done = latency.count + failed + rejected
+        # MLPerf's Server rule: a request that failed is later than any bound. An SLA rejection is a quick, deliberate
+        # answer; it is not counted as late, and its share is shown beside each step instead.
+        p99 = latency.percentile(99, late=failed)
         points.append({"step": window.index, "users": window.users, "offered_rate": window.offered_rate,
                        "throughput_rps": latency.count / len(seconds) if seconds else None,
                        "p50_ms": _finite(latency.percentile(50, late=failed)), "p99_ms": _finite(p99),
-                       "error_rate": failed / done if done else None,
+                       "error_rate": failed / done if done else None, "rejected_share": rejected / done if done else None,
                        "within_bound": done > 0 and p99 is not None and p99 <= p99_bound_ms})
     return points
 
@@ -120,7 +122,7 @@ def timeline(tally: Tally, start: float, end: float) -> list[dict]:
     rows = []
     for second in range(math.floor(start), math.ceil(end)):
         counts = tally.seconds.get(second, SecondCounts())
-        rows.append({"t": second - math.floor(start), "ok": counts.ok, "failed": counts.failed,
+        rows.append({"t": second - math.floor(start), "ok": counts.ok, "failed": counts.failed, "rejected": counts.rejected,
                      "p99_ms": counts.latency.percentile(99)})
     return rows
 

@@ -94,7 +94,8 @@ class SecondCounts:
     """Requests meant to be sent in one wall-clock second."""
 
     ok: int = 0
-    failed: int = 0  # everything that was not a 200, SLA rejections included
+    failed: int = 0  # errors (of the server or the generator)
+    rejected: int = 0  # 422: no member could meet the SLA (the router's admission control, not an error)
     latency: Histogram = field(default_factory=Histogram)
 
 
@@ -137,10 +138,11 @@ class Tally:
                 counts.members[outcome.member] += 1
             second.ok += 1
             second.latency.add(outcome.latency_ms)
+        elif outcome.kind == SLA_REJECTED:
+            second.rejected += 1
         else:
             second.failed += 1
-            if outcome.kind != SLA_REJECTED:
-                self.examples.setdefault(outcome.kind, outcome.detail[:300])
+            self.examples.setdefault(outcome.kind, outcome.detail[:300])
 
     def merge(self, other: Tally) -> None:
         for name, theirs in other.classes.items():
@@ -155,6 +157,7 @@ class Tally:
             mine = self.seconds.setdefault(second, SecondCounts())
             mine.ok += theirs.ok
             mine.failed += theirs.failed
+            mine.rejected += theirs.rejected
             mine.latency.merge(theirs.latency)
         for kind, example in other.examples.items():
             self.examples.setdefault(kind, example)
@@ -170,7 +173,7 @@ class Tally:
         return {
             "classes": {name: {"sent": c.sent, "outcomes": dict(c.outcomes), "attained": c.attained, "attained_e2e": c.attained_e2e,
                                "members": dict(c.members), "latency": c.latency.to_json()} for name, c in self.classes.items()},
-            "seconds": {str(s): {"ok": c.ok, "failed": c.failed, "latency": c.latency.to_json()} for s, c in self.seconds.items()},
+            "seconds": {str(s): {"ok": c.ok, "failed": c.failed, "rejected": c.rejected, "latency": c.latency.to_json()} for s, c in self.seconds.items()},
             "examples": dict(self.examples),
             "lag": self.lag.to_json(),
         }
@@ -182,7 +185,7 @@ class Tally:
             tally.classes[name] = ClassCounts(c["sent"], Counter(c["outcomes"]), c["attained"], c["attained_e2e"],
                                               Counter(c["members"]), Histogram.from_json(c["latency"]))
         for second, c in data["seconds"].items():
-            tally.seconds[int(second)] = SecondCounts(c["ok"], c["failed"], Histogram.from_json(c["latency"]))
+            tally.seconds[int(second)] = SecondCounts(c["ok"], c["failed"], c["rejected"], Histogram.from_json(c["latency"]))
         tally.examples = dict(data["examples"])
         tally.lag = Histogram.from_json(data["lag"])
         return tally

@@ -56,7 +56,7 @@ def test_tallies_merge_and_survive_the_trip_to_the_master():
     counts = a.classes["accuracy"]
     assert counts.sent == 6 and dict(counts.outcomes) == {"ok": 3, "overloaded": 1, "sla_rejected": 1, "connection": 1}
     assert counts.latency.count == 3 and counts.members == {"b0": 3} and counts.attained == 3
-    assert a.seconds[100].ok == 3 and a.seconds[100].failed == 3
+    assert (a.seconds[100].ok, a.seconds[100].failed, a.seconds[100].rejected) == (3, 2, 1)
     assert set(a.examples) == {"overloaded", "connection"} and a.lag.count == 1
 
 
@@ -241,3 +241,12 @@ def test_durations():
     for bad in ("", "x", "0", "3d"):
         with pytest.raises(Exception, match="duration|longer than zero"):
             duration(bad)
+
+
+def test_sla_rejections_are_shown_per_step_but_not_counted_as_late():
+    tally, windows = _stepped_tally([0, 0, 0])
+    for second in range(1002, 1010):
+        tally.sent("latency")
+        tally.record(_outcome("sla_rejected", second=second + 0.5, cls="latency"))
+    first = summary.curve(tally, windows, p99_bound_ms=50)[0]
+    assert first["within_bound"] and first["error_rate"] == 0 and first["rejected_share"] == pytest.approx(8 / 88)

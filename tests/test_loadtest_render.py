@@ -44,7 +44,7 @@ REPORT = {
               {"step": 2, "offered_rate": 150.0, "throughput_rps": 149.0, "p50_ms": 1.9, "p99_ms": 41.0, "error_rate": 0.002,
                "within_bound": True},
               {"step": 3, "offered_rate": 199.8, "throughput_rps": 180.1, "p50_ms": 80.0, "p99_ms": None, "error_rate": 0.05,
-               "within_bound": False}],
+               "rejected_share": 0.1, "within_bound": False}],
     "capacity": {"p99_bound_ms": 50.0, "max_rate": 150.0, "throughput_rps": 149.0, "step": 2},
     "gates": [{"name": "error rate", "threshold": "<= 0.02", "value": 0.011, "passed": True},
               {"name": "p99 latency ms", "threshold": "<= 10", "value": 12.34, "passed": False}],
@@ -119,7 +119,7 @@ def test_markdown_holds_verdict_classes_members_capacity_and_gates(tmp_path):
     assert "| b0 | 3737 | 75.8% |" in md and "| b1 | 1194 | 24.2% |" in md
     assert "Highest offered rate with p99 <= 50.0 ms: 150.0 req/s (throughput 149.0 req/s)" in md
     assert "| error rate | <= 0.02 | 0.011 | yes |" in md and "| p99 latency ms | <= 10 | 12.34 | no |" in md
-    assert "| 3 | 199.8 | 180.1 | 80.0 | — | 5.0% | no |" in md  # the overloaded step: no p99
+    assert "| 3 | 199.8 | 180.1 | 80.0 | — | 5.0% | 10.0% | no |" in md  # the overloaded step: no p99
     assert "| overloaded | 40 | 72.7% | 429 queue full |" in md  # share of the 55 errors
     assert "| b0 | 1.30 |" in md and "| latency rejected | 4 |" in md
     assert "- [locust stats](<raw/locust_stats.csv>)" in md
