@@ -67,7 +67,8 @@ def test_smoke_run_against_the_served_repository(server_url, tmp_path):
     for name in ("report.md", "report.html", "timeline.png", "raw/locust_stats.csv", "raw/locust_stats_history.csv",
                  "raw/metrics_before.prom", "raw/metrics_after.prom", "raw/locust.html"):
         assert (folder / name).is_file(), name
-    assert "PASSED" in (folder / "report.md").read_text()
+    markdown = (folder / "report.md").read_text()
+    assert "PASSED" in markdown and "## Server" in markdown and "tiny-f-b1" in markdown
 
 
 def test_master_and_worker_on_one_machine(server_url, tmp_path):
