@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from effx_serve.cli_common import positive_int
+from effx_serve.cli_common import positive_int, progress_line
 from effx_serve.errors import UserError
 
 
@@ -76,7 +76,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                            ready_timeout_s=args.ready_timeout, seed=args.seed)
     folder = Path(args.report)
     try:
-        report = runner.run(test, folder, "effx-serve " + shlex.join(sys.argv[1:]))
+        progress = (lambda done, total: None) if args.json else progress_line("load test, seconds")
+        report = runner.run(test, folder, "effx-serve " + shlex.join(sys.argv[1:]), progress)
     except NotADirectoryError as error:
         raise UserError(str(error)) from None
     if args.json:

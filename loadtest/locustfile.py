@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -64,6 +65,7 @@ class LoadState:
         self.started = time.time()
         self.drain_started: float | None = None
         self.workers: set[str] = set()  # workers that reported to this master
+        self.users_started = 0
 
     def prepare(self) -> None:
         """Read the served members (the SLAs are drawn from them) and make the images, once per process."""
@@ -107,6 +109,9 @@ def _init(environment, **_) -> None:
         except ValueError as error:
             raise SystemExit(f"effx-serve locustfile: {error}") from None
         environment.events.quitting.add_listener(lambda environment, **_: state.write())
+        # Locust installs its own SIGTERM handler only after a shape has run its course; until then a SIGTERM would
+        # end the process without its counts. Stopping the runner ends the shape and takes locust's normal way out.
+        gevent.signal_handler(signal.SIGTERM, runner.quit)
 
 
 @events.test_start.add_listener
@@ -127,7 +132,9 @@ class ClassifyUser(FastHttpUser):
         self.state: LoadState = environment.effx
         self.rate = options.effx_user_rate
         self.max_pending = options.effx_max_pending
-        self.rng = random.Random(f"{options.effx_seed}-{id(self)}")
+        # A seed per user and process: repeatable runs, and no two workers send the same stream.
+        self.state.users_started += 1
+        self.rng = random.Random(f"{options.effx_seed}-{getattr(environment.runner, 'client_id', '')}-{self.state.users_started}")
         self.pending = gevent.pool.Group()
         self.next_at: float | None = None
 

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,6 +28,7 @@ from loadtest.plan import LoadTest, Plan, format_steps, make_plan
 from loadtest.tally import Tally
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+Progress = Callable[[int, int], None]  # (seconds done, seconds planned)
 DRAIN_S = 4.0  # zero users after the last step: answers in flight arrive and workers send their last counts (every 3 s)
 
 
@@ -79,23 +81,29 @@ def locust_argv(test: LoadTest, plan: Plan, raw: Path, master_port: int | None) 
     return argv
 
 
-def run_locust(test: LoadTest, plan: Plan, raw: Path) -> list[str]:
+def run_locust(test: LoadTest, plan: Plan, raw: Path, progress: Progress) -> list[str]:
     """Run the master (or lone process) and any local workers; the problems seen, if any."""
     distributed = test.workers > 0 or test.expect_workers > 0
     port = (triton_local.free_port() if test.workers else test.master_port) if distributed else None
-    limit_s = sum(s.seconds for s in plan.steps) + DRAIN_S + test.request_timeout_s + (max(test.ready_timeout_s, 60) if distributed else 0) + 60
+    planned = round(sum(s.seconds for s in plan.steps) + DRAIN_S)
+    limit_s = planned + test.request_timeout_s + 60 + (max(test.ready_timeout_s, 60) if distributed else 0)
+    problems: list[str] = []
     with open(raw / "locust_stdout.txt", "w") as stdout:
         master = subprocess.Popen(locust_argv(test, plan, raw, port), stdout=stdout, stderr=subprocess.STDOUT)
         workers = [subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
                                      "--master-port", str(port), "--logfile", str(raw / f"worker-{i}.log")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for i in range(test.workers)]
-        problems = []
+        started = time.monotonic()
         try:
-            code = master.wait(timeout=limit_s)
-            if code not in (0, 1):  # 1: locust's own "some requests failed", which the report judges instead
-                problems.append(f"locust exited with code {code} (see raw/locust.log and raw/locust_stdout.txt)")
-        except subprocess.TimeoutExpired:
-            problems.append(f"locust did not finish within {limit_s:.0f} s and was stopped")
+            while master.poll() is None and time.monotonic() - started < limit_s:
+                progress(min(round(time.monotonic() - started), planned - 1), planned)
+                time.sleep(0.5)
+            if master.poll() is None:
+                problems.append(f"locust did not finish within {limit_s:.0f} s and was stopped")
+            elif master.returncode not in (0, 1):  # 1: locust's own "some requests failed", which the report judges instead
+                problems.append(f"locust exited with code {master.returncode} (see raw/locust.log and raw/locust_stdout.txt)")
+            else:
+                progress(planned, planned)
         except KeyboardInterrupt:
             problems.append("interrupted (Ctrl-C): the report covers the run up to then")
         finally:
@@ -143,7 +151,7 @@ def build(test: LoadTest, plan: Plan | None, raw: Path, target: dict, problems: 
     return report
 
 
-def run(test: LoadTest, report_dir: Path, command: str) -> dict:
+def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lambda done, total: None) -> dict:
     """Run the whole load test and write the report folder; returns the report (its "status" says pass or fail)."""
     if report_dir.exists() and not report_dir.is_dir():
         raise NotADirectoryError(f"--report {report_dir} is a file; give a folder")
@@ -174,9 +182,9 @@ def run(test: LoadTest, report_dir: Path, command: str) -> dict:
             except (urllib.error.URLError, OSError, ValueError) as error:
                 problems.append(f"GET /v1/models or /v1/hardware failed: {error}")
     metrics: dict = {"scraped": False, "reason": "the load did not run"}
-    if target["ready"] and plan is not None:
+    if plan is not None and not problems:
         before, reason = prom.scrape(test.url)
-        problems += run_locust(test, plan, raw)
+        problems += run_locust(test, plan, raw, progress)
         after, reason_after = prom.scrape(test.url)
         if before and after:
             (raw / "metrics_before.prom").write_text(before)

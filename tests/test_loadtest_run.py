@@ -176,3 +176,21 @@ def test_the_runner_does_not_import_locust():
     """Only the locust processes load gevent (it monkey-patches the interpreter); the CLI and the tests stay clean."""
     code = "import sys, effx_serve.cli_loadtest, loadtest.runner, loadtest.workload; assert 'gevent' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("fake_server", ["slow"], indirect=True)
+def test_ctrl_c_stops_the_load_and_still_writes_the_report(fake_server, tmp_path):
+    folder = tmp_path / "interrupted"
+    run = subprocess.Popen([sys.executable, "-m", "effx_serve.cli", "loadtest", "--url", fake_server, "--scenario", "photos",
+                            "--users", "2", "--duration", "60", "--report", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".interrupted.build-*/raw/locust.log")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(4)  # some requests answered
+    run.send_signal(signal.SIGINT)
+    output, _ = run.communicate(timeout=60)
+    assert run.returncode == 1, output
+    report = _report(folder)
+    assert "interrupted (Ctrl-C)" in report["problems"][0]
+    assert report["summary"]["ok"] > 0 and (folder / "report.md").is_file()
+    assert not list(tmp_path.glob(".interrupted.*"))  # no staging folder left behind
