@@ -23,6 +23,7 @@ COPY pyproject.toml README.md ./
 COPY effx_serve ./effx_serve
 COPY training ./training
 COPY search ./search
+COPY loadtest ./loadtest
 # No extras: torch and the training stack are never imported on the serving path.
 RUN /opt/venv/bin/pip install . \
     && /opt/venv/bin/python -c "import effx_serve.app, effx_serve.server, effx_serve.cli_serve" \

@@ -110,7 +110,8 @@ def serve(repository: Path, timeout_s: float = 120.0):
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         http, grpc, metrics = free_port(), free_port(), free_port()
         log = work / "tritonserver.log"
-        argv = [str(install.binary), f"--model-repository={Path(repository).resolve()}",  # tritonserver runs in `work` f"--backend-directory={backends}", f"--http-port={http}",
+        # tritonserver runs in `work`, so a relative repository path would point into it
+        argv = [str(install.binary), f"--model-repository={Path(repository).resolve()}", f"--backend-directory={backends}", f"--http-port={http}",
                 f"--grpc-port={grpc}", f"--metrics-port={metrics}", "--allow-metrics=false", "--exit-timeout-secs=10",
                 f"--cache-directory={work / 'caches'}"]
         with open(log, "wb") as output:
