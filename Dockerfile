@@ -17,7 +17,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Only what the wheel needs (pyproject's readme is README.md; packages effx_serve, training, search:
+# Only what the wheel needs (pyproject's readme is README.md; packages effx_serve, training, search, loadtest:
 # effx_serve.errors imports training.errors). .dockerignore keeps the rest of the context out.
 COPY pyproject.toml README.md ./
 COPY effx_serve ./effx_serve

@@ -6,8 +6,10 @@ import argparse
 import json
 import re
 import shlex
+import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from effx_serve.cli_common import positive_int, progress_line
 from effx_serve.errors import UserError
@@ -23,6 +25,23 @@ def duration(text: str) -> float:
     if total <= 0:
         raise argparse.ArgumentTypeError(f"must be longer than zero, got '{text}'")
     return total
+
+
+def _url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"expected the server's URL such as http://127.0.0.1:8000, got '{text}'")
+    return text.rstrip("/")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -75,11 +94,15 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                            expect_workers=args.expect_workers, master_port=args.master_port, request_timeout_s=args.timeout,
                            ready_timeout_s=args.ready_timeout, seed=args.seed)
     folder = Path(args.report)
+    # A stop from a process manager (SIGTERM) ends the run the way Ctrl-C does: locust stopped, the report written.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         progress = (lambda done, total: None) if args.json else progress_line("load test, seconds")
         report = runner.run(test, folder, "effx-serve " + shlex.join(sys.argv[1:]), progress)
     except NotADirectoryError as error:
         raise UserError(str(error)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
@@ -89,7 +112,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("loadtest", help="load-test a running server with locust; a report (MD, HTML, PNG, JSON) and gates for CI")
-    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--url", required=True, type=_url, help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("--scenario", default="mixed", help="request mix: mixed (default), smoke, accuracy, latency, photos, batch")
     p.add_argument("--duration", type=duration, default=30.0, help="how long the load runs: 30, 45s, 2m (default: 30s)")
     load = p.add_mutually_exclusive_group()
@@ -103,8 +126,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--gate-p99-ms", type=_positive, help="fail when the p99 of answered requests is above this")
     p.add_argument("--gate-sla", type=_fraction, help="fail when any SLA class attains less than this share")
     p.add_argument("--gate-capacity", type=_positive, help="fail when the capacity (req/s) is below this")
-    p.add_argument("--workers", type=int, default=0, help="locust worker processes on this machine (master/worker mode)")
-    p.add_argument("--expect-workers", type=int, default=0, help="run as master and wait for this many workers from other machines")
+    workers = p.add_mutually_exclusive_group()
+    workers.add_argument("--workers", type=_count, default=0, help="locust worker processes on this machine (master/worker mode)")
+    workers.add_argument("--expect-workers", type=_count, default=0, help="run as master and wait for this many workers from other machines")
     p.add_argument("--master-port", type=positive_int, default=5557, help="the master's port for --expect-workers (default: %(default)s)")
     p.add_argument("--timeout", type=_positive, default=30.0, help="seconds before a request counts as failed (default: %(default)s)")
     p.add_argument("--ready-timeout", type=_positive, default=30.0, help="seconds to wait for the server's /readyz (default: %(default)s)")

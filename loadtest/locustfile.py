@@ -122,19 +122,19 @@ def _test_start(environment, **_) -> None:
 
 class ClassifyUser(FastHttpUser):
     wait_time = constant(0)
-    concurrency = 16  # connections per user: open-loop users overlap requests
     connection_timeout = 5.0
 
     def __init__(self, environment) -> None:
         options = environment.parsed_options
         self.network_timeout = options.effx_timeout
+        self.concurrency = options.effx_max_pending  # a connection for every request in flight: no wait for one is charged to the server
         super().__init__(environment)
         self.state: LoadState = environment.effx
         self.rate = options.effx_user_rate
         self.max_pending = options.effx_max_pending
         # A seed per user and process: repeatable runs, and no two workers send the same stream.
         self.state.users_started += 1
-        self.rng = random.Random(f"{options.effx_seed}-{getattr(environment.runner, 'client_id', '')}-{self.state.users_started}")
+        self.rng = random.Random(f"{options.effx_seed}-{getattr(environment.runner, 'worker_index', 0)}-{self.state.users_started}")
         self.pending = gevent.pool.Group()
         self.next_at: float | None = None
 
@@ -195,14 +195,15 @@ class StepShape(LoadTestShape):
         options = self.runner.environment.parsed_options
         state: LoadState = self.runner.environment.effx
         steps = parse_steps(options.effx_steps) or [(options.num_users or 1, options.run_time or math.inf)]
-        elapsed, end = self.get_run_time(), 0.0
+        elapsed, begins = self.get_run_time(), 0.0
+        started = time.time() - elapsed  # the shape's start, in epoch seconds
         for index, (users, seconds) in enumerate(steps):
-            end += seconds
-            if elapsed < end:
-                if len(state.steps) == index:
-                    state.steps.append({"index": index, "users": users, "start": time.time(), "seconds": seconds})
+            if len(state.steps) == index and elapsed >= begins:  # record every step begun, even one a late tick skipped
+                state.steps.append({"index": index, "users": users, "start": started + begins, "seconds": seconds})
+            begins += seconds
+            if elapsed < begins:
                 return users, max(users, 1)
-        if elapsed < end + options.effx_drain:
-            state.drain_started = state.drain_started or time.time()
+        if elapsed < begins + options.effx_drain:
+            state.drain_started = state.drain_started or started + begins
             return 0, 1000
         return None

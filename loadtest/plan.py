@@ -30,8 +30,7 @@ class LoadTest:
 @dataclass(frozen=True)
 class Step:
     users: int
-    target_rate: float | None
-    offered_rate: float | None
+    offered_rate: float | None  # open loop: users x the per-user rate
     seconds: float
 
 
@@ -48,8 +47,8 @@ def make_plan(test: LoadTest) -> Plan:
         raise ValueError("give --users (closed loop) or --rate (open loop), not both")
     if not (test.duration_s > 0 and math.isfinite(test.duration_s)):
         raise ValueError(f"--duration must be a positive number of seconds, not {test.duration_s}")
-    if test.steps < 1 or test.steps > test.duration_s:
-        raise ValueError(f"--steps must be between 1 and the duration in seconds, not {test.steps}")
+    if test.steps < 1 or test.duration_s / test.steps < 2:
+        raise ValueError(f"--steps {test.steps}: each step needs 2 s at least (--duration {test.duration_s:g} s)")
     seconds = test.duration_s / test.steps
     if test.rate is None:
         users = 8 if test.users is None else test.users
@@ -57,13 +56,13 @@ def make_plan(test: LoadTest) -> Plan:
             raise ValueError(f"--users must be at least 1, not {users}")
         if users < test.steps:
             raise ValueError(f"--steps {test.steps} needs at least as many --users")
-        return Plan("closed", 0.0, [Step(round(users * k / test.steps), None, None, seconds) for k in range(1, test.steps + 1)])
+        return Plan("closed", 0.0, [Step(round(users * k / test.steps), None, seconds) for k in range(1, test.steps + 1)])
     if not (test.rate > 0 and math.isfinite(test.rate)):
         raise ValueError(f"--rate must be a positive number of requests/s, not {test.rate}")
     first = test.rate / test.steps
     users = math.ceil(first / test.max_user_rate)
     per_user = first / users
-    return Plan("open", per_user, [Step(users * k, first * k, users * k * per_user, seconds) for k in range(1, test.steps + 1)])
+    return Plan("open", per_user, [Step(users * k, users * k * per_user, seconds) for k in range(1, test.steps + 1)])
 
 
 def format_steps(plan: Plan) -> str:

@@ -144,8 +144,8 @@ def _load(load: dict) -> list[tuple]:
                "closed": " (each user sends its next request once the previous one is answered)"}.get(load.get("mode"), "")
     line = (f"Mode: {_plain(load.get('mode'))}{meaning}; workers {_plain(load.get('workers'))}; "
             f"per-user rate {_rate(load.get('per_user_rate'))} req/s.")
-    return [("h2", "Load"), ("p", line), *_table(["step", "users", "target rate (req/s)", "offered rate (req/s)", "seconds"], [
-        [_plain(s.get("index")), _plain(s.get("users")), _rate(s.get("target_rate")), _rate(s.get("offered_rate")),
+    return [("h2", "Load"), ("p", line), *_table(["step", "users", "offered rate (req/s)", "seconds"], [
+        [_plain(s.get("index")), _plain(s.get("users")), _rate(s.get("offered_rate")),
          _plain(s.get("seconds"))] for s in _rows(load.get("steps"))])]
 
 
@@ -197,7 +197,7 @@ def _capacity(report: dict, charts: list[str]) -> list[tuple]:
 
 def _capacity_sentence(capacity: dict) -> str:
     bound, throughput = _ms(capacity.get("p99_bound_ms")), _rate(capacity.get("throughput_rps"))
-    if _number(capacity.get("max_rate")) is not None:
+    if _number(capacity.get("max_rate")) is not None and capacity.get("basis") != "throughput":
         return f"Highest offered rate with p99 <= {bound} ms: {_rate(capacity['max_rate'])} req/s (throughput {throughput} req/s)"
     if capacity.get("step") is not None:  # closed mode has no offered rate: the step (its users) is the answer
         return f"Highest step with p99 <= {bound} ms: step {_plain(capacity['step'])} (throughput {throughput} req/s)"

@@ -17,15 +17,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from effx_serve import atomic_dir, hardware, triton_local
+from effx_serve import atomic_dir, triton_local
+from effx_serve.ceilings import cpu_model_name
 from loadtest import prom, render, scenarios, summary
 from loadtest.plan import LoadTest, Plan, format_steps, make_plan
 from loadtest.tally import Tally
+from loadtest.workload import members_from_models
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 Progress = Callable[[int, int], None]  # (seconds done, seconds planned)
@@ -54,6 +56,24 @@ def wait_ready(url: str, timeout_s: float) -> str | None:
         time.sleep(0.5)
 
 
+def preflight(test: LoadTest, target: dict) -> list[str]:
+    """Wait for the server and read what the workload needs from it (into `target`); the problems, if any."""
+    reason = wait_ready(test.url, test.ready_timeout_s)
+    if reason:
+        return [reason]
+    target["ready"] = True
+    try:
+        models = _get_json(test.url + "/v1/models", 10)
+        members = members_from_models(models)  # what every locust process will need
+        if not members:
+            raise ValueError("it lists no members")
+        target |= {"family": models["default_family"], "hardware": _get_json(test.url + "/v1/hardware", 10),
+                   "members": [{"name": m.name, "accuracy": m.accuracy, "expected_latency_ms": m.expected_latency_ms} for m in members]}
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return [f"GET /v1/models or /v1/hardware did not give what the load test needs: {error!r}"]
+    return []
+
+
 def versions() -> dict:
     def version(package: str) -> str | None:
         try:
@@ -61,11 +81,14 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    machine = hardware.detect()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+        commit_id = commit.stdout.strip() if commit.returncode == 0 else None
+    except OSError:  # no git on this machine
+        commit_id = None
     return {"effx_serve": version("effx-serve"), "locust": version("locust"), "python": platform.python_version(),
-            "platform": platform.platform(), "generator_hardware": f"{machine.name} ({machine.id})", "cores": os.cpu_count(),
-            "git_commit": commit.stdout.strip() if commit.returncode == 0 else None}
+            "platform": platform.platform(), "generator_cpu": cpu_model_name(),
+            "cores": os.cpu_count(), "git_commit": commit_id}
 
 
 def locust_argv(test: LoadTest, plan: Plan, raw: Path, master_port: int | None) -> list[str]:
@@ -143,7 +166,7 @@ def build(test: LoadTest, plan: Plan | None, raw: Path, target: dict, problems: 
     report |= {"summary": totals, "classes": summary.classes(tally), "members": summary.members(tally), "curve": curve,
                "capacity": summary.capacity(curve, test.p99_bound_ms), "timeline": summary.timeline(tally, start, stopped),
                "step_starts": [w.start - start for w in windows]}
-    report["load"] = report.get("load", {}) | {"workers": counts.get("workers", 0)}
+    report["workers"] = counts.get("workers", 0)
     if "setup" in tally.examples:
         problems.append(f"a load generator could not start: {tally.examples['setup']}")
     if totals["completed"] == 0:
@@ -153,6 +176,7 @@ def build(test: LoadTest, plan: Plan | None, raw: Path, target: dict, problems: 
 
 def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lambda done, total: None) -> dict:
     """Run the whole load test and write the report folder; returns the report (its "status" says pass or fail)."""
+    test = replace(test, url=test.url.rstrip("/"))  # locust joins host and path as strings: no '//v1/classify'
     if report_dir.exists() and not report_dir.is_dir():
         raise NotADirectoryError(f"--report {report_dir} is a file; give a folder")
     report_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -170,17 +194,10 @@ def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lam
     except ValueError as error:
         problems.append(str(error))
     if plan is not None:
-        reason = wait_ready(test.url, test.ready_timeout_s)
-        if reason:
-            problems.append(reason)
-        else:
-            target["ready"] = True
-            try:
-                models = _get_json(test.url.rstrip("/") + "/v1/models", 10)
-                target |= {"family": models.get("default_family"), "hardware": _get_json(test.url.rstrip("/") + "/v1/hardware", 10),
-                           "members": [{k: m.get(k) for k in ("name", "accuracy", "expected_latency_ms")} for m in models.get("members", [])]}
-            except (urllib.error.URLError, OSError, ValueError) as error:
-                problems.append(f"GET /v1/models or /v1/hardware failed: {error}")
+        try:
+            problems += preflight(test, target)
+        except KeyboardInterrupt:
+            problems.append("interrupted (Ctrl-C) while waiting for the server")
     metrics: dict = {"scraped": False, "reason": "the load did not run"}
     if plan is not None and not problems:
         before, reason = prom.scrape(test.url)
@@ -189,13 +206,16 @@ def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lam
         if before and after:
             (raw / "metrics_before.prom").write_text(before)
             (raw / "metrics_after.prom").write_text(after)
-            metrics = {"scraped": True, "reason": None} | prom.delta(before, after)
+            try:
+                metrics = {"scraped": True, "reason": None} | prom.delta(before, after)
+            except (ValueError, KeyError) as error:
+                metrics["reason"] = f"/metrics is not the Prometheus text effx-serve writes: {error!r}"
         else:
             metrics["reason"] = reason or reason_after
     report = build(test, plan, raw, target, problems)
     report |= {"command": command, "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
                "duration_s": time.time() - started, "server_metrics": metrics, "versions": versions(),
-               "load": report.get("load", {}) | {"scenario": test.scenario, "mode": plan and plan.mode,
+               "load": {"scenario": test.scenario, "mode": plan and plan.mode, "workers": report.pop("workers", 0),
                                                   "per_user_rate": plan and plan.per_user_rate,
                                                   "steps": [asdict(s) | {"index": i} for i, s in enumerate(plan.steps)] if plan else []}}
     if not problems:

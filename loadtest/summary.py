@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from loadtest.tally import ERRORS, OK, SLA_REJECTED, Histogram, SecondCounts, Tally
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99.9": 99.9}
-SETTLE_S = 2.0  # the start of every step is left out of its figures while queues fill or drain
+SETTLE_S = 2.0  # the start of every step (a fifth of shorter steps) is left out of its figures while queues fill or drain
 
 
 def _finite(value: float | None) -> float | None:
@@ -33,11 +33,12 @@ def totals(tally: Tally, seconds: float) -> dict:
     errors = {kind: {"count": outcomes[kind], "example": tally.examples.get(kind, "")} for kind in ERRORS if outcomes.get(kind)}
     if "setup" in tally.examples:
         errors["setup"] = {"count": 0, "example": tally.examples["setup"]}
-    n_errors = sum(outcomes.get(kind, 0) for kind in ERRORS)
+    # A request never answered (still in flight when the run ended) counts as an error.
+    n_errors = sum(outcomes.get(kind, 0) for kind in ERRORS) + sent - completed
     return {
         "requests": sent, "completed": completed, "ok": outcomes.get(OK, 0), "sla_rejected": outcomes.get(SLA_REJECTED, 0),
         "unfinished": sent - completed, "throughput_rps": outcomes.get(OK, 0) / seconds if seconds > 0 else None,
-        "error_rate": n_errors / completed if completed else None, "errors": errors, "latency_ms": latency_figures(latency),
+        "error_rate": n_errors / sent if sent else None, "errors": errors, "latency_ms": latency_figures(latency),
         "generator": {"lag_p99_ms": tally.lag.percentile(99), "dropped": outcomes.get("dropped", 0)},
     }
 
@@ -100,7 +101,7 @@ def curve(tally: Tally, windows: list[Window], p99_bound_ms: float) -> list[dict
         # answer; it is not counted as late, and its share is shown beside each step instead.
         p99 = latency.percentile(99, late=failed)
         points.append({"step": window.index, "users": window.users, "offered_rate": window.offered_rate,
-                       "throughput_rps": latency.count / len(seconds) if seconds else None,
+                       "throughput_rps": sum(s.answered for s in seconds) / len(seconds) if seconds else None,
                        "p50_ms": _finite(latency.percentile(50, late=failed)), "p99_ms": _finite(p99),
                        "error_rate": failed / done if done else None, "rejected_share": rejected / done if done else None,
                        "within_bound": done > 0 and p99 is not None and p99 <= p99_bound_ms})
@@ -114,15 +115,17 @@ def capacity(points: list[dict], p99_bound_ms: float) -> dict:
         if not point["within_bound"]:
             break
         best = point
+    # Open loop: the offered rate the server sustained; closed loop offers no rate, so its throughput is the answer.
     return {"p99_bound_ms": p99_bound_ms, "step": best and best["step"],
-            "max_rate": best and (best["offered_rate"] or best["throughput_rps"]), "throughput_rps": best and best["throughput_rps"]}
+            "max_rate": best and (best["offered_rate"] or best["throughput_rps"]), "throughput_rps": best and best["throughput_rps"],
+            "basis": "offered rate" if best and best["offered_rate"] else "throughput"}
 
 
 def timeline(tally: Tally, start: float, end: float) -> list[dict]:
     rows = []
     for second in range(math.floor(start), math.ceil(end)):
         counts = tally.seconds.get(second, SecondCounts())
-        rows.append({"t": second - math.floor(start), "ok": counts.ok, "failed": counts.failed, "rejected": counts.rejected,
+        rows.append({"t": second - math.floor(start), "ok": counts.answered, "failed": counts.failed, "rejected": counts.rejected,
                      "p99_ms": counts.latency.percentile(99)})
     return rows
 

@@ -58,7 +58,7 @@ class Histogram:
         n = self.count + late
         if n == 0:
             return None
-        rank = max(1, math.ceil(q / 100 * n))
+        rank = max(1, math.ceil(q * n / 100 - 1e-9))  # 99.9% of 1000 is 999, not 999.0000000000001
         seen = 0
         for bucket in sorted(self.counts):
             seen += self.counts[bucket]
@@ -91,9 +91,10 @@ class ClassCounts:
 
 @dataclass
 class SecondCounts:
-    """Requests meant to be sent in one wall-clock second."""
+    """One wall-clock second: the requests meant to be sent in it, and the answers that arrived in it."""
 
     ok: int = 0
+    answered: int = 0  # answers (200) that arrived in this second, whenever they were sent: the achieved throughput
     failed: int = 0  # errors (of the server or the generator)
     rejected: int = 0  # 422: no member could meet the SLA (the router's admission control, not an error)
     latency: Histogram = field(default_factory=Histogram)
@@ -138,6 +139,7 @@ class Tally:
                 counts.members[outcome.member] += 1
             second.ok += 1
             second.latency.add(outcome.latency_ms)
+            self.seconds.setdefault(int(outcome.sent_at + outcome.latency_ms / 1000), SecondCounts()).answered += 1
         elif outcome.kind == SLA_REJECTED:
             second.rejected += 1
         else:
@@ -156,6 +158,7 @@ class Tally:
         for second, theirs in other.seconds.items():
             mine = self.seconds.setdefault(second, SecondCounts())
             mine.ok += theirs.ok
+            mine.answered += theirs.answered
             mine.failed += theirs.failed
             mine.rejected += theirs.rejected
             mine.latency.merge(theirs.latency)
@@ -173,7 +176,7 @@ class Tally:
         return {
             "classes": {name: {"sent": c.sent, "outcomes": dict(c.outcomes), "attained": c.attained, "attained_e2e": c.attained_e2e,
                                "members": dict(c.members), "latency": c.latency.to_json()} for name, c in self.classes.items()},
-            "seconds": {str(s): {"ok": c.ok, "failed": c.failed, "rejected": c.rejected, "latency": c.latency.to_json()} for s, c in self.seconds.items()},
+            "seconds": {str(s): {"ok": c.ok, "answered": c.answered, "failed": c.failed, "rejected": c.rejected, "latency": c.latency.to_json()} for s, c in self.seconds.items()},
             "examples": dict(self.examples),
             "lag": self.lag.to_json(),
         }
@@ -185,7 +188,7 @@ class Tally:
             tally.classes[name] = ClassCounts(c["sent"], Counter(c["outcomes"]), c["attained"], c["attained_e2e"],
                                               Counter(c["members"]), Histogram.from_json(c["latency"]))
         for second, c in data["seconds"].items():
-            tally.seconds[int(second)] = SecondCounts(c["ok"], c["failed"], c["rejected"], Histogram.from_json(c["latency"]))
+            tally.seconds[int(second)] = SecondCounts(c["ok"], c["answered"], c["failed"], c["rejected"], Histogram.from_json(c["latency"]))
         tally.examples = dict(data["examples"])
         tally.lag = Histogram.from_json(data["lag"])
         return tally

@@ -24,7 +24,7 @@ REPORT = {
                "members": [{"name": "b0", "accuracy": 0.31, "expected_latency_ms": 0.4},
                            {"name": "b1", "accuracy": 0.37, "expected_latency_ms": 0.9}]},
     "load": {"scenario": "mixed", "mode": "open", "workers": 0, "per_user_rate": 10.0,
-             "steps": [{"index": i, "users": 5 * (i + 1), "target_rate": 50.0 * (i + 1), "offered_rate": 50.0 * (i + 1) - 0.2,
+             "steps": [{"index": i, "users": 5 * (i + 1), "offered_rate": 50.0 * (i + 1) - 0.2,
                         "seconds": 10.0} for i in range(4)]},
     "summary": {"requests": 4986, "ok": 4931, "throughput_rps": 122.4, "error_rate": 0.011, "unfinished": 2,
                 "latency_ms": {"p50": 1.234, "p90": 4.5, "p95": 8.91, "p99": 12.34, "p99.9": 210.0, "max": 388.2, "mean": 3.3},

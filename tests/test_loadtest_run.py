@@ -50,7 +50,7 @@ def _report(folder: Path) -> dict:
 
 def test_smoke_run_against_the_served_repository(server_url, tmp_path):
     folder = tmp_path / "smoke"
-    code = main(["loadtest", "--url", server_url, "--scenario", "smoke", "--rate", "20", "--duration", "15", "--report", str(folder),
+    code = main(["loadtest", "--url", server_url + "/", "--scenario", "smoke", "--rate", "20", "--duration", "15", "--report", str(folder),
                  "--gate-error-rate", "0", "--p99-bound-ms", "1000"])
     report = _report(folder)
     assert code == 0, report["problems"]
@@ -87,7 +87,7 @@ def test_master_and_worker_on_one_machine(server_url, tmp_path):
     assert master.returncode == 0, output
     assert report["load"]["workers"] == 1 and report["load"]["mode"] == "closed"
     assert report["summary"]["completed"] == report["summary"]["locust_request_count"] > 20
-    assert [p["users"] for p in report["curve"]] == [1, 2]
+    assert [p["users"] for p in report["curve"]] == [1, 2] and report["capacity"]["basis"] == "throughput"
 
 
 def test_an_unreachable_url_still_writes_a_failed_report(tmp_path, capsys):
@@ -125,7 +125,7 @@ class _FakeServer(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        routes = {"/readyz": {"status": "ready"}, "/v1/models": self.MODELS, "/v1/hardware": {"hardware": {"id": "fake"}},
+        routes = {"/readyz": {"status": "ready"}, "/v1/models": {"members": []} if self.mode == "no-models" else self.MODELS, "/v1/hardware": {"hardware": {"id": "fake"}},
                   "/metrics": b"# no metrics\n"}
         self._send(200 if self.path in routes else 404, routes.get(self.path, {"detail": "no"}))
 
@@ -170,6 +170,23 @@ def test_a_p99_gate_fails_the_run(fake_server, tmp_path):
     assert report["summary"]["latency_ms"]["p99"] >= 30 and report["summary"]["error_rate"] == 0
     assert [(g["name"], g["passed"]) for g in report["gates"]] == [("error rate", True), ("p99 latency (ms)", False)]
     assert report["server_metrics"]["scraped"] is True
+
+
+@pytest.mark.parametrize("fake_server", ["no-models"], indirect=True)
+def test_a_server_without_the_models_list_is_named_before_any_load(fake_server, tmp_path):
+    folder = tmp_path / "no-models"
+    assert main(["loadtest", "--url", fake_server, "--duration", "30", "--report", str(folder)]) == 1
+    report = _report(folder)
+    assert "GET /v1/models" in report["problems"][0] and "families" in report["problems"][0]
+    assert report["server_metrics"]["reason"] == "the load did not run" and not (folder / "raw" / "locust.log").exists()
+
+
+def test_bad_urls_and_worker_options_are_refused(tmp_path, capsys):
+    for argv in (["--url", "127.0.0.1:8000"], ["--url", "http://x", "--workers", "-1"], ["--url", "http://x", "--workers", "1", "--expect-workers", "1"]):
+        with pytest.raises(SystemExit):
+            main(["loadtest", *argv, "--report", str(tmp_path / "r")])
+    assert "expected the server's URL" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_the_runner_does_not_import_locust():
