@@ -1,4 +1,4 @@
-"""A load test's report.json dict rendered for people: report.md, one self-contained report.html and PNG charts.
+"""A load test's report.json dict rendered for people: report.md, report.html (inline CSS; the charts beside it) and PNG charts.
 
 Nothing here computes a statistic; it formats what the report holds. A run that failed early has few figures,
 so every key is optional and a missing figure shows as an em dash.

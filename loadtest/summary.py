@@ -118,7 +118,7 @@ def capacity(points: list[dict], p99_bound_ms: float) -> dict:
     # Open loop: the offered rate the server sustained; closed loop offers no rate, so its throughput is the answer.
     return {"p99_bound_ms": p99_bound_ms, "step": best and best["step"],
             "max_rate": best and (best["offered_rate"] or best["throughput_rps"]), "throughput_rps": best and best["throughput_rps"],
-            "basis": "offered rate" if best and best["offered_rate"] else "throughput"}
+            "basis": best and ("offered rate" if best["offered_rate"] else "throughput")}
 
 
 def timeline(tally: Tally, start: float, end: float) -> list[dict]:
