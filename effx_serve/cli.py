@@ -505,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for reports that record their command
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

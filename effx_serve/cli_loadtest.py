@@ -7,7 +7,6 @@ import json
 import re
 import shlex
 import signal
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -90,15 +89,15 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     gates = summary.Gates(max_error_rate=args.gate_error_rate, max_p99_ms=args.gate_p99_ms,
                           min_sla_attainment=args.gate_sla, min_capacity_rps=args.gate_capacity)
     test = LoadTest(url=args.url, scenario=args.scenario, duration_s=args.duration, users=args.users, rate=args.rate,
-                           steps=args.steps, p99_bound_ms=args.p99_bound_ms, gates=gates, workers=args.workers,
-                           expect_workers=args.expect_workers, master_port=args.master_port, request_timeout_s=args.timeout,
-                           ready_timeout_s=args.ready_timeout, seed=args.seed)
+                    steps=args.steps, p99_bound_ms=args.p99_bound_ms, gates=gates, workers=args.workers,
+                    expect_workers=args.expect_workers, master_port=args.master_port, request_timeout_s=args.timeout,
+                    ready_timeout_s=args.ready_timeout, seed=args.seed)
     folder = Path(args.report)
     # A stop from a process manager (SIGTERM) ends the run the way Ctrl-C does: locust stopped, the report written.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         progress = (lambda done, total: None) if args.json else progress_line("load test, seconds")
-        report = runner.run(test, folder, "effx-serve " + shlex.join(sys.argv[1:]), progress)
+        report = runner.run(test, folder, "effx-serve " + shlex.join(args.argv), progress)
     except NotADirectoryError as error:
         raise UserError(str(error)) from None
     finally:

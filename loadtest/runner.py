@@ -216,8 +216,8 @@ def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lam
     report |= {"command": command, "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
                "duration_s": time.time() - started, "server_metrics": metrics, "versions": versions(),
                "load": {"scenario": test.scenario, "mode": plan and plan.mode, "workers": report.pop("workers", 0),
-                                                  "per_user_rate": plan and plan.per_user_rate,
-                                                  "steps": [asdict(s) | {"index": i} for i, s in enumerate(plan.steps)] if plan else []}}
+                        "per_user_rate": plan and plan.per_user_rate,
+                        "steps": [asdict(s) | {"index": i} for i, s in enumerate(plan.steps)] if plan else []}}
     if not problems:
         report["gates"] = summary.check_gates(test.gates, report["summary"], report["classes"], report.get("capacity"))
         problems += [f"gate failed: {g['name']} {g['threshold']} (was {g['value']})" for g in report["gates"] if not g["passed"]]

@@ -69,6 +69,7 @@ def test_smoke_run_against_the_served_repository(server_url, tmp_path):
         assert (folder / name).is_file(), name
     markdown = (folder / "report.md").read_text()
     assert "PASSED" in markdown and "## Server" in markdown and "tiny-f-b1" in markdown
+    assert report["command"].startswith(f"effx-serve loadtest --url {server_url}/ --scenario smoke")
 
 
 def test_master_and_worker_on_one_machine(server_url, tmp_path):
