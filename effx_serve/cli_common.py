@@ -5,18 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from effx_serve.errors import UserError
 
+T = TypeVar("T")
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+
+def checked(parse: Callable[[str], T], ok: Callable[[T], bool], expected: str, rule: str) -> Callable[[str], T]:
+    """An argparse type: `parse` the text (else "expected <expected>"), then require `ok` (else "must be <rule>")."""
+
+    def convert(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    return convert
+
+
+positive_int = checked(int, lambda value: value >= 1, "a whole number", "at least 1")
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:

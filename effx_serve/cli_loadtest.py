@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shlex
 import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from effx_serve.cli_common import positive_int, progress_line
+from effx_serve.cli_common import checked, positive_int, progress_line
 from effx_serve.errors import UserError
 
 
@@ -33,34 +34,9 @@ def _url(text: str) -> str:
     return text.rstrip("/")
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got '{text}'") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
+_count = checked(int, lambda value: value >= 0, "a whole number", "0 or more")
+_fraction = checked(float, lambda value: 0 <= value <= 1, "a number from 0 to 1", "from 0 to 1")
+_positive = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")
 
 
 def _print_summary(report: dict, folder: Path) -> None:

@@ -6,19 +6,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from effx_serve.cli_common import positive_int
+from effx_serve.cli_common import checked, positive_int
 from effx_serve.cli_repo import DEFAULT_REPOSITORY
 from effx_serve.errors import UserError
 
-
-def _wait_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1000, got {value}")
-    return value
+_wait_ms = checked(float, lambda value: 0 <= value <= 1000, "a number", "from 0 to 1000")
 
 
 def settings_from(args: argparse.Namespace):
