@@ -21,11 +21,11 @@ def cache_dir() -> Path:
     return path
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never half of one."""
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` (text or bytes) to `path` so that readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import html
 import io
 import math
-import os
 import re
 from functools import partial
 from pathlib import Path
+
+from effx_serve import plots
+from effx_serve.errors import UserError
+from effx_serve.paths import write_atomic
 
 DASH = "—"
 NO_CHARTS = "PNG charts skipped: matplotlib is not installed (pip install 'effx-serve[load]')"
@@ -29,19 +32,9 @@ def render(report: dict, folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     charts, skipped = _charts(report, folder)
     blocks = _document(report, charts, skipped)
-    _write_atomic(folder / "report.md", _markdown(blocks).encode("utf-8"))
-    _write_atomic(folder / "report.html", _html(blocks).encode("utf-8"))
+    write_atomic(folder / "report.md", _markdown(blocks).encode("utf-8"))
+    write_atomic(folder / "report.html", _html(blocks).encode("utf-8"))
     return charts + ["report.md", "report.html"]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Readers (a browser, CI's artifact upload) see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # Formatting: whatever the report holds in, text out; DASH where there is no figure.
@@ -219,15 +212,11 @@ def _server(metrics) -> list[tuple]:
 # Charts: optional (matplotlib is an extra), drawn only when there is something to draw.
 
 def _pyplot():
-    """matplotlib.pyplot on the Agg backend (no display on a CI runner or server), or None when it is not installed."""
+    """matplotlib.pyplot on the Agg backend, or None when it is not installed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        return plots._pyplot()
+    except UserError:
         return None
-    return plt
 
 
 def _charts(report: dict, folder: Path) -> tuple[list[str], bool]:
@@ -244,7 +233,7 @@ def _charts(report: dict, folder: Path) -> tuple[list[str], bool]:
             fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         finally:
             plt.close(fig)
-        _write_atomic(folder / name, buffer.getvalue())
+        write_atomic(folder / name, buffer.getvalue())
     return [name for name, _ in wanted], False
 
 

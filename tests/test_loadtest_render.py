@@ -1,13 +1,13 @@
 """loadtest.render: report.json's dict as report.md, report.html and PNG charts."""
 
 import copy
+import os
 import re
 import sys
 from html.parser import HTMLParser
 
 import pytest
 
-from loadtest import render as render_module
 from loadtest.render import render
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -253,7 +253,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     def refuse(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(render_module.os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse)  # what effx_serve.paths.write_atomic renames with
     with pytest.raises(OSError, match="disk full"):
         render(MINIMAL_FAILED, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
