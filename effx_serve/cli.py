@@ -97,18 +97,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _predictor(machine, runtime: str, precision: str):
-    """(predict(spec, batch, resolution) -> ms, description): the calibrated model, else the ideal roofline (E = 1)."""
-    from effx_serve import latency_model
-    from effx_serve.roofline import analyze
-
-    calibrated = latency_model.load(machine.hardware_id, runtime, precision)
-    if calibrated is not None:
-        return (lambda spec, batch, res: 1e3 * calibrated.predict_seconds(spec, machine.hardware, batch, res)), "calibrated"
-    return (lambda spec, batch, res: analyze(spec, machine.hardware, batch, precision, res).predicted_ms), "roofline (uncalibrated)"
-
-
 def cmd_profile(args: argparse.Namespace) -> int:
+    from effx_serve import latency_model
     from effx_serve.latency_store import LatencyStore
     from effx_serve.measure import measure_spec, this_machine
     from effx_serve.published import ensure_published
@@ -117,7 +107,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     specs = [load_spec(ref) for ref in args.models]
     machine = this_machine()
-    predict, source = _predictor(machine, args.runtime, args.precision)
+    predict, source = latency_model.predictor(machine, args.runtime, args.precision)
     peak, bandwidth = machine.hardware.peak_for(args.precision), machine.hardware.bandwidth
     rows = []
     with LatencyStore() as store:
@@ -361,7 +351,7 @@ def cmd_build_family(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from effx_serve import __version__, cli_loadtest, cli_repo, cli_serve
+    from effx_serve import __version__, cli_loadtest, cli_repo, cli_search, cli_serve
     from effx_serve.roofline import PRECISION_BYTES
     from training.presets import FAMILIES
 
@@ -499,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_repo.add_parsers(sub)
     cli_serve.add_parsers(sub)
     cli_loadtest.add_parsers(sub)
+    cli_search.add_parsers(sub)
     return parser
 
 

@@ -201,3 +201,13 @@ def load(hardware_id: str, runtime: str, precision: str = "fp32") -> LatencyMode
     except (OSError, ValueError) as error:
         raise UserError(f"latency model {path} is unreadable ({error}); run 'effx-serve calibrate' again") from None
     return LatencyModel.from_dict(data)
+
+
+def predictor(machine, runtime: str, precision: str = "fp32"):
+    """(predict(spec, batch, resolution) -> ms, source): this machine's calibrated model, else the ideal roofline (E = 1)."""
+    from effx_serve.roofline import analyze
+
+    calibrated = load(machine.hardware_id, runtime, precision)
+    if calibrated is not None:
+        return (lambda spec, batch, res: 1e3 * calibrated.predict_seconds(spec, machine.hardware, batch, res)), "calibrated"
+    return (lambda spec, batch, res: analyze(spec, machine.hardware, batch, precision, res).predicted_ms), "roofline (uncalibrated)"

@@ -1,5 +1,8 @@
 """The two measurements a search needs: proxy accuracy (short training) and latency on this machine.
 
+An evaluator is any object with `accuracy(spec) -> top-1` and `latency(spec) -> ms` plus a
+`latency_source` label; `ProxyEvaluator` is the default and `--evaluator module:factory` plugs in another.
+
 Both are cached, so a search that is killed and started again re-uses every finished candidate: proxy
 training checkpoints into one folder per (architecture, resolution) and resumes there; latency goes
 through the latency store.
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from effx_serve.errors import UserError
 from effx_serve.latency_store import LatencyStore
 from effx_serve.measure import Machine, measure_spec
 from training.spec import ModelSpec
@@ -80,3 +84,58 @@ class MeasuredLatency:
     def __call__(self, spec: ModelSpec) -> float:
         record, _ = measure_spec(spec, spec.resolution, self.batch, self.runtime, self.machine, self.store)
         return record.p50_ms
+
+
+@dataclass
+class PredictedLatency:
+    """Latency in ms predicted for this machine: its calibrated latency model, else the ideal roofline."""
+
+    machine: Machine
+    runtime: str = "onnxruntime"
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        from effx_serve.latency_model import predictor
+
+        self._predict, self.source = predictor(self.machine, self.runtime)
+
+    def __call__(self, spec: ModelSpec) -> float:
+        return self._predict(spec, self.batch, spec.resolution)
+
+
+class ProxyEvaluator:
+    """What a search trial measures by default: proxy top-1 (short training) and latency, measured or predicted."""
+
+    def __init__(self, config, work_dir: Path) -> None:
+        from effx_serve.measure import this_machine
+
+        self.machine = this_machine()
+        self.accuracy = ProxyAccuracy(Path(config.data), work_dir / "proxy", epochs=config.epochs, batch_size=config.batch_size,
+                                      stride=config.subset_stride)
+        if config.latency == "predicted":
+            predicted = PredictedLatency(self.machine, config.runtime, config.latency_batch)
+            self._latency, self.latency_source = predicted, f"predicted ({predicted.source})"
+        else:
+            self._store = LatencyStore()
+            self._latency = MeasuredLatency(self.machine, self._store, config.runtime, config.latency_batch)
+            self.latency_source = f"measured ({config.runtime}, batch {config.latency_batch})"
+
+    def latency(self, spec: ModelSpec) -> float:
+        return self._latency(spec)
+
+
+def load_evaluator(reference: str):
+    """The evaluator factory named 'module:attribute' (called as factory(config, work_dir)); a clear error if absent."""
+    import importlib
+
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise UserError(f"evaluator '{reference}' must be 'module:factory', such as search.evaluators:ProxyEvaluator")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"evaluator '{reference}': module {module_name} cannot be imported ({error})") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise UserError(f"evaluator '{reference}': {module_name} has no callable '{attribute}'")
+    return factory

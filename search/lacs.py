@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from search.reward import MNASNET_W, reward
 from training.errors import SpecError
 from training.plan import expand
 from training.spec import ModelSpec
@@ -25,7 +26,6 @@ from training.spec import ModelSpec
 DEFAULT_PHIS = (0.0, 0.33, 0.97, 1.85, 3.34, 4.54, 5.55, 6.48)
 EFFICIENTNET_COEFFICIENTS = (1.2, 1.1, 1.15)
 PAPER_COEFFICIENTS = {"gpu": (1.28, 1.17, 1.07), "tpu": (1.25, 1.17, 1.09), "accuracy-only": EFFICIENTNET_COEFFICIENTS}
-MNASNET_W = -0.07
 
 
 @dataclass(frozen=True)
@@ -102,14 +102,6 @@ def refine(center: Coefficients, step: float, target: float = 2.0, tolerance: fl
 
     return [Coefficients(a, b, g) for a, b, g in itertools.product(around(center.alpha), around(center.beta), around(center.gamma))
             if abs(a * b * b * g * g - target) <= tolerance and max(a, b, g) <= 4.0]
-
-
-def reward(accuracy: float, latency_ms: float, target_ms: float, w_below: float = MNASNET_W, w_above: float = MNASNET_W) -> float:
-    """ACC * (LAT / T)^w, w = w_below if LAT <= T else w_above (MnasNet's form; -0.07 both is its soft setting)."""
-    if latency_ms <= 0 or target_ms <= 0:
-        raise SpecError(f"latency and target must be positive, got {latency_ms} and {target_ms}")
-    w = w_below if latency_ms <= target_ms else w_above
-    return accuracy * (latency_ms / target_ms) ** w
 
 
 @dataclass(frozen=True)

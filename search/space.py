@@ -14,6 +14,8 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from training.errors import SpecError
 from training.grammar import StageArgs, parse_stage
@@ -70,15 +72,94 @@ class SearchSpace:
             raise SpecError("a search-space point is an object with a 'stages' list")
         globals_ = dict(self.global_choices)
         for name, value in point.items():
-            if name != "stages" and (name not in globals_ or value not in globals_[name]):
+            if name != "stages" and (name not in globals_ or not _one_of(value, globals_[name])):
                 raise SpecError(_choice_error(name, value, globals_.get(name)))
         if len(point["stages"]) != self.stages:
             raise SpecError(f"a point needs {self.stages} stages, got {len(point['stages'])}")
         per_stage = dict(self.stage_choices)
         for i, stage in enumerate(point["stages"], 1):
             for name in per_stage.keys() | stage.keys():
-                if name not in per_stage or stage.get(name) not in per_stage[name]:
+                if name not in per_stage or not _one_of(stage.get(name), per_stage[name]):
                     raise SpecError(f"stage {i}: " + _choice_error(name, stage.get(name), per_stage.get(name)))
+
+    def contains(self, point: dict) -> bool:
+        try:
+            self.validate(point)
+        except SpecError:
+            return False
+        return True
+
+    def decisions(self) -> list[tuple[str, tuple]]:
+        """Every decision as (name, options) in the order a controller makes them: globals, then stage by stage."""
+        names = list(self.global_choices)
+        names += [(f"stage{i}.{name}", options) for i in range(1, self.stages + 1) for name, options in self.stage_choices]
+        return names
+
+    def to_params(self, point: dict) -> dict[str, Any]:
+        """The point as flat {decision name: choice} (what Optuna stores as a trial's params)."""
+        params = {name: point[name] for name, _ in self.global_choices}
+        for i, stage in enumerate(point["stages"], 1):
+            params |= {f"stage{i}.{name}": stage[name] for name, _ in self.stage_choices}
+        return params
+
+    def from_params(self, params: dict[str, Any]) -> dict:
+        point: dict = {name: params[name] for name, _ in self.global_choices}
+        point["stages"] = [{name: params[f"stage{i}.{name}"] for name, _ in self.stage_choices} for i in range(1, self.stages + 1)]
+        self.validate(point)
+        return point
+
+    def size(self) -> int:
+        """The number of distinct points."""
+        count = 1
+        for _, options in self.decisions():
+            count *= len(options)
+        return count
+
+    def to_dict(self) -> dict:
+        return {"global": {name: list(options) for name, options in self.global_choices},
+                "stage": {name: list(options) for name, options in self.stage_choices}}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "search space") -> SearchSpace:
+        """A space narrowed from the paper's: {"stage": {decision: [choices]}, "global": {...}}; left-out decisions keep every choice."""
+        if not isinstance(data, dict) or not set(data) <= {"stage", "global"}:
+            raise SpecError(f"{source}: expected an object with 'stage' and/or 'global', got {_brief(data)}")
+        chosen = {}
+        for part, paper in (("global", GLOBAL_CHOICES), ("stage", STAGE_CHOICES)):
+            given = data.get(part, {})
+            if not isinstance(given, dict):
+                raise SpecError(f"{source}: '{part}' must be an object of decision -> list of choices")
+            for name, values in given.items():
+                if name not in paper:
+                    raise SpecError(f"{source}: unknown {part} decision '{name}' (known: {', '.join(paper)})")
+                if not isinstance(values, list) or not values:
+                    raise SpecError(f"{source}: {part} '{name}' must be a non-empty list of choices")
+                for value in values:
+                    if not _one_of(value, paper[name]):
+                        raise SpecError(f"{source}: {part} '{name}': unknown choice {value!r} (the paper's: {', '.join(map(repr, paper[name]))})")
+            chosen[part] = tuple((name, tuple(o for o in options if any(_one_of(v, (o,)) for v in given.get(name, options))))
+                                 for name, options in paper.items())
+        return cls(stage_choices=chosen["stage"], global_choices=chosen["global"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as error:
+            raise SpecError(f"search space file {path} cannot be read: {error.strerror}") from None
+        except ValueError as error:
+            raise SpecError(f"search space file {path} is not JSON: {error}") from None
+        return cls.from_dict(data, f"search space file {path}")
+
+
+def _one_of(value, options) -> bool:
+    """`value in options`, but True is not 1 and 1 is not True (a JSON file must say what it means)."""
+    return any(value == option and isinstance(value, bool) == isinstance(option, bool) for option in options)
+
+
+def _brief(data: Any) -> str:
+    text = json.dumps(data) if isinstance(data, dict | list | str | int | float | bool) or data is None else repr(data)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _choice_error(name: str, value, options) -> str:
