@@ -4,7 +4,7 @@
 - `pareto.json` / `pareto.png`: the accuracy-latency Pareto front of the completed trials;
 - `best-spec.json`: the architecture with the best reward, at the search's scaling: a spec file for
   `effx-serve lacs --base` (and so for `build-family` and `build-repo`);
-- `search.json`: the settings, the counts, the best trial, the reference points and the front.
+- `search.json`: the settings, the counts, the best trial, the reference points, the front and every trial.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def summary(records: list[TrialRecord], config: SearchConfig) -> dict:
     return {"config": config.to_dict(), "trials": len(records), "states": states,
             "best": asdict(winner) if winner else None,
             "baselines": [asdict(r) for r in records if r.role.startswith("baseline:") and r.state == "complete"],
-            "pareto_front": [asdict(r) for r in pareto_front(records)]}
+            "pareto_front": [asdict(r) for r in pareto_front(records)], "records": [asdict(r) for r in records]}
 
 
 def write_outputs(out: Path, records: list[TrialRecord], config: SearchConfig) -> dict:
