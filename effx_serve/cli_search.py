@@ -21,22 +21,23 @@ SEARCH_OPTIONS = ("controller", "seed", "population", "sample_size", "rl_update"
 
 def cmd_search(args: argparse.Namespace) -> int:
     from effx_serve.cli_common import training_imports
-    from effx_serve.hardware import detect
-    from search import nas_job
-    from search.nas import SearchConfig, WorkerSettings
-    from search.space import SearchSpace
 
     training_imports()
     try:
         import optuna  # noqa: F401
     except ImportError:
         raise UserError("search needs Optuna: pip install 'effx-serve[search]'") from None
+    from effx_serve.hardware import detect
+    from search import nas_job
+    from search.nas import SearchConfig, WorkerSettings
+    from search.space import SearchSpace
     if args.budget_trials is None and args.budget_minutes is None:
         raise UserError("give a budget: --budget-trials N and/or --budget-minutes M")
     hardware_id = detect().id
     if args.hardware not in ("auto", hardware_id):
         raise UserError(f"search measures latency on this machine ({hardware_id}); run it on {args.hardware} or pass --hardware auto")
     overrides = {name: getattr(args, name) for name in SEARCH_OPTIONS if getattr(args, name) is not None}
+    overrides["hardware_id"] = hardware_id  # a resumed or joined search must measure on the same hardware
     if args.no_baselines:
         overrides["baselines"] = False
     if args.space:
@@ -56,7 +57,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             from training.data import class_names
 
             overrides["num_classes"] = len(class_names(args.data))
-        config = SearchConfig(**overrides, hardware_id=hardware_id)
+        config = SearchConfig(**overrides)
     say = progress_lines(quiet=args.json)
     result = nas_job.run(config, settings, out, args.workers, args.resume, overrides, say, progress=not args.json)
     if args.json:

@@ -109,6 +109,8 @@ class ProxyEvaluator:
     def __init__(self, config, work_dir: Path) -> None:
         from effx_serve.measure import this_machine
 
+        if not config.data:
+            raise UserError("proxy training needs a dataset: give --data DIR")
         self.machine = this_machine()
         self.accuracy = ProxyAccuracy(Path(config.data), work_dir / "proxy", epochs=config.epochs, batch_size=config.batch_size,
                                       stride=config.subset_stride)

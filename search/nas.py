@@ -10,6 +10,7 @@ skipped. An evaluator error fails that trial only; the search goes on.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import statistics
@@ -93,27 +94,38 @@ class WorkerSettings:
     work_dir: Path  # proxy-training checkpoints
     budget_trials: int | None = None
     deadline: float | None = None  # epoch seconds; no new trial is started that would not finish by then
-    heartbeat_s: float = 10.0
     stale_after_s: float = 60.0  # a RUNNING trial without a heartbeat this long was lost with its worker
     max_failures_in_row: int = 5  # evaluator failures in a row that stop the worker (it is broken, not the candidate)
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    seed_offset: int = 0  # added to the controller's seed: workers with library samplers must not draw alike
+    seed_offset: int = 0  # added to the Optuna samplers' seed: workers must not draw alike
+
+    @property
+    def heartbeat_s(self) -> float:
+        return min(10.0, self.stale_after_s / 4)  # several beats within the grace, so a live trial is never taken for lost
 
 
-def load_study(settings: WorkerSettings, config: SearchConfig | None = None):
-    """The study in the storage, with this worker's sampler; `config` defaults to the one the study holds."""
+def sampler_for(config: SearchConfig, seed_offset: int = 0):
+    """The controller of `config`; our own controllers seed per trial number, so only Optuna's take the worker's offset."""
+    offset = seed_offset if config.controller in ("nsga2", "tpe") else 0
+    try:
+        return make_sampler(config.controller, config.search_space(), config.seed + offset, config.population, config.sample_size,
+                            config.rl_update)
+    except ValueError as error:  # Optuna's own checks (e.g. an NSGA-II population below 2)
+        raise UserError(f"controller {config.controller}: {error}") from None
+
+
+def load_study(settings: WorkerSettings, repair: bool = False):
+    """The study in the storage with this worker's sampler, and the settings it holds."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = stores.open_storage(settings.storage, settings.journal)
+    storage = stores.open_storage(settings.storage, settings.journal, repair)
     try:
         stored = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     except KeyError:
         raise UserError(f"no search in {settings.storage or settings.journal}: start one without --resume") from None
-    config = config or SearchConfig.from_dict(stored.user_attrs[CONFIG_KEY])
-    sampler = make_sampler(config.controller, config.search_space(), config.seed + settings.seed_offset, config.population,
-                           config.sample_size, config.rl_update)
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler), config
+    config = SearchConfig.from_dict(stored.user_attrs[CONFIG_KEY])
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler_for(config, settings.seed_offset)), config
 
 
 def create_study(settings: WorkerSettings, config: SearchConfig):
@@ -121,7 +133,8 @@ def create_study(settings: WorkerSettings, config: SearchConfig):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = stores.open_storage(settings.storage, settings.journal)
+    sampler_for(config)  # refuse bad controller settings before they are stored in a study
+    storage = stores.open_storage(settings.storage, settings.journal, repair=True)
     try:
         study = optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["maximize", "minimize"])
     except optuna.exceptions.DuplicatedStudyError:
@@ -162,8 +175,13 @@ def run_worker(settings: WorkerSettings, on_trial: Callable[[object], None] | No
         stores.fail_stale_trials(study, settings.stale_after_s)
         if settings.deadline and time.time() + (statistics.median(durations) if durations else 0) > settings.deadline:
             return finished
-        if settings.budget_trials is not None and len(counted(study.get_trials(deepcopy=False))) >= settings.budget_trials:
-            return finished
+        if settings.budget_trials is not None:
+            used = counted(study.get_trials(deepcopy=False))
+            if len(used) >= settings.budget_trials:
+                if all(t.state.is_finished() for t in used):
+                    return finished
+                time.sleep(min(1.0, settings.heartbeat_s))  # the last trials run elsewhere: done, or found lost and re-run
+                continue
         trial = study.ask()
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
         if settings.budget_trials is not None and len(counted(earlier)) >= settings.budget_trials:
@@ -178,32 +196,37 @@ def run_worker(settings: WorkerSettings, on_trial: Callable[[object], None] | No
         if on_trial:
             on_trial(outcome)
         if failures_in_row >= settings.max_failures_in_row:
-            raise UserError(f"the evaluator failed on {failures_in_row} candidates in a row; the last: {outcome.user_attrs[ERROR_KEY]}")
+            raise UserError(f"the evaluator failed on {failures_in_row} candidates in a row; the last: {outcome.user_attrs.get(ERROR_KEY)}")
 
 
 def _evaluate(study, trial, space: SearchSpace, config: SearchConfig, reward: Reward, evaluator, settings: WorkerSettings):
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     point = suggest_point(trial, space)
     digest = point_hash(point)
+    spec = config.spec(point, name=f"trial-{trial.number}-{digest[:8]}")
     trial.set_user_attr("hash", digest)
     trial.set_user_attr("worker", settings.worker)
-    earlier = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("hash") == digest), None)
-    if earlier is not None:  # evaluated before (a controller may propose a point twice): reuse, do not retrain
-        for key in ("arch_hash", "params", "macs", "latency_source", REWARD_KEY):
+    trial.set_user_attr("arch_hash", spec.arch_hash())
+    # Points that build the same network (a repeat rounded away at a small depth) are one architecture: reuse, do not retrain.
+    earlier = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.user_attrs.get("arch_hash") == spec.arch_hash() and t.number != trial.number), None)
+    if earlier is not None:
+        for key in ("params", "macs", "latency_source", REWARD_KEY):
             trial.set_user_attr(key, earlier.user_attrs[key])
-        trial.set_user_attr("duplicate_of", earlier.number)
+        trial.set_user_attr("duplicate_of", earlier.user_attrs.get("duplicate_of", earlier.number))
         study.tell(trial, earlier.values)
         return study._storage.get_trial(trial._trial_id)
-    spec = config.spec(point, name=f"trial-{trial.number}-{digest[:8]}")
     plan = expand(spec)
-    trial.set_user_attr("arch_hash", spec.arch_hash())
     trial.set_user_attr("params", plan.params)
     trial.set_user_attr("macs", plan.macs)
     try:
         with stores.Heartbeat(study._storage, trial._trial_id, settings.heartbeat_s):
             latency_ms = float(evaluator.latency(spec))
             accuracy = float(evaluator.accuracy(spec))
+            if not (0 <= accuracy <= 1 and math.isfinite(latency_ms) and latency_ms > 0):
+                raise ValueError(f"the evaluator returned accuracy {accuracy} and latency {latency_ms} ms (need [0, 1] and > 0)")
             value = reward(accuracy, latency_ms)
     except (KeyboardInterrupt, SystemExit):
         trial.set_user_attr(stores.INTERRUPTED_KEY, "stopped by the user")
@@ -213,7 +236,10 @@ def _evaluate(study, trial, space: SearchSpace, config: SearchConfig, reward: Re
         trial.set_user_attr(ERROR_KEY, f"{type(error).__name__}: {error}"[:500])
         study.tell(trial, state=TrialState.FAIL)
         return study._storage.get_trial(trial._trial_id)
-    trial.set_user_attr("latency_source", evaluator.latency_source)
-    trial.set_user_attr(REWARD_KEY, value)
-    study.tell(trial, [accuracy, latency_ms])
+    try:
+        trial.set_user_attr("latency_source", evaluator.latency_source)
+        trial.set_user_attr(REWARD_KEY, value)
+        study.tell(trial, [accuracy, latency_ms])
+    except (UpdateFinishedTrialError, ValueError):  # another worker took it for lost (a stall longer than --stale-after)
+        pass
     return study._storage.get_trial(trial._trial_id)

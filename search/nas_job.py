@@ -17,13 +17,14 @@ from pathlib import Path
 
 from effx_serve.errors import USER_ERRORS, UserError
 from search import nas, nas_report
+from search import storage as stores
 from search.nas import SearchConfig, WorkerSettings
 
 
 def prepare(config: SearchConfig, settings: WorkerSettings, resume: bool, overrides: dict, say: Callable[[str], None]):
     """The study to run: created from `config`, or (resume) the stored one, checked against `overrides`."""
     if resume:
-        study, stored = nas.load_study(settings)
+        study, stored = nas.load_study(settings, repair=True)
         changed = [f"{key} = {value!r} (the search has {getattr(stored, key)!r})" for key, value in overrides.items()
                    if getattr(stored, key) != value]
         if changed:
@@ -32,6 +33,7 @@ def prepare(config: SearchConfig, settings: WorkerSettings, resume: bool, overri
         done = len(nas.counted(study.get_trials(deepcopy=False)))
         say(f"resuming the {stored.controller} search: {done} trials so far")
         return study, stored
+    stores.open_storage(settings.storage, settings.journal)  # an unreachable storage is refused before T is measured
     if config.target_ms is None:
         from search.evaluators import load_evaluator
 
@@ -90,6 +92,8 @@ def _run_processes(settings: WorkerSettings, workers: int, bar: Progress) -> lis
     except KeyboardInterrupt:
         for process in processes:  # they got the same Ctrl-C; give them time to mark their trials interrupted
             process.join(timeout=15)
+            if process.is_alive():
+                process.terminate()
         raise
     for process in processes:
         process.join()

@@ -24,7 +24,7 @@ from search.space import SearchSpace
 @dataclass(frozen=True)
 class TrialRecord:
     number: int
-    state: str  # complete, failed, interrupted, skipped, running
+    state: str  # complete, failed, interrupted, skipped, running, queued
     role: str  # search, or baseline:<name>
     accuracy: float | None
     latency_ms: float | None
@@ -45,10 +45,10 @@ def record(trial, space: SearchSpace) -> TrialRecord:
     from optuna.trial import TrialState
 
     attrs = trial.user_attrs
-    state = {TrialState.COMPLETE: "complete", TrialState.RUNNING: "running"}.get(trial.state, "failed")
-    if SKIPPED_KEY in attrs:
+    state = {TrialState.COMPLETE: "complete", TrialState.RUNNING: "running", TrialState.WAITING: "queued"}.get(trial.state, "failed")
+    if state == "failed" and SKIPPED_KEY in attrs:
         state = "skipped"
-    elif stores.INTERRUPTED_KEY in attrs:
+    elif state == "failed" and stores.INTERRUPTED_KEY in attrs:
         state = "interrupted"
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete and trial.datetime_start else None
     try:

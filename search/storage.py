@@ -27,13 +27,17 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)
 
 
-def open_storage(url: str | None, default_journal: Path):
-    """The storage at `url` (an RDB URL, or a journal file path), or the journal file `default_journal`."""
+def open_storage(url: str | None, default_journal: Path, repair: bool = False):
+    """The storage at `url` (an RDB URL, or a journal file path), or the journal file `default_journal`.
+
+    `repair` drops a journal's half-written last line; only a process that knows no other writer is
+    running (the one that starts the workers) may do it.
+    """
     import optuna
 
     target = url or str(default_journal)
     if "://" not in target:
-        return _journal(Path(target))
+        return _journal(Path(target), repair)
     try:
         return optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
     except ImportError as error:
@@ -43,14 +47,15 @@ def open_storage(url: str | None, default_journal: Path):
         raise UserError(f"storage {_redact(target)} cannot be reached: {cause}") from None
 
 
-def _journal(path: Path):
+def _journal(path: Path, repair: bool):
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
     if path.is_dir():
         raise UserError(f"storage {path} is a folder; give a journal file path or a database URL")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        repair_journal(path)
+        if repair:
+            repair_journal(path)
         # A lock left by a killed writer is broken after 30 s instead of blocking every worker for ever.
         return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path), grace_period=30)))
     except OSError as error:
