@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,6 +29,7 @@ def checked(parse: Callable[[str], T], ok: Callable[[T], bool], expected: str, r
 
 
 positive_int = checked(int, lambda value: value >= 1, "a whole number", "at least 1")
+positive_float = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shlex
 import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from effx_serve.cli_common import checked, positive_int, progress_line
+from effx_serve.cli_common import checked, positive_float, positive_int, progress_line
 from effx_serve.errors import UserError
 
 
@@ -36,7 +35,6 @@ def _url(text: str) -> str:
 
 _count = checked(int, lambda value: value >= 0, "a whole number", "0 or more")
 _fraction = checked(float, lambda value: 0 <= value <= 1, "a number from 0 to 1", "from 0 to 1")
-_positive = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")
 
 
 def _print_summary(report: dict, folder: Path) -> None:
@@ -92,21 +90,21 @@ def add_parsers(sub) -> None:
     p.add_argument("--duration", type=duration, default=30.0, help="how long the load runs: 30, 45s, 2m (default: 30s)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--users", type=positive_int, help="closed loop: users each sending as soon as answered (default: 8)")
-    load.add_argument("--rate", type=_positive, help="open loop: requests/s at Poisson arrival times, however slow the answers")
+    load.add_argument("--rate", type=positive_float, help="open loop: requests/s at Poisson arrival times, however slow the answers")
     p.add_argument("--steps", type=positive_int, default=1,
                    help="a stepped ramp: the load rises in this many equal steps to --users or --rate (default: 1)")
-    p.add_argument("--p99-bound-ms", type=_positive, default=100.0,
+    p.add_argument("--p99-bound-ms", type=positive_float, default=100.0,
                    help="capacity = the highest step whose p99 (failures counted as late) stays within this (default: %(default)s)")
     p.add_argument("--gate-error-rate", type=_fraction, default=0.01, help="fail above this share of errors (default: %(default)s)")
-    p.add_argument("--gate-p99-ms", type=_positive, help="fail when the p99 of answered requests is above this")
+    p.add_argument("--gate-p99-ms", type=positive_float, help="fail when the p99 of answered requests is above this")
     p.add_argument("--gate-sla", type=_fraction, help="fail when any SLA class attains less than this share")
-    p.add_argument("--gate-capacity", type=_positive, help="fail when the capacity (req/s) is below this")
+    p.add_argument("--gate-capacity", type=positive_float, help="fail when the capacity (req/s) is below this")
     workers = p.add_mutually_exclusive_group()
     workers.add_argument("--workers", type=_count, default=0, help="locust worker processes on this machine (master/worker mode)")
     workers.add_argument("--expect-workers", type=_count, default=0, help="run as master and wait for this many workers from other machines")
     p.add_argument("--master-port", type=positive_int, default=5557, help="the master's port for --expect-workers (default: %(default)s)")
-    p.add_argument("--timeout", type=_positive, default=30.0, help="seconds before a request counts as failed (default: %(default)s)")
-    p.add_argument("--ready-timeout", type=_positive, default=30.0, help="seconds to wait for the server's /readyz (default: %(default)s)")
+    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds before a request counts as failed (default: %(default)s)")
+    p.add_argument("--ready-timeout", type=positive_float, default=30.0, help="seconds to wait for the server's /readyz (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", required=True, help="folder for the report (replaced whole when the run ends)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")

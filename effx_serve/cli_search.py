@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
-from effx_serve.cli_common import checked, positive_int, progress_lines
+from effx_serve.cli_common import checked, positive_float, positive_int, progress_lines
 from effx_serve.errors import UserError
 
-_positive = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")
 _exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")
 
 # the options that define a search (SearchConfig fields): a resumed search keeps them
@@ -91,7 +89,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--hardware", default="auto", help="the hardware latency is measured on: this machine's (default auto)")
     p.add_argument("--controller", choices=CONTROLLERS, help="rl (the paper's), evolution (default), nsga2 or tpe (Optuna)")
     p.add_argument("--budget-trials", type=positive_int, metavar="N", help="stop after N trials (all workers together)")
-    p.add_argument("--budget-minutes", type=_positive, metavar="M", help="start no trial that would end after M minutes")
+    p.add_argument("--budget-minutes", type=positive_float, metavar="M", help="start no trial that would end after M minutes")
     p.add_argument("--resume", action="store_true", help="continue (or join) the search in the storage, with its settings")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--storage", metavar="URL", help="shared storage: an RDB URL (postgresql://..., sqlite:///f.db) or a journal "
@@ -101,11 +99,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--population", type=positive_int, help="evolution's population, NSGA-II's generation (default 16)")
     p.add_argument("--sample-size", type=positive_int, help="evolution's tournament size (default 4)")
     p.add_argument("--rl-update", choices=("reinforce", "ppo"), help="the RL controller's policy update (default reinforce)")
-    p.add_argument("--target-ms", type=_positive, help="latency target T (default: EfficientNet-B0 at the search's scaling)")
+    p.add_argument("--target-ms", type=positive_float, help="latency target T (default: EfficientNet-B0 at the search's scaling)")
     p.add_argument("--alpha", type=_exponent, help="reward exponent at or below T (default -0.07)")
     p.add_argument("--beta", type=_exponent, help="reward exponent above T (default -0.07)")
-    p.add_argument("--width", type=_positive, help="width multiplier every candidate is built at (default 1)")
-    p.add_argument("--depth", type=_positive, help="depth multiplier every candidate is built at (default 1)")
+    p.add_argument("--width", type=positive_float, help="width multiplier every candidate is built at (default 1)")
+    p.add_argument("--depth", type=positive_float, help="depth multiplier every candidate is built at (default 1)")
     p.add_argument("--resolution", type=positive_int, help="input resolution of proxy training and latency (default 224)")
     p.add_argument("--num-classes", type=positive_int, help="classes (default: the dataset's)")
     p.add_argument("--epochs", type=positive_int, help="proxy-training epochs per candidate (default 5)")
@@ -118,7 +116,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--evaluator", metavar="MODULE:FACTORY", help="another evaluator: factory(config, work_dir) -> an object with "
                                                                   "accuracy(spec), latency(spec) and latency_source")
     p.add_argument("--no-baselines", action="store_true", help="do not evaluate EfficientNet-B0 and X-B0 as reference points first")
-    p.add_argument("--stale-after", type=_positive, default=60.0, metavar="S",
+    p.add_argument("--stale-after", type=positive_float, default=60.0, metavar="S",
                    help="a running trial without a heartbeat for S seconds was lost with its worker (default 60)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)

@@ -17,6 +17,7 @@ from effx_serve.paths import write_atomic
 from search import lacs
 from search.lacs import Coefficients, Trial
 from training.errors import SpecError
+from training.jsonfile import read_json
 from training.plan import expand
 from training.spec import ModelSpec
 
@@ -78,12 +79,7 @@ def _family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float], 
 
 def read_family(path: Path) -> dict:
     """family.json, checked: a clear error for a missing, unreadable or malformed file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as error:
-        raise SpecError(f"family file {path} cannot be read: {error.strerror}") from None
-    except ValueError as error:
-        raise SpecError(f"family file {path} is not JSON: {error}") from None
+    data = read_json(path, "family file")
     if not isinstance(data, dict) or data.get("family_version") != FAMILY_VERSION or not isinstance(data.get("members"), list):
         raise SpecError(f"family file {path} is not a version-{FAMILY_VERSION} family (made by 'effx-serve lacs')")
     for index, member in enumerate(data["members"]):

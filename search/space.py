@@ -19,6 +19,7 @@ from typing import Any
 
 from training.errors import SpecError
 from training.grammar import StageArgs, parse_stage
+from training.jsonfile import read_json
 from training.presets import EFFICIENTNET_STAGES, EFFICIENTNET_X_STAGES
 from training.spec import ModelSpec, round_filters
 
@@ -143,13 +144,7 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as error:
-            raise SpecError(f"search space file {path} cannot be read: {error.strerror}") from None
-        except ValueError as error:
-            raise SpecError(f"search space file {path} is not JSON: {error}") from None
-        return cls.from_dict(data, f"search space file {path}")
+        return cls.from_dict(read_json(path, "search space file"), f"search space file {path}")
 
 
 def _one_of(value, options) -> bool:
