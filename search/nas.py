@@ -164,10 +164,10 @@ def run_worker(settings: WorkerSettings, on_trial: Callable[[object], None] | No
     """Run trials until the budget or the deadline; returns how many this worker finished."""
     from optuna.trial import TrialState
 
-    study, config = load_study(settings)
-    space, reward = config.search_space(), config.reward()
     from search.evaluators import load_evaluator
 
+    study, config = load_study(settings)
+    space, reward = config.search_space(), config.reward()
     evaluator = load_evaluator(config.evaluator)(config, settings.work_dir)
     durations: list[float] = []
     failures_in_row = finished = 0
@@ -206,12 +206,13 @@ def _evaluate(study, trial, space: SearchSpace, config: SearchConfig, reward: Re
     point = suggest_point(trial, space)
     digest = point_hash(point)
     spec = config.spec(point, name=f"trial-{trial.number}-{digest[:8]}")
+    architecture = spec.arch_hash()
     trial.set_user_attr("hash", digest)
     trial.set_user_attr("worker", settings.worker)
-    trial.set_user_attr("arch_hash", spec.arch_hash())
+    trial.set_user_attr("arch_hash", architecture)
     # Points that build the same network (a repeat rounded away at a small depth) are one architecture: reuse, do not retrain.
     earlier = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.user_attrs.get("arch_hash") == spec.arch_hash() and t.number != trial.number), None)
+                    if t.user_attrs.get("arch_hash") == architecture and t.number != trial.number), None)
     if earlier is not None:
         for key in ("params", "macs", "latency_source", REWARD_KEY):
             trial.set_user_attr(key, earlier.user_attrs[key])

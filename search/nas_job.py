@@ -72,8 +72,7 @@ def run(config: SearchConfig, settings: WorkerSettings, out: Path, workers: int 
             failed_workers = _run_processes(settings, workers, bar)
     finally:
         bar.close()
-        config_now = nas.SearchConfig.from_dict(study.user_attrs[nas.CONFIG_KEY])
-        result = nas_report.write_outputs(out, records(study, config_now), config_now)
+        result = nas_report.write_outputs(out, records(study, config), config)
     if failed_workers:
         raise UserError("; ".join(failed_workers))
     return result

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from search.samplers import REWARD_KEY, PointSampler, scored_trials, seen_hashes
-from search.space import SearchSpace
+from search.space import SearchSpace, point_hash
 
 SAMPLED_KEY = "effx:rl"  # the decision indices and their log-probability when sampled
 
@@ -121,14 +121,12 @@ class PolicyGradientSampler(PointSampler):
         digest = hashlib.sha256(f"{self.seed}-{trial.number}".encode()).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
         seen = seen_hashes(study)
-        drawn = []
-
-        def draw() -> dict:
-            drawn[:] = self.learner.sample(generator)
-            return self.point_of(drawn[0])
-
-        point = self.fresh(draw, seen, tries=10)
-        study._storage.set_trial_system_attr(trial._trial_id, SAMPLED_KEY, {"actions": drawn[0], "log_prob": drawn[1]})
+        for _ in range(11):  # a new point if the policy gives one within 11 draws
+            actions, log_prob = self.learner.sample(generator)
+            point = self.point_of(actions)
+            if point_hash(point) not in seen:
+                break
+        study._storage.set_trial_system_attr(trial._trial_id, SAMPLED_KEY, {"actions": actions, "log_prob": log_prob})
         return point
 
     def point_of(self, actions: list[int]) -> dict:
