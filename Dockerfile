@@ -18,7 +18,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 # Only what the wheel needs (pyproject's readme is README.md; packages effx_serve, training, search, loadtest:
-# effx_serve.errors imports training.errors). .dockerignore keeps the rest of the context out.
+# the CLI registers every stage's commands, torch-free at import). .dockerignore keeps the rest of the context out.
 COPY pyproject.toml README.md ./
 COPY effx_serve ./effx_serve
 COPY training ./training
@@ -26,7 +26,7 @@ COPY search ./search
 COPY loadtest ./loadtest
 # No extras: torch and the training stack are never imported on the serving path.
 RUN /opt/venv/bin/pip install . \
-    && /opt/venv/bin/python -c "import effx_serve.app, effx_serve.server, effx_serve.cli_serve" \
+    && /opt/venv/bin/python -c "import effx_serve.serve.http.app, effx_serve.serve.server, effx_serve.cli" \
     && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 
 # --- final: the base image, the venv, a non-root user.

@@ -21,11 +21,12 @@ run: setup  ## the main job: the SLA-routing server on model_repository/ (the de
 	test -f model_repository/manifest.json || $(BIN)/effx-serve build-repo --demo --hardware nvidia-h200 tpu-v3
 	$(BIN)/effx-serve serve --repo model_repository --host $(HOST) --port $(PORT)
 
-test: setup  ## the whole test suite
+test: setup  ## the whole test suite (it includes the import contracts, tests/test_layers.py, and ruff)
 	$(BIN)/python -m pytest
 
-lint: setup
-	$(BIN)/ruff check effx_serve training search tests benchmarks
+lint: setup  ## ruff and the import contracts alone (seconds)
+	$(BIN)/ruff check effx_serve training search loadtest tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

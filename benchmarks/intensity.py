@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from effx_serve.roofline import analyze, get_hardware
-from training.presets import PRESETS
+from effx_serve.hardware.ceilings import get_hardware
+from effx_serve.perf.roofline import analyze
+from training.arch.presets import PRESETS
 
 PAPER = {"efficientnet-b0": 19.7, "efficientnet-x-b0": 63.8}
 

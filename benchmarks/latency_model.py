@@ -23,12 +23,12 @@ import time
 
 import numpy as np
 
-from effx_serve import latency_model
-from effx_serve.calibrate import fit_samples, measure_samples
-from effx_serve.latency_store import LatencyStore
-from effx_serve.measure import this_machine
-from search.space import random_specs
-from training.presets import PRESETS, preset_names
+from effx_serve.hardware.machine import this_machine
+from effx_serve.perf import latency_model
+from effx_serve.perf.calibrate import fit_samples, measure_samples
+from effx_serve.perf.latency_store import LatencyStore
+from search.nas.space import random_specs
+from training.arch.presets import PRESETS, preset_names
 
 TARGETS = {"median": 0.10, "p90": 0.25}
 

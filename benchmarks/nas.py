@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.measure import this_machine  # noqa: E402
-from effx_serve.roofline import analyze  # noqa: E402
-from search import nas_job  # noqa: E402
-from search.nas import SearchConfig, WorkerSettings  # noqa: E402
-from search.space import STAGE_CHOICES  # noqa: E402
+from effx_serve.hardware.machine import this_machine
+from effx_serve.perf.roofline import analyze
+from search.nas import job as nas_job
+from search.nas.space import STAGE_CHOICES
+from search.nas.worker import SearchConfig, WorkerSettings
 
 # The demo scaling (docs/training.md): half width, a third of the depth, 48 px; 5 epochs of proxy training.
 SCALING = {"width": 0.5, "depth": 0.34, "resolution": 48}
@@ -80,7 +80,7 @@ def main() -> int:
     out = Path(args.out)
     data = Path(args.data) if args.data else out / "data"
     if not args.data and not (data / "train").is_dir():
-        from search.build_family import DemoSettings
+        from search.scaling.build_family import DemoSettings
         from training.demo_data import generate_demo_data
 
         demo = DemoSettings()

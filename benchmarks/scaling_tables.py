@@ -1,4 +1,4 @@
-"""The paper's Table 2 coefficients through `search.lacs.family`, beside the paper's Table 6 and the reference presets.
+"""The paper's Table 2 coefficients through `search.scaling.lacs.family`, beside the paper's Table 6 and the reference presets.
 
     .venv/bin/python benchmarks/scaling_tables.py
 
@@ -8,8 +8,8 @@ Table 6 gives (depth, resolution) per member; its depth is the base's 16 blocks 
 
 from __future__ import annotations
 
-from search.lacs import DEFAULT_PHIS, PAPER_COEFFICIENTS, Coefficients, family, member_row
-from training.presets import PRESETS
+from search.scaling.lacs import DEFAULT_PHIS, PAPER_COEFFICIENTS, Coefficients, family, member_row
+from training.arch.presets import PRESETS
 
 # The paper's Table 6: (depth, resolution) of X-B0..B7 per scaling.
 TABLE6 = {

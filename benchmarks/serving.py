@@ -39,12 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from effx_serve.backends import available_cpus
-from effx_serve.paths import sha256_file
+from effx_serve.core import proc
+from effx_serve.core.fs import sha256_file
+from effx_serve.core.photos import synthetic_photo
+from effx_serve.core.proc import available_cpus
 
 OVERHEAD_TARGET_MS = 2.0
 RATIO_TARGET = 0.85
@@ -156,35 +157,6 @@ def load_generator(spec_file: str) -> int:
 
 # --- the benchmark -------------------------------------------------------------------------------------------------
 
-def make_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
-    """A photo-like JPEG: a smooth sky-to-ground gradient, soft-edged shapes, mild sensor noise; quality 90."""
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    sky = np.stack([90 + 60 * y / height, 140 + 50 * y / height, 220 - 40 * y / height], axis=-1)
-    ground = np.stack([70 + 40 * x / width, 110 + 30 * np.sin(x / 57.0), 50 + 20 * y / height], axis=-1)
-    horizon = (0.55 * height + 25 * np.sin(x / 90.0))[..., None]
-    pixels = np.where(y[..., None] < horizon, sky, ground)
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(14):
-        cx, cy, r = rng.integers(0, width), rng.integers(0, height), rng.integers(15, 90)
-        colour = tuple(int(c) for c in rng.integers(20, 235, 3))
-        if rng.random() < 0.5:
-            draw.ellipse((cx - r, cy - r, cx + r, cy + int(r * rng.uniform(0.5, 1.5))), fill=colour)
-        else:
-            draw.polygon([(int(cx + r * np.cos(a)), int(cy + r * np.sin(a))) for a in rng.uniform(0, 2 * np.pi, 5)], fill=colour)
-    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)
-    pixels += rng.normal(0.0, 4.0, pixels.shape)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
 def multipart(image: bytes, count: int) -> tuple[bytes, str]:
     boundary = "effx-benchmark-boundary"
     part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"photo.jpg\"\r\n"
@@ -221,10 +193,10 @@ class InProcess:
 
         import numpy as np
 
-        from effx_serve import preprocess
-        from effx_serve.backends import OnnxRuntimeBackend
-        from effx_serve.hardware import detect
-        from effx_serve.server import ServerSettings
+        from effx_serve.core import preprocess
+        from effx_serve.hardware.detect import detect
+        from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
+        from effx_serve.serve.settings import ServerSettings
 
         backend = OnnxRuntimeBackend(detect().hw_class)  # its session(): the very options the server's sessions get
         session, self.threads = backend.session(member), backend.threads
@@ -247,31 +219,11 @@ class InProcess:
 @contextmanager
 def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0):
     """`effx-serve serve` on `repo` in its own process until the block ends; yields (port, process) once /readyz is 200."""
-    from effx_serve.triton_local import free_port, stop
-
-    port = free_port()
-    log = log_dir / f"serve-{port}.log"
+    port = proc.free_port()
     argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repo), "--host", HOST, "--port", str(port),
             "--log-level", "warning", *extra]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-                why = f"exited with code {process.returncode}" if process.poll() is not None else f"was not ready after {timeout_s:.0f} s"
-                raise RuntimeError(f"effx-serve serve {why}:\n{tail}")
-            time.sleep(0.2)
+    with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s) as process:
         yield port, process
-    finally:
-        stop(process)
 
 
 def latency(port: int, path: str, image: bytes, duration_s: float) -> dict:
@@ -446,9 +398,9 @@ def main() -> int:
     def say(line: str) -> None:
         print(f"  [{time.perf_counter() - begin:5.0f} s] {line}", file=sys.stderr, flush=True)
 
-    from effx_serve import catalog as catalog_io
-    from effx_serve import triton_local
-    from effx_serve.hardware import detect
+    from effx_serve.hardware.detect import detect
+    from effx_serve.repository import triton_local
+    from effx_serve.serve import catalog as catalog_io
 
     hardware = detect()
     catalog = catalog_io.load(repo, hardware.id, "onnxruntime")
@@ -456,7 +408,7 @@ def main() -> int:
         print(f"unknown member '{args.member}'; {repo} has: {', '.join(catalog.members)}", file=sys.stderr)
         return 2
     members = [catalog.members[args.member]] if args.member else sorted(catalog.members.values(), key=lambda m: m.resolution)
-    image = make_jpeg()
+    image = synthetic_photo(640, 480, "JPEG", quality=90)
     references: dict[str, InProcess] = {}  # by model.onnx sha256
     for member in members:
         say(f"{member.name}: in-process ONNX Runtime at batches {', '.join(map(str, RAW_BATCHES))}")

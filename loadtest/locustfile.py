@@ -29,7 +29,7 @@ from locust import FastHttpUser, LoadTestShape, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from effx_serve.paths import write_atomic
+from effx_serve.core.fs import write_atomic
 from loadtest import scenarios
 from loadtest.plan import parse_steps
 from loadtest.tally import ERRORS, Outcome, Tally

@@ -13,9 +13,9 @@ import re
 from functools import partial
 from pathlib import Path
 
-from effx_serve import plots
-from effx_serve.errors import UserError
-from effx_serve.paths import write_atomic
+from effx_serve.core import plots
+from effx_serve.core.errors import UserError
+from effx_serve.core.fs import write_atomic
 
 DASH = "—"
 NO_CHARTS = "PNG charts skipped: matplotlib is not installed (pip install 'effx-serve[load]')"
@@ -211,10 +211,10 @@ def _server(metrics) -> list[tuple]:
 
 # Charts: optional (matplotlib is an extra), drawn only when there is something to draw.
 
-def _pyplot():
+def _optional_pyplot():
     """matplotlib.pyplot on the Agg backend, or None when it is not installed."""
     try:
-        return plots._pyplot()
+        return plots.pyplot()
     except UserError:
         return None
 
@@ -224,7 +224,7 @@ def _charts(report: dict, folder: Path) -> tuple[list[str], bool]:
     wanted = [("timeline.png", _draw_timeline)] if _rows(report.get("timeline")) else []
     if sum(1 for _, y, _ in _curve(report) if math.isfinite(y)) >= 2:
         wanted.append(("capacity.png", _draw_capacity))
-    plt = _pyplot() if wanted else None
+    plt = _optional_pyplot() if wanted else None
     if plt is None:
         return [], bool(wanted)
     for name, draw in wanted:

@@ -1,6 +1,6 @@
 """`effx-serve loadtest`: check the server, run locust headless, and write the report whatever happened.
 
-The report folder is built beside its target and swapped in whole (effx_serve.atomic_dir), so a killed run
+The report folder is built beside its target and swapped in whole (effx_serve.core.atomic_dir), so a killed run
 never leaves half a report, and a failed run (unreachable server, errors, a bad scenario) still leaves one
 that says what went wrong.
 """
@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from effx_serve import atomic_dir, triton_local
-from effx_serve.ceilings import cpu_model_name
+from effx_serve.core import atomic_dir, proc
+from effx_serve.hardware.ids import cpu_model_name
 from loadtest import prom, render, scenarios, summary
 from loadtest.plan import LoadTest, Plan, format_steps, make_plan
 from loadtest.tally import Tally
@@ -39,26 +39,9 @@ def _get_json(url: str, timeout_s: float) -> dict:
         return json.load(answer)
 
 
-def wait_ready(url: str, timeout_s: float) -> str | None:
-    """None once GET /readyz says ready, else why it never did within `timeout_s`."""
-    deadline, reason = time.monotonic() + timeout_s, "no answer"
-    while True:
-        try:
-            with urllib.request.urlopen(url.rstrip("/") + "/readyz", timeout=5) as answer:
-                if answer.status == 200:
-                    return None
-        except urllib.error.HTTPError as error:
-            reason = f"/readyz answered {error.code}: {error.read()[:200].decode(errors='replace')}"
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            reason = f"cannot connect ({getattr(error, 'reason', error)})"
-        if time.monotonic() >= deadline:
-            return f"the server at {url} was not ready within {timeout_s:g} s: {reason}"
-        time.sleep(0.5)
-
-
 def preflight(test: LoadTest, target: dict) -> list[str]:
     """Wait for the server and read what the workload needs from it (into `target`); the problems, if any."""
-    reason = wait_ready(test.url, test.ready_timeout_s)
+    reason = proc.wait_ready(f"{test.url}/readyz", test.ready_timeout_s, poll_s=0.5)
     if reason:
         return [reason]
     target["ready"] = True
@@ -107,7 +90,7 @@ def locust_argv(test: LoadTest, plan: Plan, raw: Path, master_port: int | None) 
 def run_locust(test: LoadTest, plan: Plan, raw: Path, progress: Progress) -> list[str]:
     """Run the master (or lone process) and any local workers; the problems seen, if any."""
     distributed = test.workers > 0 or test.expect_workers > 0
-    port = (triton_local.free_port() if test.workers else test.master_port) if distributed else None
+    port = (proc.free_port() if test.workers else test.master_port) if distributed else None
     planned = round(sum(s.seconds for s in plan.steps) + DRAIN_S)
     limit_s = planned + test.request_timeout_s + 60 + (max(test.ready_timeout_s, 60) if distributed else 0)
     problems: list[str] = []
@@ -132,7 +115,7 @@ def run_locust(test: LoadTest, plan: Plan, raw: Path, progress: Progress) -> lis
         finally:
             for process in [master, *workers]:
                 if process.poll() is None:
-                    triton_local.stop(process, grace_s=10)
+                    proc.stop(process, grace_s=10)
     return problems
 
 

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import random
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
 
-from loadtest.scenarios import ImageKind, Scenario
+from effx_serve.core.photos import synthetic_photo
+from loadtest.scenarios import Scenario
 from loadtest.tally import OK, SLA_REJECTED
 
 VARIANTS = 3  # different pictures per image kind, so no two consecutive requests need be byte-identical
-
-
-def make_image(kind: ImageKind, seed: int) -> bytes:
-    """A photo-like picture (smooth background, shapes, sensor noise) that compresses like a real one."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:kind.height, 0:kind.width] / max(kind.width, kind.height)
-    base = rng.uniform(40, 215, size=3)
-    tilt = rng.uniform(-90, 90, size=(2, 3))
-    pixels = base + x[..., None] * tilt[0] + y[..., None] * tilt[1]
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(image)
-    for _ in range(12):
-        x0, y0 = rng.uniform(0, 1, 2) * (kind.width, kind.height)
-        size = rng.uniform(0.05, 0.4) * min(kind.width, kind.height)
-        box = (x0, y0, x0 + size, y0 + size * rng.uniform(0.5, 1.5))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    image = image.filter(ImageFilter.GaussianBlur(1.2))
-    noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, 6, (kind.height, kind.width, 3)).astype(np.int16)
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB").save(buffer, kind.format, quality=85)
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -89,7 +66,7 @@ class RequestFactory:
             raise ValueError("the server lists no members in its default family")
         self.scenario = scenario
         self.members = members
-        self.images = {kind: [make_image(kind, seed * 1000 + i) for i in range(VARIANTS)] for kind in scenario.images}
+        self.images = {kind: [synthetic_photo(kind.width, kind.height, kind.format, seed * 1000 + i) for i in range(VARIANTS)] for kind in scenario.images}
         self.encoded = {kind: [base64.b64encode(b).decode() for b in blobs] for kind, blobs in self.images.items()}
 
     def next(self, rng: random.Random) -> PlannedRequest:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from effx_serve.errors import UserError
-from effx_serve.latency_store import LatencyStore
-from effx_serve.measure import Machine, measure_spec
-from training.spec import ModelSpec
+from effx_serve.core.errors import UserError
+from effx_serve.hardware.machine import Machine
+from effx_serve.perf.latency_store import LatencyStore
+from effx_serve.perf.measure import measure_spec
+from training.arch.spec import ModelSpec
 
 SHORT_RUN_CROP_SCALE = (0.5, 1.0)
 
@@ -34,8 +35,8 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
     from torch.utils.data import Subset
 
     from training import data as datasets
+    from training.loop import train
     from training.recipe import Recipe
-    from training.train import train
 
     train_set = datasets.ImageFolder(data, "train", datasets.train_transform(spec.resolution, scale=SHORT_RUN_CROP_SCALE))
     val_set = datasets.ImageFolder(data, "val", datasets.eval_transform(spec.resolution))
@@ -95,7 +96,7 @@ class PredictedLatency:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        from effx_serve.latency_model import predictor
+        from effx_serve.perf.latency_model import predictor
 
         self._predict, self.source = predictor(self.machine, self.runtime)
 
@@ -107,7 +108,7 @@ class ProxyEvaluator:
     """What a search trial measures by default: proxy top-1 (short training) and latency, measured or predicted."""
 
     def __init__(self, config, work_dir: Path) -> None:
-        from effx_serve.measure import this_machine
+        from effx_serve.hardware.machine import this_machine
 
         if not config.data:
             raise UserError("proxy training needs a dataset: give --data DIR")

@@ -1,5 +1,7 @@
 import pytest
 
+from tests.helpers import build, measure_quickly
+
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
@@ -9,18 +11,8 @@ def isolated_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def quick_ceilings(monkeypatch):
-    """Host ceilings measured with small sizes (the real measurement is the benchmark's job)."""
-    from effx_serve import ceilings
-
-    real = ceilings.measure
-    calls = []
-
-    def small(**_):
-        calls.append(1)
-        return real(matmul_size=128, copy_mib=4, repeats=2)
-
-    monkeypatch.setattr(ceilings, "measure", small)
-    return calls
+    """Host ceilings measured with small sizes and a short timing protocol; the list counts ceilings measurements."""
+    return measure_quickly(monkeypatch)
 
 
 SERVED_ACCURACY = {"tiny-f-b0": 0.5, "tiny-f-b1": 0.7}
@@ -33,13 +25,13 @@ def _tiny_family(root):
 
     import torch
 
-    from search.build_family import train_family
-    from search.lacs import Coefficients
-    from search.lacs import family as scale_family
-    from search.lacs_job import FAMILY_VERSION
+    from search.scaling.build_family import train_family
+    from search.scaling.lacs import Coefficients
+    from search.scaling.lacs import family as scale_family
+    from training.arch.family_file import FAMILY_VERSION
+    from training.arch.plan import expand
+    from training.arch.spec import spec_from_stage_strings
     from training.demo_data import generate_demo_data
-    from training.plan import expand
-    from training.spec import spec_from_stage_strings
 
     base = spec_from_stage_strings(["r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e4_i16_o24_se0.25"], width=0.5, resolution=24,
                                    num_classes=10, head_filters=64, name="tiny")
@@ -75,21 +67,11 @@ def build_served_repository(root, backend: str, tiny_family):
     """A repository of the tiny family for `backend` (onnxruntime or python), profiled quickly, with SERVED_ACCURACY."""
     import json
 
-    from effx_serve import profiler
-    from effx_serve.latency_store import LatencyStore
-    from effx_serve.measure import this_machine
-    from effx_serve.repo_build import RepoSettings, build_repository
-
-    quick = profiler.Protocol(warmup_runs=1, warmup_seconds=0.0, min_runs=3, min_seconds=0.0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EFFX_CACHE_DIR", str(root / "cache"))
-        real = profiler.time_calls
-        mp.setattr(profiler, "time_calls", lambda call, protocol=None: real(call, quick))
-        family, checkpoints = tiny_family
+        measure_quickly(mp)
         out = root / "model_repository"
-        with LatencyStore() as store:
-            build_repository(family, checkpoints, out, RepoSettings(backend=backend, hardware_ids=("nvidia-h200",)), this_machine(), store,
-                             say=lambda line: None)
+        build(tiny_family, out, backend=backend, hardware_ids=("nvidia-h200",))
     manifest = json.loads((out / "manifest.json").read_text())
     for name, accuracy in SERVED_ACCURACY.items():
         manifest["members"][name]["accuracy"]["top1"] = accuracy

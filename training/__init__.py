@@ -1,5 +1,6 @@
-"""Model side of effx-serve: architecture spec, builder, counting, data, training and ONNX export.
+"""The model and its training: arch/ (spec, builder, export) and the training loop (data, demo data, recipe,
+optimizer, EMA, checkpoints, distributed, loop).
 
-Importing this package does not import torch. The spec, grammar, presets, plan, recipe and demo-data
-modules never do; the builder, export, data loading and training modules need it (the `train` extra).
+May import: effx_serve.core only. Importing this package does not import torch: arch's spec modules,
+recipe and demo_data never do; the builder, export, data loading and training modules need it.
 """

@@ -16,8 +16,8 @@ pair for the moment between the two renames. With a new name per save, a kill at
 previous JSON pointing at its own, untouched tensor file. Superseded tensor files and stray temporary
 files are removed after the next successful save.
 
-Every file is written to a temporary file in the same directory, flushed and fsync'ed, renamed over the
-target, and the directory fsync'ed, so a power cut cannot reorder the two renames either.
+Every file is written by effx_serve.core.fs.write_atomic (a temporary file beside it, fsync'd, renamed over
+the target, the directory fsync'd), so a power cut cannot reorder the two renames either.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -38,8 +37,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from effx_serve.core.fs import write_atomic
+from training.arch.spec import ModelSpec
 from training.errors import SpecError
-from training.spec import ModelSpec
 
 FORMAT_VERSION = 1
 STEMS = {"last": "checkpoint-last", "best": "best", "final": "final"}
@@ -57,38 +57,6 @@ def existing(out_dir: str | os.PathLike) -> list[Path]:
 
 
 # --- writing ------------------------------------------------------------------------------
-
-
-def _write_all(handle, data: bytes) -> None:
-    """Write `data` fully (a separate function so tests can inject a failure mid-write)."""
-    handle.write(data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with suppress(OSError):  # some file systems cannot fsync a directory; the file fsyncs still hold
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _write_all(handle, data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; export may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
 
 def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
     # A private contiguous copy: safetensors refuses shared or strided (channels_last) storage.

@@ -10,7 +10,7 @@ Class order: labels.txt when present, else the sorted directory names of ROOT/tr
 split itself when there is no train split). Every split must hold exactly those class directories, so
 a class index means the same class in every split. Hidden files and folders (".*") are ignored.
 
-Images are decoded by `effx_serve.preprocess` (format checks, EXIF orientation, every colour mode to
+Images are decoded by `effx_serve.core.preprocess` (format checks, EXIF orientation, every colour mode to
 RGB) and normalised by it, so training sees pixels exactly as the server will; `eval_transform` *is*
 the server's `to_input`. That module is torch-free and depends on nothing else of ours.
 """
@@ -29,8 +29,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from effx_serve import preprocess
-from effx_serve.errors import UserError
+from effx_serve.core import preprocess
+from effx_serve.core.errors import UserError
+from effx_serve.core.fs import write_atomic
 from training.errors import SpecError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
@@ -63,6 +64,11 @@ def read_labels(root: Path) -> list[str] | None:
     if duplicates:
         raise SpecError(f"{path} names {', '.join(duplicates)} more than once; each class goes on one line")
     return names
+
+
+def write_labels(folder: Path, classes: list[str]) -> None:
+    """labels.txt (one class per line, in index order) beside a trained model's checkpoints: build-repo ships it with the model."""
+    write_atomic(folder / LABELS_FILE, "".join(f"{name}\n" for name in classes))
 
 
 def class_names(root: str | os.PathLike, split: str = TRAIN_SPLIT) -> list[str]:
@@ -185,7 +191,7 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """`effx_serve.preprocess.to_input` as a tensor: the exact serving preprocessing."""
+    """`effx_serve.core.preprocess.to_input` as a tensor: the exact serving preprocessing."""
 
     resolution: int
     crop_fraction: float = preprocess.DEFAULT_CROP_FRACTION

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from training.errors import SpecError
@@ -171,3 +172,21 @@ def _problem(r: Recipe) -> str | None:
         (0 <= r.num_workers <= 256, f"num_workers must be in [0, 256], got {r.num_workers}"),
     ]
     return next((message for ok, message in rules if not ok), None)
+
+
+def resolve(recipe_file: str | None, resumed: dict | None, changes: dict[str, Any]) -> Recipe:
+    """The recipe of a run: from `recipe_file`, else the resumed checkpoint's own, else the default, with `changes`
+    (the command's flags; None means not given) on top. A run shortened below its warm-up keeps a proportionate one."""
+    if recipe_file:
+        try:
+            recipe = Recipe.from_json(Path(recipe_file).read_text())
+        except OSError as error:
+            raise SpecError(f"--recipe {recipe_file} cannot be read: {error.strerror}") from None
+    else:
+        recipe = Recipe.from_dict(resumed.get("recipe")) if resumed else Recipe()
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if not changes:
+        return recipe
+    if recipe.warmup_epochs > changes.get("epochs", recipe.epochs):
+        changes["warmup_epochs"] = changes["epochs"] / 3
+    return recipe.with_(**changes)

@@ -1,0 +1,82 @@
+"""What the command-line modules share: argument types, the text table, progress reporters, the training-extra check."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from effx_serve.core.errors import needs_extra
+
+T = TypeVar("T")
+
+
+def checked(parse: Callable[[str], T], ok: Callable[[T], bool], expected: str, rule: str) -> Callable[[str], T]:
+    """An argparse type: `parse` the text (else "expected <expected>"), then require `ok` (else "must be <rule>")."""
+
+    def convert(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    return convert
+
+
+positive_int = checked(int, lambda value: value >= 1, "a whole number", "at least 1")
+positive_float = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Fixed-width text table; columns are (header, key, format)."""
+    cells = [[format(row[key], fmt) for _, key, fmt in columns] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, (h, _, _) in enumerate(columns)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((h, _, _), w) in enumerate(zip(columns, widths, strict=False)))]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))))
+    return "\n".join(lines)
+
+
+def int_list(text: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32] (sorted, no repeats); every value at least 1."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 1,8,32, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be at least 1, got '{text}'")
+    return sorted(set(values))
+
+
+def progress_lines(quiet: bool) -> Callable[[str], None]:
+    """Where long jobs report progress: stderr, one line each (nothing with --json, whose output is the result)."""
+    return (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def progress_line(prefix: str):
+    """A progress reporter on stderr: rewritten in place on a terminal, one line per 10% in a log."""
+    tty = sys.stderr.isatty()
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        step = percent if tty else percent // 10 * 10
+        if step == shown[0] and done < total:
+            return
+        shown[0] = step
+        line = f"{prefix}: {done}/{total} ({percent}%)"
+        print(f"\r{line}" if tty else line, end="\n" if (done >= total or not tty) else "", file=sys.stderr, flush=True)
+
+    return report
+
+
+def require_training(what: str) -> None:
+    """Fail at once, naming the extra to install, when the training stack is missing (rather than minutes into a job)."""
+    with needs_extra("train", what):
+        import safetensors  # noqa: F401
+        import torch  # noqa: F401

@@ -1,0 +1,92 @@
+"""`effx-serve family` and `lacs`: compound scaling of a base into B0..Bn, and latency-aware search for its coefficients."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from effx_serve.cli.common import positive_int, progress_lines, require_training, table
+from effx_serve.core.errors import UserError
+from effx_serve.hardware.machine import this_machine
+from effx_serve.perf.latency_store import LatencyStore
+from search.evaluators import MeasuredLatency, ProxyAccuracy
+from search.scaling.job import LacsSettings, run
+from search.scaling.lacs import DEFAULT_PHIS, Coefficients, family, member_row
+from training.arch.presets import load_spec
+from training.errors import SpecError
+
+
+def cmd_family(args: argparse.Namespace) -> int:
+    base = load_spec(args.base)
+    try:
+        phis = [float(p) for p in args.phis.split(",")] if args.phis else list(DEFAULT_PHIS)
+    except ValueError:
+        raise SpecError(f"--phis takes comma-separated numbers such as 0,0.33,0.97, got '{args.phis}'") from None
+    members = family(base, Coefficients.parse(args.coefficients), phis, prefix=args.prefix)
+    rows = [member_row(m, phi) for m, phi in zip(members, phis, strict=True)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        row["mparams"], row["gmacs"] = row["params"] / 1e6, row["macs"] / 1e9
+    print(table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("depth", "depth", "g"), ("width", "width", "g"),
+                        ("res", "resolution", "d"), ("blocks", "blocks", "d"), ("params(M)", "mparams", ".2f"), ("GMACs", "gmacs", ".3f")]))
+    return 0
+
+
+def cmd_lacs(args: argparse.Namespace) -> int:
+    require_training("lacs")
+    machine = this_machine()
+    if args.hardware not in ("auto", machine.hardware_id):
+        raise UserError(f"LACS measures latency on this machine ({machine.hardware_id}); run it on {args.hardware} or pass --hardware auto")
+    base = load_spec(args.base)
+    if args.resolution:
+        base = base.with_(resolution=args.resolution)
+    settings = LacsSettings(grid_step=args.grid_step, tolerance=args.tolerance, fine_step=args.fine_step or None, top_k=args.top_k,
+                            w=args.w, target_ms=args.target_ms)
+    out = Path(args.out)
+    accuracy = ProxyAccuracy(Path(args.data), out / "trials", epochs=args.epochs, stride=args.subset_stride, progress=False)
+    say = progress_lines(quiet=args.json)
+    with LatencyStore() as store:
+        result = run(base, out, accuracy, MeasuredLatency(machine, store, batch=args.batch), machine.hardware_id, settings, say)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "families"}, indent=2))
+        return 0
+    for label, key in (("LACS", "lacs"), ("accuracy-only", "accuracy_only")):
+        trial = result[key]
+        print(f"{label:14s} winner {tuple(trial['coefficients'])}: top-1 {100 * trial['accuracy']:.1f}%, "
+              f"{trial['latency_ms']:.3f} ms at phi = 1, reward {trial['reward']:.4f}")
+    rows = [dict(m, mparams=m["params"] / 1e6, mmacs=m["macs"] / 1e6, res=m["spec"]["resolution"]) for m in result["families"]["lacs"]]
+    print(table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("res", "res", "d"), ("params(M)", "mparams", ".3f"),
+                        ("MMACs", "mmacs", ".1f"), ("latency ms", "expected_latency_ms", ".3f")]))
+    print(f"written: {out / 'lacs.json'}, {out / 'family.json'}, {out / 'lacs.png'}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("family", help="the members B0..Bn of a compound-scaled family: depth, width, resolution, blocks, params, MACs")
+    p.add_argument("--base", required=True, metavar="SPEC", help="preset name, spec JSON file or inline JSON")
+    p.add_argument("--coefficients", required=True, metavar="A,B,G", help="alpha,beta,gamma, e.g. 1.28,1.17,1.07")
+    p.add_argument("--phis", help="comma-separated phi per member (default: EfficientNet's budgets 0,0.33,0.97,1.85,3.34,4.54,5.55,6.48)")
+    p.add_argument("--prefix", help="member name prefix (default: the base's name)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_family)
+
+    p = sub.add_parser("lacs", help="latency-aware compound scaling: rank (alpha, beta, gamma) by accuracy and measured latency")
+    p.add_argument("--base", required=True, metavar="SPEC", help="preset name, spec JSON file or inline JSON")
+    p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder dataset for proxy training")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--hardware", default="auto", help="the hardware id latency is measured on: this machine's (default auto)")
+    p.add_argument("--resolution", type=positive_int, help="base resolution (default: the spec's)")
+    p.add_argument("--grid-step", type=float, default=0.1)
+    p.add_argument("--tolerance", type=float, default=0.1, help="allowed |alpha beta^2 gamma^2 - 2| (default 0.1)")
+    p.add_argument("--fine-step", type=float, default=0.05, help="finer grid around the best triplets (0: none)")
+    p.add_argument("--top-k", type=positive_int, default=2)
+    p.add_argument("--w", type=float, default=-0.07, help="latency exponent of the reward (MnasNet: -0.07)")
+    p.add_argument("--target-ms", type=float, help="latency target T (default: the base at phi 1 with EfficientNet's coefficients)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="proxy training epochs per triplet")
+    p.add_argument("--subset-stride", type=positive_int, default=1, help="proxy-train on every N-th training image")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size latency is measured at")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lacs)

@@ -1,0 +1,67 @@
+"""`effx-serve serve`: the SLA-routing HTTP server on a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from effx_serve.cli.common import checked, positive_int
+from effx_serve.cli.repository import DEFAULT_REPOSITORY
+from effx_serve.core.errors import UserError
+from effx_serve.serve.backends.base import BACKENDS
+from effx_serve.serve.router import POLICIES
+from effx_serve.serve.settings import DispatchSettings, ServerSettings
+
+_wait_ms = checked(float, lambda value: 0 <= value <= 1000, "a number", "from 0 to 1000")
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    repository = Path(args.repo)
+    if not (repository / "manifest.json").is_file():
+        raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
+    dispatch = DispatchSettings(max_queue=args.max_queue, max_wait_ms=args.max_wait_ms, default_policy=args.default_policy)
+    return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
+                          triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
+                          max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
+                          max_in_flight=args.max_in_flight)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # The web stack is imported only here: every other command would pay half a second for it.
+    import uvicorn
+
+    from effx_serve.serve.http.app import create_app
+    from effx_serve.serve.server import Server
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = Server(settings_from(args))
+    print(f"serving {len(server.catalog.members)} members of {server.settings.repository} (family {server.catalog.family}) "
+          f"on {server.hardware.id} with {server.backend.kind}: http://{args.host}:{args.port}/docs", flush=True)
+    for note in server.notes:
+        print(f"note: {note}", flush=True)
+    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("serve", help="serve HTTP image classification, each request routed to the fastest member meeting its SLA")
+    p.add_argument("--repo", default=DEFAULT_REPOSITORY, help="model repository with manifest.json (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="onnxruntime: in this process (default); triton: a Triton server")
+    p.add_argument("--triton-url", default="127.0.0.1:8000", help="Triton's HTTP (or gRPC) address, host:port (default: %(default)s)")
+    p.add_argument("--triton-protocol", choices=("http", "grpc"), default="http")
+    p.add_argument("--triton-timeout", type=float, default=60.0, help="seconds to wait for Triton to be ready at start (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address; 0.0.0.0 for every interface (default: %(default)s)")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--family", help="family served when a request pins none (default: the one for the detected hardware)")
+    p.add_argument("--default-policy", choices=POLICIES, default="most_accurate", help="for requests without an SLA (default: %(default)s)")
+    p.add_argument("--max-queue", type=positive_int, default=256, help="images waiting per member before 429 (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=_wait_ms, default=0.0,
+                   help="how long a batch that is not full waits for more images (default: 0, batches form from what queued meanwhile)")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: %(default)s)")
+    p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")
+    p.add_argument("--max-in-flight", type=positive_int, default=256, help="requests inside the server at once before 429 (default: %(default)s)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,229 @@
+"""Image bytes -> model input, shared by training's eval transform and the server.
+
+One code path turns an image into the float32 CHW array a model eats, so that what a model was
+evaluated on during training and what it sees when serving are identical by construction.
+
+This module is on the serving path and must never import torch: only numpy and Pillow.
+
+Pipeline (`to_input`): `decode_image` (format allow-list, pixel-count limit read from the header
+before any pixel is decoded, EXIF orientation) -> `to_rgb` (every common mode, transparency over
+white) -> `resize_and_center_crop` (shorter side to resolution / crop_fraction with bicubic, centre
+square) -> `normalize` (ImageNet mean/std, CHW).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from effx_serve.core.errors import UserError
+
+MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""ImageNet RGB mean of 0..1 pixel values."""
+STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""ImageNet RGB standard deviation of 0..1 pixel values."""
+DEFAULT_CROP_FRACTION = 0.875
+"""The centre crop keeps this fraction of the resized shorter side (224 of 256, the ImageNet convention)."""
+DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+"""Formats `decode_image` accepts unless told otherwise (Pillow format names)."""
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Largest width * height `decode_image` accepts by default (an 8000 x 8000 photo)."""
+MAX_RESOLUTION = 4096
+"""Largest model input side accepted: beyond it a single input is gigabytes, surely a mistake."""
+RESAMPLE = Image.Resampling.BICUBIC
+"""Bicubic (antialiased when shrinking, as Pillow does): the EfficientNet reference evaluates with bicubic."""
+
+# Precomputed so normalisation is one multiply-add per value: (x / 255 - mean) / std.
+_SCALE = (1.0 / (255.0 * np.asarray(STD, dtype=np.float32))).astype(np.float32)
+_OFFSET = (np.asarray(MEAN, dtype=np.float32) / np.asarray(STD, dtype=np.float32)).astype(np.float32)
+_WHITE = (255, 255, 255, 255)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
+                 shrink_to: int | None = None) -> Image.Image:
+    """Decode image bytes into a loaded, upright PIL image (any mode; see `to_rgb`).
+
+    Raises UserError for empty or corrupt data, a format outside `formats`, or more than
+    `max_pixels` pixels. The pixel count comes from the header, before pixels are decoded, so a
+    decompression bomb costs nothing. Animated images give their first frame. `shrink_to` lets a
+    JPEG decoder scale down by a power of two (DCT scaling, several times faster than decoding every
+    pixel) while both sides stay at least `shrink_to`; other formats ignore it.
+    """
+    allowed = _check_decode_arguments(max_pixels, formats)
+    if not data:
+        raise UserError("the image is empty (0 bytes); send the bytes of a JPEG, PNG or WebP file")
+    image = _open(data, allowed)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UserError(f"the image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}; send a smaller image")
+    if shrink_to is not None and image.format == "JPEG":
+        image.draft(image.mode, (shrink_to, shrink_to))
+    try:
+        image.load()
+        # Phones store pixels as the sensor saw them plus an Orientation tag; models should see the
+        # picture as the person took it.
+        upright = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UserError(f"the image is too large to decode safely ({error}); send a smaller image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as error:
+        raise UserError(f"the {image.format} image is corrupt or truncated ({_reason(error)}); send a complete image file") from None
+    return upright
+
+
+def _check_decode_arguments(max_pixels: int, formats: Iterable[str]) -> tuple[str, ...]:
+    allowed = tuple(str(name).upper() for name in formats)
+    if not allowed:
+        raise UserError("no image formats are allowed; pass at least one, e.g. formats=('JPEG', 'PNG')")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise UserError(f"max_pixels must be a positive integer, not {max_pixels!r}")
+    # Pillow refuses images above twice its own limit (and warns above it) whatever we say; a larger
+    # max_pixels would promise what decoding cannot keep. Raising Pillow's limit is a process-wide choice.
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is not None and max_pixels > pil_limit:
+        raise UserError(f"max_pixels {max_pixels} is above Pillow's limit of {pil_limit}; raise PIL.Image.MAX_IMAGE_PIXELS first")
+    return allowed
+
+
+def _open(data: bytes, allowed: tuple[str, ...]) -> Image.Image:
+    """Read the header with the allowed decoders only; name the format when it is not allowed."""
+    listing = ", ".join(allowed)
+    try:
+        return Image.open(io.BytesIO(data), formats=allowed)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UserError(f"the image is too large to decode safely ({error}); send a smaller image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        actual = _identify(data)
+        if actual is not None and actual not in allowed:
+            raise UserError(f"unsupported image format {actual}; allowed formats: {listing}") from None
+        if isinstance(error, UnidentifiedImageError):
+            raise UserError(f"the data is not an image in a known format; allowed formats: {listing}") from None
+        raise UserError(f"the data is not a readable image ({_reason(error)}); allowed formats: {listing}") from None
+
+
+def _identify(data: bytes) -> str | None:
+    """The format name of `data` with every decoder Pillow has, or None; only used to word an error."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format
+    except Exception:  # noqa: BLE001 - any failure here just means "not recognised"
+        return None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:200]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in 8-bit RGB mode, from any common mode.
+
+    Handled: 1, L, P, RGB, CMYK, YCbCr, LA/RGBA/PA and anything with a transparency key (composited
+    onto white), I;16/I;16L/I;16B/I;16N and I (integer greyscale, scaled by its bit depth), F.
+    """
+    if image.mode == "RGB" and not image.has_transparency_data:
+        return image
+    if image.has_transparency_data or image.mode in ("LA", "La", "RGBA", "RGBa", "PA"):
+        return _over_white(image)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        return _grey_to_rgb(_integer_to_uint8(image))
+    if image.mode == "F":
+        return _grey_to_rgb(_float_to_uint8(image))
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise UserError(f"unsupported image mode {image.mode} ({_reason(error)}); send an RGB or greyscale image") from None
+
+
+def _over_white(image: Image.Image) -> Image.Image:
+    # Fully transparent pixels carry arbitrary colour (often black) that nobody sees; viewers and
+    # browsers show them over a light page, so compositing onto white gives the model what people saw.
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE)
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _integer_to_uint8(image: Image.Image) -> np.ndarray:
+    """Scale integer greyscale to 0..255 by its bit depth (Pillow's convert('L') would clip at 255)."""
+    values = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        full_scale, low = 65535.0, 0.0
+    elif values.size == 0 or (values.min() >= 0 and values.max() <= 65535):
+        # Mode I has no recorded bit depth; 16-bit scans and PNGs are what usually lands in it.
+        full_scale, low = 65535.0, 0.0
+    elif values.min() >= 0:
+        full_scale, low = float(2**31 - 1), 0.0
+    else:
+        full_scale, low = float(2**32 - 1), float(-(2**31))
+    scaled = (values.astype(np.float64) - low) * (255.0 / full_scale)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _float_to_uint8(image: Image.Image) -> np.ndarray:
+    """Mode F has no range of its own: 0..1 is taken as normalised intensity, anything else as 0..255."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+        values = values * 255.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def check_arguments(resolution: int, crop_fraction: float = DEFAULT_CROP_FRACTION) -> None:
+    """Raise UserError unless 1 <= resolution <= MAX_RESOLUTION and 0 < crop_fraction <= 1."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer) or not 1 <= resolution <= MAX_RESOLUTION:
+        raise UserError(f"resolution must be an integer from 1 to {MAX_RESOLUTION}, not {resolution!r}")
+    if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, int | float | np.floating):
+        raise UserError(f"crop_fraction must be a number in (0, 1], not {crop_fraction!r}")
+    if not (math.isfinite(crop_fraction) and 0.0 < crop_fraction <= 1.0):
+        raise UserError(f"crop_fraction must be in (0, 1], not {crop_fraction!r}; 0.875 is the usual choice")
+
+
+def resize_and_center_crop(image: Image.Image, resolution: int, crop_fraction: float = DEFAULT_CROP_FRACTION) -> Image.Image:
+    """Resize so the shorter side is round(resolution / crop_fraction), then take the centre square.
+
+    Done as one bicubic resample of the matching source region, so an extreme aspect ratio
+    (1 x 10000) never allocates the huge intermediate image and a 1 x 1 image still gives
+    resolution x resolution.
+    """
+    check_arguments(resolution, crop_fraction)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise UserError(f"the image is {width}x{height} pixels; it needs at least one pixel")
+    shorter = round(resolution / crop_fraction)
+    # The centre square of side `resolution` in the resized image covers this many source pixels.
+    side = resolution * min(width, height) / shorter
+    left, top = (width - side) / 2.0, (height - side) / 2.0
+    return image.resize((resolution, resolution), RESAMPLE, box=(left, top, left + side, top + side))
+
+
+def normalize(image: Image.Image) -> np.ndarray:
+    """An RGB image as float32 CHW, each channel (x / 255 - MEAN) / STD."""
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    pixels = np.asarray(image, dtype=np.float32)
+    chw = (pixels * _SCALE - _OFFSET).transpose(2, 0, 1)
+    return np.ascontiguousarray(chw, dtype=np.float32)
+
+
+def to_input(image: Image.Image, resolution: int, crop_fraction: float = DEFAULT_CROP_FRACTION) -> np.ndarray:
+    """The model input for one image: float32 CHW of shape (3, resolution, resolution), normalised."""
+    check_arguments(resolution, crop_fraction)
+    return normalize(resize_and_center_crop(to_rgb(image), resolution, crop_fraction))
+
+
+def serving_input(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
+                  min_side: int = 1) -> np.ndarray:
+    """Image bytes -> model input, as the server does it: `decode_image` with a JPEG decoded straight to the
+    smallest power-of-two scale that still covers the resize target (DCT scaling averages the pixels it
+    drops, so the bicubic resize that follows sees a clean image), at least `min_side` pixels a side."""
+    shorter = math.ceil(resolution / DEFAULT_CROP_FRACTION)
+    image = decode_image(data, max_pixels, formats, shrink_to=shorter)
+    if min(image.size) < min_side:
+        raise UserError(f"the image is {image.size[0]}x{image.size[1]} pixels; both sides must be at least {min_side}")
+    return to_input(image, resolution)

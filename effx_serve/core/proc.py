@@ -1,0 +1,95 @@
+"""Local processes: the CPUs this process may use, a free port, a server started and awaited until ready, stopped.
+
+One way for every part of the project (the local tritonserver, benchmarks, load tests, tests) to start a
+server in a child process: its output goes to a log file, and `running` yields only once the server's
+readiness URL answers 200, or raises with the log's tail when it exits or is not ready in time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from effx_serve.core.errors import UserError
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's limit), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """Ask a child process to end (SIGTERM), kill it if it has not within `grace_s`, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def not_ready(url: str, timeout_s: float = 5.0) -> str | None:
+    """None when GET `url` answers 200, else why not: the status and the start of the body, or the connection error."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+            return None if answer.status == 200 else f"answered {answer.status}"
+    except urllib.error.HTTPError as error:
+        return f"answered {error.code}: {error.read()[:200].decode(errors='replace')}"
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return f"cannot connect ({getattr(error, 'reason', error)})"
+
+
+def wait_ready(url: str, timeout_s: float, process: subprocess.Popen | None = None, poll_s: float = 0.2) -> str | None:
+    """None once GET `url` answers 200 within `timeout_s`, else why it never did (or that `process` exited first)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reason = not_ready(url)
+        if reason is None:
+            return None
+        if process is not None and process.poll() is not None:
+            return f"exited with code {process.returncode} before {url} answered"
+        if time.monotonic() >= deadline:
+            return f"{url} was not ready within {timeout_s:g} s: {reason}"
+        time.sleep(poll_s)
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextmanager
+def running(argv: Sequence[str], ready_url: str, log: Path, timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
+            cwd: Path | None = None, grace_s: float = 15.0) -> Iterator[subprocess.Popen]:
+    """Run `argv` (output to `log`) until the block ends; yields the process once `ready_url` answers 200.
+
+    A UserError with the log's last lines when it exits or is not ready within `timeout_s`.
+    """
+    with open(log, "wb") as output:
+        process = subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, env=None if env is None else dict(env), cwd=cwd)
+    try:
+        problem = wait_ready(ready_url, timeout_s, process)
+        if problem is not None:
+            raise UserError(f"{Path(argv[0]).name} {problem}:\n{log_tail(log)}")
+        yield process
+    finally:
+        stop(process, grace_s)

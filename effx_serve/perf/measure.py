@@ -1,0 +1,92 @@
+"""Measure a spec's latency on this machine through the latency store: export (cached), time, record.
+
+The runtime names that key the store: `onnxruntime` (CPU execution provider), `onnxruntime-cuda`,
+`onnxruntime-tensorrt`, `torch` (eager) and `torch-compile`. Exported ONNX files are cached by
+architecture hash and resolution, so a spec is exported once however often it is profiled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from effx_serve.core.errors import UserError, needs_extra
+from effx_serve.core.fs import cache_dir
+from effx_serve.hardware.machine import Machine
+from effx_serve.perf.latency_model import predictor
+from effx_serve.perf.latency_store import LatencyKey, LatencyRecord, LatencyStore
+from effx_serve.perf.profiler import DEFAULT_PROTOCOL, Protocol, get_or_measure, profile_onnx, profile_torch
+from effx_serve.perf.roofline import analyze
+from training.arch.spec import ModelSpec
+
+ORT_PROVIDERS = {"onnxruntime": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider",
+                 "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
+RUNTIMES = (*ORT_PROVIDERS, "torch", "torch-compile")
+# On a CPU every measurement uses one intra-op thread: on small shared hosts a second thread makes latency
+# both noisier and less predictable (docs/profiling.md), and a server scales out with one session per core.
+CPU_THREADS = 1
+
+
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
+
+
+def onnx_file(spec: ModelSpec, resolution: int) -> Path:
+    """The spec exported at `resolution` (random weights: latency does not depend on their values), cached."""
+    path = cache_dir() / "onnx" / f"{spec.arch_hash()}-r{resolution}.onnx"
+    if not path.exists():
+        with needs_extra("train", "exporting a model"):
+            from training.arch.export import export_onnx
+            from training.arch.model import build_model
+        export_onnx(build_model(spec.with_(resolution=resolution)), path, resolution)
+    return path
+
+
+def measure_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, machine: Machine, store: LatencyStore,
+                 precision: str = "fp32", protocol: Protocol = DEFAULT_PROTOCOL, threads: int | None = None,
+                 onnx_path: Path | None = None) -> tuple[LatencyRecord, bool]:
+    """The measured record of `spec` at (resolution, batch) on this machine: from the store, or timed now.
+
+    ONNX runtimes time `onnx_path` when given (an export of this spec at this resolution), else a cached
+    export with random weights: latency depends on the graph, not on the weights' values.
+    """
+    check_runtime(runtime)
+    if runtime in ORT_PROVIDERS and precision != "fp32":
+        raise UserError(f"runtime {runtime} profiles the exported fp32 model; use --runtime torch for {precision}")
+    key = LatencyKey(spec.arch_hash(), machine.hardware_id, runtime, precision, batch, resolution)
+    if threads is None and machine.device == "cpu":
+        threads = CPU_THREADS
+
+    def run():
+        if runtime in ORT_PROVIDERS:
+            return profile_onnx(onnx_path or onnx_file(spec, resolution), batch, resolution, ORT_PROVIDERS[runtime], threads, protocol)
+        from training.arch.model import build_model
+
+        model = build_model(spec.with_(resolution=resolution))
+        return profile_torch(model, batch, resolution, machine.device, precision, runtime == "torch-compile", threads, protocol)
+
+    return get_or_measure(store, key, spec.name, run)
+
+
+def measured_vs_predicted(specs: Sequence[ModelSpec], batches: Sequence[int], runtime: str, precision: str, machine: Machine,
+                          store: LatencyStore, resolution: int | None = None) -> tuple[list[dict], str]:
+    """Per spec and batch: the measured latency beside the predicted one (this machine's calibrated latency model, else the
+    ideal roofline) and the achieved rates (FLOP/s, bytes/s, their fractions of the ceilings, E). Returns (rows, predictor)."""
+    predict, source = predictor(machine, runtime, precision)
+    peak, bandwidth = machine.hardware.peak_for(precision), machine.hardware.bandwidth
+    rows = []
+    for spec in specs:
+        size = resolution or spec.resolution
+        for batch in batches:
+            record, cached = measure_spec(spec, size, batch, runtime, machine, store, precision)
+            ideal = analyze(spec, machine.hardware, batch, precision, size)
+            seconds = record.p50_ms / 1e3
+            predicted = predict(spec, batch, size)
+            rows.append(dict(model=spec.name, resolution=size, batch=batch, runtime=runtime, hardware=machine.hardware_id,
+                             measured_ms=record.p50_ms, p90_ms=record.p90_ms, p99_ms=record.p99_ms, spread=record.spread, runs=record.runs,
+                             cached=cached, predicted_ms=predicted, predicted_by=source,
+                             flops_per_s=ideal.flops / seconds, bytes_per_s=ideal.bytes / seconds,
+                             peak_fraction=ideal.flops / seconds / peak, bandwidth_fraction=ideal.bytes / seconds / bandwidth,
+                             efficiency=ideal.predicted_ms / record.p50_ms, details=record.details, error=predicted / record.p50_ms - 1))
+    return rows, source

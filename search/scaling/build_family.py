@@ -1,0 +1,130 @@
+"""`effx-serve build-family`: train every member of a family.json, measure it, and summarise.
+
+Each member trains into `<out>/checkpoints/<member>/` (resumable: a killed run continues from the last
+finished epoch of the member it was on); the summary `<out>/family-results.json` lists per member its
+params, MACs, measured latency on this machine and validation top-1/top-5, and `<out>/family.png` plots
+top-1 against latency (beside the accuracy-only family when `--with-accuracy-only` trains it too). `--demo` runs the whole chain on
+the generated demo data: data, a small LACS, and the family, sized to finish in minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from effx_serve.core.fs import write_atomic
+from search.scaling.job import LacsSettings
+from training.arch.family_file import read_family
+from training.arch.spec import ModelSpec
+from training.errors import SpecError
+
+RESULTS_FILE = "family-results.json"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's sizes: chosen so data, LACS and four trained members fit in about ten minutes on 2 cores."""
+
+    images_per_class: int = 240
+    image_size: int = 64
+    base_resolution: int = 48
+    lacs: LacsSettings = LacsSettings(grid_step=0.25, tolerance=0.3, fine_step=None, w=-0.3, phis=(0.0, 0.75, 1.5, 2.25))
+    proxy_epochs: int = 3
+    proxy_stride: int = 2
+    member_epochs: int = 8
+
+
+def demo_base(resolution: int) -> ModelSpec:
+    """A half-width, shallow EfficientNet-X-B0 at a small input: the demo family's B0.
+
+    Half width rather than less: narrower members run in ~0.2 ms on one CPU thread whatever their size
+    (per-operator overhead dominates), so measured latency would not grow across the family.
+    """
+    from training.arch.presets import get_preset
+
+    return get_preset("efficientnet-x-b0", width=0.5, depth=0.34, resolution=resolution, num_classes=10).with_(name="demo-x")
+
+
+def _train_members(members: list[dict], data: Path, out: Path, epochs: int, latency_of, say, progress: bool) -> list[dict]:
+    from search.evaluators import short_run
+    from training import data as datasets
+
+    classes = datasets.class_names(data)
+    fingerprint = datasets.dataset_fingerprint(data)
+    rows = []
+    for member in members:
+        spec = ModelSpec.from_dict(member["spec"])
+        started = time.perf_counter()
+        say(f"training {spec.name} ({member['params'] / 1e6:.2f} M params, {spec.resolution} px) for {epochs} epochs")
+        checkpoints = out / "checkpoints" / spec.name
+        spec, metrics = short_run(spec, data, checkpoints, epochs, fingerprint, progress=progress)
+        datasets.write_labels(checkpoints, classes)
+        rows.append({"name": spec.name, "phi": member["phi"], "resolution": spec.resolution, "params": member["params"],
+                     "macs": member["macs"], "latency_ms": latency_of(spec), "top1": metrics["ema_top1"], "top5": metrics["ema_top5"],
+                     "checkpoint": str(checkpoints), "train_seconds": time.perf_counter() - started})
+        say(f"  {spec.name}: top-1 {100 * metrics['ema_top1']:.1f}%, {rows[-1]['latency_ms']:.3f} ms")
+    return rows
+
+
+def train_family(family_file: Path, data: Path, out: Path, epochs: int, latency_of: Callable[[ModelSpec], float],
+                 say: Callable[[str], None] = print, progress: bool = True, accuracy_only: bool = False) -> list[dict]:
+    """Train the LACS family (and, with `accuracy_only`, the accuracy-only family beside it); write results and family.png."""
+    family = read_family(family_file)
+    rows = _train_members(family["members"], data, out, epochs, latency_of, say, progress)
+    compared = []
+    if accuracy_only:
+        if "accuracy_only" not in family:
+            raise SpecError(f"{family_file} has no accuracy-only family to compare with")
+        compared = _train_members(family["accuracy_only"]["members"], data, out, epochs, latency_of, say, progress)
+    write_atomic(out / RESULTS_FILE, json.dumps({"family": str(family_file), "data": str(data), "hardware": family["hardware"],
+                                                 "members": rows, "accuracy_only_members": compared}, indent=2))
+    _plot(rows, compared, family, out / "family.png")
+    return rows
+
+
+def _plot(rows: list[dict], compared: list[dict], family: dict, path: Path) -> None:
+    """Validation top-1 against measured latency: the LACS family, and the accuracy-only one when it was trained."""
+    from effx_serve.core.errors import UserError
+    from effx_serve.core.plots import pyplot, save_figure
+
+    try:
+        plt = pyplot()
+    except UserError:  # no matplotlib: the picture is optional (the plot extra)
+        return
+    fig, ax = plt.subplots(figsize=(7, 5))
+    series = [(rows, "LACS", family["coefficients"], "o-")]
+    if compared:
+        series.append((compared, "accuracy-only", family["accuracy_only"]["coefficients"], "D--"))
+    for members, label, (a, b, g), style in series:
+        ax.plot([r["latency_ms"] for r in members], [100 * r["top1"] for r in members], style, label=f"{label} ({a:g}, {b:g}, {g:g})")
+        for r in members:
+            ax.annotate(r["name"].rsplit("-", 1)[-1], (r["latency_ms"], 100 * r["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"latency on {family['hardware']} (ms, p50, batch 1)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("trained family: accuracy against measured latency")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(plt, fig, path)
+
+
+def run_demo(out: Path, latency_of: Callable[[ModelSpec], float], hardware_id: str, settings: DemoSettings = DemoSettings(),
+             say: Callable[[str], None] = print, progress: bool = True, accuracy_only: bool = False) -> list[dict]:
+    from search.evaluators import ProxyAccuracy
+    from search.scaling import job as lacs_job
+    from training.demo_data import generate_demo_data
+
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out} is a file; give a folder")
+    started = time.perf_counter()
+    data = out / "data"
+    summary = generate_demo_data(data, size=settings.images_per_class, image_size=settings.image_size)
+    say(f"demo data: {summary['images']} images in {data}" + (" (reused)" if summary["reused"] else ""))
+    accuracy = ProxyAccuracy(data, out / "lacs" / "trials", epochs=settings.proxy_epochs, stride=settings.proxy_stride)
+    lacs_job.run(demo_base(settings.base_resolution), out / "lacs", accuracy, latency_of, hardware_id, settings.lacs, say)
+    say(f"LACS done after {time.perf_counter() - started:.0f} s")
+    rows = train_family(out / "lacs" / "family.json", data, out, settings.member_epochs, latency_of, say, progress, accuracy_only)
+    say(f"demo family built in {time.perf_counter() - started:.0f} s")
+    return rows

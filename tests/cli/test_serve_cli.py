@@ -1,0 +1,44 @@
+"""`effx-serve serve` as a user runs it: a real uvicorn process on a port, real HTTP, a clean stop; and its errors."""
+
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from effx_serve.cli import main
+from effx_serve.core.proc import free_port, wait_ready
+from tests.helpers import JPEG
+
+
+def test_a_missing_repository_is_one_line(tmp_path, capsys):
+    assert main(["serve", "--repo", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no manifest.json" in err and "build-repo" in err and len(err.splitlines()) == 1
+
+
+def test_bad_flags_are_refused(served_repository, capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--repo", str(served_repository), "--max-wait-ms", "-1"])
+    assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--port", str(free_port())]) == 2
+    assert "unknown family 'nope'" in capsys.readouterr().err
+
+
+def test_serve_over_real_http(served_repository):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(served_repository), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        problem = wait_ready(f"{base}/readyz", 60, process)
+        assert problem is None, f"{problem}: {process.stdout.read() if process.poll() is not None else ''}"
+        response = httpx.post(f"{base}/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"min_accuracy": 0.6})
+        assert response.status_code == 200 and response.json()["member"] == "tiny-f-b1"
+        assert "effx_requests_total" in httpx.get(f"{base}/metrics").text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal so that process managers see it
+    assert process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
+    assert f"http://127.0.0.1:{port}/docs" in output

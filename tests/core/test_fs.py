@@ -1,0 +1,80 @@
+"""effx_serve.core.fs: the one atomic writer (old or new content, never half), the JSON reader's one-line errors, sha256."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from effx_serve.core import fs
+from effx_serve.core.errors import UserError
+from training.errors import SpecError
+
+
+def test_write_atomic_replaces_text_or_bytes_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "a.json"
+    fs.write_atomic(target, '{"v": 1}')
+    fs.write_atomic(target, b'{"v": 2}')
+    assert json.loads(target.read_text()) == {"v": 2}
+    assert os.stat(target).st_mode & 0o777 == 0o644  # readable by the server or Triton running as another user
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_a_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypatch, failure):
+    target = tmp_path / "a.txt"
+    fs.write_atomic(target, "old")
+
+    def half_then_fail(handle, data):
+        handle.write(data[: len(data) // 2])
+        raise failure("killed")
+
+    monkeypatch.setattr(fs, "_write_all", half_then_fail)
+    with pytest.raises(failure):
+        fs.write_atomic(target, "new content")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_replacing_lets_any_writer_fill_the_file_and_fsyncs_before_the_rename(tmp_path, monkeypatch):
+    order = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(fs.os, "fsync", lambda fd: (order.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(fs.os, "replace", lambda a, b: (order.append("replace"), real_replace(a, b))[1])
+    target = tmp_path / "model.onnx"
+    with fs.replacing(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".model.onnx.") and tmp.name.endswith(".tmp")
+        tmp.write_bytes(b"weights")  # e.g. torch.onnx.export(..., tmp)
+        assert not target.exists()
+    assert target.read_bytes() == b"weights"
+    assert order[:2] == ["fsync", "replace"] and order[-1] == "fsync"  # the file's data, the rename, then the folder
+
+
+def test_read_json_names_the_file_and_the_cause_with_the_callers_error_class(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text('{"a": [1, 2]}')
+    assert fs.read_json(good, "family file") == {"a": [1, 2]}
+    (tmp_path / "bad.json").write_text("{nope")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    cases = [("missing.json", "cannot be read: No such file or directory"), ("bad.json", "is not JSON: "),
+             ("binary.json", "cannot be read: ")]
+    for name, words in cases:
+        with pytest.raises(SpecError, match=f"^family file {tmp_path / name} {words}"):
+            fs.read_json(tmp_path / name, "family file", SpecError)
+    with pytest.raises(UserError, match=f"^{tmp_path / 'bad.json'} is not JSON"):
+        fs.read_json(tmp_path / "bad.json")
+
+
+def test_sha256_file_reads_in_blocks(tmp_path):
+    data = os.urandom(3 * (1 << 20) + 17)
+    (tmp_path / "blob").write_bytes(data)
+    assert fs.sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_the_cache_folder_follows_the_environment_and_says_when_it_cannot_be_made(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFX_CACHE_DIR", str(tmp_path / "c"))
+    assert fs.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("EFFX_CACHE_DIR", str(tmp_path / "file" / "c"))
+    with pytest.raises(UserError, match="set EFFX_CACHE_DIR to a writable folder"):
+        fs.cache_dir()

@@ -1,0 +1,68 @@
+"""effx_serve.core.proc: a free port, waiting for readiness (with the reason when it never comes), a child process
+started, awaited and always stopped."""
+
+import http.server
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from effx_serve.core import proc
+from effx_serve.core.errors import UserError
+
+
+class _Readiness(http.server.BaseHTTPRequestHandler):
+    status = 503
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        self.send_response(self.status)
+        self.end_headers()
+        self.wfile.write(b"warming up" if self.status != 200 else b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def readiness():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Readiness)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/readyz"
+    server.shutdown()
+    _Readiness.status = 503
+
+
+def test_wait_ready_returns_once_ready_and_says_why_not_otherwise(readiness):
+    problem = proc.wait_ready(readiness, 0.3, poll_s=0.05)
+    assert problem.startswith(f"{readiness} was not ready within 0.3 s: answered 503: warming up")
+    threading.Timer(0.2, lambda: setattr(_Readiness, "status", 200)).start()
+    assert proc.wait_ready(readiness, 10, poll_s=0.05) is None
+    closed = f"http://127.0.0.1:{proc.free_port()}/readyz"
+    assert "cannot connect" in proc.wait_ready(closed, 0.2, poll_s=0.05)
+
+
+def test_running_yields_a_ready_process_and_stops_it(tmp_path):
+    port = proc.free_port()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    with proc.running(argv, f"http://127.0.0.1:{port}/", tmp_path / "server.log", timeout_s=30) as process:
+        assert process.poll() is None
+    assert process.returncode is not None  # stopped and reaped when the block ended
+
+
+def test_a_process_that_exits_early_is_one_error_with_its_log(tmp_path):
+    argv = [sys.executable, "-c", "import sys; print('bad config: no models'); sys.exit(3)"]
+    with pytest.raises(UserError, match=r"(?s)exited with code 3 before .* answered:.*bad config: no models"):
+        with proc.running(argv, f"http://127.0.0.1:{proc.free_port()}/", tmp_path / "log", timeout_s=30):
+            pass
+
+
+def test_stop_kills_a_process_that_ignores_sigterm():
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('up', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    stubborn.stdout.readline()
+    started = time.monotonic()
+    proc.stop(stubborn, grace_s=0.5)
+    assert stubborn.returncode == -9 and time.monotonic() - started < 10

@@ -1,0 +1,35 @@
+"""benchmarks/serving.py end to end, tiny: one member, the embedded backend, fractions of a second per measurement."""
+
+import json
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "serving.py"
+
+
+def test_a_missing_repository_says_how_to_build_one(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--repo", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "manifest.json is missing" in result.stderr and "build-repo --demo" in result.stderr
+
+
+def test_a_short_run_measures_both_rows(tmp_path, served_repository):
+    member = "tiny-f-b0"
+    out = tmp_path / "serving.json"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--repo", str(served_repository), "--member", member, "--backends", "onnxruntime",
+                             "--duration", "0.3", "--concurrency", "2", "--batch-concurrency", "1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode in (0, 1), result.stderr  # 1: a target missed, which this test does not judge
+    assert "raw ORT img/s" in result.stdout and "targets" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["image_bytes"] > 10_000
+    classify, batch = figures["rows"]
+    assert (classify["endpoint"], batch["endpoint"]) == ("classify", "batch16")
+    for row in (classify, batch):
+        assert row["member"] == member and row["backend"] == "onnxruntime"
+        assert row["http_p50_ms"] > row["inprocess_p50_ms"] > 0
+        assert row["served_images_per_s"] > 0 and row["raw_images_per_s"] > 0 and row["ratio"] > 0
+        assert all(not level["errors"] for level in row["levels"])
+    assert classify["server_timing_p50_ms"]["total_ms"] > 0 and classify["overhead_ms"] is not None

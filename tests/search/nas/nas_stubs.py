@@ -1,0 +1,43 @@
+"""A stub evaluator for search tests: instant, deterministic, with an accuracy-latency trade-off.
+
+Accuracy grows with log MACs and is bonused by swish and SE, latency grows with MACs and is charged for
+swish and SE, so the reward has a real optimum in the middle. Environment variables make it log every
+evaluation to a file (EFFX_STUB_LOG), sleep per candidate (EFFX_STUB_SLEEP) and fail on candidates whose
+architecture hash starts with one of the given characters (EFFX_STUB_FAIL).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from training.arch.plan import expand
+
+
+class StubEvaluator:
+    latency_source = "stub"
+
+    def __init__(self, config, work_dir) -> None:
+        self.log = os.environ.get("EFFX_STUB_LOG")
+        self.sleep = float(os.environ.get("EFFX_STUB_SLEEP", "0"))
+        self.fail = os.environ.get("EFFX_STUB_FAIL", "")
+
+    def latency(self, spec) -> float:
+        macs = expand(spec).macs
+        swish = sum(1 for s in spec.stages if (s.activation or spec.activation) == "swish")
+        se = sum(1 for s in spec.stages if s.se_ratio)
+        return macs / 2e6 * (1 + 0.03 * swish + 0.02 * se)
+
+    def accuracy(self, spec) -> float:
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{os.getpid()} {spec.name}\n")
+        if self.sleep:
+            time.sleep(self.sleep)
+        if self.fail and spec.arch_hash()[0] in self.fail:
+            raise RuntimeError(f"stub failure on {spec.arch_hash()}")
+        macs = expand(spec).macs
+        swish = sum(1 for s in spec.stages if (s.activation or spec.activation) == "swish")
+        se = sum(1 for s in spec.stages if s.se_ratio)
+        return min(0.95, 0.05 * math.log(macs) + 0.004 * swish + 0.003 * se)

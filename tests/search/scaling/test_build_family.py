@@ -1,0 +1,62 @@
+"""`effx-serve lacs` and `build-family` on tiny data: the real proxy training and latency measurement, small."""
+
+import json
+
+import pytest
+import torch
+
+from effx_serve.cli import main
+from search.scaling.build_family import RESULTS_FILE
+from training.arch.spec import spec_from_stage_strings
+from training.demo_data import generate_demo_data
+
+BASE = spec_from_stage_strings(["r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e4_i16_o24_se0.25"], width=0.5, resolution=24,
+                               num_classes=10, head_filters=64, name="tiny")
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch, quick_ceilings):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_lacs_then_build_family_on_tiny_data(tmp_path, capsys):
+    data = tmp_path / "data"
+    generate_demo_data(data, size=8, image_size=32)
+    lacs_out = tmp_path / "lacs"
+    argv = ["lacs", "--base", BASE.to_json(), "--data", str(data), "--out", str(lacs_out), "--grid-step", "0.5", "--tolerance", "0.5",
+            "--fine-step", "0", "--epochs", "1", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trials"] and result["lacs"]["reward"] == max(t["reward"] for t in result["trials"])
+    assert (lacs_out / "family.json").exists() and (lacs_out / "lacs.png").stat().st_size > 0
+    assert main(argv) == 0  # a second run reuses every trial (checkpoints and latency store)
+    capsys.readouterr()
+
+    family = json.loads((lacs_out / "family.json").read_text())
+    family["members"] = family["members"][:2]  # two members keep the test short
+    family["accuracy_only"]["members"] = family["accuracy_only"]["members"][:1]
+    (lacs_out / "family.json").write_text(json.dumps(family))
+    out = tmp_path / "family"
+    assert main(["build-family", "--family", str(lacs_out / "family.json"), "--data", str(data), "--out", str(out),
+                 "--epochs", "1", "--with-accuracy-only", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == [m["name"] for m in family["members"]]
+    assert all(0 <= r["top1"] <= 1 and r["latency_ms"] > 0 for r in rows)
+    saved = json.loads((out / RESULTS_FILE).read_text())
+    assert saved["members"] == rows and (out / "checkpoints" / rows[0]["name"] / "labels.txt").exists()
+    assert [r["name"] for r in saved["accuracy_only_members"]] == [family["accuracy_only"]["members"][0]["name"]]
+    assert (out / "family.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["build-family", "--out", "{tmp}/x"], "either --demo or --family"),
+    (["build-family", "--family", "{tmp}/f.json", "--out", "{tmp}/x"], "--family needs --data"),
+    (["build-family", "--family", "{tmp}/missing.json", "--data", "{tmp}", "--out", "{tmp}/x"], "cannot be read"),
+    (["lacs", "--base", "efficientnet-b0", "--data", "{tmp}", "--out", "{tmp}/x", "--hardware", "tpu-v3"], "measures latency on this machine"),
+])
+def test_bad_input(argv, message, tmp_path, capsys):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert message in capsys.readouterr().err

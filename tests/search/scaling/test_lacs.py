@@ -1,0 +1,145 @@
+import json
+import math
+
+import pytest
+
+from search.scaling.lacs import (
+    DEFAULT_PHIS,
+    Coefficients,
+    best,
+    coefficient_grid,
+    family,
+    member_row,
+    refine,
+    reward,
+    scale,
+    search,
+)
+from training.arch.presets import PRESETS
+from training.errors import SpecError
+
+X_B0 = PRESETS["efficientnet-x-b0"]
+
+
+def test_grid_obeys_the_constraint_and_the_step():
+    grid = coefficient_grid(step=0.1, tolerance=0.1)
+    assert grid and all(min(c.astuple()) >= 1.0 and abs(c.cost - 2.0) <= 0.1 for c in grid)
+    assert all(math.isclose(round(v * 10), v * 10, abs_tol=1e-9) for c in grid for v in c.astuple())
+    assert Coefficients(1.2, 1.1, 1.2) in grid or Coefficients(1.2, 1.1, 1.1) not in grid  # membership is by the constraint
+    finer = coefficient_grid(step=0.05)
+    assert len(finer) > len(grid)
+    with pytest.raises(SpecError, match="grid step"):
+        coefficient_grid(step=0)
+    with pytest.raises(SpecError, match="no \\(alpha, beta, gamma\\)"):
+        coefficient_grid(step=0.5, tolerance=0.01, target=1.3)
+
+
+def test_refine_stays_near_the_centre_on_the_constraint():
+    centre = Coefficients(1.2, 1.1, 1.15)
+    around = refine(centre, step=0.025)
+    assert around and all(abs(c.cost - 2.0) <= 0.05 for c in around)
+    assert all(abs(a - b) <= 0.05 + 1e-9 for c in around for a, b in zip(c.astuple(), centre.astuple(), strict=True))
+
+
+def test_scale_by_hand():
+    # phi = 0.97 with the paper's GPU coefficients: depth 1.28^0.97 = 1.2706, width 1.17^0.97 = 1.1645, resolution 224 * 1.07^0.97 = 239.0
+    member = scale(X_B0, Coefficients(1.28, 1.17, 1.07), 0.97, "x-gpu-b2")
+    assert (member.depth, member.width, member.resolution, member.name) == (1.27, 1.16, 239, "x-gpu-b2")
+    assert scale(X_B0, Coefficients(1.28, 1.17, 1.07), 0.0) .with_(name=X_B0.name) == X_B0
+
+
+def test_family_rows_by_hand():
+    members = family(X_B0, Coefficients(1.2, 1.1, 1.15), prefix="demo")
+    assert [m.name for m in members] == [f"demo-b{i}" for i in range(8)]
+    rows = [member_row(m, phi) for m, phi in zip(members, DEFAULT_PHIS, strict=True)]
+    # phi 6.48: depth 1.2^6.48 = 3.26, width 1.1^6.48 = 1.85, resolution 224 * 1.15^6.48 = 554
+    assert (rows[-1]["depth"], rows[-1]["width"], rows[-1]["resolution"]) == (3.26, 1.85, 554)
+    assert rows[0]["blocks"] == 16 and rows[0]["params"] == 7_584_104
+    assert all(a["macs"] < b["macs"] and a["blocks"] <= b["blocks"] for a, b in zip(rows, rows[1:], strict=False))
+    assert set(rows[0]) >= {"name", "depth", "width", "resolution", "blocks", "params", "macs"}
+
+
+@pytest.mark.parametrize("text, message", [("1.2,1.1", "three numbers"), ("a,b,c", "three numbers"), ("0.9,1.1,1.1", "alpha must be"),
+                                           ("1.2,nan,1.1", "beta must be")])
+def test_bad_coefficients(text, message):
+    with pytest.raises(SpecError, match=message):
+        Coefficients.parse(text)
+
+
+def test_reward_arithmetic():
+    assert reward(0.8, 10.0, 10.0) == pytest.approx(0.8)
+    assert reward(0.8, 20.0, 10.0) == pytest.approx(0.8 * 2**-0.07)  # twice as slow: about 5% less reward
+    assert reward(0.8, 5.0, 10.0, w_below=0.0, w_above=-1.0) == pytest.approx(0.8)  # hard constraint, met
+    assert reward(0.8, 20.0, 10.0, w_below=0.0, w_above=-1.0) == pytest.approx(0.4)
+    with pytest.raises(SpecError, match="positive"):
+        reward(0.8, 0.0, 10.0)
+
+
+def test_search_ranks_by_reward_and_reports_the_accuracy_only_winner():
+    """Synthetic evaluators: accuracy grows with every dimension, latency grows fastest with resolution.
+    The accuracy-only winner takes the most resolution; LACS trades it for depth, as the paper found."""
+    def accuracy_of(spec):
+        return 0.5 + 0.1 * math.log(spec.depth) + 0.1 * math.log(spec.width) + 0.3 * math.log(spec.resolution / 224)
+
+    def latency_of(spec):
+        return 10.0 * spec.depth * spec.width**2 * (spec.resolution / 224) ** 6
+
+    seen = []
+    trials = search(X_B0, accuracy_of, latency_of, target_ms=15.0, grid=coefficient_grid(0.1), fine_step=0.05, top_k=2,
+                    w=-0.5, progress=seen.append)
+    assert len(seen) == len(trials) and {t.stage for t in trials} == {"coarse", "fine"}
+    assert len({t.coefficients for t in trials}) == len(trials)  # nothing evaluated twice
+    lacs, accuracy_only = best(trials), best(trials, "accuracy")
+    assert lacs.reward == max(t.reward for t in trials)
+    assert accuracy_only.accuracy == max(t.accuracy for t in trials)
+    assert lacs.coefficients.gamma < accuracy_only.coefficients.gamma and lacs.latency_ms < accuracy_only.latency_ms
+
+
+def test_family_command(capsys):
+    from effx_serve.cli import main
+
+    assert main(["family", "--base", "efficientnet-x-b0", "--coefficients", "1.28,1.17,1.07", "--phis", "0,0.97", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["depth"], r["width"], r["resolution"]) for r in rows] == [
+        ("efficientnet-x-b0-b0", 1.0, 1.0, 224), ("efficientnet-x-b0-b1", 1.27, 1.16, 239)]
+    assert main(["family", "--base", "efficientnet-x-b0", "--coefficients", "1.28,1.17"]) == 2
+    assert "three numbers" in capsys.readouterr().err
+
+
+def test_lacs_job_writes_trials_winners_and_both_families(tmp_path):
+    from search.scaling.job import LacsSettings, run
+    from training.arch.family_file import read_family
+
+    calls = []
+
+    def accuracy_of(spec):
+        calls.append(spec.name)
+        return 0.5 + 0.1 * math.log(spec.depth) + 0.3 * math.log(spec.resolution / 224)
+
+    def latency_of(spec):
+        return 10.0 * spec.depth * spec.width**2 * (spec.resolution / 224) ** 6
+
+    settings = LacsSettings(grid_step=0.25, tolerance=0.25, fine_step=None, w=-0.5, phis=(0.0, 1.0, 2.0))
+    result = run(X_B0, tmp_path / "lacs", accuracy_of, latency_of, "cpu-test", settings, say=lambda line: None)
+    saved = json.loads((tmp_path / "lacs" / "lacs.json").read_text())
+    assert saved["lacs"] == result["lacs"] and len(saved["trials"]) == len(calls) == len(coefficient_grid(0.25, tolerance=0.25))
+    assert saved["target_ms"] == pytest.approx(latency_of(scale(X_B0, Coefficients(1.2, 1.1, 1.15), 1.0)))
+    family_file = read_family(tmp_path / "lacs" / "family.json")
+    members = family_file["members"]
+    assert [m["phi"] for m in members] == [0.0, 1.0, 2.0] and members[0]["spec"]["resolution"] == 224
+    assert all(a["expected_latency_ms"] < b["expected_latency_ms"] for a, b in zip(members, members[1:], strict=False))
+    assert tuple(family_file["coefficients"]) == tuple(saved["lacs"]["coefficients"])
+    assert len(family_file["accuracy_only"]["members"]) == 3
+
+
+def test_read_family_bad_files(tmp_path):
+    from training.arch.family_file import read_family
+
+    with pytest.raises(SpecError, match="cannot be read"):
+        read_family(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SpecError, match="not JSON"):
+        read_family(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({"members": []}))
+    with pytest.raises(SpecError, match="not a version-1 family"):
+        read_family(tmp_path / "old.json")

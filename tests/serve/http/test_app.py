@@ -1,0 +1,303 @@
+"""The HTTP API on a real (tiny) repository: every input shape, routing, every bad input, readiness, metrics."""
+
+import asyncio
+import base64
+import struct
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from effx_serve.serve.backends.base import BackendUnavailable
+from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
+from effx_serve.serve.http.app import create_app
+from effx_serve.serve.settings import DispatchSettings
+from tests.helpers import JPEG, image_bytes, make_server, post_jpeg, reference_logits, wait_ready
+
+
+def png_header(width, height):
+    """A PNG that claims width x height (a decompression bomb's header): nothing but the header is needed."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+@pytest.fixture(scope="module")
+def client(served_repository):
+    with TestClient(create_app(make_server(served_repository))) as client:
+        wait_ready(client)
+        yield client
+
+
+def test_one_image_as_a_raw_body(client, served_repository):
+    answer = post_jpeg(client, top_k=3).json()
+    assert answer["member"] == "tiny-f-b1" and answer["accuracy"] == 0.7  # no SLA: the most accurate
+    assert [p["label"] for p in answer["predictions"]] and len(answer["predictions"]) == 3
+    scores = [p["score"] for p in answer["predictions"]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-9
+    logits = reference_logits(served_repository, "tiny-f-b1", JPEG)
+    assert answer["predictions"][0]["index"] == int(np.argmax(logits))
+    assert answer["sla"] == {"kind": "none", "min_accuracy": None, "max_latency_ms": None, "expected_to_meet": True, "met": True, "misses": []}
+    timing = answer["timing"]
+    assert timing["total_ms"] >= timing["decode_ms"] > 0 and timing["inference_ms"] > 0
+    assert answer["observed_latency_ms"] == pytest.approx(timing["queue_ms"] + timing["inference_ms"])
+    assert answer["expected_latency_ms"] > 0 and answer["batch_size"] == 1 and "measured" in answer["latency_provenance"]
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGBA"), ("PNG", "L"), ("PNG", "P"), ("WEBP", "RGB"), ("JPEG", "CMYK"), ("PNG", "I;16")])
+def test_formats_and_modes(client, fmt, mode):
+    data = image_bytes(fmt, mode=mode)
+    response = client.post("/v1/classify", content=data, headers={"content-type": f"image/{fmt.lower()}"})
+    assert response.status_code == 200, response.json()
+
+
+def test_multipart_and_base64_json_give_the_same_answer(client):
+    raw = post_jpeg(client).json()["predictions"]
+    multipart = client.post("/v1/classify", files={"image": ("a.jpg", JPEG, "image/jpeg")}).json()["predictions"]
+    encoded = "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()
+    as_json = client.post("/v1/classify", json={"image": encoded, "top_k": 5}).json()["predictions"]
+    assert raw == multipart == as_json
+
+
+def test_parameters_in_the_body_are_validated_like_the_query(client):
+    response = client.post("/v1/classify", json={"image": base64.b64encode(JPEG).decode(), "min_accuracy": 1.5})
+    assert response.status_code == 422 and "min_accuracy" in response.json()["detail"]
+    response = client.post("/v1/classify", files={"image": ("a.jpg", JPEG, "image/jpeg")}, data={"min_accuracy": "0.6"})
+    assert response.json()["member"] == "tiny-f-b1"
+    response = client.post("/v1/classify", json={"image": base64.b64encode(JPEG).decode(), "colour": "blue"})
+    assert response.status_code == 422 and "colour" in response.json()["detail"]
+
+
+def test_a_batch_answers_each_image_in_order(client, served_repository):
+    images = [image_bytes(seed=seed) for seed in range(5)]
+    files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    answer = client.post("/v1/classify/batch", files=files, params={"member": "tiny-f-b0", "top_k": 1}).json()
+    assert answer["member"] == "tiny-f-b0" and len(answer["results"]) == 5
+    for data, result in zip(images, answer["results"], strict=True):
+        assert result["predictions"][0]["index"] == int(np.argmax(reference_logits(served_repository, "tiny-f-b0", data)))
+    as_json = client.post("/v1/classify/batch", json={"images": [base64.b64encode(d).decode() for d in images], "member": "tiny-f-b0",
+                                                      "top_k": 1}).json()
+    assert [r["predictions"] for r in as_json["results"]] == [r["predictions"] for r in answer["results"]]
+
+
+@pytest.mark.parametrize(("params", "member"), [
+    ({"min_accuracy": 0.4}, "tiny-f-b0"),  # both qualify: the faster
+    ({"min_accuracy": 0.6}, "tiny-f-b1"),
+    ({"max_latency_ms": 10_000}, "tiny-f-b1"),  # both fast enough: the more accurate
+    ({"min_accuracy": 0.4, "max_latency_ms": 10_000}, "tiny-f-b0"),
+    ({"member": "tiny-f-b0"}, "tiny-f-b0"),
+    ({"family": "tiny-f"}, "tiny-f-b1"),
+])
+def test_routing(client, params, member):
+    answer = post_jpeg(client, **params).json()
+    assert answer["member"] == member and answer["sla"]["expected_to_meet"]
+
+
+def test_an_sla_nobody_meets_is_rejected_with_options_or_served_flagged(client):
+    rejected = post_jpeg(client, min_accuracy=0.9)
+    assert rejected.status_code == 422
+    body = rejected.json()
+    assert "no member can meet" in body["detail"] and body["options"][0]["member"] == "tiny-f-b1"
+    assert body["options"][0]["misses"] == ["accuracy"]
+    served = post_jpeg(client, min_accuracy=0.9, on_miss="best_effort").json()
+    assert served["member"] == "tiny-f-b1" and served["sla"]["met"] is False and served["sla"]["misses"] == ["accuracy"]
+    fast = post_jpeg(client, max_latency_ms=1e-6, on_miss="best_effort").json()
+    assert fast["member"] == "tiny-f-b0" and "latency" in fast["sla"]["misses"] and not fast["sla"]["expected_to_meet"]
+
+
+TRUNCATED = JPEG[: len(JPEG) // 2]
+
+
+@pytest.mark.parametrize(("request_args", "status", "words"), [
+    ({"content": b"", "headers": {"content-type": "image/jpeg"}}, 400, "empty"),
+    ({"content": TRUNCATED, "headers": {"content-type": "image/jpeg"}}, 400, "truncated"),
+    ({"content": b"\xff\xd8\xff\xe0 not really a jpeg" * 10, "headers": {"content-type": "image/jpeg"}}, 400, "not"),
+    ({"content": b"hello, I am a text file\n" * 20, "headers": {"content-type": "image/jpeg"}}, 400, "not an image"),
+    ({"content": image_bytes("PNG", size=(1, 1)), "headers": {"content-type": "image/png"}}, 400, "at least"),
+    ({"content": png_header(20000, 20000), "headers": {"content-type": "image/png"}}, 400, "pixels"),
+    ({"content": image_bytes("TIFF"), "headers": {"content-type": "image/tiff"}}, 400, "unsupported image format TIFF"),
+    ({"content": JPEG, "headers": {"content-type": "text/plain"}}, 415, "Content-Type"),
+    ({"content": JPEG}, 415, "Content-Type"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON"),
+    ({"json": {"picture": "x"}}, 422, '"image"'),
+    ({"json": {"image": "!!!"}}, 422, "base64"),
+    ({"json": {"image": 12}}, 422, "base64"),
+    ({"json": ["image"]}, 422, "object"),
+    ({"files": {"note": ("a.txt", b"", "text/plain")}, "data": {}}, 400, "empty"),
+    ({"data": {"min_accuracy": "0.5"}}, 415, "Content-Type"),
+    ({"files": [("a", ("a.jpg", JPEG, "image/jpeg")), ("b", ("b.jpg", JPEG, "image/jpeg"))]}, 422, "/v1/classify/batch"),
+])
+def test_bad_bodies_are_4xx_with_a_reason(client, request_args, status, words):
+    response = client.post("/v1/classify", **request_args)
+    assert response.status_code == status, response.json()
+    assert words in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    ({"min_accuracy": 1.5}, "min_accuracy"), ({"min_accuracy": -1}, "min_accuracy"), ({"max_latency_ms": 0}, "max_latency_ms"),
+    ({"max_latency_ms": "NaN"}, "max_latency_ms"), ({"max_latency_ms": "inf"}, "max_latency_ms"), ({"top_k": 0}, "top_k"),
+    ({"top_k": 10**6}, "top_k"), ({"top_k": 11}, "10 labels"), ({"on_miss": "pray"}, "on_miss"), ({"speed": "max"}, "speed"),
+])
+def test_bad_parameters_are_422(client, params, words):
+    response = post_jpeg(client, **params)
+    assert response.status_code == 422 and words in response.json()["detail"]
+
+
+def test_unknown_member_or_family_is_404(client):
+    for params in ({"member": "b9"}, {"family": "nope"}):
+        response = post_jpeg(client, **params)
+        assert response.status_code == 404 and "tiny-f" in response.json()["detail"]
+
+
+def test_the_body_limit_is_413(served_repository):
+    with TestClient(create_app(make_server(served_repository, max_body_bytes=1000))) as small:
+        wait_ready(small)
+        assert post_jpeg(small, data=image_bytes(size=(400, 300))).status_code == 413
+        chunked = small.post("/v1/classify", content=iter([b"x" * 600, b"x" * 600]), headers={"content-type": "image/jpeg"})
+        assert chunked.status_code == 413 and "limit of 1000 bytes" in chunked.json()["detail"]
+        too_many = small.post("/v1/classify/batch", json={"images": ["AA=="] * 65})
+        assert too_many.status_code in (413, 422)
+
+
+def test_the_server_still_serves_after_every_bad_request(client):
+    assert post_jpeg(client).status_code == 200
+
+
+def test_models_hardware_health_and_openapi(client):
+    models = client.get("/v1/models").json()
+    assert models["default_family"] == "tiny-f" and models["families"]["tiny-f"] == ["tiny-f-b0", "tiny-f-b1"]
+    first = models["members"][0]
+    assert first["latency_provenance"] == "measured" and first["profile"][0]["batch"] == 1 and first["expected_latency_ms"] > 0
+    assert first["latency_on_this_hardware"] is False  # the test's hardware id has no records of its own
+    hardware = client.get("/v1/hardware").json()
+    assert hardware["hardware"]["id"] == "cpu-test" and hardware["backend"]["kind"] == "onnxruntime"
+    assert any("no measured latency of this hardware" in note for note in hardware["notes"])
+    assert client.get("/healthz").json() == {"status": "live"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/classify", "/v1/classify/batch", "/v1/models", "/v1/hardware", "/metrics"} <= set(paths)
+    assert "image/jpeg" in paths["/v1/classify"]["post"]["requestBody"]["content"]
+
+
+def test_metrics(client):
+    post_jpeg(client, min_accuracy=0.6)
+    post_jpeg(client, min_accuracy=0.99)
+    text = client.get("/metrics").text
+    for needle in ('effx_requests_total{endpoint="classify",member="tiny-f-b1",status="200"}', 'effx_sla_misses_total{cause="rejected",sla="accuracy"}',
+                   "effx_request_seconds_bucket", "effx_batch_size_bucket", 'effx_queue_depth{member="tiny-f-b0"}', "effx_ready 1.0",
+                   'effx_latency_correction{member="tiny-f-b1"}'):
+        assert needle in text, needle
+
+
+class GatedBackend(OnnxRuntimeBackend):
+    """The real embedded backend, with a gate on loading and on inference, and a switch that makes it fail."""
+
+    def __init__(self):
+        super().__init__("cpu")
+        self.loading, self.running, self.broken = asyncio.Event(), asyncio.Event(), False
+        self.running.set()
+
+    async def start(self, members):
+        await self.loading.wait()
+        await super().start(members)
+
+    async def infer(self, member, batch):
+        await self.running.wait()
+        if self.broken:
+            raise BackendUnavailable("the accelerator fell off the bus")
+        return await super().infer(member, batch)
+
+
+def test_readiness_waits_for_warm_models_and_failures_are_503(served_repository):
+    backend = GatedBackend()
+    with TestClient(create_app(make_server(served_repository, backend))) as client:
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503 and "loading" in not_ready.json()["detail"]
+        assert post_jpeg(client).status_code == 503
+        assert client.get("/healthz").status_code == 200
+        client.portal.call(backend.loading.set)
+        wait_ready(client)
+        assert post_jpeg(client).status_code == 200
+        backend.broken = True
+        failed = post_jpeg(client)
+        assert failed.status_code == 503 and "fell off the bus" in failed.json()["detail"] and failed.headers["retry-after"] == "1"
+        backend.broken = False
+        assert post_jpeg(client).status_code == 200
+
+
+def test_a_full_queue_answers_429_with_retry_after(served_repository):
+    backend = GatedBackend()
+    backend.loading.set()
+    server = make_server(served_repository, backend, dispatch=DispatchSettings(max_queue=2, max_wait_ms=0.0), max_images=2)
+    app = create_app(server)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                while (await http.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.02)
+                backend.running.clear()  # inference stalls: requests pile up
+
+                def send():
+                    return http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"member": "tiny-f-b0"})
+                batcher = server.dispatcher.batchers["tiny-f-b0"]
+
+                async def until(condition):
+                    deadline = time.monotonic() + 30
+                    while not condition() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)
+
+                stalled = [asyncio.create_task(send())]
+                await until(lambda: batcher.running == 1)  # one image runs (and stalls)
+                stalled += [asyncio.create_task(send()) for _ in range(2)]
+                await until(lambda: batcher.queued == 2)  # two wait: the queue is full
+                refused = await asyncio.wait_for(send(), 30)
+                backend.running.set()
+                return refused, await asyncio.wait_for(asyncio.gather(*stalled), 30)
+
+    refused, stalled = asyncio.run(scenario())
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1 and "queued" in refused.json()["detail"]
+    assert [r.status_code for r in stalled] == [200, 200, 200]
+
+
+def test_the_in_flight_limit_answers_429(served_repository):
+    backend = GatedBackend()
+    backend.loading.set()
+    server = make_server(served_repository, backend, max_in_flight=1)
+    app = create_app(server)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+                while (await http.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.02)
+                backend.running.clear()
+                send = lambda: http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"})  # noqa: E731
+                stalled = asyncio.create_task(send())
+                while server.in_flight < 1:
+                    await asyncio.sleep(0.01)
+                refused = await asyncio.wait_for(send(), 30)
+                backend.running.set()
+                return refused, await asyncio.wait_for(stalled, 30)
+
+    refused, stalled = asyncio.run(scenario())
+    assert refused.status_code == 429 and "1 requests, its limit" in refused.json()["detail"] and stalled.status_code == 200
+
+
+def test_a_model_onnx_runtime_cannot_load_is_named_by_readyz(served_repository, tmp_path):
+    import shutil
+
+    broken = tmp_path / "repo"
+    shutil.copytree(served_repository, broken)
+    (broken / "tiny-f-b1" / "1" / "model.onnx").write_bytes(b"not a model")
+    with TestClient(create_app(make_server(broken))) as client:
+        deadline = time.monotonic() + 30
+        while "startup failed" not in client.get("/readyz").json()["detail"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer = client.get("/readyz")
+        assert answer.status_code == 503 and "tiny-f-b1" in answer.json()["detail"] and "ONNX Runtime" in answer.json()["detail"]
+        assert post_jpeg(client).status_code == 503

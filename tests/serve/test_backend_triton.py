@@ -1,0 +1,195 @@
+"""The Triton backend against the real tritonserver that nvidia-pytriton ships, on a python-backend repository."""
+
+import asyncio
+import contextlib
+import math
+
+import numpy as np
+import pytest
+
+from effx_serve.core import proc
+from effx_serve.core.errors import UserError
+from effx_serve.repository import manifest, triton_local
+from effx_serve.serve import catalog
+from effx_serve.serve.backends.base import BackendUnavailable
+from effx_serve.serve.backends.triton import TritonBackend
+from tests.helpers import build, measure_quickly, triton_or_skip
+
+
+@pytest.fixture(scope="module")
+def members(tiny_family, tmp_path_factory):
+    """The members of a python-backend repository of the tiny family (the only backend the local tritonserver has)."""
+    triton_or_skip()
+    out = tmp_path_factory.mktemp("triton-repo") / "model_repository"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EFFX_CACHE_DIR", str(out.parent / "cache"))
+        measure_quickly(mp)
+        build(tiny_family, out, backend="python", batches=(1, 4))
+    data = manifest.read(out)
+    loaded = catalog.load(out, data["target_hardware"], "onnxruntime")
+    return list(loaded.members.values())
+
+
+@pytest.fixture(scope="module")
+def triton(members):
+    with triton_local.serve(members[0].model_path.parents[2]) as server:
+        yield server
+
+
+def expected_logits(member, batch):
+    from effx_serve.perf.session import onnxruntime_session
+
+    return onnxruntime_session(member.model_path, threads=1).run([member.output_name], {member.input_name: batch})[0]
+
+
+def images(member, n, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, member.resolution, member.resolution)).astype(np.float32)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_answers_as_onnxruntime_does(members, triton, protocol):
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+
+    async def scenario():
+        backend = TritonBackend(url, protocol, runtime="onnxruntime", ready_timeout_s=30, poll_interval_s=0.2)
+        assert backend.problem() == "not started"
+        await backend.start(members)
+        try:
+            assert backend.problem() is None
+            for member in members:
+                for n in (1, 3):
+                    batch = images(member, n, seed=n)
+                    got = await backend.infer(member, batch)
+                    assert got.shape == (n, len(member.labels))
+                    np.testing.assert_allclose(got, expected_logits(member, batch), rtol=1e-4, atol=1e-4)
+            # Concurrent batches, as the micro-batcher sends them (workers_per_member at once).
+            member = members[0]
+            batches = [images(member, 2, seed=10 + i) for i in range(backend.workers_per_member)]
+            answers = await asyncio.gather(*(backend.infer(member, b) for b in batches))
+            for batch, got in zip(batches, answers, strict=True):
+                np.testing.assert_allclose(got, expected_logits(member, batch), rtol=1e-4, atol=1e-4)
+            await asyncio.sleep(0.5)  # a few polls have read the statistics of those requests
+            for member in members:
+                delay = backend.queue_delay_ms(member)
+                assert isinstance(delay, float) and math.isfinite(delay) and delay >= 0
+            assert backend.describe() == {"kind": "triton", "url": url, "protocol": protocol, "runtime": "onnxruntime", "healthy": True,
+                                          "problem": None, "workers_per_member": 4}
+        finally:
+            await backend.close()
+        assert backend.problem() == "not started"
+
+    asyncio.run(scenario())
+
+
+def test_queue_delay_is_read_from_triton_statistics(members, triton):
+    """Many concurrent requests queue in Triton: the polled average is a finite, non-negative number of ms."""
+    member = members[-1]
+
+    async def scenario():
+        backend = TritonBackend(triton.http_url, "http", runtime="onnxruntime", ready_timeout_s=30, poll_interval_s=0.2)
+        await backend.start(members)
+        try:
+            assert backend.queue_delay_ms(member) == 0.0  # nothing seen yet
+            await asyncio.gather(*(backend.infer(member, images(member, 4, seed=i)) for i in range(24)))
+            await asyncio.sleep(0.5)
+            delay = backend.queue_delay_ms(member)
+            assert math.isfinite(delay) and delay >= 0
+            seen = backend._stats[member.name][0]  # the queue count the poll read covers the requests sent
+            assert seen >= 24
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_nothing_listening_times_out_with_the_url(members, protocol):
+    url = f"127.0.0.1:{proc.free_port()}"
+
+    async def scenario():
+        backend = TritonBackend(url, protocol, runtime="onnxruntime", ready_timeout_s=1.5)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UserError, match=rf"Triton at {url} was not ready after 1.5 s: ") as caught:
+            await backend.start(members)
+        assert asyncio.get_running_loop().time() - started < 8
+        assert backend.problem() == "not started"
+        return str(caught.value)
+
+    message = asyncio.run(scenario())
+    if protocol == "http":
+        assert message.endswith("connection refused")
+
+
+def test_an_unknown_member_is_not_ready(members, triton):
+    from dataclasses import replace
+
+    ghost = replace(members[0], name="no-such-model")
+
+    async def scenario():
+        backend = TritonBackend(triton.http_url, "http", runtime="onnxruntime", ready_timeout_s=1)
+        with pytest.raises(UserError, match="model no-such-model is not ready"):
+            await backend.start([*members, ghost])
+
+    asyncio.run(scenario())
+
+
+def test_bad_arguments():
+    with pytest.raises(UserError, match="unknown Triton protocol 'rest'"):
+        TritonBackend("127.0.0.1:8000", "rest", runtime="onnxruntime")
+    with pytest.raises(UserError, match="without a scheme"):
+        TritonBackend("http://127.0.0.1:8000", "http", runtime="onnxruntime")
+    with pytest.raises(UserError, match="must be > 0"):
+        TritonBackend("127.0.0.1:8000", "http", runtime="onnxruntime", ready_timeout_s=0)
+
+    async def before_start():
+        backend = TritonBackend("127.0.0.1:8000", "grpc", runtime="onnxruntime")
+        with pytest.raises(BackendUnavailable, match="not started"):
+            await backend.infer(None, np.zeros((1, 3, 8, 8), np.float32))
+        await backend.close()  # closing what never started is harmless
+
+    asyncio.run(before_start())
+
+
+async def _until(condition, timeout_s):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_stopped_then_back(members, monkeypatch, protocol):
+    """Triton stops: requests fail with BackendUnavailable naming its URL and the backend reports a problem.
+    A new tritonserver on the same ports (triton_local picks free ports; here it is handed the old ones): it recovers."""
+    repository = members[0].model_path.parents[2]
+    member = members[0]
+    batch = images(member, 2)
+
+    async def scenario():
+        first_server = contextlib.ExitStack()  # closed midway: that is Triton stopping
+        first = first_server.enter_context(triton_local.serve(repository))
+        url = first.http_url if protocol == "http" else first.grpc_url
+        backend = TritonBackend(url, protocol, runtime="onnxruntime", ready_timeout_s=30, poll_interval_s=0.2)
+        try:
+            await backend.start(members)
+            await backend.infer(member, batch)
+            first_server.close()
+            with pytest.raises(BackendUnavailable, match=f"Triton at {url} could not run {member.name}: "):
+                await backend.infer(member, batch)
+            assert backend.problem() is not None and url in backend.problem()
+            await asyncio.sleep(0.6)  # polls while Triton is down keep the problem
+            assert backend.problem().startswith(f"Triton at {url} is unreachable: ")
+            assert backend.describe()["healthy"] is False
+
+            ports = iter([first.http_port, first.grpc_port, proc.free_port()])
+            monkeypatch.setattr(proc, "free_port", lambda: next(ports))
+            with triton_local.serve(repository):
+                assert await _until(lambda: backend.problem() is None, 15), backend.problem()
+                np.testing.assert_allclose(await backend.infer(member, batch), expected_logits(member, batch), rtol=1e-4, atol=1e-4)
+        finally:
+            first_server.close()
+            await backend.close()
+
+    asyncio.run(scenario())
