@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from effx_serve.serve.errors import Overloaded, Unavailable
+
 RunBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
@@ -30,14 +32,14 @@ class ItemResult:
     batch_size: int
 
 
-class QueueFull(Exception):
+class QueueFull(Overloaded):
     def __init__(self, member: str, capacity: int, retry_after_s: float):
-        super().__init__(f"member {member} has {capacity} images queued, its limit; retry in {retry_after_s:.1f} s")
-        self.member, self.retry_after_s = member, retry_after_s
+        super().__init__(f"member {member} has {capacity} images queued, its limit; retry in {retry_after_s:.1f} s", retry_after_s)
+        self.member = member
 
 
-class BatcherClosed(Exception):
-    pass
+class BatcherClosed(Unavailable):
+    """The member's batcher is shutting down."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 from effx_serve.core.errors import UserError
 from effx_serve.hardware.ids import hardware_class as hardware_class_of
 from effx_serve.repository import manifest as manifest_io
+from effx_serve.serve.errors import UnknownName
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,6 @@ class Catalog:
         if name not in self.members:
             raise UnknownName(f"unknown member '{name}'; this repository has: {', '.join(sorted(self.members))}")
         return self.members[name]
-
-
-class UnknownName(UserError):
-    """A request names a family or member the repository does not have."""
 
 
 _PROVENANCE_RANK = {"measured": 0, "published": 1, "predicted": 2}

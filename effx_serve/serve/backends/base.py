@@ -14,11 +14,12 @@ import numpy as np
 
 from effx_serve.core.proc import available_cpus
 from effx_serve.serve.catalog import Member
+from effx_serve.serve.errors import Unavailable
 
 BACKENDS = ("onnxruntime", "triton")
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(Unavailable):
     """The backend cannot serve now (not started, or its server is down); the message names the cause."""
 
 

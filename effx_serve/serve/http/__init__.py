@@ -1,3 +1,3 @@
-"""The HTTP edge: the FastAPI app, its request and answer models, request body parsing, and the one map
-from errors to HTTP statuses. Everything else about a request happens in effx_serve.serve.flow.
+"""The HTTP edge: the FastAPI app, request body parsing, and the one map from errors to HTTP statuses.
+Everything else about a request happens in effx_serve.serve.flow.
 """

@@ -15,25 +15,16 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+
+from effx_serve.serve.http.errors import RequestProblem, first_error
+from effx_serve.serve.schema import ClassifyParams
 
 RAW_IMAGE_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP",
                    "image/gif": "GIF", "image/tiff": "TIFF"}
-
-
-class RequestProblem(Exception):
-    """A request the server cannot take as sent: the HTTP status that says why, the message, and any extra
-    headers (Retry-After) or fields (the nearest options of a rejected SLA) of the answer."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, extra: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers, self.extra = status, headers, extra or {}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"detail": str(self), **self.extra}, self.status, headers=self.headers)
 
 
 @dataclass
@@ -127,3 +118,13 @@ async def read_images(request: Request, limit: int, max_images: int) -> ImageReq
     if content_type == "multipart/form-data":
         return await _from_multipart(request, body, max_images)
     return ImageRequest([body])
+
+
+def with_body_fields(query: ClassifyParams, fields: dict) -> ClassifyParams:
+    """The request's parameters: the query string's, with those sent as body fields (multipart or JSON) on top, checked alike."""
+    if not fields:
+        return query
+    try:
+        return ClassifyParams.model_validate({**query.model_dump(exclude_unset=True), **fields})
+    except ValidationError as error:
+        raise RequestProblem(422, first_error(error.errors())) from None

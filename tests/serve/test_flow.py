@@ -1,0 +1,53 @@
+"""The request flow without HTTP: images and parameters in, an answer or the reason it was not served out."""
+
+import asyncio
+import time
+
+import pytest
+
+from effx_serve.serve import flow
+from effx_serve.serve.errors import InvalidRequest, SlaUnmeetable, UnknownName, UnreadableImage
+from effx_serve.serve.schema import ClassifyParams
+from tests.helpers import JPEG, make_server
+
+
+async def _started(server):
+    await server.open()
+    while server.problem() is not None:
+        await asyncio.sleep(0.02)
+
+
+def test_the_flow_routes_decodes_runs_and_answers_with_a_trace(served_repository):
+    async def scenario():
+        server = make_server(served_repository)
+        await _started(server)
+        try:
+            trace = flow.Trace(started=time.perf_counter())
+            answer = await flow.classify(server, [JPEG], ClassifyParams(min_accuracy=0.6, top_k=3), False, trace)
+            batch = await flow.classify(server, [JPEG, JPEG], ClassifyParams(member="tiny-f-b0"), True, flow.Trace(time.perf_counter()))
+            failures = []
+            for images, params, batched in (([JPEG, JPEG], ClassifyParams(), False), ([JPEG], ClassifyParams(min_accuracy=0.99), False),
+                                             ([b"not an image"], ClassifyParams(), False), ([JPEG], ClassifyParams(member="nope"), False),
+                                             ([JPEG], ClassifyParams(top_k=11), False)):
+                try:
+                    await flow.classify(server, images, params, batched, flow.Trace(time.perf_counter()))
+                except Exception as error:  # noqa: BLE001 - collected for the assertions below
+                    failures.append(error)
+            return trace, answer, batch, failures
+        finally:
+            await server.close()
+
+    trace, answer, batch, failures = asyncio.run(scenario())
+    assert answer.member == trace.member == "tiny-f-b1" and trace.sla == "accuracy" and answer.sla.met and len(answer.predictions) == 3
+    assert answer.timing.total_ms >= answer.timing.decode_ms + answer.timing.inference_ms
+    assert batch.member == "tiny-f-b0" and len(batch.results) == 2
+    kinds = [type(error) for error in failures]
+    assert kinds == [InvalidRequest, SlaUnmeetable, UnreadableImage, UnknownName, InvalidRequest], failures
+    assert [o["member"] for o in failures[1].options][:1] == ["tiny-f-b1"] and "min_accuracy 0.99" in str(failures[1])
+
+
+@pytest.mark.parametrize("error", [InvalidRequest("x"), UnreadableImage("x"), UnknownName("x"), SlaUnmeetable("x", [])])
+def test_every_reason_maps_to_one_client_status(error):
+    from effx_serve.serve.http import errors
+
+    assert 400 <= errors.response(error).status_code < 500
