@@ -1,4 +1,4 @@
-"""What the HTTP router costs over raw ONNX Runtime on this machine: per-request overhead and served throughput (issue 6).
+"""What the HTTP router costs over raw ONNX Runtime on this machine: per-request overhead and served throughput.
 
     .venv/bin/python benchmarks/serving.py [--member NAME] [--backends onnxruntime,triton] [--duration 3] [--json OUT.json]
 

@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 
 from effx_serve.core import plots
-from effx_serve.core.errors import UserError
 from effx_serve.core.fs import write_atomic
 
 DASH = "—"
@@ -211,20 +210,12 @@ def _server(metrics) -> list[tuple]:
 
 # Charts: optional (matplotlib is an extra), drawn only when there is something to draw.
 
-def _optional_pyplot():
-    """matplotlib.pyplot on the Agg backend, or None when it is not installed."""
-    try:
-        return plots.pyplot()
-    except UserError:
-        return None
-
-
 def _charts(report: dict, folder: Path) -> tuple[list[str], bool]:
     """(names of the PNGs written, whether charts were wanted but matplotlib is missing)."""
     wanted = [("timeline.png", _draw_timeline)] if _rows(report.get("timeline")) else []
     if sum(1 for _, y, _ in _curve(report) if math.isfinite(y)) >= 2:
         wanted.append(("capacity.png", _draw_capacity))
-    plt = _optional_pyplot() if wanted else None
+    plt = plots.optional_pyplot() if wanted else None
     if plt is None:
         return [], bool(wanted)
     for name, draw in wanted:

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from effx_serve.core.errors import UserError
-from effx_serve.hardware.machine import Machine
+from effx_serve.hardware.machine import Machine, this_machine
+from effx_serve.perf.latency_model import predictor
 from effx_serve.perf.latency_store import LatencyStore
 from effx_serve.perf.measure import measure_spec
 from training.arch.spec import ModelSpec
+from training.recipe import Recipe
 
 SHORT_RUN_CROP_SCALE = (0.5, 1.0)
 
@@ -36,7 +38,6 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
 
     from training import data as datasets
     from training.loop import train
-    from training.recipe import Recipe
 
     train_set = datasets.ImageFolder(data, "train", datasets.train_transform(spec.resolution, scale=SHORT_RUN_CROP_SCALE))
     val_set = datasets.ImageFolder(data, "val", datasets.eval_transform(spec.resolution))
@@ -96,8 +97,6 @@ class PredictedLatency:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        from effx_serve.perf.latency_model import predictor
-
         self._predict, self.source = predictor(self.machine, self.runtime)
 
     def __call__(self, spec: ModelSpec) -> float:
@@ -108,8 +107,6 @@ class ProxyEvaluator:
     """What a search trial measures by default: proxy top-1 (short training) and latency, measured or predicted."""
 
     def __init__(self, config, work_dir: Path) -> None:
-        from effx_serve.hardware.machine import this_machine
-
         if not config.data:
             raise UserError("proxy training needs a dataset: give --data DIR")
         self.machine = this_machine()

@@ -18,6 +18,14 @@ def pyplot():
     return plt
 
 
+def optional_pyplot():
+    """pyplot, or None when matplotlib is not installed: for pictures that come beside a JSON result, not instead of it."""
+    try:
+        return pyplot()
+    except UserError:
+        return None
+
+
 def save_figure(plt, fig, path: Path) -> Path:
     """Write `fig` to `path` atomically (closing it); folder and format problems are one-line errors."""
     try:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnxruntime as ort
 
-from effx_serve.core.errors import UserError
+from effx_serve.core.errors import UserError, needs_extra
+from effx_serve.perf.latency_store import LatencyRecord
 from effx_serve.perf.session import onnxruntime_session
 
 
@@ -104,10 +105,8 @@ def profile_torch(model, batch: int, resolution: int, device: str = "cpu", preci
                   threads: int | None = None, protocol: Protocol = DEFAULT_PROTOCOL) -> tuple[Timing, dict]:
     """Time a PyTorch module (eager, or torch.compile'd) at one batch size, synchronising the device per run."""
     _check_batch(batch)
-    try:
+    with needs_extra("train", "the torch runtime"):
         import torch
-    except ImportError:
-        raise UserError("the torch runtime needs PyTorch: pip install 'effx-serve[train]'") from None
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if precision not in dtypes:
         raise UserError(f"the torch runtime runs fp32, fp16 or bf16, not {precision}")
@@ -150,8 +149,6 @@ def get_or_measure(store, key, model: str, measure) -> tuple[object, bool]:
 
     Returns (record, came_from_store): a cached result is never measured twice.
     """
-    from effx_serve.perf.latency_store import LatencyRecord
-
     cached = store.get(key, provenance="measured")
     if cached is not None:
         return cached, True

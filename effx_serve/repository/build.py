@@ -27,13 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effx_serve.core import atomic_dir
-from effx_serve.core.errors import UserError
+from effx_serve.core.errors import UserError, needs_extra
 from effx_serve.core.fs import sha256_file
+from effx_serve.core.preprocess import DEFAULT_CROP_FRACTION, MEAN, STD
+from effx_serve.hardware.ceilings import get_hardware
 from effx_serve.hardware.ids import hardware_class
 from effx_serve.hardware.machine import Machine
+from effx_serve.perf import latency_model
 from effx_serve.perf.measure import measure_spec
+from effx_serve.perf.roofline import analyze
 from effx_serve.repository import manifest, triton_config
 from effx_serve.repository.manifest import MANIFEST_FILE, MANIFEST_VERSION
+from training.arch.family_file import read_family
 from training.arch.spec import ModelSpec
 
 DEFAULT_BATCHES = (1, 4, 16)
@@ -145,10 +150,6 @@ def _measured(spec: ModelSpec, model: Path, machine: Machine, store, batches) ->
 
 def _predicted(spec: ModelSpec, hardware_id: str, batches) -> list[dict]:
     """Latency on hardware this machine is not: the calibrated latency model where one exists, else the roofline bound."""
-    from effx_serve.hardware.ceilings import get_hardware
-    from effx_serve.perf import latency_model
-    from effx_serve.perf.roofline import analyze
-
     hardware = get_hardware(hardware_id)
     runtime, precision = SERVING_RUNTIME[hardware_class(hardware.id)]
     calibrated = latency_model.load(hardware.id, runtime, precision)
@@ -174,10 +175,8 @@ def _keep_own_files(out: Path, staging: Path) -> None:
 def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: RepoSettings, machine: Machine, store,
                      say: Callable[[str], None] = print) -> dict:
     """Build (or rebuild) the repository at `out`; returns the manifest written."""
-    from effx_serve.core.preprocess import DEFAULT_CROP_FRACTION, MEAN, STD
-    from effx_serve.perf.roofline import analyze
-    from training.arch.export import INPUT_NAME, OUTPUT_NAME
-    from training.arch.family_file import read_family
+    with needs_extra("train", "build-repo"):  # the export: torch and onnx
+        from training.arch.export import INPUT_NAME, OUTPUT_NAME
 
     if settings.backend not in triton_config.BACKENDS:
         raise UserError(f"unknown Triton backend '{settings.backend}' (known: {', '.join(triton_config.BACKENDS)})")

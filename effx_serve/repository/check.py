@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from effx_serve.core.errors import UserError
+from effx_serve.core.errors import UserError, missing_extra
 from effx_serve.core.fs import sha256_file
+from effx_serve.perf.session import onnxruntime_session
 from effx_serve.repository import manifest, triton_config
 
 
@@ -92,15 +93,13 @@ def _check_onnx(path: Path, member: dict, classes: int, run_models: bool) -> lis
     try:
         import onnx
     except ImportError:
-        return [Problem(str(path), "not checked: onnx.checker needs the onnx package (pip install 'effx-serve[train]')")]
+        return [Problem(str(path), f"not checked: {missing_extra('train', 'onnx.checker', 'onnx')}")]
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as error:  # the checker raises several unrelated types; any of them means "invalid model"
         return [Problem(str(path), f"onnx.checker: {str(error).strip().splitlines()[0]}")]
     if not run_models:
         return []
-    from effx_serve.perf.session import onnxruntime_session
-
     try:
         session = onnxruntime_session(path, threads=1)
         resolution = member["resolution"]

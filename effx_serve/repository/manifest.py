@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from effx_serve.core.errors import UserError
+from effx_serve.core.fs import read_json
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -80,17 +81,9 @@ def _path_of(repository: str | Path) -> Path:
 def load(repository: str | Path) -> Any:
     """The parsed, not yet validated, manifest of a repository folder (or of a manifest file given directly)."""
     path = _path_of(repository)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path} does not exist; build a repository with 'effx-serve build-repo'") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{path} cannot be read: {getattr(error, 'strerror', None) or error}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ManifestError(f"{path} is not JSON: {error}") from None
-    return data
+    if not path.exists():
+        raise ManifestError(f"{path} does not exist; build a repository with 'effx-serve build-repo'")
+    return read_json(path, error=ManifestError)
 
 
 def read(repository: str | Path) -> dict:

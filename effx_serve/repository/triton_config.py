@@ -42,10 +42,8 @@ class BatchingPlan:
 
 
 def _proto():
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as error:
-        raise UserError(f"writing Triton configs needs tritonclient[grpc] ({error.name} is missing): pip install 'effx-serve[triton]'") from None
+    from tritonclient.grpc import model_config_pb2  # imported when a config is written: grpc takes a while to import
+
     return model_config_pb2
 
 

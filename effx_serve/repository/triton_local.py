@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effx_serve.core import proc
-from effx_serve.core.errors import UserError
+from effx_serve.core.errors import UserError, needs_extra
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,8 @@ class TritonInstall:
 
 def find_install() -> TritonInstall:
     """The pytriton tritonserver for this Python, or a UserError saying what is missing."""
-    try:
+    with needs_extra("triton", "a local tritonserver"):
         import pytriton
-    except ImportError:
-        raise UserError("no local tritonserver: install nvidia-pytriton (pip install 'effx-serve[triton]')") from None
     root = Path(pytriton.__file__).parent
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     install = TritonInstall(root / "tritonserver" / "bin" / "tritonserver", root / "tritonserver" / "backends",

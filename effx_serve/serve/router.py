@@ -1,4 +1,4 @@
-"""The SLA contract of DESIGN.md as one pure function, plus the online correction of expected latency.
+"""The SLA contract (docs/serving.md) as one pure function, plus the online correction of expected latency.
 
 | request        | choice                                                         |
 | accuracy only  | the fastest member with accuracy >= min_accuracy               |

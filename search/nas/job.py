@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from effx_serve.core.errors import UserError
+from search.evaluators import load_evaluator
 from search.nas import report as nas_report
 from search.nas import storage as stores
 from search.nas import worker as nas
@@ -36,8 +37,6 @@ def prepare(config: SearchConfig, settings: WorkerSettings, resume: bool, overri
         return study, stored
     stores.open_storage(settings.storage, settings.journal)  # an unreachable storage is refused before T is measured
     if config.target_ms is None:
-        from search.evaluators import load_evaluator
-
         evaluator = load_evaluator(config.evaluator)(config, settings.work_dir)
         target = float(evaluator.latency(config.spec(nas.BASELINES["efficientnet-b0"], name="efficientnet-b0")))
         config = replace(config, target_ms=target)

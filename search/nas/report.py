@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
+from effx_serve.core.plots import optional_pyplot, save_figure
 from search.nas import storage as stores
 from search.nas.space import SearchSpace
 from search.nas.worker import ERROR_KEY, SKIPPED_KEY, SearchConfig
@@ -123,15 +124,11 @@ def trial_table(records: list[TrialRecord]) -> str:
 
 
 def plot_front(records: list[TrialRecord], config: SearchConfig, path: Path) -> None:
-    from effx_serve.core.errors import UserError
-    from effx_serve.core.plots import pyplot, save_figure
-
     done = [r for r in records if r.state == "complete"]
     if not done:
         return
-    try:
-        plt = pyplot()
-    except UserError:  # no matplotlib: the picture is optional (the plot extra); the JSON is written
+    plt = optional_pyplot()
+    if plt is None:  # no matplotlib: the picture is optional (the plot extra)
         return
     front, winner = pareto_front(records), best(records)
     fig, ax = plt.subplots(figsize=(7, 5))

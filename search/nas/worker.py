@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from effx_serve.core.errors import UserError
+from search.evaluators import load_evaluator
 from search.nas import storage as stores
 from search.nas.controllers import make_sampler
 from search.nas.samplers import REWARD_KEY
@@ -163,9 +164,6 @@ def suggest_point(trial, space: SearchSpace) -> dict:
 def run_worker(settings: WorkerSettings, on_trial: Callable[[object], None] | None = None) -> int:
     """Run trials until the budget or the deadline; returns how many this worker finished."""
     from optuna.trial import TrialState
-
-    from search.evaluators import load_evaluator
-
     study, config = load_study(settings)
     space, reward = config.search_space(), config.reward()
     evaluator = load_evaluator(config.evaluator)(config, settings.work_dir)

@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
+from effx_serve.core.plots import optional_pyplot, save_figure
+from search.evaluators import ProxyAccuracy, short_run
+from search.scaling import job as lacs_job
 from search.scaling.job import LacsSettings
 from training.arch.family_file import read_family
+from training.arch.presets import get_preset
 from training.arch.spec import ModelSpec
+from training.demo_data import generate_demo_data
 from training.errors import SpecError
 
 RESULTS_FILE = "family-results.json"
@@ -43,14 +48,11 @@ def demo_base(resolution: int) -> ModelSpec:
     Half width rather than less: narrower members run in ~0.2 ms on one CPU thread whatever their size
     (per-operator overhead dominates), so measured latency would not grow across the family.
     """
-    from training.arch.presets import get_preset
-
     return get_preset("efficientnet-x-b0", width=0.5, depth=0.34, resolution=resolution, num_classes=10).with_(name="demo-x")
 
 
 def _train_members(members: list[dict], data: Path, out: Path, epochs: int, latency_of, say, progress: bool) -> list[dict]:
-    from search.evaluators import short_run
-    from training import data as datasets
+    from training import data as datasets  # torch
 
     classes = datasets.class_names(data)
     fingerprint = datasets.dataset_fingerprint(data)
@@ -87,12 +89,8 @@ def train_family(family_file: Path, data: Path, out: Path, epochs: int, latency_
 
 def _plot(rows: list[dict], compared: list[dict], family: dict, path: Path) -> None:
     """Validation top-1 against measured latency: the LACS family, and the accuracy-only one when it was trained."""
-    from effx_serve.core.errors import UserError
-    from effx_serve.core.plots import pyplot, save_figure
-
-    try:
-        plt = pyplot()
-    except UserError:  # no matplotlib: the picture is optional (the plot extra)
+    plt = optional_pyplot()
+    if plt is None:  # no matplotlib: the picture is optional (the plot extra)
         return
     fig, ax = plt.subplots(figsize=(7, 5))
     series = [(rows, "LACS", family["coefficients"], "o-")]
@@ -112,10 +110,6 @@ def _plot(rows: list[dict], compared: list[dict], family: dict, path: Path) -> N
 
 def run_demo(out: Path, latency_of: Callable[[ModelSpec], float], hardware_id: str, settings: DemoSettings = DemoSettings(),
              say: Callable[[str], None] = print, progress: bool = True, accuracy_only: bool = False) -> list[dict]:
-    from search.evaluators import ProxyAccuracy
-    from search.scaling import job as lacs_job
-    from training.demo_data import generate_demo_data
-
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {out} is a file; give a folder")
     started = time.perf_counter()

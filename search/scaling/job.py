@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
+from effx_serve.core.plots import optional_pyplot, save_figure
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
 from training.arch.family_file import FAMILY_VERSION
@@ -76,12 +77,8 @@ def _family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float], 
 
 
 def _plot(trials: Sequence[Trial], winner: Trial, accuracy_only: Trial, target_ms: float, path: Path) -> None:
-    from effx_serve.core.errors import UserError
-    from effx_serve.core.plots import pyplot, save_figure
-
-    try:
-        plt = pyplot()
-    except UserError:  # no matplotlib: the picture is optional (the plot extra), the JSON files are written
+    plt = optional_pyplot()
+    if plt is None:  # no matplotlib: the picture is optional (the plot extra)
         return
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter([t.latency_ms for t in trials], [100 * t.accuracy for t in trials], c=["C0" if t.stage == "coarse" else "C2" for t in trials],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from effx_serve.core.fs import replacing
 from training.errors import SpecError
 
 INPUT_NAME = "images"
@@ -43,32 +43,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, opse
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=path.parent)
-    except OSError as error:
-        raise SpecError(f"cannot write {path}: {error.strerror}") from None
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; servers running as another user must read the model
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with replacing(path) as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             # The exporter logs one warning per torchvision op it cannot register; torchvision is optional here.
             logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-            torch.onnx.export(
-                model,
-                (example,),
-                tmp,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                dynamic_shapes={"x": {0: batch}},
-                verbose=False,
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            torch.onnx.export(model, (example,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                              dynamo=True, external_data=False, dynamic_shapes={"x": {0: batch}}, verbose=False)
+    except OSError as error:  # the folder cannot be made or written, the disk is full: the target is as it was
+        raise SpecError(f"cannot write {path}: {error.strerror or error}") from None
     return path
 
 
