@@ -115,3 +115,13 @@ def served(repository: Path, log_dir: Path, *flags: str, timeout_s: float = 120.
     argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repository), "--port", str(port), *flags]
     with proc.running(argv, f"http://127.0.0.1:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s):
         yield f"http://127.0.0.1:{port}"
+
+
+def fake_member(name: str, accuracy: float = 0.5, p50_ms: dict[int, float] | None = None, resolution: int = 24):
+    """A catalog member with a made-up profile (batch -> p50 ms) and no model file: for schedulers and routing on fake devices."""
+    from effx_serve.serve.catalog import LatencyProfile, Member
+
+    profile = LatencyProfile("cpu-test", "onnxruntime", "measured", tuple(sorted((p50_ms or {1: 1.0, 4: 3.0}).items())), True)
+    return Member(name=name, family="fake", accuracy=accuracy, accuracy_provenance="measured", resolution=resolution,
+                  model_path=Path("/nonexistent"), input_name="images", output_name="logits", labels=tuple(str(i) for i in range(10)),
+                  latency=profile, macs=0, params=0)

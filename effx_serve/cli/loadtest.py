@@ -11,10 +11,11 @@ import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from effx_serve.cli.common import checked, positive_float, positive_int, progress_line
+from effx_serve.cli.common import checked, positive_float, positive_int, progress_line, table
 from effx_serve.core.errors import UserError, missing_extra
-from loadtest import runner, summary
-from loadtest.plan import LoadTest
+from loadtest import compare, runner, summary
+from loadtest.arrivals import ARRIVALS, Arrivals, TraceError, read_trace
+from loadtest.plan import LoadTest, make_plan
 
 
 def duration(text: str) -> float:
@@ -38,6 +39,14 @@ def _url(text: str) -> str:
 
 _count = checked(int, lambda value: value >= 0, "a whole number", "0 or more")
 _fraction = checked(float, lambda value: 0 <= value <= 1, "a number from 0 to 1", "from 0 to 1")
+_above_one = checked(float, lambda value: 1 < value < float("inf"), "a number", "above 1")
+
+
+def _bounds(text: str) -> tuple[float, float]:
+    try:
+        return compare.parse_bounds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _print_summary(report: dict, folder: Path) -> None:
@@ -57,27 +66,96 @@ def _print_summary(report: dict, folder: Path) -> None:
     print(f"  report: {folder / 'report.md'} (and report.html, report.json, raw/)")
 
 
+def _print_comparison(report: dict, folder: Path) -> None:
+    schedule = report.get("schedule") or {}
+    print(f"load test comparison {report['status'].upper()}: against {report['target']['url']}"
+          + (f", {schedule['requests']} requests over {schedule['duration_s']:g} s, {schedule['arrivals']['described']}" if schedule else ""))
+    rows = [{"phase": p["name"], "requests": str(p.get("requests", "-")), "attainment": _share(p.get("attainment")),
+             "accuracy": _share(p.get("effective_accuracy")), "goodput": _figure(p.get("goodput_rps"), ".1f"),
+             "p50": _figure((p.get("latency_ms") or {}).get("p50"), ".1f"), "p99": _figure((p.get("latency_ms") or {}).get("p99"), ".1f"),
+             "422": str(p.get("refused_422", "-")), "429": str(p.get("refused_429", "-")), "errors": str(p.get("errors", "-")),
+             "members": ", ".join(f"{m} {share:.0%}" for m, share in (p.get("members") or {}).items()) or "-"}
+            for p in report["phases"]]
+    if rows:
+        columns = [("phase", "phase", ""), ("requests", "requests", ""), ("attainment", "attainment", ""), ("eff. accuracy", "accuracy", ""),
+                   ("goodput/s", "goodput", ""), ("p50 ms", "p50", ""), ("p99 ms", "p99", ""), ("422", "422", ""), ("429", "429", ""),
+                   ("errors", "errors", ""), ("members", "members", "")]
+        print("\n".join("  " + line for line in table(rows, columns).splitlines()))
+    for problem in report["problems"]:
+        print(f"  problem: {problem}")
+    print(f"  report: {folder / 'report.md'} (and report.html, report.json, raw/)")
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _figure(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Options that only make sense together, refused before anything runs."""
+    if not args.compare:
+        for given, option in ((args.latency_bounds, "--latency-bounds"), (args.compare_url, "--compare-url"),
+                              (args.compare_label, "--compare-label")):
+            if given is not None:
+                raise UserError(f"{option} needs --compare")
+    if args.compare_label is not None and args.compare_url is None:
+        raise UserError("--compare-label names the --compare-url phase; give --compare-url too")
+    if args.compare:
+        for given, option in ((args.gate_p99_ms, "--gate-p99-ms"), (args.gate_sla, "--gate-sla"), (args.gate_capacity, "--gate-capacity")):
+            if given is not None:
+                raise UserError(f"{option} does not apply to --compare (a comparison has no gates)")
+        if args.rate is None and args.trace is None:
+            raise UserError("--compare needs --rate (with --arrivals) or --trace: the schedule every phase sends")
+    if args.burstiness is not None and args.arrivals == "poisson":
+        raise UserError("--burstiness needs --arrivals gamma or onoff (Poisson arrivals have none to set)")
+    if args.burst_seconds is not None and args.arrivals != "onoff":
+        raise UserError("--burst-seconds needs --arrivals onoff")
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("locust") is None:  # looked up, not imported: importing locust patches this process (gevent)
         raise missing_extra("load", "loadtest", "locust")
+    _check_options(args)
     gates = summary.Gates(max_error_rate=args.gate_error_rate, max_p99_ms=args.gate_p99_ms,
                           min_sla_attainment=args.gate_sla, min_capacity_rps=args.gate_capacity)
-    test = LoadTest(url=args.url, scenario=args.scenario, duration_s=args.duration, users=args.users, rate=args.rate,
-                    steps=args.steps, p99_bound_ms=args.p99_bound_ms, gates=gates, workers=args.workers,
+    trace = None
+    if args.trace is not None:
+        try:
+            trace = tuple(read_trace(args.trace, args.duration))
+        except TraceError as error:
+            raise UserError(str(error)) from None
+    arrivals = Arrivals(args.arrivals, args.burstiness, 1.0 if args.burst_seconds is None else args.burst_seconds)
+    test = LoadTest(url=args.url, scenario=args.scenario, duration_s=30.0 if args.duration is None else args.duration, users=args.users,
+                    rate=args.rate, steps=args.steps, p99_bound_ms=args.p99_bound_ms, gates=gates, workers=args.workers,
                     expect_workers=args.expect_workers, master_port=args.master_port, request_timeout_s=args.timeout,
-                    ready_timeout_s=args.ready_timeout, seed=args.seed)
+                    ready_timeout_s=args.ready_timeout, seed=args.seed, arrivals=arrivals, trace=trace, trace_path=args.trace)
+    if test.replays or args.compare:  # the new schedules' option combinations are one-line errors before anything runs
+        try:
+            make_plan(test, replay=args.compare)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     folder = Path(args.report)
     # A stop from a process manager (SIGTERM) ends the run the way Ctrl-C does: locust stopped, the report written.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         progress = (lambda done, total: None) if args.json else progress_line("load test, seconds")
-        report = runner.run(test, folder, "effx-serve " + shlex.join(args.argv), progress)
+        command = "effx-serve " + shlex.join(args.argv)
+        if args.compare:
+            comparison = compare.Comparison(args.latency_bounds or (1.5, 3.0), args.compare_url, args.compare_label or "other server")
+            report = compare.run(test, comparison, folder, command, progress)
+        else:
+            report = runner.run(test, folder, command, progress)
     except NotADirectoryError as error:
         raise UserError(str(error)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
+    elif args.compare:
+        _print_comparison(report, folder)
     else:
         _print_summary(report, folder)
     return 0 if report["status"] == "passed" else 1
@@ -87,10 +165,25 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("loadtest", help="load-test a running server with locust; a report (MD, HTML, PNG, JSON) and gates for CI")
     p.add_argument("--url", required=True, type=_url, help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("--scenario", default="mixed", help="request mix: mixed (default), smoke, accuracy, latency, photos, batch")
-    p.add_argument("--duration", type=duration, default=30.0, help="how long the load runs: 30, 45s, 2m (default: 30s)")
+    p.add_argument("--duration", type=duration, help="how long the load runs: 30, 45s, 2m (default: 30s; with --trace: the whole trace)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--users", type=positive_int, help="closed loop: users each sending as soon as answered (default: 8)")
     load.add_argument("--rate", type=positive_float, help="open loop: requests/s at Poisson arrival times, however slow the answers")
+    load.add_argument("--trace", metavar="FILE",
+                      help="open loop: replay the arrival times of a trace file, one request a line: 'arrival_ms [latency_bound_ms]'")
+    p.add_argument("--arrivals", choices=ARRIVALS, default="poisson",
+                   help="with --rate: poisson (default), gamma (gaps with a coefficient of variation of --burstiness) or "
+                        "onoff (bursts at --burstiness x the rate, silence between)")
+    p.add_argument("--burstiness", type=_above_one,
+                   help="gamma: the coefficient of variation of the gaps (default 3); onoff: peak over mean rate (default 4)")
+    p.add_argument("--burst-seconds", type=positive_float, help="onoff: the mean length of a burst in seconds (default 1)")
+    compared = p.add_argument_group("comparison (--compare): one schedule sent routed by SLA, then with each member pinned")
+    compared.add_argument("--compare", action="store_true",
+                          help="send one schedule (--rate/--arrivals or --trace) once routed by SLA and once per member pinned; compare them")
+    compared.add_argument("--latency-bounds", type=_bounds, metavar="LOW:HIGH",
+                          help="a request's bound: a factor in this range x a random member's unloaded latency (default 1.5:3)")
+    compared.add_argument("--compare-url", type=_url, metavar="URL", help="also send the routed phase to this server (e.g. another scheduler)")
+    compared.add_argument("--compare-label", metavar="LABEL", help="the name of the --compare-url phase (default: other server)")
     p.add_argument("--steps", type=positive_int, default=1,
                    help="a stepped ramp: the load rises in this many equal steps to --users or --rate (default: 1)")
     p.add_argument("--p99-bound-ms", type=positive_float, default=100.0,

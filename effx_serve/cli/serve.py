@@ -11,16 +11,17 @@ from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
-from effx_serve.serve.settings import DispatchSettings, ServerSettings
+from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
 
-_wait_ms = checked(float, lambda value: 0 <= value <= 1000, "a number", "from 0 to 1000")
+_deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
     repository = Path(args.repo)
     if not (repository / "manifest.json").is_file():
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
-    dispatch = DispatchSettings(max_queue=args.max_queue, max_wait_ms=args.max_wait_ms, default_policy=args.default_policy)
+    dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
+                                default_deadline_ms=args.default_deadline_ms)
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
@@ -56,8 +57,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--family", help="family served when a request pins none (default: the one for the detected hardware)")
     p.add_argument("--default-policy", choices=POLICIES, default="most_accurate", help="for requests without an SLA (default: %(default)s)")
     p.add_argument("--max-queue", type=positive_int, default=256, help="images waiting per member before 429 (default: %(default)s)")
-    p.add_argument("--max-wait-ms", type=_wait_ms, default=0.0,
-                   help="how long a batch that is not full waits for more images (default: 0, batches form from what queued meanwhile)")
+    p.add_argument("--default-deadline-ms", type=_deadline_ms, default=1000.0,
+                   help="requests without a latency bound are scheduled as if due this long after arrival: behind tighter ones, "
+                        "never starved (default: %(default)s)")
+    p.add_argument("--costing", choices=COSTINGS, default="device",
+                   help="device: expected latency counts every member's work on the device, decoding and the HTTP edge (default); "
+                        "member: the member's own queue and profile only (the old costing, to measure the difference)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: %(default)s)")
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")

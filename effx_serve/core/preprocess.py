@@ -217,13 +217,29 @@ def to_input(image: Image.Image, resolution: int, crop_fraction: float = DEFAULT
     return normalize(resize_and_center_crop(to_rgb(image), resolution, crop_fraction))
 
 
-def serving_input(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
-                  min_side: int = 1) -> np.ndarray:
-    """Image bytes -> model input, as the server does it: `decode_image` with a JPEG decoded straight to the
-    smallest power-of-two scale that still covers the resize target (DCT scaling averages the pixels it
-    drops, so the bicubic resize that follows sees a clean image), at least `min_side` pixels a side."""
+def peek(data: bytes) -> tuple[str | None, int]:
+    """(format, width x height) from the image's header, without decoding a pixel; (None, 0) when it is unreadable
+    (decoding it then says why). What the server needs to expect the decoding time before it decodes."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format, image.size[0] * image.size[1]
+    except Exception:  # noqa: BLE001 - any failure here just means "unknown"; decode_image gives the error
+        return None, 0
+
+
+def serving_image(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
+                  min_side: int = 1) -> Image.Image:
+    """Image bytes -> the upright RGB picture the server makes a `resolution` input from: `decode_image` with a JPEG
+    decoded straight to the smallest power-of-two scale that still covers the resize target (DCT scaling averages
+    the pixels it drops, so the bicubic resize that follows sees a clean image), at least `min_side` pixels a side."""
     shorter = math.ceil(resolution / DEFAULT_CROP_FRACTION)
     image = decode_image(data, max_pixels, formats, shrink_to=shorter)
     if min(image.size) < min_side:
         raise UserError(f"the image is {image.size[0]}x{image.size[1]} pixels; both sides must be at least {min_side}")
-    return to_input(image, resolution)
+    return to_rgb(image)
+
+
+def serving_input(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
+                  min_side: int = 1) -> np.ndarray:
+    """Image bytes -> model input, as the server does it (`serving_image`, then `to_input`)."""
+    return to_input(serving_image(data, resolution, max_pixels, formats, min_side), resolution)

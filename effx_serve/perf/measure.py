@@ -17,14 +17,12 @@ from effx_serve.perf.latency_model import predictor
 from effx_serve.perf.latency_store import LatencyKey, LatencyRecord, LatencyStore
 from effx_serve.perf.profiler import DEFAULT_PROTOCOL, Protocol, get_or_measure, profile_onnx, profile_torch
 from effx_serve.perf.roofline import analyze
+from effx_serve.perf.session import CPU_THREADS
 from training.arch.spec import ModelSpec
 
 ORT_PROVIDERS = {"onnxruntime": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider",
                  "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
 RUNTIMES = (*ORT_PROVIDERS, "torch", "torch-compile")
-# On a CPU every measurement uses one intra-op thread: on small shared hosts a second thread makes latency
-# both noisier and less predictable (docs/profiling.md), and a server scales out with one session per core.
-CPU_THREADS = 1
 
 
 def check_runtime(runtime: str) -> None:

@@ -17,6 +17,11 @@ import onnxruntime as ort
 from effx_serve.core.errors import UserError
 from effx_serve.core.proc import available_cpus
 
+# On a CPU every session has one intra-op thread, in profiles and in the server: on small shared hosts a second
+# thread makes latency both noisier and less predictable (docs/profiling.md), and a server scales out with one
+# batch per core instead, so a profiled latency is the latency that serves.
+CPU_THREADS = 1
+
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()

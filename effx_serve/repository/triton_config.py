@@ -9,6 +9,10 @@ Everything a served member needs is decided here from its latency profile (batch
 - instance group: CPU targets one instance with ONNX Runtime's intra-op threads set to the cores; GPU
   targets two instances per GPU, so one instance's copies overlap the other's compute (small models);
 - TensorRT (fp16) as the GPU execution accelerator of the ONNX Runtime backend, for GPU targets;
+- a queue policy for the router's deadlines: two priority levels (the router sends requests with a latency
+  bound at 1, the others at 2, the default), a per-request timeout the router sets from each request's remaining
+  time (`allow_timeout_override`) over a default of DEFAULT_TIMEOUT_US for other clients, requests timed out in
+  the queue rejected rather than run late, and a bounded queue (MAX_QUEUE_SIZE requests);
 - warm-up with one zero batch, so the first real request does not pay for session initialisation;
 - version policy: serve the latest version only.
 """
@@ -23,6 +27,9 @@ from effx_serve.core.errors import UserError
 BACKENDS = ("onnxruntime", "python")
 MIN_QUEUE_DELAY_US = 50
 MAX_QUEUE_DELAY_US = 5_000
+PRIORITY_LEVELS = 2  # 1: requests with a latency bound; 2: the rest (and other clients')
+DEFAULT_TIMEOUT_US = 5_000_000  # a request waiting longer in Triton's queue is rejected (the router sets its own per request)
+MAX_QUEUE_SIZE = 256  # requests waiting per model; more are rejected at once instead of queueing without end
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,13 @@ def model_config(name: str, backend: str, resolution: int, classes: int, batchin
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
     if batching.preferred_batch_size > 1:
         config.dynamic_batching.preferred_batch_size.append(batching.preferred_batch_size)
+    config.dynamic_batching.priority_levels = PRIORITY_LEVELS
+    config.dynamic_batching.default_priority_level = PRIORITY_LEVELS
+    policy = config.dynamic_batching.default_queue_policy
+    policy.timeout_action = pb.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = DEFAULT_TIMEOUT_US
+    policy.allow_timeout_override = True
+    policy.max_queue_size = MAX_QUEUE_SIZE
     if hardware_class == "gpu":
         config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_GPU, count=2)
         if backend == "onnxruntime":

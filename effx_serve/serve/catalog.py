@@ -5,7 +5,7 @@ the hardware the server runs on, in this order of preference: records of the det
 measured with the runtime the backend uses, measured with another runtime, predicted ones, and last,
 when the repository knows nothing of this hardware, the records of the hardware it was built on. The
 chosen records' provenance travels to /v1/models, /v1/hardware and the logs, so nobody mistakes a
-roofline guess for a measurement. Online correction (router.LatencyTracker) then fits them to what the
+roofline guess for a measurement. Online corrections (serve.estimates) then fit them to what the
 server observes.
 """
 

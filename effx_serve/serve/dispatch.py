@@ -1,105 +1,306 @@
-"""Routing plus execution: expected latencies, the SLA decision, the member's batcher, the online correction.
+"""Routing and running on the devices: the expected completion of a request on every member, the SLA decision,
+decoding and the batch on the device schedulers, and what becomes of a request that can no longer make its
+deadline.
 
-The router (router.route) decides on numbers this module keeps current: for each member, the profiled
-service time at the batch it would run with now (its batcher's queue), times the member's online
-correction, plus what the backend queues on its own (Triton). Every finished batch updates the
-correction with its observed time.
+Expected end-to-end latency of a request on member m, counted from its arrival (the `device` costing):
+
+    elapsed + CPU wait + decode(m) + device wait + batch(m) + after,  the part after `elapsed` x the end-to-end correction
+
+- elapsed: since the request arrived (reading its body took this already);
+- CPU wait, device wait: the work queued and running on that scheduler that is due before this request's
+  deadline (every member's batches, the decoding in flight), spread over its lanes; one wait when the backend
+  runs on the CPU that also decodes (the embedded backend);
+- decode(m): per (image format, member) from a reference photo timed at start, scaled by the image's pixels,
+  corrected online;
+- batch(m): the member's profiled service time x the device's contention factor (observed / profiled over every
+  member's batches) x the member's own residual factor; each correction decays back to 1 when its evidence ages;
+- after: serialising the answer and handing it to the server, learned online;
+- the end-to-end correction: observed / expected remainder over answered requests (what the model above misses).
+
+The `member` costing is the old one, kept behind `--costing member` to measure the gain: a member's own queue
+and profiled time only, as if members shared nothing and decoding and the HTTP edge took no time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import math
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from effx_serve.core import preprocess
+from effx_serve.core.errors import UserError
+from effx_serve.core.photos import synthetic_photo
+from effx_serve.core.proc import available_cpus
 from effx_serve.serve.backends.base import Backend, BackendUnavailable
-from effx_serve.serve.batcher import ItemResult, MicroBatcher, retry_after_s
 from effx_serve.serve.catalog import Catalog, Member
+from effx_serve.serve.errors import Overloaded, UnreadableImage
+from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean
 from effx_serve.serve.metrics import ServerMetrics
-from effx_serve.serve.router import Decision, LatencyTracker, Option, Sla, route
+from effx_serve.serve.router import Decision, Option, Sla, route
+from effx_serve.serve.scheduler import DeviceScheduler, ItemResult, Late
 from effx_serve.serve.settings import DispatchSettings
+
+ROUTES = ("preferred", "scaled", "moved", "best_effort")  # how an answered request was placed (the answer and /metrics say)
+CALIBRATION_FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the router knows of an image before decoding it (from its header)."""
+
+    format: str | None
+    pixels: int
+
+
+@dataclass(frozen=True)
+class Expectation:
+    member: Member
+    decode_ms: float
+    wait_ms: float  # for the CPU and the device
+    inference_ms: float
+    after_ms: float
+    total_ms: float  # from the request's arrival to its answer
 
 
 @dataclass(frozen=True)
 class Routed:
-    member: Member | None
+    member: Member | None  # None: refused
     decision: Decision
-    options: tuple[Option, ...]  # every candidate, with its expected latency at decision time
+    options: tuple[Option, ...]  # every candidate with its expected end-to-end latency
+    expected: Expectation | None
+    route: str  # one of ROUTES, or why it was refused: "overload", "sla"
 
     @property
     def expected_ms(self) -> float | None:
-        return next((o.expected_ms for o in self.options if self.member and o.name == self.member.name), None)
+        return self.expected.total_ms if self.expected else None
+
+
+class DeadlineMissed(Overloaded):
+    """A request that could not be served within its bound under the current load (answered at once, 429)."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message, retry_after_s, "deadline")
+
+
+@dataclass(frozen=True)
+class Ran:
+    member: Member
+    results: list[ItemResult]
+    route_change: str | None  # "moved" or "best_effort" when the request did not run as routed
 
 
 class Dispatcher:
-    def __init__(self, catalog: Catalog, backend: Backend, settings: DispatchSettings, metrics: ServerMetrics):
+    def __init__(self, catalog: Catalog, backend: Backend, settings: DispatchSettings, metrics: ServerMetrics,
+                 decode_limits: dict | None = None):
         self.catalog, self.backend, self.settings, self.metrics = catalog, backend, settings, metrics
-        self.tracker = LatencyTracker()
-        self.batchers: dict[str, MicroBatcher] = {}
+        self.decode_limits = decode_limits or {}  # max_pixels, formats, min_side for preprocess.serving_image
+        self.contention = Correction(weight=0.2, half_life_s=settings.correction_half_life_s)
+        self.residual = Corrections(weight=0.1, half_life_s=settings.correction_half_life_s)
+        self.end_to_end = Correction(weight=0.05, half_life_s=settings.correction_half_life_s, bounds=(0.5, 4.0))
+        self.after = Mean(start=0.3)
+        self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
+        self.cpu_lanes = settings.cpu_lanes or available_cpus()
+        self.executor = ThreadPoolExecutor(self.cpu_lanes, thread_name_prefix="cpu")
+        self.device: DeviceScheduler | None = None
+        self.cpu: DeviceScheduler | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Load the members, time the decoding, start the schedulers; the server is ready when this returns."""
         members = list(self.catalog.members.values())
         await self.backend.start(members)
-        for member in members:
-            batcher = MicroBatcher(member.name, self._runner(member), member.max_batch, self.settings.max_wait_ms, self.settings.max_queue,
-                                   self.backend.workers_per_member, on_batch=self._observer(member))
-            batcher.start()
-            self.batchers[member.name] = batcher
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._calibrate_decoding, members)
+        device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.executor, self.settings.max_queue,
+                                 after_ms=lambda: self.after.value, on_batch=self._observed)
+        cpu = device if self.backend.on_host_cpu else DeviceScheduler(
+            "cpu", self.cpu_lanes, self.backend.infer, self.batch_ms, self.executor, self.settings.max_queue)
+        for scheduler in {id(device): device, id(cpu): cpu}.values():
+            scheduler.start()
+        self.device, self.cpu = device, cpu
 
-    def _runner(self, member: Member):
-        async def run(batch: np.ndarray) -> np.ndarray:
-            return await self.backend.infer(member, batch)
-        return run
-
-    def _observer(self, member: Member):
-        def observed(size: int, inference_ms: float) -> None:
-            self.tracker.observe(member.name, member.latency.service_ms(size), inference_ms)
-            self.metrics.batch_size.labels(member.name).observe(size)
-            self.metrics.inference_seconds.labels(member.name).observe(inference_ms / 1000.0)
-        return observed
+    def _calibrate_decoding(self, members: list[Member]) -> None:
+        """Time a reference photo's decoding for every (format, member): the decode expectations start from these."""
+        for image_format in CALIBRATION_FORMATS:
+            data = synthetic_photo(640, 480, image_format)
+            for member in members:
+                timings = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    self._prepare(data, member)
+                    timings.append((time.perf_counter() - started) * 1000.0)
+                self.decode_times.calibrate(image_format, member.name, min(timings))
 
     def problem(self) -> str | None:
         """None when every member is loaded and warm and the backend is healthy."""
-        if len(self.batchers) < len(self.catalog.members):
+        if self.device is None:
             return self.backend.problem() or "loading and warming up the models"
         return self.backend.problem()
 
-    def expected_ms(self, member: Member, count: int = 1) -> float:
-        """Expected queue + inference of a request of `count` images sent to `member` now."""
-        batcher = self.batchers.get(member.name)
-        profiled = batcher.expected_ms(member.latency.service_ms, count) if batcher else member.latency.service_ms(count)
-        return self.tracker.factor(member.name) * profiled + self.backend.queue_delay_ms(member)
+    async def close(self) -> None:
+        for scheduler in {id(s): s for s in (self.device, self.cpu) if s is not None}.values():
+            await scheduler.close()
+        await self.backend.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- what the server has learned -------------------------------------------------------------------------
+
+    def batch_ms(self, member: Member, images: int) -> float:
+        """Expected run time of a batch of `images` on `member` now: profile x contention x the member's residual."""
+        return member.latency.service_ms(images) * self.contention.factor() * self.residual.factor(member.name)
+
+    def _observed(self, member: Member, size: int, inference_ms: float) -> None:
+        profiled = member.latency.service_ms(size) + self.backend.queue_delay_ms(member)
+        self.contention.observe(profiled, inference_ms)
+        self.residual[member.name].observe(profiled * self.contention.factor(), inference_ms)
+        self.metrics.batch_size.labels(member.name).observe(size)
+        self.metrics.inference_seconds.labels(member.name).observe(inference_ms / 1000.0)
+
+    def observe_answer(self, routed: Routed, arrival: float, routed_at: float, inference_done: float, answered: float) -> None:
+        """What an answered request teaches: the time after its batch, and how far the expectation was off."""
+        self.after.observe((answered - inference_done) * 1000.0)
+        if routed.expected is not None and self.settings.costing == "device":
+            expected_remainder = routed.expected.total_ms - (routed_at - arrival) * 1000.0
+            self.end_to_end.observe(expected_remainder / self.end_to_end.factor(), (answered - routed_at) * 1000.0)
+
+    # --- expectations and routing ----------------------------------------------------------------------------
+
+    def expect(self, member: Member, images: Sequence[ImageInfo], deadline: float, arrival: float, now: float,
+               idle: bool = False) -> Expectation:
+        """The expected end-to-end latency of a request of `images` due at `deadline` on `member`, sent now
+        (`idle`: as if nothing else were queued or running)."""
+        count = max(1, len(images))
+        if self.settings.costing == "member":
+            queued = 0 if idle or self.device is None else self.device.queued(member.name)
+            wait = self.device.cost_ms(member, queued) if queued else 0.0
+            inference = member.latency.service_ms(count) * self.residual.factor(member.name)
+            return Expectation(member, 0.0, wait, inference, 0.0, wait + inference)
+        lanes = self.cpu.lanes if self.cpu else self.cpu_lanes
+        decode = sum(self.decode_times.expected_ms(i.format or "JPEG", member.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
+                     for i in images) / min(count, lanes)
+        cpu_wait = device_wait = 0.0
+        if not idle and self.device is not None:
+            cpu_wait = self.cpu.wait_ms(deadline, now)
+            if self.cpu is not self.device:
+                device_wait = max(0.0, self.device.wait_ms(deadline, now) - cpu_wait - decode)
+        inference = self.batch_ms(member, count)
+        after = self.after.value
+        remainder = (cpu_wait + decode + device_wait + inference + after) * self.end_to_end.factor()
+        return Expectation(member, decode, cpu_wait + device_wait, inference, after, (now - arrival) * 1000.0 + remainder)
 
     def candidates(self, family: str | None, member: str | None) -> list[Member]:
         if member is not None:
             return [self.catalog.member(member)]
         return self.catalog.family_members(family)
 
-    def route(self, sla: Sla, family: str | None = None, member: str | None = None, count: int = 1) -> Routed:
-        members = self.candidates(family, member)
-        options = tuple(Option(m.name, m.accuracy, self.expected_ms(m, count)) for m in members)
-        decision = route(options, sla, self.settings.default_policy)
-        chosen = self.catalog.members[decision.member] if decision.member else None
-        return Routed(chosen, decision, options)
-
-    async def run(self, member: Member, inputs: Sequence[np.ndarray]) -> list[ItemResult]:
-        """Classify `inputs` on `member`; QueueFull when its queue is full, BackendUnavailable when it cannot serve."""
+    def route(self, sla: Sla, images: Sequence[ImageInfo], deadline: float, arrival: float, family: str | None = None,
+              member: str | None = None) -> Routed:
+        """The member for a request, by the SLA table on the expected latencies now; and, when none can meet the SLA,
+        whether that is the load (`overload`: at rest one could) or the SLA itself (`sla`)."""
         problem = self.problem()
         if problem is not None:
             raise BackendUnavailable(problem)
-        batcher = self.batchers[member.name]
-        return await batcher.submit(inputs, retry_after_s(self.expected_ms(member, len(inputs))))
+        members = self.candidates(family, member)
+        now = time.monotonic()
+        loaded = {m.name: self.expect(m, images, deadline, arrival, now) for m in members}
+        options = tuple(Option(m.name, m.accuracy, loaded[m.name].total_ms) for m in members)
+        decision = route(options, sla, self.settings.default_policy)
+        if sla.max_latency_ms is None:  # only a latency bound depends on the load
+            chosen = self.catalog.members[decision.member] if decision.member else None
+            return Routed(chosen, decision, options, loaded.get(decision.member), "preferred" if chosen else "sla")
+        at_rest = route(tuple(Option(m.name, m.accuracy, self.expect(m, images, deadline, arrival, now, idle=True).total_ms)
+                              for m in members), sla, self.settings.default_policy)
+        if decision.expected_to_meet:
+            how = "preferred" if decision.member == at_rest.member else "scaled"
+        elif decision.member is not None:
+            how = "best_effort"
+        else:
+            how = "overload" if at_rest.expected_to_meet else "sla"
+        chosen = self.catalog.members[decision.member] if decision.member else None
+        return Routed(chosen, decision, options, loaded.get(decision.member), how)
+
+    def retry_after_s(self, deadline: float) -> float:
+        """When a refused request could expect the work now queued to have drained."""
+        return max(1.0, self.device.work_ahead_ms(math.inf) / self.device.lanes / 1000.0) if self.device else 1.0
+
+    # --- decoding and running --------------------------------------------------------------------------------
+
+    def _prepare(self, data: bytes, member: Member):
+        image = preprocess.serving_image(data, member.resolution, **self.decode_limits)
+        return image, preprocess.to_input(image, member.resolution)
+
+    def _timed_prepare(self, data: bytes, member: Member):
+        started = time.perf_counter()
+        image, array = self._prepare(data, member)
+        return image, array, (time.perf_counter() - started) * 1000.0
+
+    async def decode(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float) -> tuple[list, list]:
+        """Every image decoded for `member` on the CPU scheduler: (pictures kept for another member, inputs);
+        UnreadableImage naming the first image that cannot be decoded."""
+        jobs = [self.cpu.call(functools.partial(self._timed_prepare, data, member), deadline,
+                              self.decode_times.expected_ms(info.format or "JPEG", member.name, info.pixels or DecodeTimes.REFERENCE_PIXELS))
+                for data, info in zip(images, infos, strict=True)]
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, UserError):
+                raise UnreadableImage(f"image {index}: {outcome}" if len(outcomes) > 1 else str(outcome))
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for (_, _, ms), info in zip(outcomes, infos, strict=True):
+            if info.format:
+                self.decode_times.observe(info.format, member.name, info.pixels, ms)
+        return [picture for picture, _, _ in outcomes], [array for _, array, _ in outcomes]
+
+    async def run(self, member: Member, inputs: list[np.ndarray], deadline: float, sla: Sla, pictures: list,
+                  alternatives: Sequence[Member] = ()) -> Ran:
+        """Run on `member`; a request that can no longer make its (hard) deadline there moves to the most accurate
+        faster member in `alternatives` that can, else is refused (on_miss=reject) or runs late (best_effort)."""
+        problem = self.problem()
+        if problem is not None:
+            raise BackendUnavailable(problem)
+        hard = sla.max_latency_ms is not None
+        retry = self.retry_after_s(deadline)
+        try:
+            return Ran(member, await self.device.run(member, inputs, deadline, hard=hard, retry_after_s=retry), None)
+        except Late:
+            pass
+        for alternative in alternatives:
+            now = time.monotonic()
+            if now + (self.batch_ms(alternative, len(inputs)) + self.after.value) / 1000.0 > deadline:
+                continue
+            moved = _inputs_for(pictures, alternative.resolution)  # a resize of kept pictures: inline, no lane to wait for
+            try:
+                return Ran(alternative, await self.device.run(alternative, moved, deadline, hard=True, retry_after_s=retry), "moved")
+            except Late:
+                continue
+        if sla.on_miss == "reject":
+            raise DeadlineMissed(f"the server could not answer within max_latency_ms {sla.max_latency_ms:g} under its current load; "
+                                 "retry, relax the bound, or send on_miss=best_effort", retry)
+        return Ran(member, await self.device.run(member, inputs, deadline, hard=False, retry_after_s=retry), "best_effort")
+
+    def queued(self, member: str) -> int:
+        return self.device.queued(member) if self.device else 0
+
+    def expected_now_ms(self, member: Member) -> float:
+        """The expected end-to-end latency of a one-image 640x480 JPEG request sent now, with what is queued now."""
+        now = time.monotonic()
+        return self.expect(member, [ImageInfo("JPEG", DecodeTimes.REFERENCE_PIXELS)], now + self.settings.default_deadline_ms / 1000.0,
+                           now, now).total_ms
 
     def refresh_gauges(self) -> None:
         self.metrics.ready.set(1 if self.problem() is None else 0)
+        self.metrics.contention.set(self.contention.factor())
         for member in self.catalog.members.values():
-            batcher = self.batchers.get(member.name)
-            self.metrics.queue_depth.labels(member.name).set(batcher.queued if batcher else 0)
-            self.metrics.expected_ms.labels(member.name).set(self.expected_ms(member))
-            self.metrics.correction.labels(member.name).set(self.tracker.factor(member.name))
+            self.metrics.queue_depth.labels(member.name).set(self.queued(member.name))
+            self.metrics.expected_ms.labels(member.name).set(self.expected_now_ms(member))
+            self.metrics.correction.labels(member.name).set(self.residual.factor(member.name))
 
-    async def close(self) -> None:
-        for batcher in self.batchers.values():
-            await batcher.close()
-        await self.backend.close()
+
+def _inputs_for(pictures: list, resolution: int) -> list[np.ndarray]:
+    return [preprocess.to_input(picture, resolution) for picture in pictures]

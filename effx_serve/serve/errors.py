@@ -1,6 +1,6 @@
 """Why the server does not serve a request as asked: one exception per cause, each message naming it.
 
-Raised by the request flow, the router's catalog, the batchers and the backends; the HTTP edge maps each to its
+Raised by the request flow, the router's catalog, the schedulers and the backends; the HTTP edge maps each to its
 one status (http/errors.py), and any other transport would map the same causes.
 """
 
@@ -30,11 +30,13 @@ class SlaUnmeetable(UserError):
 
 
 class Overloaded(UserError):
-    """The server or a member's queue is at its limit (HTTP 429, with Retry-After)."""
+    """Refused for the load, answered at once (HTTP 429, with Retry-After). `reason`: `limit` (a queue or in-flight limit),
+    `overload` (on arrival, no member could meet the bound under the current load), `deadline` (taken out of the
+    queue when it could no longer make its bound)."""
 
-    def __init__(self, message: str, retry_after_s: float = 1.0):
+    def __init__(self, message: str, retry_after_s: float = 1.0, reason: str = "limit"):
         super().__init__(message)
-        self.retry_after_s = retry_after_s
+        self.retry_after_s, self.reason = retry_after_s, reason
 
 
 class Unavailable(UserError):

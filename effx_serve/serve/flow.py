@@ -1,14 +1,19 @@
 """One classification request, from its images and parameters to its answer, with no transport in it.
 
-SLA (checked) -> route (the dispatcher's expected latencies) -> decode (the server's decode pool, at the chosen
-member's resolution) -> dispatch (the member's batcher and backend) -> answer (predictions, timing parts, whether
-the SLA was met). The HTTP edge reads bodies and turns the errors raised here (serve.errors) into statuses; the
-`Trace` it passes in tells it, whatever the outcome, which member the request went to.
+SLA and deadline -> route (expected end-to-end latency of every member, serve.dispatch) -> decode (the CPU
+scheduler, at the chosen member's resolution) -> run (the device scheduler; moved to a faster member or
+refused if it can no longer make its deadline) -> answer, serialised here, so that the time it takes is inside
+the bound. The transport reads the body into the `Trace` it passes in (arrival, body read, a client's deadline)
+and turns the errors raised here (serve.errors) into its statuses.
+
+The bound (`max_latency_ms`, or a client's absolute deadline if sooner) is end to end in the server: from the
+request's arrival to its answer written. A request without one is scheduled as if due `default_deadline_ms`
+after it arrived, so it waits behind tighter ones without starving.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -16,14 +21,15 @@ import numpy as np
 
 from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
-from effx_serve.serve.batcher import ItemResult
 from effx_serve.serve.catalog import Member
-from effx_serve.serve.errors import InvalidRequest, SlaUnmeetable, UnreadableImage
+from effx_serve.serve.dispatch import ImageInfo, Ran, Routed
+from effx_serve.serve.errors import InvalidRequest, Overloaded, SlaUnmeetable
 from effx_serve.serve.router import Sla
 from effx_serve.serve.schema import (
     BatchClassification,
     Classification,
     ClassifyParams,
+    Expected,
     ImageResult,
     OptionOut,
     Prediction,
@@ -32,64 +38,109 @@ from effx_serve.serve.schema import (
 )
 from effx_serve.serve.server import Server
 
+MAX_DEADLINE_S = 3600.0  # a client deadline further away than this is a mistake (a clock in the wrong unit, say)
+
 
 @dataclass
 class Trace:
-    """What is known of a request as it goes: when it arrived, its SLA class, the member it went to (for metrics)."""
+    """What is known of a request as it goes: when it arrived and was read, a client's deadline, its SLA class and the
+    member it went to (for metrics, whatever the outcome). Times are time.monotonic() seconds."""
 
-    started: float  # time.perf_counter() when the request arrived
+    arrival: float
+    read: float | None = None  # the body read
+    client_deadline: float | None = None  # from the client's absolute deadline, on this clock
     sla: str = "none"
     member: str = "none"
 
 
-async def classify(server: Server, images: list[bytes], params: ClassifyParams, batch: bool, trace: Trace) -> Classification | BatchClassification:
-    """Classify `images` with the member the SLA in `params` routes to (`batch`: several images, one member)."""
-    if not batch and len(images) > 1:
-        raise InvalidRequest(f"{len(images)} images sent to /v1/classify, which takes one; send several to /v1/classify/batch")
+def client_deadline(header: str, arrival: float) -> float:
+    """A client's absolute deadline (Unix time in seconds, e.g. `1764505000.125`) on the monotonic clock; InvalidRequest
+    when it is not a number, already passed, or absurdly far away."""
     try:
-        sla = Sla(params.min_accuracy, params.max_latency_ms, params.on_miss)
+        epoch = float(header)
+    except ValueError:
+        raise InvalidRequest(f"the deadline header must be Unix time in seconds, such as {time.time() + 0.05:.3f}; got {header[:40]!r}") from None
+    remaining = epoch - time.time()
+    if not math.isfinite(remaining) or remaining > MAX_DEADLINE_S:
+        raise InvalidRequest(f"the deadline {header[:40]} is more than {MAX_DEADLINE_S:.0f} s away; send Unix time in seconds")
+    if remaining <= 0:
+        raise InvalidRequest(f"the deadline passed {-1000 * remaining:.1f} ms before the request was read (are the clocks in sync?)")
+    return arrival + remaining
+
+
+def _sla(params: ClassifyParams, trace: Trace) -> Sla:
+    """The SLA in force: the request's, with a client deadline as the latency bound when it is the sooner one."""
+    bound = params.max_latency_ms
+    if trace.client_deadline is not None:
+        from_deadline = (trace.client_deadline - trace.arrival) * 1000.0
+        bound = from_deadline if bound is None else min(bound, from_deadline)
+    try:
+        return Sla(params.min_accuracy, bound, params.on_miss)
     except UserError as error:
         raise InvalidRequest(str(error)) from None
+
+
+async def classify(server: Server, images: list[bytes], params: ClassifyParams, batch: bool, trace: Trace) -> bytes:
+    """Classify `images` with the member the SLA in `params` routes to (`batch`: several images, one member); the
+    answer's JSON."""
+    if not batch and len(images) > 1:
+        raise InvalidRequest(f"{len(images)} images sent to /v1/classify, which takes one; send several to /v1/classify/batch")
+    sla = _sla(params, trace)
     trace.sla = sla.kind
-    metrics = server.metrics
+    dispatcher, metrics = server.dispatcher, server.metrics
     metrics.sla_requests.labels(sla.kind).inc()
-    routed = server.dispatcher.route(sla, params.family, params.member, len(images))
+    bound_ms = sla.max_latency_ms if sla.max_latency_ms is not None else dispatcher.settings.default_deadline_ms
+    deadline = trace.arrival + bound_ms / 1000.0
+    infos = [ImageInfo(*preprocess.peek(data)) for data in images]
+    routed = dispatcher.route(sla, infos, deadline, trace.arrival, params.family, params.member)
     if routed.member is None:
-        metrics.sla_misses.labels(sla.kind, "rejected").inc()
-        options = [OptionOut(member=o.name, accuracy=o.accuracy, expected_latency_ms=o.expected_ms,
-                             misses=_misses(o.accuracy, o.expected_ms, sla)).model_dump() for o in routed.decision.nearest[:3]]
-        raise SlaUnmeetable(f"no member can meet the SLA ({_describe(sla)}); the nearest options follow; relax the SLA, "
-                            "or send on_miss=best_effort to be served by the nearest", options)
+        _refuse(server, routed, sla, deadline)
     member = routed.member
     trace.member = member.name
     if params.top_k > len(member.labels):
         raise InvalidRequest(f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
-    decode_started = time.perf_counter()
-    inputs = await _decode_all(server, images, member)
-    decode_ms = (time.perf_counter() - decode_started) * 1000.0
-    results = await server.dispatcher.run(member, inputs)
-    answer = _answer(member, routed.expected_ms, routed.decision.expected_to_meet, sla, params.top_k, results, decode_ms, trace.started, batch)
-    for result in results:
-        metrics.queue_seconds.labels(member.name).observe(result.queue_ms / 1000.0)
-    metrics.images.labels(member.name).inc(len(results))
-    for cause in answer.sla.misses:
+    routed_at = time.monotonic()
+    pictures, inputs = await dispatcher.decode(images, infos, member, deadline)
+    decoded = time.monotonic()
+    ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params))
+    inference_done = time.monotonic()
+    trace.member = ran.member.name
+    body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
+    answered = time.monotonic()
+    dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered)
+    metrics.routes.labels(report.route).inc()
+    for result in ran.results:
+        metrics.queue_seconds.labels(ran.member.name).observe(result.queue_ms / 1000.0)
+    metrics.images.labels(ran.member.name).inc(len(ran.results))
+    for cause in report.misses:
         metrics.sla_misses.labels(sla.kind, cause).inc()
-    return answer
+    return body
 
 
-async def _decode_all(server: Server, images: list[bytes], member: Member) -> list[np.ndarray]:
-    """Every image decoded to the member's input, in the decode pool; the first unreadable one is the error."""
-    settings = server.settings
-    loop = asyncio.get_running_loop()
-    jobs = [loop.run_in_executor(server.decoder, preprocess.serving_input, data, member.resolution, settings.max_pixels, settings.formats,
-                                 settings.min_side) for data in images]
-    results = await asyncio.gather(*jobs, return_exceptions=True)
-    for index, result in enumerate(results):
-        if isinstance(result, UserError):
-            raise UnreadableImage(f"image {index}: {result}" if len(images) > 1 else str(result))
-        if isinstance(result, BaseException):
-            raise result
-    return results
+def _refuse(server: Server, routed: Routed, sla: Sla, deadline: float) -> None:
+    metrics = server.metrics
+    if routed.route == "overload":
+        metrics.routes.labels("refused_overload").inc()
+        metrics.sla_misses.labels(sla.kind, "refused").inc()
+        raise Overloaded(f"no member can answer within max_latency_ms {sla.max_latency_ms:g} under the current load (at rest one could); "
+                         "retry, relax the bound, or send on_miss=best_effort", server.dispatcher.retry_after_s(deadline), "overload")
+    metrics.routes.labels("rejected_sla").inc()
+    metrics.sla_misses.labels(sla.kind, "rejected").inc()
+    options = [OptionOut(member=o.name, accuracy=o.accuracy, expected_latency_ms=o.expected_ms,
+                         misses=_misses(o.accuracy, o.expected_ms, sla)).model_dump() for o in routed.decision.nearest[:3]]
+    raise SlaUnmeetable(f"no member can meet the SLA ({_describe(sla)}); the nearest options follow; relax the SLA, "
+                        "or send on_miss=best_effort to be served by the nearest", options)
+
+
+def _faster(server: Server, routed: Routed, sla: Sla, params: ClassifyParams) -> list[Member]:
+    """Where a request may move if it can no longer make its deadline: the faster members of its family that meet its
+    accuracy floor, most accurate first (none for a request that pinned its member)."""
+    if params.member is not None or sla.max_latency_ms is None:
+        return []
+    expected = {o.name: o.expected_ms for o in routed.options}
+    chosen = expected[routed.member.name]
+    faster = [server.catalog.members[name] for name, ms in expected.items() if ms < chosen and name != routed.member.name]
+    return sorted((m for m in faster if sla.accuracy_ok(m.accuracy)), key=lambda m: (-m.accuracy, m.name))
 
 
 def _misses(member_accuracy: float, latency_ms: float, sla: Sla) -> list[str]:
@@ -112,19 +163,35 @@ def _predictions(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> lis
     return [Prediction(label=labels[i], index=int(i), score=float(probabilities[i])) for i in order]
 
 
-def _answer(member: Member, expected_ms: float | None, expected_to_meet: bool, sla: Sla, top_k: int, results: list[ItemResult],
-            decode_ms: float, started: float, batch: bool) -> Classification | BatchClassification:
-    observed = max(r.queue_ms + r.inference_ms for r in results)
-    misses = _misses(member.accuracy, observed, sla)
-    report = SlaReport(kind=sla.kind, min_accuracy=sla.min_accuracy, max_latency_ms=sla.max_latency_ms, expected_to_meet=expected_to_meet,
-                       met=not misses, misses=misses)
-    timing = Timing(decode_ms=decode_ms, queue_ms=max(r.queue_ms for r in results), inference_ms=max(r.inference_ms for r in results),
-                    total_ms=(time.perf_counter() - started) * 1000.0)
-    common = {"member": member.name, "family": member.family, "accuracy": member.accuracy, "expected_latency_ms": expected_ms or 0.0,
-              "latency_provenance": member.latency.describe(), "sla": report, "observed_latency_ms": observed, "timing": timing}
-    if not batch:
+def _answer(ran: Ran, routed: Routed, sla: Sla, top_k: int, trace: Trace, routed_at: float, decoded: float,
+            batch: bool) -> tuple[bytes, SlaReport]:
+    """The answer's JSON, its SLA report judged on the whole time in the server, its own serialisation included:
+    everything but the timing and SLA report is serialised first, then those (a few fields) last."""
+    member, results = ran.member, ran.results
+    expected = routed.expected
+    common = {"member": member.name, "family": member.family, "accuracy": member.accuracy,
+              "expected_latency_ms": expected.total_ms if expected else 0.0, "latency_provenance": member.latency.describe(),
+              "expected": Expected(decode_ms=expected.decode_ms, wait_ms=expected.wait_ms, inference_ms=expected.inference_ms,
+                                   after_ms=expected.after_ms, total_ms=expected.total_ms) if expected else
+              Expected(decode_ms=0.0, wait_ms=0.0, inference_ms=0.0, after_ms=0.0, total_ms=0.0)}
+    if batch:
+        items = [ImageResult(predictions=_predictions(r.output, member.labels, top_k), observed_latency_ms=r.queue_ms + r.inference_ms,
+                             batch_size=r.batch_size) for r in results]
+        head = BatchClassification.model_construct(**common, results=items)
+    else:
         (result,) = results
-        return Classification(**common, predictions=_predictions(result.output, member.labels, top_k), batch_size=result.batch_size)
-    items = [ImageResult(predictions=_predictions(r.output, member.labels, top_k), observed_latency_ms=r.queue_ms + r.inference_ms,
-                         batch_size=r.batch_size) for r in results]
-    return BatchClassification(**common, results=items)
+        head = Classification.model_construct(**common, predictions=_predictions(result.output, member.labels, top_k),
+                                              batch_size=result.batch_size)
+    started = time.monotonic()
+    text = head.model_dump_json(exclude={"sla", "timing", "observed_latency_ms"})
+    finished = time.monotonic()
+    total_ms = (finished - trace.arrival) * 1000.0
+    misses = _misses(member.accuracy, total_ms, sla)
+    report = SlaReport(kind=sla.kind, min_accuracy=sla.min_accuracy, max_latency_ms=sla.max_latency_ms,
+                       expected_to_meet=ran.route_change is None and routed.decision.expected_to_meet, met=not misses, misses=misses,
+                       route=ran.route_change or routed.route)
+    timing = Timing(read_ms=((trace.read or routed_at) - trace.arrival) * 1000.0, decode_ms=(decoded - routed_at) * 1000.0,
+                    queue_ms=max(r.queue_ms for r in results), inference_ms=max(r.inference_ms for r in results),
+                    serialize_ms=(finished - started) * 1000.0, total_ms=total_ms)
+    tail = f',"observed_latency_ms":{total_ms!r},"sla":{report.model_dump_json()},"timing":{timing.model_dump_json()}}}'
+    return (text[:-1] + tail).encode(), report

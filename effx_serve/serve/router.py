@@ -1,4 +1,4 @@
-"""The SLA contract (docs/serving.md) as one pure function, plus the online correction of expected latency.
+"""The SLA contract (docs/serving.md) as one pure function of the members' expected latencies.
 
 | request        | choice                                                         |
 | accuracy only  | the fastest member with accuracy >= min_accuracy               |
@@ -15,7 +15,7 @@ then to the more accurate one, then by name, so decisions are deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from effx_serve.core.errors import UserError
@@ -27,7 +27,7 @@ ON_MISS = ("reject", "best_effort")
 @dataclass(frozen=True)
 class Sla:
     min_accuracy: float | None = None  # top-1, 0..1
-    max_latency_ms: float | None = None  # queue + inference, the part the server controls
+    max_latency_ms: float | None = None  # end to end in the server
     on_miss: str = "reject"
 
     def __post_init__(self) -> None:
@@ -97,31 +97,3 @@ def route(options: Sequence[Option], sla: Sla, policy: str = "most_accurate") ->
         return Decision(min(feasible, key=_fastest).name, True, ())
     nearest = tuple(sorted(options, key=lambda o: (shortfall(o, sla), *_fastest(o))))
     return Decision(nearest[0].name if sla.on_miss == "best_effort" else None, False, nearest)
-
-
-class LatencyTracker:
-    """Per member, a smoothed ratio of observed to profiled service time, applied to every expectation.
-
-    The profile says how long a batch takes on a quiet machine under the profiling protocol; the server
-    sees other thread settings, other load and other hardware (when the records are borrowed or
-    predicted). An exponentially weighted mean of log(observed / profiled) corrects for all of it, and
-    adapts within tens of batches when conditions change. Bounded so one stall cannot poison it.
-    """
-
-    def __init__(self, weight: float = 0.1, bounds: tuple[float, float] = (0.05, 50.0)):
-        self._weight = weight
-        self._low, self._high = math.log(bounds[0]), math.log(bounds[1])
-        self._log_ratio: dict[str, float] = {}
-
-    def observe(self, member: str, profiled_ms: float, observed_ms: float) -> None:
-        if not (profiled_ms > 0 and observed_ms > 0 and math.isfinite(profiled_ms) and math.isfinite(observed_ms)):
-            return
-        sample = min(self._high, max(self._low, math.log(observed_ms / profiled_ms)))
-        previous = self._log_ratio.get(member)
-        self._log_ratio[member] = sample if previous is None else previous + self._weight * (sample - previous)
-
-    def factor(self, member: str) -> float:
-        return math.exp(self._log_ratio.get(member, 0.0))
-
-    def factors(self, members: Iterable[str]) -> dict[str, float]:
-        return {member: self.factor(member) for member in members}

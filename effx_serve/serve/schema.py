@@ -1,4 +1,4 @@
-"""The HTTP API's request parameters and answers, as pydantic models (they are also the OpenAPI schema)."""
+"""The API's request parameters and answers, as pydantic models (they are also the OpenAPI schema); no transport here."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class ClassifyParams(BaseModel):
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
                                        description="lowest acceptable top-1 accuracy of the serving member, 0..1")
     max_latency_ms: float | None = Field(None, gt=0.0, le=3_600_000.0, allow_inf_nan=False,
-                                         description="highest acceptable queue + inference time, in milliseconds")
+                                         description="highest acceptable time in the server, in milliseconds, end to end: from receiving the request to the "
+                                                     "answer written (reading, decoding, queueing, inference, serialising)")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="how many predictions to return (at most the number of labels)")
     on_miss: Literal["reject", "best_effort"] = Field(
         "reject", description="when no member can meet the SLA: reject (422 with the nearest options) or serve the nearest and flag the miss")
@@ -32,33 +33,48 @@ class Prediction(BaseModel):
 
 
 class Timing(BaseModel):
-    decode_ms: float = Field(description="reading, decoding and preprocessing the image(s)")
+    read_ms: float = Field(description="receiving the request: its body read and its parameters parsed")
+    decode_ms: float = Field(description="decoding and preprocessing the image(s), waiting for a CPU lane included")
     queue_ms: float = Field(description="waiting for a batch (for a batch request, the longest wait)")
     inference_ms: float = Field(description="running the batch(es)")
-    total_ms: float = Field(description="in the server, from the request's arrival to its answer")
+    serialize_ms: float = Field(description="writing the answer")
+    total_ms: float = Field(description="in the server, from the request's arrival to its answer written: what max_latency_ms bounds")
+
+
+class Expected(BaseModel):
+    decode_ms: float
+    wait_ms: float = Field(description="for a CPU lane and the device, behind the work due earlier")
+    inference_ms: float
+    after_ms: float = Field(description="serialising and handing the answer back")
+    total_ms: float = Field(description="end to end, from the request's arrival")
 
 
 class SlaReport(BaseModel):
     kind: Literal["accuracy", "latency", "both", "none"]
     min_accuracy: float | None
-    max_latency_ms: float | None
+    max_latency_ms: float | None = Field(description="the bound in force: max_latency_ms, or the Effx-Deadline header if sooner")
     expected_to_meet: bool = Field(description="the router expected the serving member to meet the SLA")
-    met: bool = Field(description="the SLA was met: accuracy and observed latency")
+    met: bool = Field(description="the SLA was met: accuracy, and total_ms within the bound")
     misses: list[Literal["accuracy", "latency"]]
+    route: Literal["preferred", "scaled", "moved", "best_effort"] = Field(
+        description="preferred: the member the SLA picks on an idle server; scaled: a faster one, because of the load; "
+                    "moved: a faster one, after the request could no longer make its deadline on the member first chosen; "
+                    "best_effort: served though expected to miss (on_miss=best_effort)")
 
 
 class Served(BaseModel):
     member: str
     family: str
     accuracy: float = Field(description="the member's top-1 on the repository's dataset")
-    expected_latency_ms: float = Field(description="queue + inference the router expected when it chose the member")
+    expected_latency_ms: float = Field(description="end-to-end latency the router expected when it chose the member")
+    expected: Expected = Field(description="the parts of expected_latency_ms")
     latency_provenance: str = Field(description="where the member's latency figures come from (measured, predicted; hardware)")
     sla: SlaReport
 
 
 class Classification(Served):
     predictions: list[Prediction]
-    observed_latency_ms: float = Field(description="queue + inference, as observed")
+    observed_latency_ms: float = Field(description="end to end in the server, as observed (timing.total_ms)")
     batch_size: int = Field(description="images in the batch this request ran in")
     timing: Timing
 
@@ -71,7 +87,7 @@ class ImageResult(BaseModel):
 
 class BatchClassification(Served):
     results: list[ImageResult] = Field(description="one per image, in the order sent")
-    observed_latency_ms: float = Field(description="the slowest image's queue + inference")
+    observed_latency_ms: float = Field(description="end to end in the server, as observed (timing.total_ms)")
     timing: Timing
 
 
@@ -85,6 +101,13 @@ class OptionOut(BaseModel):
 class Rejection(BaseModel):
     detail: str
     options: list[OptionOut] = Field(description="the members nearest to the SLA, nearest first")
+
+
+class Refusal(BaseModel):
+    detail: str
+    reason: Literal["limit", "overload", "deadline"] = Field(
+        description="limit: a queue or in-flight limit; overload: refused on arrival, no member could meet the bound under the "
+                    "current load; deadline: taken out of the queue when it could no longer make its bound")
 
 
 class LatencyPoint(BaseModel):
@@ -107,7 +130,7 @@ class MemberOut(BaseModel):
     latency_on_this_hardware: bool
     profile: list[LatencyPoint]
     correction: float = Field(description="observed / profiled service time, learned online")
-    expected_latency_ms: float = Field(description="expected queue + inference of a one-image request sent now")
+    expected_latency_ms: float = Field(description="expected end-to-end latency of a one-image 640x480 JPEG request sent now")
     queued: int
 
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from effx_serve.core.errors import UserError
-from effx_serve.core.proc import available_cpus
 from effx_serve.hardware.detect import DetectedHardware, detect
 from effx_serve.hardware.ids import host_cpu_id
 from effx_serve.serve import catalog as catalog_io
-from effx_serve.serve.backends.base import Backend
+from effx_serve.serve.backends.base import Backend, ThreadSettings
 from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
 from effx_serve.serve.dispatch import Dispatcher
 from effx_serve.serve.metrics import ServerMetrics
@@ -35,7 +33,7 @@ def make_backend(settings: ServerSettings, hardware: DetectedHardware) -> tuple[
         runtime = "onnxruntime" if hardware.hw_class == "cpu" else "onnxruntime-tensorrt"
         backend = TritonBackend(settings.triton_url, settings.triton_protocol, runtime, ready_timeout_s=settings.triton_ready_timeout_s)
         return backend, hardware.id, []
-    backend = OnnxRuntimeBackend(hardware.hw_class)
+    backend = OnnxRuntimeBackend(hardware.hw_class, ThreadSettings.fit(settings.dispatch.cpu_lanes))
     notes = []
     latency_hardware = hardware.id
     if hardware.hw_class != "cpu" and backend.runtime == "onnxruntime":
@@ -61,8 +59,8 @@ class Server:
         self.catalog = catalog_io.load(settings.repository, latency_hardware, backend.runtime, settings.family)
         self.notes = tuple(notes) + self.catalog.notes
         self.metrics = ServerMetrics()
-        self.dispatcher = Dispatcher(self.catalog, backend, settings.dispatch, self.metrics)
-        self.decoder = ThreadPoolExecutor(available_cpus(), thread_name_prefix="decode")
+        self.dispatcher = Dispatcher(self.catalog, backend, settings.dispatch, self.metrics,
+                                     {"max_pixels": settings.max_pixels, "formats": settings.formats, "min_side": settings.min_side})
         self.startup_error: str | None = None
         self.in_flight = 0  # requests inside the app now (the event loop is the only writer)
         self._starting: asyncio.Task | None = None
@@ -96,4 +94,3 @@ class Server:
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)
         await self.dispatcher.close()
-        self.decoder.shutdown(wait=False, cancel_futures=True)

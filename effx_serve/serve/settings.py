@@ -9,23 +9,33 @@ from effx_serve.core.errors import UserError
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 
+COSTINGS = ("device", "member")
+
 
 @dataclass(frozen=True)
 class DispatchSettings:
     max_queue: int = 256  # images waiting per member before 429
-    # How long a batch that is not full waits for company. 0: batches form only from what queued while the
-    # previous batch ran (they grow with load at no cost to a lone request; any wait here costs at least
-    # the event loop's 1 ms timer resolution, several times the batch-1 time of a small member).
-    max_wait_ms: float = 0.0
     default_policy: str = "most_accurate"  # requests with no SLA
+    # How expected latency is costed: `device` (every member's work on the device, decoding, the HTTP edge; the
+    # default) or `member` (the member's own queue and profile only: the old costing, kept to measure the gain).
+    costing: str = "device"
+    # Requests without a latency bound are scheduled as if due this long after they arrived: behind tighter
+    # deadlines, but never starved by them (they are never refused for it).
+    default_deadline_ms: float = 1000.0
+    correction_half_life_s: float = 10.0  # online corrections decay back to the profile when evidence is this old
+    cpu_lanes: int | None = None  # decodes and CPU batches at once (default: the cores this process may use)
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
             raise ValueError("max_queue must be >= 1")
-        if not 0 <= self.max_wait_ms <= 1000:
-            raise ValueError("max_wait_ms must be from 0 to 1000")
         if self.default_policy not in POLICIES:
             raise ValueError(f"default_policy must be one of {POLICIES}")
+        if self.costing not in COSTINGS:
+            raise ValueError(f"costing must be one of {COSTINGS}")
+        if not 0 < self.default_deadline_ms <= 3_600_000 or not 0 < self.correction_half_life_s <= 3600:
+            raise ValueError("default_deadline_ms must be in (0, 3600000] and correction_half_life_s in (0, 3600]")
+        if self.cpu_lanes is not None and self.cpu_lanes < 1:
+            raise ValueError("cpu_lanes must be >= 1")
 
 
 SERVING_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")

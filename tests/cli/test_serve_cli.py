@@ -20,7 +20,7 @@ def test_a_missing_repository_is_one_line(tmp_path, capsys):
 
 def test_bad_flags_are_refused(served_repository, capsys):
     with pytest.raises(SystemExit):
-        main(["serve", "--repo", str(served_repository), "--max-wait-ms", "-1"])
+        main(["serve", "--repo", str(served_repository), "--default-deadline-ms", "-1"])
     assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--port", str(free_port())]) == 2
     assert "unknown family 'nope'" in capsys.readouterr().err
 

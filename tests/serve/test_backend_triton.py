@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import math
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from effx_serve.core import proc
 from effx_serve.core.errors import UserError
 from effx_serve.repository import manifest, triton_local
 from effx_serve.serve import catalog
-from effx_serve.serve.backends.base import BackendUnavailable
+from effx_serve.serve.backends.base import BackendLate, BackendUnavailable
 from effx_serve.serve.backends.triton import TritonBackend
 from tests.helpers import build, measure_quickly, triton_or_skip
 
@@ -62,9 +63,9 @@ def test_triton_answers_as_onnxruntime_does(members, triton, protocol):
                     got = await backend.infer(member, batch)
                     assert got.shape == (n, len(member.labels))
                     np.testing.assert_allclose(got, expected_logits(member, batch), rtol=1e-4, atol=1e-4)
-            # Concurrent batches, as the micro-batcher sends them (workers_per_member at once).
+            # Concurrent batches, as the device scheduler sends them (lanes at once).
             member = members[0]
-            batches = [images(member, 2, seed=10 + i) for i in range(backend.workers_per_member)]
+            batches = [images(member, 2, seed=10 + i) for i in range(backend.lanes)]
             answers = await asyncio.gather(*(backend.infer(member, b) for b in batches))
             for batch, got in zip(batches, answers, strict=True):
                 np.testing.assert_allclose(got, expected_logits(member, batch), rtol=1e-4, atol=1e-4)
@@ -73,12 +74,48 @@ def test_triton_answers_as_onnxruntime_does(members, triton, protocol):
                 delay = backend.queue_delay_ms(member)
                 assert isinstance(delay, float) and math.isfinite(delay) and delay >= 0
             assert backend.describe() == {"kind": "triton", "url": url, "protocol": protocol, "runtime": "onnxruntime", "healthy": True,
-                                          "problem": None, "workers_per_member": 4}
+                                          "problem": None, "lanes": 4}
         finally:
             await backend.close()
         assert backend.problem() == "not started"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_batch_whose_deadline_passes_in_tritons_queue_is_dropped_as_late_not_as_a_failure(members, triton, protocol):
+    """The repository's queue policy lets the router set each request's timeout: one with no time left is rejected by
+    Triton from its queue, the backend stays healthy, and the next request with time to spare (or none set) runs."""
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    member = members[0]
+
+    async def scenario():
+        backend = TritonBackend(url, protocol, runtime="onnxruntime", ready_timeout_s=30, poll_interval_s=0.2)
+        await backend.start(members)
+        try:
+            batch = images(member, 2)
+            with pytest.raises(BackendLate):
+                # Sent with a 1 us budget: Triton holds it in its batching queue longer than that, then rejects it.
+                await backend.infer(member, batch, time.monotonic() + 1e-6)
+            assert backend.problem() is None
+            np.testing.assert_allclose(await backend.infer(member, batch, time.monotonic() + 10.0), expected_logits(member, batch),
+                                       rtol=1e-4, atol=1e-4)
+            await backend.infer(member, batch)
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_repository_configs_carry_the_routers_queue_policy(members):
+    from effx_serve.repository import triton_config
+
+    config = triton_config.parse((members[0].model_path.parents[1] / "config.pbtxt").read_text())
+    batching = config.dynamic_batching
+    assert batching.priority_levels == 2 and batching.default_priority_level == 2
+    policy = batching.default_queue_policy
+    assert policy.allow_timeout_override and policy.default_timeout_microseconds > 0 and policy.max_queue_size > 0
+    assert policy.timeout_action == policy.REJECT
 
 
 def test_queue_delay_is_read_from_triton_statistics(members, triton):

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from effx_serve.core.errors import UserError
 from effx_serve.serve.catalog import LatencyProfile, choose_profile
-from effx_serve.serve.router import LatencyTracker, Option, Sla, route, shortfall
+from effx_serve.serve.router import Option, Sla, route, shortfall
 
 accuracies = st.floats(0.0, 1.0, allow_nan=False)
 latencies = st.floats(0.01, 100.0, allow_nan=False)
@@ -81,18 +81,6 @@ def test_route_needs_options_and_a_known_policy():
         route([], Sla())
     with pytest.raises(UserError, match="policy"):
         route(MEMBERS, Sla(), "cheapest")
-
-
-def test_the_tracker_learns_the_ratio_and_resists_one_stall():
-    tracker = LatencyTracker(weight=0.2)
-    assert tracker.factor("m") == 1.0
-    for _ in range(60):
-        tracker.observe("m", profiled_ms=1.0, observed_ms=2.0)
-    assert tracker.factor("m") == pytest.approx(2.0, rel=1e-3)
-    tracker.observe("m", profiled_ms=1.0, observed_ms=1e6)  # one stall: clamped, then smoothed
-    assert tracker.factor("m") < 2.0 * 50**0.2 + 1e-9
-    tracker.observe("m", profiled_ms=0.0, observed_ms=1.0)  # nonsense is ignored
-    assert tracker.factor("other") == 1.0
 
 
 PROFILE = LatencyProfile("cpu-x", "onnxruntime", "measured", ((1, 1.0), (4, 2.5), (16, 8.5)), True)

@@ -7,12 +7,14 @@ the Triton backend (backends.triton) sends the batches to a Triton Inference Ser
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from effx_serve.core.proc import available_cpus
+from effx_serve.perf.session import CPU_THREADS
 from effx_serve.serve.catalog import Member
 from effx_serve.serve.errors import Unavailable
 
@@ -23,14 +25,20 @@ class BackendUnavailable(Unavailable):
     """The backend cannot serve now (not started, or its server is down); the message names the cause."""
 
 
+class BackendLate(Exception):
+    """A backend dropped a batch because its deadline passed on its side (Triton's queue timeout): not a failure."""
+
+
 class Backend(Protocol):
     kind: str  # onnxruntime | triton
     runtime: str  # the runtime name of the latency records that describe it
-    workers_per_member: int  # batches of one member that may run at once
+    lanes: int  # batches that may run at once (the device scheduler's lanes)
+    on_host_cpu: bool  # inference runs on the cores that decode images: one scheduler for both
 
     async def start(self, members: list[Member]) -> None: ...
 
-    async def infer(self, member: Member, batch: np.ndarray) -> np.ndarray: ...
+    async def infer(self, member: Member, batch: np.ndarray, deadline: float = math.inf) -> np.ndarray:
+        """The logits of `batch`; `deadline` (time.monotonic(), math.inf: none) is the earliest hard deadline in it."""
 
     def problem(self) -> str | None:
         """None when healthy, else why not (for /readyz and 503 answers)."""
@@ -45,18 +53,13 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class ThreadSettings:
-    """ONNX Runtime threads fitted to the machine.
-
-    Half the cores go to each session's intra-op pool and as many batches run at once as that leaves
-    cores for, so inference never oversubscribes; decoding, HTTP and the event loop share the cores
-    between batches.
-    """
+    """ONNX Runtime threads on the host CPU: one intra-op thread per session, as the profiles are measured
+    (perf.session.CPU_THREADS), and as many batches at once as there are cores. The device scheduler's lanes
+    are those cores, shared by decoding and inference, so together they never oversubscribe them."""
 
     intra_op: int
     concurrent_batches: int
 
     @classmethod
     def fit(cls, cpus: int | None = None) -> ThreadSettings:
-        cpus = cpus or available_cpus()
-        intra = max(1, min(8, cpus // 2))
-        return cls(intra, max(1, cpus // intra))
+        return cls(CPU_THREADS, max(1, cpus or available_cpus()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,13 +23,17 @@ def onnxruntime_runtime(hardware_class: str) -> tuple[str, list[str]]:
     return "onnxruntime", ["CPUExecutionProvider"]
 
 
+GPU_LANES = 2  # batches in flight on one GPU: one runs while the next one's input is copied
+
+
 class OnnxRuntimeBackend:
     kind = "onnxruntime"
-    workers_per_member = 1
 
     def __init__(self, hardware_class: str, threads: ThreadSettings | None = None):
         self.runtime, self._providers = onnxruntime_runtime(hardware_class)
         self.threads = threads or ThreadSettings.fit()
+        self.on_host_cpu = self.runtime == "onnxruntime"
+        self.lanes = self.threads.concurrent_batches if self.on_host_cpu else GPU_LANES
         self._executor: ThreadPoolExecutor | None = None  # made in start(): a backend built only for session() holds no threads
         self._sessions: dict[str, object] = {}
         self._loaded = False
@@ -50,13 +55,14 @@ class OnnxRuntimeBackend:
         self._sessions[member.name] = session
 
     async def start(self, members: list[Member]) -> None:
-        self._executor = self._executor or ThreadPoolExecutor(self.threads.concurrent_batches, thread_name_prefix="onnxruntime")
+        self._executor = self._executor or ThreadPoolExecutor(self.lanes, thread_name_prefix="onnxruntime")
         loop = asyncio.get_running_loop()
         for member in members:
             await loop.run_in_executor(self._executor, self._load, member)
         self._loaded = True
 
-    async def infer(self, member: Member, batch: np.ndarray) -> np.ndarray:
+    async def infer(self, member: Member, batch: np.ndarray, deadline: float = math.inf) -> np.ndarray:
+        """The logits of `batch` (the deadline is not used: a batch that started here runs to its end)."""
         session = self._sessions.get(member.name)
         if session is None:
             raise BackendUnavailable(f"member {member.name} is not loaded yet")
@@ -72,7 +78,7 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "runtime": self.runtime, "providers": self._providers,
-                "intra_op_threads": self.threads.intra_op, "concurrent_batches": self.threads.concurrent_batches}
+                "intra_op_threads": self.threads.intra_op, "lanes": self.lanes}
 
     async def close(self) -> None:
         self._sessions.clear()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 import numpy as np
 
 from effx_serve.core.errors import UserError
-from effx_serve.serve.backends.base import BackendUnavailable
+from effx_serve.serve.backends.base import BackendLate, BackendUnavailable
 from effx_serve.serve.catalog import Member
 
 PROTOCOLS = ("http", "grpc")
@@ -26,17 +27,18 @@ MAX_RECONNECT_BACKOFF_MS = 1000  # gRPC: retry a lost server soon, so recovery i
 
 class TritonBackend:
     kind = "triton"
+    on_host_cpu = False  # its own device: a Triton server (its queue time is read from its statistics)
 
     def __init__(self, url: str, protocol: str = "http", runtime: str = "onnxruntime", ready_timeout_s: float = 60,
-                 workers_per_member: int = 4, poll_interval_s: float = 1.0):
+                 lanes: int = 4, poll_interval_s: float = 1.0):
         if protocol not in PROTOCOLS:
             raise UserError(f"unknown Triton protocol '{protocol}'; use one of: {', '.join(PROTOCOLS)}")
         if "://" in url:
             raise UserError(f"give the Triton URL as host:port, without a scheme, not '{url}'")
-        if ready_timeout_s <= 0 or poll_interval_s <= 0 or workers_per_member < 1:
-            raise UserError("ready_timeout_s and poll_interval_s must be > 0 and workers_per_member >= 1")
+        if ready_timeout_s <= 0 or poll_interval_s <= 0 or lanes < 1:
+            raise UserError("ready_timeout_s and poll_interval_s must be > 0 and lanes >= 1")
         self.url, self.protocol, self.runtime = url, protocol, runtime
-        self.ready_timeout_s, self.workers_per_member, self.poll_interval_s = ready_timeout_s, workers_per_member, poll_interval_s
+        self.ready_timeout_s, self.lanes, self.poll_interval_s = ready_timeout_s, lanes, poll_interval_s
         self._client = None
         self._module = None  # tritonclient.http or tritonclient.grpc: InferInput and InferRequestedOutput
         self._members: list[Member] = []
@@ -144,18 +146,23 @@ class TritonBackend:
             if problem is not None or failures == self._failures:
                 self._problem = problem
 
-    async def infer(self, member: Member, batch: np.ndarray) -> np.ndarray:
+    async def infer(self, member: Member, batch: np.ndarray, deadline: float = math.inf) -> np.ndarray:
         if self._client is None:
             raise BackendUnavailable(f"the Triton backend ({self.url}) is not started")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         tensor = self._module.InferInput(member.input_name, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
+        # A request with a hard deadline goes first (priority 1) and may wait in Triton's queue only for the time it has left.
+        timeout_us = max(1, int((deadline - time.monotonic()) * 1e6)) if math.isfinite(deadline) else None
         try:
-            result = await self._client.infer(member.name, [tensor], outputs=[self._module.InferRequestedOutput(member.output_name)])
+            result = await self._client.infer(member.name, [tensor], outputs=[self._module.InferRequestedOutput(member.output_name)],
+                                              priority=1 if timeout_us else 2, timeout=timeout_us)
             logits = result.as_numpy(member.output_name)
             if logits is None:
                 raise ValueError(f"the answer has no output {member.output_name}")
         except Exception as error:  # noqa: BLE001 - connection, protocol and server errors all mean Triton cannot serve
+            if timeout_us is not None and _timed_out(error):
+                raise BackendLate(f"Triton dropped {member.name}'s batch: its deadline passed in the queue") from error
             self._failures += 1
             self._problem = f"Triton at {self.url} {'is unreachable' if self._unreachable(error) else 'failed'}: {self._cause(error)}"
             raise BackendUnavailable(f"Triton at {self.url} could not run {member.name}: {self._cause(error)}") from error
@@ -169,7 +176,7 @@ class TritonBackend:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "url": self.url, "protocol": self.protocol, "runtime": self.runtime,
-                "healthy": self._problem is None, "problem": self._problem, "workers_per_member": self.workers_per_member}
+                "healthy": self._problem is None, "problem": self._problem, "lanes": self.lanes}
 
     async def close(self) -> None:
         if self._poll is not None:
@@ -182,3 +189,9 @@ class TritonBackend:
             with contextlib.suppress(Exception):
                 await client.close()
         self._problem = "not started"
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Triton's answer to a request that timed out in its queue (the queue policy's REJECT), over HTTP or gRPC."""
+    message = (error.message() if callable(getattr(error, "message", None)) else str(error)).lower()
+    return "timeout" in message or "timed out" in message or "deadline" in message

@@ -1,5 +1,6 @@
-"""The HTTP API: FastAPI routes over a Server. A classify request is read here (body, parameters), served by the
-request flow (serve.flow) and answered here; http/errors.py says what each failure answers."""
+"""The HTTP API: FastAPI routes over a Server. A classify request is read here (body, parameters, the client's
+deadline header), served by the request flow (serve.flow) and answered here; http/errors.py says what each
+failure answers. A request's clock starts when the server has its headers (before parameters are parsed)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from effx_serve.serve import flow
 from effx_serve.serve.errors import Overloaded
 from effx_serve.serve.http import errors
 from effx_serve.serve.http.body import read_images, with_body_fields
-from effx_serve.serve.schema import BatchClassification, Classification, ClassifyParams, MemberOut, ModelsOut, Problem, Rejection
+from effx_serve.serve.schema import (
+    BatchClassification,
+    Classification,
+    ClassifyParams,
+    MemberOut,
+    ModelsOut,
+    Problem,
+    Refusal,
+    Rejection,
+)
 from effx_serve.serve.server import Server
 
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
@@ -27,7 +37,20 @@ _REQUEST_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "byte"},
                                                                       "images": {"type": "array", "items": {"type": "string", "format": "byte"}}}}},
 }}}
-_ERRORS = {status: {"model": Problem} for status in (400, 404, 413, 415, 429, 503)} | {422: {"model": Rejection}}
+_ERRORS = {status: {"model": Problem} for status in (400, 404, 413, 415, 503)} | {422: {"model": Rejection}, 429: {"model": Refusal}}
+DEADLINE_HEADER = "effx-deadline"  # the client's absolute deadline, Unix time in seconds (docs/serving.md)
+
+
+class ArrivalClock:
+    """Stamps each HTTP request's arrival into its scope, before routing and parameter parsing take any time."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["arrival"] = time.monotonic()
+        await self.app(scope, receive, send)
 
 
 def create_app(server: Server) -> FastAPI:
@@ -44,6 +67,7 @@ def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="effx-serve", version=__version__, lifespan=lifespan,
                   description="Image classification routed per request to the fastest EfficientNet-X family member that meets its SLA.")
     app.state.server = server
+    app.add_middleware(ArrivalClock)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -54,22 +78,27 @@ def create_app(server: Server) -> FastAPI:
         return JSONResponse({"detail": errors.first_error(error.errors()), "errors": jsonable_encoder(error.errors())}, 422)
 
     async def serve(request: Request, query: ClassifyParams, endpoint: str) -> Response:
-        trace = flow.Trace(started=time.perf_counter())
+        trace = flow.Trace(arrival=request.scope.get("state", {}).get("arrival") or time.monotonic())
         server.in_flight += 1
         try:
             if server.in_flight > settings.max_in_flight:
                 raise Overloaded(f"the server is handling {settings.max_in_flight} requests, its limit; retry shortly")
+            deadline = request.headers.get(DEADLINE_HEADER)
+            if deadline is not None:
+                trace.client_deadline = flow.client_deadline(deadline, trace.arrival)
             body = await read_images(request, settings.max_body_bytes, settings.max_images)
-            answer = await flow.classify(server, body.images, with_body_fields(query, body.fields), endpoint == "batch", trace)
-            # Serialised here, once: returning the model would make FastAPI validate it again (a tenth of a millisecond).
-            status, response = 200, Response(answer.model_dump_json(), media_type="application/json")
+            params = with_body_fields(query, body.fields)
+            trace.read = time.monotonic()
+            # The flow serialises the answer itself (its time counts against the bound); FastAPI must not do it again.
+            status, response = 200, Response(await flow.classify(server, body.images, params, endpoint == "batch", trace),
+                                             media_type="application/json")
         except errors.HANDLED as error:
             response = errors.response(error)
             status = response.status_code
         finally:
             server.in_flight -= 1
         server.metrics.requests.labels(trace.member, endpoint, str(status)).inc()
-        server.metrics.request_seconds.labels(trace.member).observe(time.perf_counter() - trace.started)
+        server.metrics.request_seconds.labels(trace.member).observe(time.monotonic() - trace.arrival)
         return response
 
     @app.post("/v1/classify", response_model=Classification, responses=_ERRORS, openapi_extra=_REQUEST_BODY,
@@ -89,8 +118,8 @@ def create_app(server: Server) -> FastAPI:
                              resolution=m.resolution, params=m.params, macs=m.macs, max_batch=m.max_batch,
                              latency_hardware=m.latency.hardware_id, latency_runtime=m.latency.runtime,
                              latency_provenance=m.latency.provenance, latency_on_this_hardware=m.latency.matches_hardware,
-                             profile=[{"batch": b, "p50_ms": t} for b, t in m.latency.p50_ms], correction=dispatcher.tracker.factor(m.name),
-                             expected_latency_ms=dispatcher.expected_ms(m), queued=dispatcher.batchers[m.name].queued if m.name in dispatcher.batchers else 0)
+                             profile=[{"batch": b, "p50_ms": t} for b, t in m.latency.p50_ms], correction=dispatcher.residual.factor(m.name),
+                             expected_latency_ms=dispatcher.expected_now_ms(m), queued=dispatcher.queued(m.name))
                    for m in server.catalog.members.values()]
         return ModelsOut(default_family=server.catalog.family, families={k: list(v) for k, v in server.catalog.families.items()}, members=members)
 

@@ -45,6 +45,7 @@ def response(error: Exception) -> JSONResponse:
     if isinstance(error, SlaUnmeetable):
         body["options"] = error.options
     elif isinstance(error, Overloaded):
+        body["reason"] = error.reason
         headers = {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
     elif isinstance(error, Unavailable):
         body["detail"] = f"cannot serve now: {error}"

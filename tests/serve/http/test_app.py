@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import math
 import struct
 import time
 import zlib
@@ -40,11 +41,16 @@ def test_one_image_as_a_raw_body(client, served_repository):
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-9
     logits = reference_logits(served_repository, "tiny-f-b1", JPEG)
     assert answer["predictions"][0]["index"] == int(np.argmax(logits))
-    assert answer["sla"] == {"kind": "none", "min_accuracy": None, "max_latency_ms": None, "expected_to_meet": True, "met": True, "misses": []}
+    assert answer["sla"] == {"kind": "none", "min_accuracy": None, "max_latency_ms": None, "expected_to_meet": True, "met": True,
+                             "misses": [], "route": "preferred"}
     timing = answer["timing"]
-    assert timing["total_ms"] >= timing["decode_ms"] > 0 and timing["inference_ms"] > 0
-    assert answer["observed_latency_ms"] == pytest.approx(timing["queue_ms"] + timing["inference_ms"])
-    assert answer["expected_latency_ms"] > 0 and answer["batch_size"] == 1 and "measured" in answer["latency_provenance"]
+    parts = ("read_ms", "decode_ms", "queue_ms", "inference_ms", "serialize_ms")
+    assert all(timing[part] >= 0 for part in parts) and timing["decode_ms"] > 0 and timing["inference_ms"] > 0
+    assert timing["total_ms"] >= sum(timing[part] for part in parts) - 0.05  # the parts are sequential, end to end
+    assert answer["observed_latency_ms"] == timing["total_ms"]
+    expected = answer["expected"]
+    assert answer["expected_latency_ms"] == expected["total_ms"] >= expected["decode_ms"] + expected["inference_ms"] > 0
+    assert answer["batch_size"] == 1 and "measured" in answer["latency_provenance"]
 
 
 @pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGBA"), ("PNG", "L"), ("PNG", "P"), ("WEBP", "RGB"), ("JPEG", "CMYK"), ("PNG", "I;16")])
@@ -106,7 +112,27 @@ def test_an_sla_nobody_meets_is_rejected_with_options_or_served_flagged(client):
     assert served["member"] == "tiny-f-b1" and served["sla"]["met"] is False and served["sla"]["misses"] == ["accuracy"]
     fast = post_jpeg(client, max_latency_ms=1e-6, on_miss="best_effort").json()
     assert fast["member"] == "tiny-f-b0" and "latency" in fast["sla"]["misses"] and not fast["sla"]["expected_to_meet"]
+    assert fast["sla"]["route"] == "best_effort" and fast["sla"]["met"] is False
+    impossible = post_jpeg(client, max_latency_ms=1e-6)  # below any member's service time, even at rest
+    assert impossible.status_code == 422 and impossible.json()["options"][0]["misses"] == ["latency"]
 
+
+def _deadline(client, when, **params):
+    return client.post("/v1/classify", content=JPEG, params=params, headers={"content-type": "image/jpeg", "effx-deadline": when})
+
+
+def test_a_client_deadline_bounds_the_request_end_to_end_and_a_bad_one_is_422(client):
+    answer = _deadline(client, f"{time.time() + 5:.3f}").json()
+    assert answer["sla"]["kind"] == "latency" and 4000 < answer["sla"]["max_latency_ms"] <= 5000 and answer["sla"]["met"]
+    sooner = _deadline(client, f"{time.time() + 60:.3f}", max_latency_ms=200).json()
+    assert sooner["sla"]["max_latency_ms"] == 200 and sooner["sla"]["kind"] == "latency"  # the tighter of the two
+    for when, words in ((f"{time.time() - 1:.3f}", "passed"), ("tomorrow", "Unix time in seconds"), (f"{time.time() * 1000:.0f}", "more than 3600 s"),
+                        ("nan", "more than 3600 s")):
+        refused = _deadline(client, when)
+        assert refused.status_code == 422 and words in refused.json()["detail"], (when, refused.json())
+
+
+TRUNCATED = JPEG[: len(JPEG) // 2]
 
 TRUNCATED = JPEG[: len(JPEG) // 2]
 
@@ -195,16 +221,18 @@ def test_metrics(client):
 class GatedBackend(OnnxRuntimeBackend):
     """The real embedded backend, with a gate on loading and on inference, and a switch that makes it fail."""
 
-    def __init__(self):
+    def __init__(self, lanes=None):
         super().__init__("cpu")
         self.loading, self.running, self.broken = asyncio.Event(), asyncio.Event(), False
         self.running.set()
+        if lanes is not None:  # its own device (like a GPU): decoding goes on while inference stalls
+            self.lanes, self.on_host_cpu = lanes, False
 
     async def start(self, members):
         await self.loading.wait()
         await super().start(members)
 
-    async def infer(self, member, batch):
+    async def infer(self, member, batch, deadline=math.inf):
         await self.running.wait()
         if self.broken:
             raise BackendUnavailable("the accelerator fell off the bus")
@@ -229,9 +257,9 @@ def test_readiness_waits_for_warm_models_and_failures_are_503(served_repository)
 
 
 def test_a_full_queue_answers_429_with_retry_after(served_repository):
-    backend = GatedBackend()
+    backend = GatedBackend(lanes=1)
     backend.loading.set()
-    server = make_server(served_repository, backend, dispatch=DispatchSettings(max_queue=2, max_wait_ms=0.0), max_images=2)
+    server = make_server(served_repository, backend, dispatch=DispatchSettings(max_queue=2), max_images=2)
     app = create_app(server)
 
     async def scenario():
@@ -244,7 +272,7 @@ def test_a_full_queue_answers_429_with_retry_after(served_repository):
 
                 def send():
                     return http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"member": "tiny-f-b0"})
-                batcher = server.dispatcher.batchers["tiny-f-b0"]
+                device = server.dispatcher.device
 
                 async def until(condition):
                     deadline = time.monotonic() + 30
@@ -252,15 +280,16 @@ def test_a_full_queue_answers_429_with_retry_after(served_repository):
                         await asyncio.sleep(0.01)
 
                 stalled = [asyncio.create_task(send())]
-                await until(lambda: batcher.running == 1)  # one image runs (and stalls)
+                await until(lambda: device.busy == 1)  # one image runs (and stalls)
                 stalled += [asyncio.create_task(send()) for _ in range(2)]
-                await until(lambda: batcher.queued == 2)  # two wait: the queue is full
+                await until(lambda: device.queued("tiny-f-b0") == 2)  # two wait: the queue is full
                 refused = await asyncio.wait_for(send(), 30)
                 backend.running.set()
                 return refused, await asyncio.wait_for(asyncio.gather(*stalled), 30)
 
     refused, stalled = asyncio.run(scenario())
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1 and "queued" in refused.json()["detail"]
+    assert refused.json()["reason"] == "limit"
     assert [r.status_code for r in stalled] == [200, 200, 200]
 
 

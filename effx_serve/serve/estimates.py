@@ -1,0 +1,103 @@
+"""What the server learns online about its own speed: corrections to profiled times, and image decoding time.
+
+The profile says how long a batch takes on a quiet machine; serving sees other threads, other load and,
+where records are borrowed or predicted, other hardware. Every correction here is an exponentially
+weighted mean of log(observed / predicted), bounded so one stall cannot poison it, and it **decays back to
+1 when its evidence gets old** (a half-life in seconds): a member the router stopped choosing during a burst
+does not keep the burst's factor for minutes after it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+Clock = Callable[[], float]
+
+
+class Correction:
+    """A factor learned from (predicted, observed) pairs: exp of a decaying, weighted mean of their log ratio."""
+
+    def __init__(self, weight: float = 0.1, half_life_s: float = 10.0, bounds: tuple[float, float] = (0.05, 50.0),
+                 clock: Clock = time.monotonic):
+        if not 0 < weight <= 1 or half_life_s <= 0:
+            raise ValueError("weight must be in (0, 1] and half_life_s above 0")
+        self._weight, self._half_life, self._clock = weight, half_life_s, clock
+        self._low, self._high = math.log(bounds[0]), math.log(bounds[1])
+        self._log_ratio, self._at = 0.0, None  # None: no evidence yet
+
+    def _current(self, now: float) -> float:
+        if self._at is None:
+            return 0.0
+        return self._log_ratio * 0.5 ** (max(0.0, now - self._at) / self._half_life)
+
+    def observe(self, predicted: float, observed: float) -> None:
+        if not (predicted > 0 and observed > 0 and math.isfinite(predicted) and math.isfinite(observed)):
+            return
+        now = self._clock()
+        sample = min(self._high, max(self._low, math.log(observed / predicted)))
+        previous = self._current(now)
+        self._log_ratio = sample if self._at is None else previous + self._weight * (sample - previous)
+        self._at = now
+
+    def factor(self) -> float:
+        return math.exp(self._current(self._clock()))
+
+
+class Corrections:
+    """One Correction per key (a member, an image format), made on first use."""
+
+    def __init__(self, **settings):
+        self._settings = settings
+        self._by_key: dict[str, Correction] = {}
+
+    def __getitem__(self, key: str) -> Correction:
+        correction = self._by_key.get(key)
+        if correction is None:
+            correction = self._by_key[key] = Correction(**self._settings)
+        return correction
+
+    def factor(self, key: str) -> float:
+        correction = self._by_key.get(key)
+        return correction.factor() if correction is not None else 1.0
+
+
+class Mean:
+    """An exponentially weighted mean of a duration (ms), with a starting value until the first observation."""
+
+    def __init__(self, start: float, weight: float = 0.05):
+        self.value, self._weight, self._seen = start, weight, False
+
+    def observe(self, value: float) -> None:
+        if not math.isfinite(value) or value < 0:
+            return
+        self.value = value if not self._seen else self.value + self._weight * (value - self.value)
+        self._seen = True
+
+
+class DecodeTimes:
+    """Expected decode + preprocessing time of an image for a member: measured per (format, member) on a reference
+    photo at start, scaled by the image's pixel count, corrected online per (format, member)."""
+
+    REFERENCE_PIXELS = 640 * 480
+
+    def __init__(self, fallback_ms: float = 3.0, **correction):
+        self._reference: dict[tuple[str, str], float] = {}  # (format, member) -> ms for a REFERENCE_PIXELS image
+        self._fallback = fallback_ms
+        self.corrections = Corrections(**correction)
+
+    def calibrate(self, image_format: str, member: str, reference_ms: float) -> None:
+        self._reference[(image_format, member)] = reference_ms
+
+    def _base(self, image_format: str, member: str, pixels: int) -> float:
+        reference = self._reference.get((image_format, member))
+        if reference is None:  # an unusual format: the slowest calibrated one for this member, else the fallback
+            reference = max((ms for (_, name), ms in self._reference.items() if name == member), default=self._fallback)
+        return reference * max(pixels, 1) / self.REFERENCE_PIXELS
+
+    def expected_ms(self, image_format: str, member: str, pixels: int) -> float:
+        return self._base(image_format, member, pixels) * self.corrections.factor(f"{image_format}/{member}")
+
+    def observe(self, image_format: str, member: str, pixels: int, observed_ms: float) -> None:
+        self.corrections[f"{image_format}/{member}"].observe(self._base(image_format, member, pixels), observed_ms)

@@ -1,0 +1,348 @@
+"""One scheduler per device: every member's batches, earliest deadline first, on a fixed number of lanes.
+
+A device is what one set of work competes for: the host CPU's cores (where the embedded backend runs every
+member, and where images are decoded), one GPU, or a Triton server. Its scheduler holds the work waiting for
+it, per member, ordered by deadline, and runs `lanes` items at once; so it knows, in milliseconds, the work
+queued and running for every member, and an expected completion can count all of it.
+
+When a lane frees it takes the item with the earliest deadline: a CPU job (an image to decode), or the head
+request of a member, batched with that member's next requests as long as the batch does not make the
+earliest deadline in it late. A request with a hard deadline (the client's bound) that can no longer make it
+is never run silently late: it leaves the queue with `Late` (its caller moves it to a faster member or
+answers at once), at the latest moment it could still have started, or when a lane would take it too late.
+Requests without a bound carry a virtual deadline, so they wait behind tighter ones but never starve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from effx_serve.serve.backends.base import BackendLate
+from effx_serve.serve.catalog import Member
+from effx_serve.serve.errors import Overloaded, Unavailable
+
+# Runs a batch; the deadline is the earliest hard deadline in it (math.inf: none), for backends that can drop a request
+# that waited too long on their side (Triton's per-request timeout).
+RunBatch = Callable[[Member, np.ndarray, float], Awaitable[np.ndarray]]
+BatchMs = Callable[[Member, int], float]  # expected run time of a batch of n images of a member, corrected
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    output: np.ndarray  # this image's row of the batch output
+    queue_ms: float  # submitted -> its batch started
+    inference_ms: float  # the batch's run time
+    batch_size: int
+
+
+class QueueFull(Overloaded):
+    def __init__(self, member: str, capacity: int, retry_after_s: float):
+        super().__init__(f"member {member} has {capacity} images queued, its limit; retry in {retry_after_s:.1f} s", retry_after_s)
+        self.member = member
+
+
+class SchedulerClosed(Unavailable):
+    """The device's scheduler is shutting down."""
+
+
+class Late(Exception):
+    """A request with a hard deadline that can no longer make it on its member: taken out of the queue unrun."""
+
+    def __init__(self, member: str, deadline: float, now: float):
+        super().__init__(f"member {member} can no longer answer within the deadline ({1000 * (deadline - now):.1f} ms left)")
+        self.member = member
+
+
+@dataclass(eq=False)
+class Job:
+    """Work waiting for the device: one image of a request for one member, or a CPU function (member None)."""
+
+    member: Member | None
+    input: np.ndarray | None
+    deadline: float  # time.monotonic() seconds; the order of the queue
+    hard: bool  # the client's bound: leave the queue (Late) rather than run late
+    future: asyncio.Future
+    seq: int
+    expected_ms: float = 0.0  # CPU jobs: their expected run time (member jobs are costed per batch)
+    call: Callable[[], object] | None = None  # CPU jobs: what to run in the executor
+    submitted: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def key(self) -> tuple[float, int]:
+        return (self.deadline, self.seq)
+
+
+class _Queue:
+    """The jobs of one member (or the CPU jobs), sorted by deadline."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[float, int]] = []
+        self.jobs: list[Job] = []
+
+    def add(self, job: Job) -> None:
+        index = bisect.bisect(self.keys, job.key)
+        self.keys.insert(index, job.key)
+        self.jobs.insert(index, job)
+
+    def remove(self, job: Job) -> bool:
+        index = bisect.bisect_left(self.keys, job.key)
+        if index < len(self.jobs) and self.jobs[index] is job:
+            del self.keys[index], self.jobs[index]
+            return True
+        return False
+
+    def ahead(self, deadline: float) -> int:
+        """How many jobs are due no later than `deadline`."""
+        return bisect.bisect(self.keys, (deadline, math.inf))
+
+
+class DeviceScheduler:
+    def __init__(self, name: str, lanes: int, run_batch: RunBatch, batch_ms: BatchMs, executor: Executor | None = None,
+                 max_queue: int = 256, after_ms: Callable[[], float] = lambda: 0.0,
+                 on_batch: Callable[[Member, int, float], None] | None = None):
+        if lanes < 1 or max_queue < 1:
+            raise ValueError("lanes and max_queue must be at least 1")
+        self.name, self.lanes, self.max_queue = name, lanes, max_queue
+        self._run_batch, self._batch_ms, self._executor = run_batch, batch_ms, executor
+        self._after_ms = after_ms  # what follows the batch before the answer is out (serialising): counted against deadlines
+        self._on_batch = on_batch
+        self._members: dict[str, _Queue] = {}
+        self._cpu = _Queue()
+        self._running: dict[int, tuple[Member | None, int, float, float]] = {}  # lane -> (member, images, started, expected ms)
+        self._arrived = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._sequence = itertools.count()
+        self._closed = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._lane(lane), name=f"{self.name}-lane-{lane}") for lane in range(self.lanes)]
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for queue in (self._cpu, *self._members.values()):
+            for job in list(queue.jobs):
+                self._forget(job, queue)
+                if not job.future.done():
+                    job.future.set_exception(SchedulerClosed(f"the {self.name} scheduler is shutting down"))
+
+    # --- what callers do -------------------------------------------------------------------------------------
+
+    async def run(self, member: Member, inputs: Sequence[np.ndarray], deadline: float = math.inf, hard: bool = False,
+                  retry_after_s: float = 1.0) -> list[ItemResult]:
+        """Run every input (one image each, the model's input without the batch axis) on `member`; results in order.
+
+        QueueFull when the member's queue cannot take them all (nothing is queued then); Late when `hard` and the
+        deadline can no longer be met on this member (the request's images that had not run never will).
+        """
+        queue = self._members.setdefault(member.name, _Queue())
+        if len(queue.jobs) + len(inputs) > self.max_queue:
+            raise QueueFull(member.name, self.max_queue, retry_after_s)
+        jobs = [self._submit(Job(member, x, deadline, hard, self._future(), next(self._sequence)), queue) for x in inputs]
+        if hard:
+            for job in jobs:
+                self._watch(job)
+        return await self._wait(jobs, queue)
+
+    async def call(self, function: Callable[[], object], deadline: float = math.inf, expected_ms: float = 0.0):
+        """Run a CPU function (decoding an image) on a lane of this device, in deadline order with everything else."""
+        job = self._submit(Job(None, None, deadline, False, self._future(), next(self._sequence), expected_ms, function), self._cpu)
+        (result,) = await self._wait([job], self._cpu)
+        return result
+
+    def work_ahead_ms(self, deadline: float, now: float | None = None) -> float:
+        """The device's work that runs before something due at `deadline`, in lane-milliseconds: what is running
+        (its expected remainder) and every queued job due no later, its batches costed as they would form."""
+        now = time.monotonic() if now is None else now
+        total = sum(max(0.0, expected - 1000.0 * (now - started)) for _, _, started, expected in self._running.values())
+        total += sum(job.expected_ms for job in self._cpu.jobs[: self._cpu.ahead(deadline)])
+        for queue in self._members.values():
+            images = queue.ahead(deadline)
+            if images:
+                total += self.cost_ms(queue.jobs[0].member, images)
+        return total
+
+    def wait_ms(self, deadline: float, now: float | None = None) -> float:
+        """Expected wait, before a lane starts something due at `deadline`: the work ahead spread over the lanes."""
+        return self.work_ahead_ms(deadline, now) / self.lanes
+
+    def queued(self, member: str) -> int:
+        queue = self._members.get(member)
+        return len(queue.jobs) if queue else 0
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    # --- the queue -------------------------------------------------------------------------------------------
+
+    def _future(self) -> asyncio.Future:
+        if self._closed:
+            raise SchedulerClosed(f"the {self.name} scheduler is shutting down")
+        return asyncio.get_running_loop().create_future()
+
+    def _submit(self, job: Job, queue: _Queue) -> Job:
+        queue.add(job)
+        self._arrived.set()
+        return job
+
+    async def _wait(self, jobs: list[Job], queue: _Queue) -> list:
+        try:
+            return list(await asyncio.gather(*(job.future for job in jobs)))
+        except BaseException:  # the caller went away, or one image failed or was late: the rest need not run
+            for job in jobs:
+                if job.future.done() and not job.future.cancelled():
+                    job.future.exception()  # retrieved: a second Late of the same request is not logged as lost
+                job.future.cancel()
+                self._forget(job, queue)
+            raise
+
+    def _forget(self, job: Job, queue: _Queue) -> None:
+        queue.remove(job)
+        if job.timer is not None:
+            job.timer.cancel()
+
+    def cost_ms(self, member: Member, images: int) -> float:
+        """Expected run time of `images` of a member queued together: full batches, then the rest."""
+        full, rest = divmod(images, member.max_batch)
+        return full * self._batch_ms(member, member.max_batch) + (self._batch_ms(member, rest) if rest else 0.0)
+
+    def _latest_start(self, job: Job) -> float:
+        return job.deadline - (self._batch_ms(job.member, 1) + self._after_ms()) / 1000.0
+
+    def _watch(self, job: Job) -> None:
+        """Take the job out at the last moment it could still start, if no lane has taken it by then."""
+        delay = self._latest_start(job) - time.monotonic()
+        job.timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire, job)
+
+    def _expire(self, job: Job) -> None:
+        queue = self._members.get(job.member.name)
+        if queue is None or job.future.done() or not queue.remove(job):
+            return
+        now = time.monotonic()
+        if self._latest_start(job) > now:  # the corrections moved: it can still make it
+            queue.add(job)
+            self._watch(job)
+            return
+        job.future.set_exception(Late(job.member.name, job.deadline, now))
+
+    def _head(self) -> tuple[Job, _Queue] | None:
+        best: tuple[Job, _Queue] | None = None
+        for queue in (self._cpu, *self._members.values()):
+            while queue.jobs and queue.jobs[0].future.done():  # cancelled or expired while queued
+                self._forget(queue.jobs[0], queue)
+            if queue.jobs and (best is None or queue.keys[0] < best[0].key):
+                best = (queue.jobs[0], queue)
+        return best
+
+    def _take(self) -> tuple[Member | None, list[Job]] | None:
+        """The next work for a free lane: a CPU job, or a batch of one member led by the earliest deadline."""
+        while True:
+            head = self._head()
+            if head is None:
+                return None
+            first, queue = head
+            if first.member is None:
+                self._forget(first, queue)
+                return None, [first]
+            now = time.monotonic()
+            if first.hard and self._latest_start(first) < now:  # a lane is free, but too late for it
+                self._forget(first, queue)
+                first.future.set_exception(Late(first.member.name, first.deadline, now))
+                continue
+            batch: list[Job] = []
+            due = math.inf  # the earliest hard deadline in the batch
+            for job in queue.jobs:
+                if len(batch) == job.member.max_batch:
+                    break
+                if job.future.done():
+                    continue
+                due = min(due, job.deadline) if job.hard else due
+                if batch and now + (self._batch_ms(job.member, len(batch) + 1) + self._after_ms()) / 1000.0 > due:
+                    break  # one more image would make the earliest hard deadline in the batch late
+                batch.append(job)
+            for job in batch:
+                self._forget(job, queue)
+            return first.member, batch
+
+    async def _next(self) -> tuple[Member | None, list[Job]]:
+        while True:
+            work = self._take()
+            if work is not None:
+                return work
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    # --- the lanes -------------------------------------------------------------------------------------------
+
+    async def _lane(self, lane: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            member, jobs = await self._next()
+            started = time.monotonic()
+            if member is None:
+                (job,) = jobs
+                self._running[lane] = (None, 0, started, job.expected_ms)
+                try:
+                    result = await loop.run_in_executor(self._executor, job.call)
+                except asyncio.CancelledError:
+                    job.future.cancel()
+                    raise
+                except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                else:
+                    if not job.future.done():
+                        job.future.set_result(result)
+                finally:
+                    self._running.pop(lane, None)
+                continue
+            await self._run(lane, member, jobs, started)
+
+    async def _run(self, lane: int, member: Member, jobs: list[Job], started: float) -> None:
+        size = len(jobs)
+        self._running[lane] = (member, size, started, self._batch_ms(member, size))
+        try:
+            due = min((job.deadline for job in jobs if job.hard), default=math.inf)
+            outputs = await self._run_batch(member, np.stack([job.input for job in jobs]), due)
+            if len(outputs) != size:
+                raise RuntimeError(f"member {member.name} returned {len(outputs)} outputs for a batch of {size}")
+        except asyncio.CancelledError:
+            for job in jobs:
+                job.future.cancel()
+            raise
+        except BackendLate:  # the backend dropped it, too late on its side: the requests leave as if from our queue
+            now = time.monotonic()
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(Late(member.name, job.deadline, now))
+            return
+        except Exception as error:  # noqa: BLE001 - the failure belongs to the requests of this batch
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        finally:
+            self._running.pop(lane, None)
+        inference_ms = (time.monotonic() - started) * 1000.0
+        if self._on_batch is not None:
+            self._on_batch(member, size, inference_ms)
+        for job, output in zip(jobs, outputs, strict=True):
+            if job.timer is not None:
+                job.timer.cancel()
+            if not job.future.done():
+                job.future.set_result(ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size))

@@ -1,0 +1,178 @@
+"""Expected latency, routing and running on a fake device with known service times: the work of every member counts,
+load scales requests down to faster members and then refuses them early, and a request that can no longer make its
+deadline moves to a faster member or is answered at once."""
+
+import asyncio
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from effx_serve.core.photos import synthetic_photo
+from effx_serve.serve.catalog import Catalog
+from effx_serve.serve.dispatch import DeadlineMissed, Dispatcher, ImageInfo
+from effx_serve.serve.metrics import ServerMetrics
+from effx_serve.serve.router import Sla
+from effx_serve.serve.settings import DispatchSettings
+from tests.helpers import fake_member
+
+SMALL = fake_member("small", 0.5, {1: 2.0, 4: 5.0}, resolution=24)
+LARGE = fake_member("large", 0.8, {1: 10.0, 4: 30.0}, resolution=32)
+PHOTO = ImageInfo("JPEG", 640 * 480)
+
+
+class FakeBackend:
+    """Runs a batch in its member's profiled time (on the host CPU, one lane unless told); `gate` holds batches."""
+
+    kind, runtime = "fake", "onnxruntime"
+
+    def __init__(self, lanes=1, on_host_cpu=True):
+        self.lanes, self.on_host_cpu = lanes, on_host_cpu
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.ran = []
+
+    async def start(self, members):
+        pass
+
+    async def infer(self, member, batch, deadline=math.inf):
+        await self.gate.wait()
+        self.ran.append((member.name, len(batch)))
+        await asyncio.sleep(member.latency.service_ms(len(batch)) / 1000.0)
+        return np.zeros((len(batch), 10), np.float32)
+
+    def problem(self):
+        return None
+
+    def queue_delay_ms(self, member):
+        return 0.0
+
+    async def close(self):
+        pass
+
+
+def dispatcher(costing="device", lanes=1, max_queue=2000, small=SMALL, large=LARGE, **settings):
+    catalog = Catalog(Path("."), "cpu-test", "cpu", "fake", {"fake": ("small", "large")}, {"small": small, "large": large}, "test")
+    backend = FakeBackend(lanes)
+    return Dispatcher(catalog, backend, DispatchSettings(costing=costing, cpu_lanes=lanes, max_queue=max_queue, **settings), ServerMetrics()), backend
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def hold(d, backend, member, count, deadline):
+    """Fill the device: the lane holds one batch at the gate, `count` images of `member` queue behind it."""
+    backend.gate.clear()
+    tasks = [asyncio.create_task(d.device.run(member, [np.zeros((3, member.resolution, member.resolution), np.float32)], deadline))
+             for _ in range(count + 1)]
+    await asyncio.sleep(0.01)
+    return tasks
+
+
+def test_expected_latency_counts_every_members_work_and_the_decoding_unless_costed_per_member():
+    async def scenario(costing):
+        d, backend = dispatcher(costing)
+        await d.start()
+        now = time.monotonic()
+        idle = d.expect(SMALL, [PHOTO], now + 1.0, now, now)
+        tasks = await hold(d, backend, LARGE, 4, now + 0.5)  # the other member's work, due sooner
+        busy = d.expect(SMALL, [PHOTO], now + 1.0, now, time.monotonic())
+        backend.gate.set()
+        await asyncio.gather(*tasks)
+        await d.close()
+        return idle, busy
+
+    idle, busy = run(scenario("device"))
+    assert idle.decode_ms > 0 and idle.wait_ms == 0 and idle.total_ms >= idle.decode_ms + idle.inference_ms
+    assert busy.wait_ms >= LARGE.latency.service_ms(4) * 0.9  # the large member's queued batch is ahead of it
+    idle, busy = run(scenario("member"))
+    assert idle.decode_ms == busy.decode_ms == 0 and busy.wait_ms == 0  # the old costing sees only its own queue
+
+
+def test_load_scales_a_latency_bound_down_to_a_faster_member_then_refuses_early():
+    async def scenario():
+        d, backend = dispatcher()
+        await d.start()
+        now = time.monotonic()
+        at_rest = {m.name: d.expect(m, [PHOTO], now + 1.0, now, now).total_ms for m in (SMALL, LARGE)}
+        tasks = await hold(d, backend, LARGE, 7, now + 0.001)  # two batches of the large member due before anything new
+        soon = time.monotonic()
+        loaded = {m.name: d.expect(m, [PHOTO], now + 1.0, now, soon).total_ms for m in (SMALL, LARGE)}
+        bound = (loaded["small"] + loaded["large"]) / 2  # the small member makes it under this load, the large one does not
+        tight = (loaded["small"] + at_rest["small"]) / 2  # only at rest could the small one make it
+        routes = {name: d.route(sla, [PHOTO], now + (sla.max_latency_ms or 1000.0) / 1000, now) for name, sla in (
+            ("scaled", Sla(max_latency_ms=bound)), ("tight", Sla(max_latency_ms=tight)), ("impossible", Sla(max_latency_ms=0.5)),
+            ("best_effort", Sla(max_latency_ms=tight, on_miss="best_effort")), ("accuracy", Sla(min_accuracy=0.7)))}
+        backend.gate.set()
+        await asyncio.gather(*tasks)
+        preferred = d.route(Sla(max_latency_ms=bound), [PHOTO], time.monotonic() + bound / 1000, time.monotonic())
+        await d.close()
+        return at_rest, loaded, bound, routes, preferred
+
+    at_rest, loaded, bound, routes, preferred = run(scenario())
+    assert at_rest["large"] < bound < loaded["large"]  # the load alone decides
+    assert (preferred.member.name, preferred.route) == ("large", "preferred")
+    assert (routes["scaled"].member.name, routes["scaled"].route) == ("small", "scaled")
+    assert (routes["tight"].member, routes["tight"].route) == (None, "overload")  # at rest one could: refused for the load
+    assert (routes["impossible"].member, routes["impossible"].route) == (None, "sla")  # not even at rest
+    assert (routes["best_effort"].member.name, routes["best_effort"].route) == ("small", "best_effort")
+    assert (routes["accuracy"].member.name, routes["accuracy"].route) == ("large", "preferred")  # no bound: the load does not move it
+
+
+def test_a_request_that_can_no_longer_make_it_moves_to_a_faster_member_or_is_answered_at_once():
+    small, large = fake_member("small", 0.5, {1: 4.0}, 24), fake_member("large", 0.8, {1: 40.0}, 32)
+    blocker = fake_member("blocker", 0.1, {1: 50.0}, 24)  # runs as long as profiled, so the corrections stay put
+
+    async def scenario(on_miss, moves):
+        d, backend = dispatcher(small=small, large=large)
+        await d.start()
+        now = time.monotonic()
+        deadline = now + 0.080
+        pictures, inputs = await d.decode([synthetic_photo(64, 48)], [ImageInfo("JPEG", 64 * 48)], large, deadline)
+        blocking = asyncio.create_task(d.device.run(blocker, [np.zeros((3, 24, 24), np.float32)], now + 0.001))
+        await asyncio.sleep(0.005)  # the lane runs the blocker: the large member's 40 ms will not fit before 80 ms, 4 ms will
+        started = time.monotonic()
+        job = asyncio.create_task(d.run(large, inputs, deadline, Sla(max_latency_ms=80.0, on_miss=on_miss), pictures,
+                                        [small] if moves else []))
+        try:
+            outcome = await job
+        except DeadlineMissed as error:
+            outcome = error
+        finished = time.monotonic() - started
+        await blocking
+        await d.close()
+        return outcome, finished, backend.ran
+
+    moved, _, ran = run(scenario("reject", moves=True))
+    assert moved.member is small and moved.route_change == "moved" and ran == [("blocker", 1), ("small", 1)]
+    refused, finished, ran = run(scenario("reject", moves=False))
+    assert isinstance(refused, DeadlineMissed) and refused.reason == "deadline" and finished < 0.045 and ran == [("blocker", 1)]
+    late, _, ran = run(scenario("best_effort", moves=False))
+    assert late.member is large and late.route_change == "best_effort" and ran == [("blocker", 1), ("large", 1)]
+
+
+def test_routing_and_scheduling_need_no_member_file_and_survive_1000_queued_requests():
+    async def scenario():
+        d, backend = dispatcher(lanes=2)
+        await d.start()
+        backend.gate.clear()
+        now = time.monotonic()
+        tasks = [asyncio.create_task(d.device.run(SMALL if i % 3 else LARGE, [np.zeros((3, 24, 24), np.float32)], now + 0.001 * i))
+                 for i in range(1000)]
+        await asyncio.sleep(0.05)
+        routed = d.route(Sla(max_latency_ms=5000.0), [PHOTO], now + 5.0, now)
+        backend.gate.set()
+        results = await asyncio.gather(*tasks)
+        await d.close()
+        return routed, results
+
+    routed, results = run(scenario())
+    assert routed.member is not None and math.isfinite(routed.expected.total_ms) and len(results) == 1000
+
+
+def test_the_costing_must_be_known():
+    with pytest.raises(ValueError):
+        DispatchSettings(costing="guess")

@@ -1,0 +1,300 @@
+"""The device scheduler on a fake device with known service times: earliest deadline first across members, batches
+that keep the earliest deadline, requests taken out when they can no longer make it, no starvation, every answer
+to its own request."""
+
+import asyncio
+import math
+import random
+import time
+
+import numpy as np
+import pytest
+
+from effx_serve.serve.scheduler import DeviceScheduler, Late, QueueFull, SchedulerClosed
+from tests.helpers import fake_member
+
+FAST = fake_member("fast", 0.5, {1: 2.0, 2: 3.0, 4: 5.0, 8: 9.0})
+SLOW = fake_member("slow", 0.8, {1: 8.0, 2: 12.0, 4: 20.0, 8: 36.0})
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def service_ms(member, size):
+    return member.latency.service_ms(size)
+
+
+class Device:
+    """A fake device: a batch takes its member's profiled time; output = input * 2, so each answer names its request.
+    `gate` (when cleared) holds every batch at its start; `log` records (member, size, start) per batch."""
+
+    def __init__(self, fail=None):
+        self.log, self.fail, self.gate = [], fail, asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, member, batch, deadline=math.inf):
+        await self.gate.wait()
+        self.log.append((member.name, len(batch), time.monotonic(), tuple(float(x.flat[0]) for x in batch)))
+        await asyncio.sleep(service_ms(member, len(batch)) / 1000.0)
+        if self.fail is not None and self.fail(member, batch):
+            raise RuntimeError("the model failed")
+        return batch * 2.0
+
+
+def scheduler(device, lanes=1, max_queue=10_000):
+    return DeviceScheduler("test", lanes, device, service_ms, max_queue=max_queue)
+
+
+def test_every_answer_goes_to_its_own_request_with_1000_requests_in_flight():
+    async def scenario():
+        device = Device()
+        s = scheduler(device, lanes=2)
+        s.start()
+        rng = np.random.default_rng(0)
+        now = time.monotonic()
+        requests = [(FAST if rng.random() < 0.7 else SLOW, rng.normal(size=(int(rng.integers(1, 4)), 3)).astype(np.float32),
+                     now + float(rng.uniform(0.01, 2.0))) for _ in range(1000)]
+        answers = await asyncio.gather(*(s.run(member, list(x), deadline) for member, x, deadline in requests))
+        await s.close()
+        return device, requests, answers
+
+    device, requests, answers = run(scenario())
+    for (_, inputs, _), results in zip(requests, answers, strict=True):
+        assert len(results) == len(inputs)
+        for x, result in zip(inputs, results, strict=True):
+            np.testing.assert_array_equal(result.output, x * 2.0)
+    sizes = [size for _, size, _, _ in device.log]
+    assert sum(sizes) == sum(len(x) for _, x, _ in requests) and max(sizes) <= 8 and np.mean(sizes) > 2  # batches formed
+
+
+def test_earliest_deadline_first_across_members():
+    async def scenario():
+        device = Device()
+        s = scheduler(device)
+        s.start()
+        device.gate.clear()
+        now = time.monotonic()
+        blocker = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 10))
+        await asyncio.sleep(0.01)  # the lane holds the blocker at the gate
+        order = [(SLOW, 5.0), (FAST, 3.0), (SLOW, 1.0), (FAST, 4.0), (SLOW, 2.0)]
+        tasks = [asyncio.create_task(s.run(member, [np.full(1, due)], now + due)) for member, due in order]
+        await asyncio.sleep(0.01)
+        device.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        await s.close()
+        return device.log
+
+    log = run(scenario())
+    # One lane: each batch is led by the earliest deadline waiting, and carries its member's next ones (none is bounded):
+    # slow (1, 2, 5), then fast (3, 4).
+    assert [(name, values) for name, _, _, values in log[1:]] == [("slow", (1.0, 2.0, 5.0)), ("fast", (3.0, 4.0))]
+
+
+def test_a_batch_never_makes_the_earliest_deadline_in_it_late():
+    async def scenario():
+        device = Device()
+        s = scheduler(device)
+        s.start()
+        device.gate.clear()
+        now = time.monotonic()
+        blocker = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 10))
+        await asyncio.sleep(0.01)
+        # SLOW: 1 image 8 ms, 2 images 12 ms, 4 images 20 ms. The first is due in 40 ms (after the 2 ms blocker):
+        # a batch of 4 would end ~22 ms in and fit, but a batch of 8 (36 ms) would not.
+        tasks = [asyncio.create_task(s.run(SLOW, [np.zeros(1)], now + 0.040, hard=True))]
+        tasks += [asyncio.create_task(s.run(SLOW, [np.zeros(1)], now + 1.0)) for _ in range(7)]
+        await asyncio.sleep(0.005)
+        device.gate.set()
+        results = await asyncio.gather(blocker, *tasks)
+        await s.close()
+        return device.log, results
+
+    log, results = run(scenario())
+    sizes = [size for name, size, _, _ in log if name == "slow"]
+    assert sizes[0] < 8 and sum(sizes) == 8
+    first = results[1][0]
+    assert first.queue_ms + first.inference_ms < 40
+
+
+def test_a_hard_request_that_can_no_longer_make_it_leaves_the_queue_at_once_and_a_soft_one_waits():
+    async def scenario():
+        device = Device()
+        s = scheduler(device)
+        s.start()
+        device.gate.clear()
+        now = time.monotonic()
+        blocker = asyncio.create_task(s.run(SLOW, [np.zeros(1)], now + 10))
+        await asyncio.sleep(0.01)
+        hard = asyncio.create_task(s.run(FAST, [np.zeros(1)], time.monotonic() + 0.030, hard=True))
+        soft = asyncio.create_task(s.run(FAST, [np.zeros(1)], time.monotonic() + 0.030))
+        started = time.monotonic()
+        with pytest.raises(Late):
+            await hard
+        left_after = time.monotonic() - started
+        assert s.queued("fast") == 1  # the soft one is still queued
+        device.gate.set()
+        await asyncio.gather(blocker, soft)
+        await s.close()
+        return left_after, device.log
+
+    left_after, log = run(scenario())
+    assert 0.015 < left_after < 0.1  # at its latest start (30 ms - 2 ms of service), not when the lane freed
+    assert [name for name, _, _, _ in log] == ["slow", "fast"]  # the late one never ran
+
+
+def test_requests_without_a_bound_are_not_starved_by_a_stream_of_tight_ones():
+    async def scenario():
+        device = Device()
+        s = scheduler(device)
+        s.start()
+        start = time.monotonic()
+        patient = asyncio.create_task(s.run(SLOW, [np.zeros(1)], start + 0.1))  # no bound: a virtual deadline 100 ms out
+
+        async def stream():
+            while time.monotonic() - start < 0.4:
+                asyncio.create_task(s.run(FAST, [np.zeros(1)], time.monotonic() + 0.02, hard=True))
+                await asyncio.sleep(0.002)  # as fast as the lane can serve them
+
+        streaming = asyncio.create_task(stream())
+        await patient
+        done = time.monotonic() - start
+        await streaming
+        await asyncio.sleep(0.05)
+        await s.close()
+        return done
+
+    assert run(scenario()) < 0.25  # served around its virtual deadline, while the stream still ran
+
+
+def test_a_full_queue_refuses_the_whole_request_and_keeps_nothing_of_it():
+    async def scenario():
+        device = Device()
+        s = scheduler(device, max_queue=4)
+        s.start()
+        device.gate.clear()
+        first = asyncio.create_task(s.run(FAST, [np.zeros(1)] * 2))  # taken by the lane, held at the gate
+        await asyncio.sleep(0.01)
+        queued = asyncio.create_task(s.run(FAST, [np.ones(1)] * 3))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull) as refused:
+            await s.run(FAST, [np.ones(1)] * 2, retry_after_s=3.0)
+        assert s.queued("fast") == 3 and refused.value.retry_after_s == 3.0 and refused.value.reason == "limit"
+        device.gate.set()
+        await asyncio.gather(first, queued)
+        await s.close()
+
+    run(scenario())
+
+
+def test_a_failing_batch_fails_only_its_requests():
+    async def scenario():
+        device = Device(fail=lambda member, batch: (batch < 0).any())
+        s = scheduler(device)
+        s.start()
+        good, bad = s.run(FAST, [np.ones(1)]), s.run(SLOW, [-np.ones(1)])
+        results = await asyncio.gather(good, bad, return_exceptions=True)
+        await s.close()
+        return results
+
+    good, bad = run(scenario())
+    assert good[0].output[0] == 2.0 and isinstance(bad, RuntimeError)
+
+
+def test_cancelled_requests_are_dropped_and_close_fails_what_is_left():
+    async def scenario():
+        device = Device()
+        s = scheduler(device)
+        s.start()
+        device.gate.clear()
+        held = asyncio.create_task(s.run(FAST, [np.zeros(1)]))
+        await asyncio.sleep(0.01)
+        gone = asyncio.create_task(s.run(SLOW, [np.zeros(1)] * 3))
+        left = asyncio.create_task(s.run(FAST, [np.zeros(1)]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        queued_after_cancel = s.queued("slow")
+        await s.close()
+        return queued_after_cancel, await asyncio.gather(held, left, return_exceptions=True)
+
+    queued_after_cancel, (held, left) = run(scenario())
+    assert queued_after_cancel == 0
+    assert isinstance(held, asyncio.CancelledError) and isinstance(left, SchedulerClosed)
+
+
+def test_the_work_ahead_counts_every_member_due_earlier_and_what_runs():
+    async def scenario():
+        device = Device()
+        s = scheduler(device, lanes=2)
+        s.start()
+        device.gate.clear()
+        now = time.monotonic()
+        held = [asyncio.create_task(s.run(member, [np.zeros(1)], now + 10)) for member in (SLOW, FAST)]  # both lanes taken
+        await asyncio.sleep(0.01)
+        queued = [asyncio.create_task(s.run(FAST, [np.zeros(1)] * 5, now + 1.0)),
+                  asyncio.create_task(s.run(SLOW, [np.zeros(1)] * 3, now + 2.0))]
+        await asyncio.sleep(0.01)
+        figures = (s.work_ahead_ms(now + 0.5), s.work_ahead_ms(now + 1.5), s.work_ahead_ms(now + 3.0), s.wait_ms(now + 3.0))
+        device.gate.set()
+        await asyncio.gather(*held, *queued)
+        await s.close()
+        return figures
+
+    before_fast, with_fast, everything, wait = run(scenario())
+    assert before_fast == 0.0  # the held batches have run past their expected time: nothing left of them is counted
+    assert with_fast == pytest.approx(before_fast + FAST.latency.service_ms(5), abs=0.5)
+    assert everything == pytest.approx(with_fast + SLOW.latency.service_ms(3), abs=0.5)
+    assert wait == pytest.approx(everything / 2, abs=0.5)
+
+
+def test_cpu_jobs_and_batches_share_the_lanes_in_deadline_order():
+    async def scenario():
+        device = Device()
+        s = scheduler(device)
+        s.start()
+        device.gate.clear()
+        now = time.monotonic()
+        held = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 10))
+        await asyncio.sleep(0.01)
+        decoded = []
+        late_batch = asyncio.create_task(s.run(SLOW, [np.zeros(1)], now + 2.0))
+        early_job = asyncio.create_task(s.call(lambda: decoded.append(time.monotonic()) or 7, now + 1.0, expected_ms=1.0))
+        await asyncio.sleep(0.01)
+        device.gate.set()
+        value = await early_job
+        await asyncio.gather(held, late_batch)
+        await s.close()
+        return value, decoded[0], device.log[-1]
+
+    value, decoded_at, (name, _, slow_started, _) = run(scenario())
+    assert value == 7 and name == "slow" and decoded_at < slow_started  # the CPU job, due first, ran before the slow batch
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        DeviceScheduler("x", 0, Device(), service_ms)
+    with pytest.raises(ValueError):
+        DeviceScheduler("x", 1, Device(), service_ms, max_queue=0)
+
+
+def test_random_deadlines_are_served_in_order_on_one_lane():
+    async def scenario():
+        device = Device()
+        s = scheduler(device)
+        s.start()
+        device.gate.clear()
+        now = time.monotonic()
+        held = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 100))
+        await asyncio.sleep(0.01)
+        dues = random.Random(3).sample(range(1, 60), 12)
+        tasks = [asyncio.create_task(s.run(fake, [np.full(1, due)], now + due)) for due in dues
+                 for fake in [fake_member(f"m{due}", p50_ms={1: 0.2})]]
+        await asyncio.sleep(0.01)
+        device.gate.set()
+        await asyncio.gather(held, *tasks)
+        await s.close()
+        return dues, device.log
+
+    dues, log = run(scenario())
+    assert [name for name, _, _, _ in log[1:]] == [f"m{due}" for due in sorted(dues)]
