@@ -9,6 +9,12 @@ Closed loop (the default): each user sends its next request when the previous on
 (--effx-user-rate R): each user sends requests at Poisson arrival times of rate R whether or not earlier ones
 were answered, and latency counts from the time a request was meant to be sent, so a slow server cannot
 hide its tail by slowing the generator down (coordinated omission).
+
+Replay (--effx-schedule FILE, written by `effx-serve loadtest` for bursty arrivals, a trace or a comparison phase):
+one user sends the schedule's requests at their times, each in its own greenlet, latency again counted from the
+intended time; the run ends once every request is answered (or timed out). A schedule of fixed requests (a
+comparison's) sends the same requests every time; every replayed request's outcome and send lag is recorded, so
+phases can be compared request by request.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from effx_serve.core.fs import write_atomic
 from loadtest import scenarios
+from loadtest.arrivals import SEQUENTIAL_GAP_S, Schedule
 from loadtest.plan import parse_steps
 from loadtest.tally import ERRORS, Outcome, Tally
 from loadtest.workload import RequestFactory, judge, members_from_models
@@ -52,6 +59,10 @@ def _options(parser) -> None:
                        help="open loop: requests a user may have in flight; arrivals beyond are counted as dropped")
     group.add_argument("--effx-seed", type=int, default=0)
     group.add_argument("--effx-out", default="", help="where the master (or a lone process) writes what it counted, as JSON")
+    group.add_argument("--effx-schedule", default="",
+                       help="replay this schedule (JSON, as effx-serve loadtest writes it) with one open-loop user; set -u 1")
+    group.add_argument("--effx-params", default="",
+                       help="a schedule of fixed requests: query parameters added to each, e.g. 'member=b0&on_miss=best_effort'")
 
 
 class LoadState:
@@ -66,17 +77,29 @@ class LoadState:
         self.drain_started: float | None = None
         self.workers: set[str] = set()  # workers that reported to this master
         self.users_started = 0
+        self.schedule: Schedule | None = None  # --effx-schedule
+        # A schedule: [index, outcome kind, status, latency ms, member, send lag ms, a 429's reason] per request finished.
+        self.results: list[list] = []
+        self.replay_started: float | None = None  # epoch seconds of the schedule's time 0
+        self.replay_claimed = False  # the schedule is sent once, by the first user to run
+        self.replay_done = False  # every request sent and answered (or given up)
+        self.stopping = False  # the test is stopping: send nothing more
 
     def prepare(self) -> None:
         """Read the served members (the SLAs are drawn from them) and make the images, once per process."""
         options = self.environment.parsed_options
         try:
+            if options.effx_schedule:
+                self.schedule = Schedule.from_json(Path(options.effx_schedule).read_text())
+                if self.schedule.fixed:
+                    return  # its requests are made already: no scenario, no members needed
             scenario = scenarios.get(options.effx_scenario)
             url = self.environment.host.rstrip("/") + "/v1/models"
             with urllib.request.urlopen(url, timeout=options.effx_timeout) as answer:
                 members = members_from_models(json.load(answer))
             self.factory = RequestFactory(scenario, members, options.effx_seed)
-        except (ValueError, KeyError, TypeError, OSError, urllib.error.URLError) as error:
+        except (ValueError, KeyError, TypeError, IndexError, OSError, urllib.error.URLError) as error:
+            self.schedule = None
             self.tally.examples.setdefault("setup", f"cannot prepare the workload: {error}")
             log.error("cannot prepare the workload: %s", error)
 
@@ -91,6 +114,9 @@ class LoadState:
             return
         data = {"tally": self.tally.to_json(), "steps": self.steps, "started": self.started, "drain_started": self.drain_started,
                 "stopped": time.time(), "workers": len(self.workers)}
+        if self.schedule is not None:
+            data["replay"] = {"started": self.replay_started, "requests": len(self.schedule), "done": self.replay_done}
+            data["results"] = sorted(self.results, key=lambda row: row[0])
         write_atomic(Path(out), json.dumps(data))
 
 
@@ -109,6 +135,7 @@ def _init(environment, **_) -> None:
         except ValueError as error:
             raise SystemExit(f"effx-serve locustfile: {error}") from None
         environment.events.quitting.add_listener(lambda environment, **_: state.write())
+        environment.events.test_stopping.add_listener(lambda environment, **_: setattr(state, "stopping", True))
         # Locust installs its own SIGTERM handler only after a shape has run its course; until then a SIGTERM would
         # end the process without its counts. Stopping the runner ends the shape and takes locust's normal way out.
         gevent.signal_handler(signal.SIGTERM, runner.quit)
@@ -132,6 +159,7 @@ class ClassifyUser(FastHttpUser):
         self.state: LoadState = environment.effx
         self.rate = options.effx_user_rate
         self.max_pending = options.effx_max_pending
+        self.params = options.effx_params
         # A seed per user and process: repeatable runs, and no two workers send the same stream.
         self.state.users_started += 1
         self.rng = random.Random(f"{options.effx_seed}-{getattr(environment.runner, 'worker_index', 0)}-{self.state.users_started}")
@@ -140,6 +168,9 @@ class ClassifyUser(FastHttpUser):
 
     @task
     def classify(self) -> None:
+        if self.state.schedule is not None:
+            self._replay()
+            return
         if self.state.factory is None:
             raise StopUser()
         if self.rate <= 0:
@@ -159,11 +190,54 @@ class ClassifyUser(FastHttpUser):
             return
         self.pending.spawn(self._send, intended)
 
-    def _send(self, intended: float) -> None:
-        tally, request = self.state.tally, self.state.factory.next(self.rng)
+    def _replay(self) -> None:
+        """Send the schedule once: each request in its own greenlet at its time; then wait for the answers."""
+        state, schedule = self.state, self.state.schedule
+        if state.replay_claimed:  # sent already (a user started again), or being sent by another user: idle until the end
+            gevent.sleep(0.2)
+            return
+        state.replay_claimed = True
+        start = time.perf_counter() + 0.05  # a moment to spare, so the first request is not late by construction
+        state.replay_started = _epoch(start)
+        for index, at in enumerate(schedule.times):
+            if state.stopping:
+                break
+            if schedule.sequential:  # one at a time: sent the way the others are (a timed wake-up, a greenlet), then awaited
+                intended = time.perf_counter() + SEQUENTIAL_GAP_S
+                gevent.sleep(SEQUENTIAL_GAP_S)
+                self.pending.spawn(self._send, intended, index).join()
+                continue
+            intended = start + at
+            if intended > time.perf_counter():
+                gevent.sleep(intended - time.perf_counter())
+            if len(self.pending) >= self.max_pending:
+                self._drop(index, intended)
+                continue
+            self.pending.spawn(self._send, intended, index)
+        self.pending.join(timeout=self.network_timeout)
+        state.replay_done = True
+
+    def _request(self, index: int | None):
+        schedule = self.state.schedule
+        if schedule is None or index is None:
+            return self.state.factory.next(self.rng)
+        if schedule.fixed:
+            return schedule.request(index, self.params)
+        return self.state.factory.next(self.rng, schedule.bounds[index])
+
+    def _drop(self, index: int, intended: float) -> None:
+        request = self._request(index)
+        self.state.tally.sent(request.request_class)
+        self.state.tally.record(Outcome(request.request_class, _epoch(intended), 0.0, "dropped",
+                                        detail=f"the generator had {self.max_pending} requests in flight"))
+        self.state.results.append([index, "dropped", 0, 0.0, None, round((time.perf_counter() - intended) * 1000, 3), None])
+
+    def _send(self, intended: float, index: int | None = None) -> None:
+        tally, request = self.state.tally, self._request(index)
         tally.sent(request.request_class)
-        if self.rate > 0:
-            tally.lag.add((time.perf_counter() - intended) * 1000)
+        lag_ms = (time.perf_counter() - intended) * 1000
+        if self.rate > 0 or index is not None:
+            tally.lag.add(lag_ms)
         endpoint = "batch" if request.batch else "classify"
         with self.client.request("POST", request.path, data=request.body, headers={"content-type": request.content_type},
                                  name=f"{endpoint} {request.request_class.removeprefix('batch ')}", catch_response=True) as response:
@@ -176,10 +250,24 @@ class ClassifyUser(FastHttpUser):
                 response.success()
         tally.record(Outcome(request.request_class, _epoch(intended), latency_ms, verdict.kind, verdict.member,
                              verdict.attained, verdict.attained_e2e, verdict.detail))
+        if index is not None:
+            self.state.results.append([index, verdict.kind, response.status_code or 0, round(latency_ms, 3), verdict.member, round(lag_ms, 3),
+                                       _refusal_reason(response.status_code, response.content)])
 
     def on_stop(self) -> None:
         self.pending.join(timeout=self.network_timeout)  # answers still in flight are counted as unfinished
         self.pending.kill(block=False)
+
+
+def _refusal_reason(status: int | None, body: bytes | None) -> str | None:
+    """A 429's "reason" (limit, overload, deadline: docs/serving.md), when the answer gives one."""
+    if status != 429 or not body:
+        return None
+    try:
+        reason = json.loads(body).get("reason")
+    except (ValueError, AttributeError):
+        return None
+    return str(reason)[:40] if reason is not None else None
 
 
 def _epoch(perf: float) -> float:
@@ -187,7 +275,11 @@ def _epoch(perf: float) -> float:
 
 
 class StepShape(LoadTestShape):
-    """--effx-steps when given, else -u users for -t seconds; then a drain at zero users."""
+    """--effx-steps when given, else -u users for -t seconds; then a drain at zero users.
+
+    Replaying a schedule, the steps only mark time (one user throughout): the run ends once the schedule is sent and
+    answered, or at the latest a request timeout and the drain after the steps.
+    """
 
     use_common_options = True
 
@@ -197,12 +289,18 @@ class StepShape(LoadTestShape):
         steps = parse_steps(options.effx_steps) or [(options.num_users or 1, options.run_time or math.inf)]
         elapsed, begins = self.get_run_time(), 0.0
         started = time.time() - elapsed  # the shape's start, in epoch seconds
+        if state.replay_done:
+            state.drain_started = state.drain_started or min(time.time(), started + sum(seconds for _, seconds in steps))
+            return None
         for index, (users, seconds) in enumerate(steps):
             if len(state.steps) == index and elapsed >= begins:  # record every step begun, even one a late tick skipped
                 state.steps.append({"index": index, "users": users, "start": started + begins, "seconds": seconds})
             begins += seconds
             if elapsed < begins:
                 return users, max(users, 1)
+        if state.schedule is not None and elapsed < begins + options.effx_timeout + options.effx_drain:
+            state.drain_started = state.drain_started or started + begins
+            return 1, 1  # still sending (a late generator) or waiting for answers: the user must not be stopped
         if elapsed < begins + options.effx_drain:
             state.drain_started = state.drain_started or started + begins
             return 0, 1000

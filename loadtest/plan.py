@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from loadtest.arrivals import Arrivals, TraceRequest, arrival_times, trace_seconds
 from loadtest.summary import Gates
 
 
@@ -25,6 +26,14 @@ class LoadTest:
     ready_timeout_s: float = 30.0
     seed: int = 0
     max_user_rate: float = 10.0  # open loop: requests/s one simulated user sends at most
+    arrivals: Arrivals = field(default_factory=Arrivals)  # anything but Poisson: one user replays a schedule
+    trace: tuple[TraceRequest, ...] | None = None  # the arrival times (and bounds) of a trace file instead of --rate
+    trace_path: str | None = None  # where the trace came from, for the report
+
+    @property
+    def replays(self) -> bool:
+        """Whether the load is a schedule made up front (bursty arrivals or a trace) rather than Poisson users."""
+        return self.trace is not None or self.arrivals.kind != "poisson"
 
 
 @dataclass(frozen=True)
@@ -37,14 +46,22 @@ class Step:
 @dataclass(frozen=True)
 class Plan:
     mode: str  # "open" or "closed"
-    per_user_rate: float  # open loop; 0 for closed
+    per_user_rate: float  # open loop; 0 for closed (and for a replayed schedule)
     steps: list[Step]
+    replay: bool = False  # one user replays a schedule (raw/schedule.json) instead of users at a Poisson rate
 
 
-def make_plan(test: LoadTest) -> Plan:
-    """Users per step. Open loop: every user sends at one Poisson rate, so a step's rate is its user count times it."""
+def make_plan(test: LoadTest, replay: bool = False) -> Plan:
+    """Users per step. Open loop: every user sends at one Poisson rate, so a step's rate is its user count times it.
+
+    Bursty arrivals, a trace, or `replay` (a comparison: the same schedule sent several times): one user replays a
+    schedule made up front, and each step is the rate that schedule offers.
+    """
     if test.users is not None and test.rate is not None:
         raise ValueError("give --users (closed loop) or --rate (open loop), not both")
+    test.arrivals.check()
+    if test.replays or replay:
+        return _replay_plan(test)
     if not (test.duration_s > 0 and math.isfinite(test.duration_s)):
         raise ValueError(f"--duration must be a positive number of seconds, not {test.duration_s}")
     if test.steps < 1 or test.duration_s / test.steps < 2:
@@ -63,6 +80,38 @@ def make_plan(test: LoadTest) -> Plan:
     users = math.ceil(first / test.max_user_rate)
     per_user = first / users
     return Plan("open", per_user, [Step(users * k, users * k * per_user, seconds) for k in range(1, test.steps + 1)])
+
+
+def _replay_plan(test: LoadTest) -> Plan:
+    """One user replaying a schedule: a trace's, or bursty arrivals at --rate (in --steps equal steps)."""
+    what = "--trace" if test.trace is not None else f"--arrivals {test.arrivals.kind}" if test.replays else "--compare"
+    if test.users is not None:
+        raise ValueError(f"{what} is an open-loop schedule: it does not go with --users")
+    if test.workers or test.expect_workers:
+        raise ValueError(f"{what} is replayed by one locust process: it does not go with --workers or --expect-workers")
+    if test.trace is not None:
+        if test.rate is not None:
+            raise ValueError("--trace sets the arrival times: give --trace or --rate, not both")
+        if test.arrivals.kind != "poisson":
+            raise ValueError("--trace sets the arrival times: it does not go with --arrivals")
+        if test.steps != 1:
+            raise ValueError("--trace sets the arrival times: it does not go with --steps")
+        if not test.trace:
+            raise ValueError(f"trace {test.trace_path}: no request within the first {test.duration_s:g} s")
+        seconds = trace_seconds(list(test.trace))
+        return Plan("open", 0.0, [Step(1, len(test.trace) / seconds, seconds)], replay=True)
+    if test.rate is None:
+        raise ValueError(f"{what} needs --rate (the mean requests/s)")
+    plan = make_plan(LoadTest(test.url, duration_s=test.duration_s, rate=test.rate, steps=test.steps))  # checks rate and steps
+    return Plan("open", 0.0, [Step(1, s.offered_rate, s.seconds) for s in plan.steps], replay=True)
+
+
+def schedule_times(test: LoadTest, plan: Plan) -> tuple[list[float], list[float | None]]:
+    """The arrival times (seconds from the start) and latency bounds (None: not given) a plan's schedule sends."""
+    if test.trace is not None:
+        return [r.at_s for r in test.trace], [r.bound_ms for r in test.trace]
+    times = arrival_times(test.arrivals, [(s.offered_rate, s.seconds) for s in plan.steps], test.seed)
+    return times, [None] * len(times)
 
 
 def format_steps(plan: Plan) -> str:

@@ -136,6 +136,10 @@ def _load(load: dict) -> list[tuple]:
                "closed": " (each user sends its next request once the previous one is answered)"}.get(load.get("mode"), "")
     line = (f"Mode: {_plain(load.get('mode'))}{meaning}; workers {_plain(load.get('workers'))}; "
             f"per-user rate {_rate(load.get('per_user_rate'))} req/s.")
+    arrivals = _dict(load.get("arrivals"))
+    if arrivals:  # a schedule made up front (bursty arrivals, a trace): no per-user rate
+        line = (f"Mode: {_plain(load.get('mode'))}{meaning}; arrivals: {_plain(arrivals.get('described'))}; "
+                f"one user replays the schedule (raw/schedule.json).")
     return [("h2", "Load"), ("p", line), *_table(["step", "users", "offered rate (req/s)", "seconds"], [
         [_plain(s.get("index")), _plain(s.get("users")), _rate(s.get("offered_rate")),
          _plain(s.get("seconds"))] for s in _rows(load.get("steps"))])]
@@ -355,3 +359,137 @@ def _html(blocks: list[tuple]) -> str:
     title = next(args[0] for kind, *args in blocks if kind == "h1")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>\n'
             f"<style>\n{CSS}\n</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+# The comparison (`effx-serve loadtest --compare`): one schedule, several phases, side by side.
+
+COMPARISON_COLUMNS = [
+    ("requests", "the requests scheduled (the same in every phase)"),
+    ("attainment", "the share of all scheduled requests answered (200) within their latency bound, as the client measured "
+                   "it from the intended send time"),
+    ("effective accuracy", "the mean over all scheduled requests of the serving member's top-1 (GET /v1/models) when "
+                           "answered within the bound, else 0"),
+    ("goodput", "answers within their bound per second of schedule"),
+    ("p50, p99", "client latency of the answered requests, from the intended send time"),
+    ("refused 422", "no member could meet the SLA (the router's admission control)"),
+    ("refused 429", "the server was at a limit, or refused early because the SLA could not be met under the load"),
+    ("errors", "everything else that was not an answer: 5xx, connection errors and timeouts, malformed answers, "
+               "requests the generator dropped, requests unanswered when the phase ended"),
+    ("members", "which members served the answered requests"),
+]
+
+
+def render_comparison(report: dict, folder: Path) -> list[str]:
+    """A comparison report: report.md, report.html and (with matplotlib, when a phase ran) comparison.png."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    phases = [p for p in _rows(report.get("phases")) if _number(p.get("attainment")) is not None]
+    charts, skipped = [], False
+    if phases:
+        plt = plots.optional_pyplot()
+        skipped = plt is None
+        if plt is not None:
+            accuracies = [a for m in _rows(_dict(report.get("target")).get("members")) if (a := _number(m.get("accuracy"))) is not None]
+            fig, buffer = _draw_comparison(plt, phases, max(accuracies, default=None)), io.BytesIO()
+            try:
+                fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+            finally:
+                plt.close(fig)
+            write_atomic(folder / "comparison.png", buffer.getvalue())
+            charts.append("comparison.png")
+    blocks = _comparison_document(report, charts, skipped)
+    write_atomic(folder / "report.md", _markdown(blocks).encode("utf-8"))
+    write_atomic(folder / "report.html", _html(blocks).encode("utf-8"))
+    return charts + ["report.md", "report.html"]
+
+
+def _comparison_document(report: dict, charts: list[str], skipped: bool) -> list[tuple]:
+    url = _dict(report.get("target")).get("url")
+    blocks = [("h1", f"Load test comparison: SLA routing against pinned members at {_plain(url)}"), *_verdict(report),
+              ("h2", "Command"), ("code", _plain(report.get("command"))), *_schedule(_dict(report.get("schedule"))),
+              *_calibration(report)]
+    phases = _rows(report.get("phases"))
+    headers = ["phase", "requests", "attainment", "effective accuracy", "goodput (req/s)", "p50 (ms)", "p99 (ms)",
+               "refused 422", "refused 429", "errors", "members"]
+    rows = [[_plain(p.get("name")), _plain(p.get("requests")), _pct(p.get("attainment")), _pct(p.get("effective_accuracy")),
+             _rate(p.get("goodput_rps")), _ms(_dict(p.get("latency_ms")).get("p50")), _ms(_dict(p.get("latency_ms")).get("p99")),
+             _plain(p.get("refused_422")), _plain(p.get("refused_429")), _plain(p.get("errors")), _pairs(p.get("members"), _pct)]
+            for p in phases]
+    blocks += [("h2", "Comparison"), *_table(headers, rows)]
+    if "comparison.png" in charts:
+        blocks.append(("img", "comparison.png", "Effective accuracy against attainment, and the outcome of every request, per phase"))
+    if skipped:
+        blocks.append(("p", NO_CHARTS))
+    blocks += [("list", [f"{name}: {meaning}" for name, meaning in COMPARISON_COLUMNS])]
+    details = [[_plain(p.get("name")), _plain(p.get("url")), _plain(p.get("params")), _plain(p.get("answered")),
+                _pct(p.get("answered_share")), _plain(p.get("within_bound")), _pairs(p.get("refused_429_reasons"), _plain),
+                _pairs(p.get("error_kinds"), _plain),
+                _ms(p.get("lag_p99_ms")), _plain(p.get("idle_wait") or "idle")] for p in phases]
+    blocks += [("h2", "Phases"), *_table(["phase", "server", "query added", "answered", "answered share", "within bound",
+                                          "429 by reason", "errors by kind", "send lag p99 (ms)", "server before the phase"], details)]
+    blocks += _target(report)
+    versions = [[str(key), _plain(value)] for key, value in _dict(report.get("versions")).items()]
+    files = [(str(label), href) for label, href in _dict(report.get("files")).items() if isinstance(href, str)]
+    return blocks + [("h2", "Versions"), *_table(["component", "version"], versions),
+                     ("h2", "Raw files"), ("links", files) if files else ("p", DASH)]
+
+
+def _schedule(schedule: dict) -> list[tuple]:
+    if not schedule:
+        return []
+    bounds, factors = _dict(schedule.get("bounds_ms")), schedule.get("latency_bounds") or []
+    factor = f"{_plain(factors[0])} to {_plain(factors[1])}" if len(factors) == 2 else DASH
+    rows = [["arrivals", _plain(_dict(schedule.get("arrivals")).get("described"))], ["requests", _plain(schedule.get("requests"))],
+            ["seconds", _plain(schedule.get("duration_s"))],
+            ["offered rate (req/s)", _rate((_number(schedule.get("requests")) or 0) / schedule["duration_s"]
+                                           if _number(schedule.get("duration_s")) else None)],
+            ["latency bound", f"{factor} x the unloaded latency of a member drawn at random"],
+            ["bounds from the trace", _plain(schedule.get("bounds_from_trace"))],
+            ["bounds (ms): min, p50, max", ", ".join(_ms(bounds.get(k)) for k in ("min", "p50", "max"))],
+            ["images", ", ".join(map(str, schedule.get("images") or [])) or DASH], ["seed", _plain(schedule.get("seed"))]]
+    return [("h2", "Schedule"), ("table", ["figure", "value"], rows)]
+
+
+def _calibration(report: dict) -> list[tuple]:
+    calibration = _dict(report.get("calibration"))
+    accuracy = {m.get("name"): m.get("accuracy") for m in _rows(_dict(report.get("target")).get("members"))}
+    rows = [[str(name), _pct(accuracy.get(name)), _ms(_dict(c).get("median_ms")),
+             ", ".join(_ms(x) for x in _dict(c).get("samples_ms") or [])] for name, c in _dict(calibration.get("members")).items()]
+    return [("h2", "Calibration (unloaded, end to end, pinned, one request at a time)"),
+            *_table(["member", "top-1", "median (ms)", "samples (ms)"], rows)]
+
+
+OUTCOMES = (("within bound", "C2"), ("answered late", "C1"), ("refused 422", "C0"), ("refused 429", "C4"), ("errors", "C3"))
+
+
+def _outcome_shares(phase: dict) -> list[float]:
+    requests = _number(phase.get("requests")) or 0
+    counts = [_number(phase.get(k)) or 0 for k in ("within_bound", "answered", "refused_422", "refused_429", "errors")]
+    counts[1] -= counts[0]  # answered, but after the bound
+    return [c / requests if requests else 0.0 for c in counts]
+
+
+def _draw_comparison(plt, phases: list[dict], best: float | None):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.2]})
+    top = max([_value(p, "effective_accuracy") * 100 for p in phases] + [(best or 0) * 100])
+    if best:  # every request within its bound, served by the most accurate member: the most a phase can reach
+        left.plot([0, 100], [0, best * 100], color="grey", linestyle="--", linewidth=1, label=f"ceiling: the most accurate member ({_pct(best)})")
+    for i, phase in enumerate(phases):  # a legend rather than labels beside the points: phases often land close together
+        left.scatter([_value(phase, "attainment") * 100], [_value(phase, "effective_accuracy") * 100], s=60, color=f"C{i % 10}",
+                     marker="o" if phase.get("kind") == "pinned" else "D", zorder=3, label=str(phase.get("name")))
+    left.set(xlabel="attainment (% answered within the bound)", ylabel="effective accuracy (%)",
+             title="Effective accuracy against attainment", xlim=(-2, 102), ylim=(0, max(top, 1) * 1.1))
+    left.legend(fontsize=8, loc="upper left")
+    left.grid(True, alpha=0.3)
+    names = [str(p.get("name")) for p in phases]
+    shares = [_outcome_shares(p) for p in phases]
+    lefts = [0.0] * len(phases)
+    for k, (label, colour) in enumerate(OUTCOMES):
+        widths = [s[k] * 100 for s in shares]
+        right.barh(names, widths, left=lefts, color=colour, label=label)
+        lefts = [a + b for a, b in zip(lefts, widths, strict=True)]
+    right.invert_yaxis()
+    right.set(xlabel="% of the scheduled requests", title="Outcome of every request", xlim=(0, 100))
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(OUTCOMES))
+    fig.tight_layout()
+    return fig

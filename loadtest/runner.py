@@ -25,13 +25,15 @@ from pathlib import Path
 from effx_serve.core import atomic_dir, proc
 from effx_serve.hardware.ids import cpu_model_name
 from loadtest import prom, render, scenarios, summary
-from loadtest.plan import LoadTest, Plan, format_steps, make_plan
+from loadtest.arrivals import Schedule
+from loadtest.plan import LoadTest, Plan, format_steps, make_plan, schedule_times
 from loadtest.tally import Tally
 from loadtest.workload import members_from_models
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 Progress = Callable[[int, int], None]  # (seconds done, seconds planned)
 DRAIN_S = 4.0  # zero users after the last step: answers in flight arrive and workers send their last counts (every 3 s)
+REPLAY_MAX_PENDING = 256  # requests in flight the one user replaying a schedule may have (a Poisson user: 64)
 
 
 def _get_json(url: str, timeout_s: float) -> dict:
@@ -74,28 +76,33 @@ def versions() -> dict:
             "cores": os.cpu_count(), "git_commit": commit_id}
 
 
-def locust_argv(test: LoadTest, plan: Plan, raw: Path, master_port: int | None) -> list[str]:
+def locust_argv(test: LoadTest, plan: Plan, raw: Path, master_port: int | None, schedule: Path | None = None, params: str = "") -> list[str]:
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", test.url, "--headless", "--only-summary",
             "--csv", str(raw / "locust"), "--csv-full-history", "--html", str(raw / "locust.html"),
             "--logfile", str(raw / "locust.log"), "--stop-timeout", f"{test.request_timeout_s:g}",
             "--effx-scenario", test.scenario, "--effx-user-rate", repr(plan.per_user_rate),
             "--effx-steps", format_steps(plan), "--effx-drain", repr(DRAIN_S),
             "--effx-timeout", repr(test.request_timeout_s), "--effx-seed", str(test.seed), "--effx-out", str(raw / "counts.json")]
+    if schedule is not None:
+        argv += ["--effx-schedule", str(schedule), "--effx-max-pending", str(REPLAY_MAX_PENDING)] + (["--effx-params", params] if params else [])
     if master_port is not None:
         argv += ["--master", "--master-bind-port", str(master_port), "--expect-workers", str(test.workers or test.expect_workers),
                  "--expect-workers-max-wait", f"{max(test.ready_timeout_s, 60):g}"]
     return argv
 
 
-def run_locust(test: LoadTest, plan: Plan, raw: Path, progress: Progress) -> list[str]:
-    """Run the master (or lone process) and any local workers; the problems seen, if any."""
+def run_locust(test: LoadTest, plan: Plan, raw: Path, progress: Progress, schedule: Path | None = None, params: str = "") -> list[str]:
+    """Run the master (or lone process) and any local workers; the problems seen, if any.
+
+    With `schedule`, one user replays it (with `params` added to each request of a fixed schedule).
+    """
     distributed = test.workers > 0 or test.expect_workers > 0
     port = (proc.free_port() if test.workers else test.master_port) if distributed else None
     planned = round(sum(s.seconds for s in plan.steps) + DRAIN_S)
     limit_s = planned + test.request_timeout_s + 60 + (max(test.ready_timeout_s, 60) if distributed else 0)
     problems: list[str] = []
     with open(raw / "locust_stdout.txt", "w") as stdout:
-        master = subprocess.Popen(locust_argv(test, plan, raw, port), stdout=stdout, stderr=subprocess.STDOUT)
+        master = subprocess.Popen(locust_argv(test, plan, raw, port, schedule, params), stdout=stdout, stderr=subprocess.STDOUT)
         workers = [subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
                                      "--master-port", str(port), "--logfile", str(raw / f"worker-{i}.log")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for i in range(test.workers)]
@@ -140,6 +147,11 @@ def build(test: LoadTest, plan: Plan | None, raw: Path, target: dict, problems: 
     tally = Tally.from_json(counts["tally"])
     stopped = counts.get("drain_started") or counts["stopped"]
     ran = counts["steps"]
+    replay = counts.get("replay") or {}
+    if replay.get("started") and ran and plan is not None:  # a schedule's time 0 is when its user began: steps follow it
+        offset = replay["started"] - ran[0]["start"]
+        ran = [s | {"start": s["start"] + offset} for s in ran]
+        stopped = replay["started"] + sum(s.seconds for s in plan.steps)
     windows = [summary.Window(s["index"], s["users"], plan.steps[s["index"]].offered_rate, s["start"],
                               ran[i + 1]["start"] if i + 1 < len(ran) else stopped) for i, s in enumerate(ran)]
     start = windows[0].start if windows else counts["started"]
@@ -157,16 +169,20 @@ def build(test: LoadTest, plan: Plan | None, raw: Path, target: dict, problems: 
     return report
 
 
+def arrivals_report(test: LoadTest) -> dict:
+    """How the requests were timed, for the report."""
+    if test.trace is not None:
+        return {"kind": "trace", "trace": test.trace_path, "requests": len(test.trace),
+                "described": f"replay of trace {test.trace_path} ({len(test.trace)} requests)"}
+    return {"kind": test.arrivals.kind, "burstiness": test.arrivals.factor, "burst_s": test.arrivals.burst_s if test.arrivals.kind == "onoff" else None,
+            "described": test.arrivals.describe()}
+
+
 def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lambda done, total: None) -> dict:
     """Run the whole load test and write the report folder; returns the report (its "status" says pass or fail)."""
     test = replace(test, url=test.url.rstrip("/"))  # locust joins host and path as strings: no '//v1/classify'
-    if report_dir.exists() and not report_dir.is_dir():
-        raise NotADirectoryError(f"--report {report_dir} is a file; give a folder")
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    atomic_dir.recover(report_dir)
-    staging = atomic_dir.staging_dir(report_dir)
+    staging = open_report(report_dir)
     raw = staging / "raw"
-    raw.mkdir()
     started = time.time()
     problems: list[str] = []
     plan = None
@@ -182,9 +198,16 @@ def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lam
         except KeyboardInterrupt:
             problems.append("interrupted (Ctrl-C) while waiting for the server")
     metrics: dict = {"scraped": False, "reason": "the load did not run"}
+    schedule = None
+    if plan is not None and plan.replay and not problems:
+        try:
+            schedule = raw / "schedule.json"
+            schedule.write_text(Schedule(*schedule_times(test, plan)).to_json())
+        except ValueError as error:
+            problems.append(str(error))
     if plan is not None and not problems:
         before, reason = prom.scrape(test.url)
-        problems += run_locust(test, plan, raw, progress)
+        problems += run_locust(test, plan, raw, progress, schedule)
         after, reason_after = prom.scrape(test.url)
         if before and after:
             (raw / "metrics_before.prom").write_text(before)
@@ -201,13 +224,31 @@ def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lam
                "load": {"scenario": test.scenario, "mode": plan and plan.mode, "workers": report.pop("workers", 0),
                         "per_user_rate": plan and plan.per_user_rate,
                         "steps": [asdict(s) | {"index": i} for i, s in enumerate(plan.steps)] if plan else []}}
+    if test.replays:  # bursty arrivals or a trace: say how the requests were timed (Poisson users need no word)
+        report["load"]["arrivals"] = arrivals_report(test)
     if not problems:
         report["gates"] = summary.check_gates(test.gates, report["summary"], report["classes"], report.get("capacity"))
         problems += [f"gate failed: {g['name']} {g['threshold']} (was {g['value']})" for g in report["gates"] if not g["passed"]]
     report["status"] = "failed" if problems else "passed"
     report["problems"] = problems
-    report["files"] = {"report.json": "report.json"} | {p.name: f"raw/{p.name}" for p in sorted(raw.iterdir())}
-    render.render(report, staging)
+    close_report(report, staging, report_dir, render.render)
+    return report
+
+
+def open_report(report_dir: Path) -> Path:
+    """A fresh staging folder (with raw/) beside `report_dir`, which `close_report` swaps in whole."""
+    if report_dir.exists() and not report_dir.is_dir():
+        raise NotADirectoryError(f"--report {report_dir} is a file; give a folder")
+    report_dir.parent.mkdir(parents=True, exist_ok=True)
+    atomic_dir.recover(report_dir)
+    staging = atomic_dir.staging_dir(report_dir)
+    (staging / "raw").mkdir()
+    return staging
+
+
+def close_report(report: dict, staging: Path, report_dir: Path, draw: Callable[[dict, Path], object]) -> None:
+    """List the raw files, `draw` the report (Markdown, HTML, charts), write report.json, and swap the folder in."""
+    report["files"] = {"report.json": "report.json"} | {p.name: f"raw/{p.name}" for p in sorted((staging / "raw").iterdir())}
+    draw(report, staging)
     (staging / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False, default=str))
     atomic_dir.swap_in(staging, report_dir)
-    return report

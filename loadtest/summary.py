@@ -6,7 +6,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from loadtest.tally import ERRORS, OK, SLA_REJECTED, Histogram, SecondCounts, Tally
+from loadtest.tally import ERRORS, OK, SLA_REFUSED, SLA_REJECTED, Histogram, SecondCounts, Tally
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99.9": 99.9}
 SETTLE_S = 2.0  # the start of every step (a fifth of shorter steps) is left out of its figures while queues fill or drain
@@ -36,7 +36,9 @@ def totals(tally: Tally, seconds: float) -> dict:
     # A request never answered (still in flight when the run ended) counts as an error.
     n_errors = sum(outcomes.get(kind, 0) for kind in ERRORS) + sent - completed
     return {
-        "requests": sent, "completed": completed, "ok": outcomes.get(OK, 0), "sla_rejected": outcomes.get(SLA_REJECTED, 0),
+        "requests": sent, "completed": completed, "ok": outcomes.get(OK, 0),
+        # Refused by SLA: 422 (no member can meet it) and, from a server that says so, 429 (not under the current load).
+        "sla_rejected": outcomes.get(SLA_REJECTED, 0) + outcomes.get(SLA_REFUSED, 0), "sla_refused_429": outcomes.get(SLA_REFUSED, 0),
         "unfinished": sent - completed, "throughput_rps": outcomes.get(OK, 0) / seconds if seconds > 0 else None,
         "error_rate": n_errors / sent if sent else None, "errors": errors, "latency_ms": latency_figures(latency),
         "generator": {"lag_p99_ms": tally.lag.percentile(99), "dropped": outcomes.get("dropped", 0)},

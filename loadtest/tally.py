@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 _FLOOR_MS = 0.01
 _GROWTH = 1.01
 
-# Outcomes of one request; everything but "ok" and "sla_rejected" is an error of the system under test or the generator.
+# Outcomes of one request; everything but OK and the SLA refusals is an error of the system under test or the generator.
 OK = "ok"
 SLA_REJECTED = "sla_rejected"  # 422 with the nearest options: the router's admission control, counted against attainment
+SLA_REFUSED = "sla_refused"  # 429 with reason overload or deadline: the server could not meet the bound under its load
+SLA_REFUSALS = (SLA_REJECTED, SLA_REFUSED)
 ERRORS = ("overloaded", "server_error", "client_error", "connection", "bad_answer", "dropped")
 
 
@@ -107,7 +109,7 @@ class Outcome:
     request_class: str
     sent_at: float  # epoch seconds when it was meant to be sent
     latency_ms: float  # from the intended send time to the last byte of the answer
-    kind: str  # OK, SLA_REJECTED or one of ERRORS
+    kind: str  # OK, one of SLA_REFUSALS or one of ERRORS
     member: str | None = None
     attained: bool = False
     attained_e2e: bool = False
@@ -140,7 +142,7 @@ class Tally:
             second.ok += 1
             second.latency.add(outcome.latency_ms)
             self.seconds.setdefault(int(outcome.sent_at + outcome.latency_ms / 1000), SecondCounts()).answered += 1
-        elif outcome.kind == SLA_REJECTED:
+        elif outcome.kind in SLA_REFUSALS:
             second.rejected += 1
         else:
             second.failed += 1

@@ -12,7 +12,7 @@ import numpy as np
 
 from effx_serve.core.photos import synthetic_photo
 from loadtest.scenarios import Scenario
-from loadtest.tally import OK, SLA_REJECTED
+from loadtest.tally import OK, SLA_REFUSED, SLA_REJECTED
 
 VARIANTS = 3  # different pictures per image kind, so no two consecutive requests need be byte-identical
 
@@ -69,16 +69,21 @@ class RequestFactory:
         self.images = {kind: [synthetic_photo(kind.width, kind.height, kind.format, seed * 1000 + i) for i in range(VARIANTS)] for kind in scenario.images}
         self.encoded = {kind: [base64.b64encode(b).decode() for b in blobs] for kind, blobs in self.images.items()}
 
-    def next(self, rng: random.Random) -> PlannedRequest:
+    def next(self, rng: random.Random, max_latency_ms: float | None = None) -> PlannedRequest:
+        """The next request; `max_latency_ms` (a trace's bound) replaces the drawn latency bound, making it a latency SLA."""
         s = self.scenario
         sla = rng.choices(list(s.slas), weights=list(s.slas.values()))[0]
+        if max_latency_ms is not None:
+            sla = "both" if sla in ("accuracy", "both") else "latency"
         batch = rng.random() < s.batch_share
         images = s.batch_images if batch else 1
         params: dict[str, object] = {"top_k": 1}
-        min_accuracy = max_latency_ms = None
+        min_accuracy = None
         if sla in ("accuracy", "both"):
             min_accuracy = params["min_accuracy"] = rng.choice(self.members).accuracy
-        if sla in ("latency", "both"):
+        if max_latency_ms is not None:
+            params["max_latency_ms"] = max_latency_ms
+        elif sla in ("latency", "both"):
             max_latency_ms = params["max_latency_ms"] = round(rng.choice(self.members).expected_ms(images) * rng.uniform(*s.latency_factor), 3)
         if sla != "none" and rng.random() < s.best_effort_share:
             params["on_miss"] = "best_effort"
@@ -102,12 +107,21 @@ class Verdict:
 
 
 def judge(request: PlannedRequest, status: int, body: bytes, latency_ms: float, error: str | None = None) -> Verdict:
-    """Sort an answer into OK, SLA_REJECTED or an error kind, and check a 200 really is a well-formed answer."""
+    """Sort an answer into OK, an SLA refusal or an error kind, and check a 200 really is a well-formed answer.
+
+    A 429 whose reason is "overload" (refused on arrival: the bound cannot be met under the current load) or "deadline"
+    (taken out of the queue once it could no longer make its bound) is the server keeping its SLA promise, like a 422;
+    any other 429 (a queue or in-flight limit) is an error.
+    """
     text = body[:300].decode(errors="replace")
     if status == 0:
         return Verdict("connection", detail=error or "no answer")
     if status == 429:
-        return Verdict("overloaded", detail=f"429 {text}")
+        try:
+            reason = json.loads(body).get("reason")
+        except (ValueError, AttributeError):
+            reason = None
+        return Verdict(SLA_REFUSED if reason in ("overload", "deadline") else "overloaded", detail=f"429 {text}")
     if status >= 500:
         return Verdict("server_error", detail=f"{status} {text}")
     try:

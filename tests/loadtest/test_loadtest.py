@@ -104,6 +104,9 @@ ANSWER = {"member": "b0", "sla": {"met": True}, "predictions": [{"label": "a"}]}
     (SINGLE, 200, ANSWER, 4.0, "ok"),
     (SINGLE, 0, b"", 4.0, "connection"),
     (SINGLE, 429, b"queue full", 4.0, "overloaded"),
+    (SINGLE, 429, {"detail": "queue full", "reason": "limit"}, 4.0, "overloaded"),
+    (SINGLE, 429, {"detail": "not within 5 ms under this load", "reason": "overload"}, 4.0, "sla_refused"),  # an SLA refusal, not an error
+    (SINGLE, 429, {"detail": "could no longer make its bound", "reason": "deadline"}, 4.0, "sla_refused"),
     (SINGLE, 503, b"not ready", 4.0, "server_error"),
     (SINGLE, 500, b"Internal Server Error", 4.0, "server_error"),
     (SINGLE, 422, {"detail": "no member", "options": []}, 4.0, "sla_rejected"),
@@ -248,9 +251,11 @@ def test_sla_rejections_are_shown_per_step_but_not_counted_as_late():
     tally, windows = _stepped_tally([0, 0, 0])
     for second in range(1002, 1010):
         tally.sent("latency")
-        tally.record(_outcome("sla_rejected", second=second + 0.5, cls="latency"))
+        tally.record(_outcome("sla_rejected" if second % 2 else "sla_refused", second=second + 0.5, cls="latency"))
     first = summary.curve(tally, windows, p99_bound_ms=50)[0]
     assert first["within_bound"] and first["error_rate"] == 0 and first["rejected_share"] == pytest.approx(8 / 88)
+    totals = summary.totals(tally, 30.0)
+    assert totals["sla_rejected"] == 8 and totals["sla_refused_429"] == 4 and totals["errors"] == {} and totals["error_rate"] == 0
 
 
 def test_throughput_counts_answers_when_they_arrive():
