@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from effx_serve.core.errors import UserError
@@ -32,7 +33,7 @@ class LatencyProfile:
     p50_ms: tuple[tuple[int, float], ...]  # (batch, p50 ms), batch ascending
     matches_hardware: bool  # False: borrowed from another hardware id (no record for this one)
 
-    @property
+    @cached_property
     def batches(self) -> tuple[int, ...]:
         return tuple(batch for batch, _ in self.p50_ms)
 

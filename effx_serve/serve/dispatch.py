@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -175,24 +174,37 @@ class Dispatcher:
                idle: bool = False) -> Expectation:
         """The expected end-to-end latency of a request of `images` due at `deadline` on `member`, sent now
         (`idle`: as if nothing else were queued or running)."""
+        loaded, at_rest = self._expectations([member], images, deadline, arrival, now)
+        return (at_rest if idle else loaded)[member.name]
+
+    def _expectations(self, members: Sequence[Member], images: Sequence[ImageInfo], deadline: float, arrival: float,
+                      now: float) -> tuple[dict[str, Expectation], dict[str, Expectation]]:
+        """Per member: (with the work queued and running now, as if nothing else were). The waits are the device's, the
+        same for every member, so they are computed once."""
         count = max(1, len(images))
+        loaded, at_rest = {}, {}
         if self.settings.costing == "member":
-            queued = 0 if idle or self.device is None else self.device.queued(member.name)
-            wait = self.device.cost_ms(member, queued) if queued else 0.0
-            inference = member.latency.service_ms(count) * self.residual.factor(member.name)
-            return Expectation(member, 0.0, wait, inference, 0.0, wait + inference)
+            for m in members:
+                queued = self.device.queued(m.name) if self.device is not None else 0
+                wait = self.device.cost_ms(m, queued) if queued else 0.0
+                inference = m.latency.service_ms(count) * self.residual.factor(m.name)
+                loaded[m.name] = Expectation(m, 0.0, wait, inference, 0.0, wait + inference)
+                at_rest[m.name] = Expectation(m, 0.0, 0.0, inference, 0.0, inference)
+            return loaded, at_rest
+        elapsed = (now - arrival) * 1000.0
+        cpu_wait = self.cpu.wait_ms(deadline, now) if self.cpu is not None else 0.0
+        device_wait = self.device.wait_ms(deadline, now) if self.device is not None and self.device is not self.cpu else 0.0
         lanes = self.cpu.lanes if self.cpu else self.cpu_lanes
-        decode = sum(self.decode_times.expected_ms(i.format or "JPEG", member.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
-                     for i in images) / min(count, lanes)
-        cpu_wait = device_wait = 0.0
-        if not idle and self.device is not None:
-            cpu_wait = self.cpu.wait_ms(deadline, now)
-            if self.cpu is not self.device:
-                device_wait = max(0.0, self.device.wait_ms(deadline, now) - cpu_wait - decode)
-        inference = self.batch_ms(member, count)
-        after = self.after.value
-        remainder = (cpu_wait + decode + device_wait + inference + after) * self.end_to_end.factor()
-        return Expectation(member, decode, cpu_wait + device_wait, inference, after, (now - arrival) * 1000.0 + remainder)
+        after, scale = self.after.value, self.end_to_end.factor()
+        spread = min(count, lanes)  # several images decode side by side
+        for m in members:
+            decode = sum([self.decode_times.expected_ms(i.format or "JPEG", m.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
+                          for i in images]) / spread
+            inference = self.batch_ms(m, count)
+            wait = cpu_wait + max(0.0, device_wait - cpu_wait - decode)  # the device's work goes on while this one decodes
+            loaded[m.name] = Expectation(m, decode, wait, inference, after, elapsed + (wait + decode + inference + after) * scale)
+            at_rest[m.name] = Expectation(m, decode, 0.0, inference, after, elapsed + (decode + inference + after) * scale)
+        return loaded, at_rest
 
     def candidates(self, family: str | None, member: str | None) -> list[Member]:
         if member is not None:
@@ -208,26 +220,24 @@ class Dispatcher:
             raise BackendUnavailable(problem)
         members = self.candidates(family, member)
         now = time.monotonic()
-        loaded = {m.name: self.expect(m, images, deadline, arrival, now) for m in members}
+        loaded, at_rest = self._expectations(members, images, deadline, arrival, now)
         options = tuple(Option(m.name, m.accuracy, loaded[m.name].total_ms) for m in members)
         decision = route(options, sla, self.settings.default_policy)
+        chosen = self.catalog.members[decision.member] if decision.member else None
         if sla.max_latency_ms is None:  # only a latency bound depends on the load
-            chosen = self.catalog.members[decision.member] if decision.member else None
             return Routed(chosen, decision, options, loaded.get(decision.member), "preferred" if chosen else "sla")
-        at_rest = route(tuple(Option(m.name, m.accuracy, self.expect(m, images, deadline, arrival, now, idle=True).total_ms)
-                              for m in members), sla, self.settings.default_policy)
+        rest = route(tuple(Option(m.name, m.accuracy, at_rest[m.name].total_ms) for m in members), sla, self.settings.default_policy)
         if decision.expected_to_meet:
-            how = "preferred" if decision.member == at_rest.member else "scaled"
+            how = "preferred" if decision.member == rest.member else "scaled"
         elif decision.member is not None:
             how = "best_effort"
         else:
-            how = "overload" if at_rest.expected_to_meet else "sla"
-        chosen = self.catalog.members[decision.member] if decision.member else None
+            how = "overload" if rest.expected_to_meet else "sla"
         return Routed(chosen, decision, options, loaded.get(decision.member), how)
 
-    def retry_after_s(self, deadline: float) -> float:
+    def retry_after_s(self) -> float:
         """When a refused request could expect the work now queued to have drained."""
-        return max(1.0, self.device.work_ahead_ms(math.inf) / self.device.lanes / 1000.0) if self.device else 1.0
+        return self.device.drain_s() if self.device else 1.0
 
     # --- decoding and running --------------------------------------------------------------------------------
 
@@ -265,9 +275,8 @@ class Dispatcher:
         if problem is not None:
             raise BackendUnavailable(problem)
         hard = sla.max_latency_ms is not None
-        retry = self.retry_after_s(deadline)
         try:
-            return Ran(member, await self.device.run(member, inputs, deadline, hard=hard, retry_after_s=retry), None)
+            return Ran(member, await self.device.run(member, inputs, deadline, hard=hard), None)
         except Late:
             pass
         for alternative in alternatives:
@@ -276,13 +285,13 @@ class Dispatcher:
                 continue
             moved = _inputs_for(pictures, alternative.resolution)  # a resize of kept pictures: inline, no lane to wait for
             try:
-                return Ran(alternative, await self.device.run(alternative, moved, deadline, hard=True, retry_after_s=retry), "moved")
+                return Ran(alternative, await self.device.run(alternative, moved, deadline, hard=True), "moved")
             except Late:
                 continue
         if sla.on_miss == "reject":
             raise DeadlineMissed(f"the server could not answer within max_latency_ms {sla.max_latency_ms:g} under its current load; "
-                                 "retry, relax the bound, or send on_miss=best_effort", retry)
-        return Ran(member, await self.device.run(member, inputs, deadline, hard=False, retry_after_s=retry), "best_effort")
+                                 "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s())
+        return Ran(member, await self.device.run(member, inputs, deadline, hard=False), "best_effort")
 
     def queued(self, member: str) -> int:
         return self.device.queued(member) if self.device else 0

@@ -26,6 +26,7 @@ class Correction:
         self._weight, self._half_life, self._clock = weight, half_life_s, clock
         self._low, self._high = math.log(bounds[0]), math.log(bounds[1])
         self._log_ratio, self._at = 0.0, None  # None: no evidence yet
+        self._cached = (-math.inf, 1.0)  # (when, factor)
 
     def _current(self, now: float) -> float:
         if self._at is None:
@@ -40,9 +41,13 @@ class Correction:
         previous = self._current(now)
         self._log_ratio = sample if self._at is None else previous + self._weight * (sample - previous)
         self._at = now
+        self._cached = (-math.inf, 1.0)
 
     def factor(self) -> float:
-        return math.exp(self._current(self._clock()))
+        now = self._clock()
+        if now - self._cached[0] > 0.001:  # the same within a millisecond: it is asked for many times per request
+            self._cached = (now, math.exp(self._current(now)))
+        return self._cached[1]
 
 
 class Corrections:

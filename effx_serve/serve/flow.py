@@ -94,7 +94,7 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     infos = [ImageInfo(*preprocess.peek(data)) for data in images]
     routed = dispatcher.route(sla, infos, deadline, trace.arrival, params.family, params.member)
     if routed.member is None:
-        _refuse(server, routed, sla, deadline)
+        _refuse(server, routed, sla)
     member = routed.member
     trace.member = member.name
     if params.top_k > len(member.labels):
@@ -117,13 +117,13 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     return body
 
 
-def _refuse(server: Server, routed: Routed, sla: Sla, deadline: float) -> None:
+def _refuse(server: Server, routed: Routed, sla: Sla) -> None:
     metrics = server.metrics
     if routed.route == "overload":
         metrics.routes.labels("refused_overload").inc()
         metrics.sla_misses.labels(sla.kind, "refused").inc()
         raise Overloaded(f"no member can answer within max_latency_ms {sla.max_latency_ms:g} under the current load (at rest one could); "
-                         "retry, relax the bound, or send on_miss=best_effort", server.dispatcher.retry_after_s(deadline), "overload")
+                         "retry, relax the bound, or send on_miss=best_effort", server.dispatcher.retry_after_s(), "overload")
     metrics.routes.labels("rejected_sla").inc()
     metrics.sla_misses.labels(sla.kind, "rejected").inc()
     options = [OptionOut(member=o.name, accuracy=o.accuracy, expected_latency_ms=o.expected_ms,

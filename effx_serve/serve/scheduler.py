@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +33,7 @@ from effx_serve.serve.errors import Overloaded, Unavailable
 
 # Runs a batch; the deadline is the earliest hard deadline in it (math.inf: none), for backends that can drop a request
 # that waited too long on their side (Triton's per-request timeout).
+log = logging.getLogger(__name__)
 RunBatch = Callable[[Member, np.ndarray, float], Awaitable[np.ndarray]]
 BatchMs = Callable[[Member, int], float]  # expected run time of a batch of n images of a member, corrected
 
@@ -75,7 +77,6 @@ class Job:
     expected_ms: float = 0.0  # CPU jobs: their expected run time (member jobs are costed per batch)
     call: Callable[[], object] | None = None  # CPU jobs: what to run in the executor
     submitted: float = field(default_factory=time.monotonic)
-    timer: asyncio.TimerHandle | None = None
 
     @property
     def key(self) -> tuple[float, int]:
@@ -120,6 +121,8 @@ class DeviceScheduler:
         self._cpu = _Queue()
         self._running: dict[int, tuple[Member | None, int, float, float]] = {}  # lane -> (member, images, started, expected ms)
         self._arrived = asyncio.Event()
+        self._watch: asyncio.Handle | None = None  # fires when the first hard request can no longer start in time
+        self._watch_at = math.inf  # when (time.monotonic()); uvloop's handles do not say
         self._tasks: list[asyncio.Task] = []
         self._sequence = itertools.count()
         self._closed = False
@@ -131,6 +134,8 @@ class DeviceScheduler:
 
     async def close(self) -> None:
         self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -142,8 +147,7 @@ class DeviceScheduler:
 
     # --- what callers do -------------------------------------------------------------------------------------
 
-    async def run(self, member: Member, inputs: Sequence[np.ndarray], deadline: float = math.inf, hard: bool = False,
-                  retry_after_s: float = 1.0) -> list[ItemResult]:
+    async def run(self, member: Member, inputs: Sequence[np.ndarray], deadline: float = math.inf, hard: bool = False) -> list[ItemResult]:
         """Run every input (one image each, the model's input without the batch axis) on `member`; results in order.
 
         QueueFull when the member's queue cannot take them all (nothing is queued then); Late when `hard` and the
@@ -151,11 +155,10 @@ class DeviceScheduler:
         """
         queue = self._members.setdefault(member.name, _Queue())
         if len(queue.jobs) + len(inputs) > self.max_queue:
-            raise QueueFull(member.name, self.max_queue, retry_after_s)
+            raise QueueFull(member.name, self.max_queue, self.drain_s())
         jobs = [self._submit(Job(member, x, deadline, hard, self._future(), next(self._sequence)), queue) for x in inputs]
         if hard:
-            for job in jobs:
-                self._watch(job)
+            self._arm(self._latest_start(jobs[0]))
         return await self._wait(jobs, queue)
 
     async def call(self, function: Callable[[], object], deadline: float = math.inf, expected_ms: float = 0.0):
@@ -179,6 +182,10 @@ class DeviceScheduler:
     def wait_ms(self, deadline: float, now: float | None = None) -> float:
         """Expected wait, before a lane starts something due at `deadline`: the work ahead spread over the lanes."""
         return self.work_ahead_ms(deadline, now) / self.lanes
+
+    def drain_s(self) -> float:
+        """When the work now queued and running should be done: a Retry-After for requests refused for the load."""
+        return max(1.0, self.work_ahead_ms(math.inf) / self.lanes / 1000.0)
 
     def queued(self, member: str) -> int:
         queue = self._members.get(member)
@@ -213,8 +220,6 @@ class DeviceScheduler:
 
     def _forget(self, job: Job, queue: _Queue) -> None:
         queue.remove(job)
-        if job.timer is not None:
-            job.timer.cancel()
 
     def cost_ms(self, member: Member, images: int) -> float:
         """Expected run time of `images` of a member queued together: full batches, then the rest."""
@@ -224,21 +229,32 @@ class DeviceScheduler:
     def _latest_start(self, job: Job) -> float:
         return job.deadline - (self._batch_ms(job.member, 1) + self._after_ms()) / 1000.0
 
-    def _watch(self, job: Job) -> None:
-        """Take the job out at the last moment it could still start, if no lane has taken it by then."""
-        delay = self._latest_start(job) - time.monotonic()
-        job.timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire, job)
+    def _arm(self, when: float) -> None:
+        """Wake at `when` (time.monotonic()) to take out hard requests that can no longer start in time, unless already due sooner."""
+        if self._watch is not None and self._watch_at <= when + 1e-4:
+            return
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch_at = when
+        self._watch = asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), self._expire)
 
-    def _expire(self, job: Job) -> None:
-        queue = self._members.get(job.member.name)
-        if queue is None or job.future.done() or not queue.remove(job):
-            return
-        now = time.monotonic()
-        if self._latest_start(job) > now:  # the corrections moved: it can still make it
-            queue.add(job)
-            self._watch(job)
-            return
-        job.future.set_exception(Late(job.member.name, job.deadline, now))
+    def _expire(self) -> None:
+        """Take out every hard request past its latest start (each member's first hard ones: later deadlines start later),
+        then wait for the next one."""
+        self._watch, self._watch_at = None, math.inf
+        now, following = time.monotonic(), math.inf
+        for queue in self._members.values():
+            for job in list(queue.jobs):
+                if not job.hard or job.future.done():
+                    continue
+                latest = self._latest_start(job)
+                if latest > now:
+                    following = min(following, latest)
+                    break
+                self._forget(job, queue)
+                job.future.set_exception(Late(job.member.name, job.deadline, now))
+        if following < math.inf:
+            self._arm(following)
 
     def _head(self) -> tuple[Job, _Queue] | None:
         best: tuple[Job, _Queue] | None = None
@@ -292,7 +308,12 @@ class DeviceScheduler:
     async def _lane(self, lane: int) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            member, jobs = await self._next()
+            try:
+                member, jobs = await self._next()
+            except Exception:  # a bug must not take a lane away for good: say so and go on
+                log.exception("the %s scheduler's lane %d could not take work", self.name, lane)
+                await asyncio.sleep(0.01)
+                continue
             started = time.monotonic()
             if member is None:
                 (job,) = jobs
@@ -342,7 +363,5 @@ class DeviceScheduler:
         if self._on_batch is not None:
             self._on_batch(member, size, inference_ms)
         for job, output in zip(jobs, outputs, strict=True):
-            if job.timer is not None:
-                job.timer.cancel()
             if not job.future.done():
                 job.future.set_result(ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size))

@@ -34,6 +34,8 @@ def test_classify_through_triton(served_python_repository, triton, protocol):
             np.testing.assert_allclose([scores[i] for i in range(10)], expected, atol=1e-4)
         routed = post_jpeg(client, min_accuracy=0.6).json()
         assert routed["member"] == "tiny-f-b1" and routed["sla"]["met"]
+        bounded = post_jpeg(client, max_latency_ms=5000).json()  # through Triton with a per-request timeout and priority 1
+        assert bounded["sla"]["met"] and bounded["sla"]["route"] == "preferred" and bounded["timing"]["total_ms"] < 5000
         assert client.get("/v1/hardware").json()["backend"]["kind"] == "triton"
 
 

@@ -317,6 +317,27 @@ def test_the_in_flight_limit_answers_429(served_repository):
     assert refused.status_code == 429 and "1 requests, its limit" in refused.json()["detail"] and stalled.status_code == 200
 
 
+def test_a_flood_of_expired_deadlines_is_answered_422_and_others_are_still_served(served_repository):
+    server = make_server(served_repository)
+    app = create_app(server)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+                while (await http.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.02)
+                past = f"{time.time() - 0.5:.3f}"
+                expired = [http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg", "effx-deadline": past})
+                           for _ in range(200)]
+                normal = http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"max_latency_ms": 5000})
+                answers = await asyncio.wait_for(asyncio.gather(*expired, normal), 60)
+                return answers, server.dispatcher.queued("tiny-f-b0") + server.dispatcher.queued("tiny-f-b1")
+
+    answers, queued = asyncio.run(scenario())
+    assert {r.status_code for r in answers[:-1]} == {422} and "passed" in answers[0].json()["detail"]
+    assert answers[-1].status_code == 200 and answers[-1].json()["sla"]["met"] and queued == 0
+
+
 def test_a_model_onnx_runtime_cannot_load_is_named_by_readyz(served_repository, tmp_path):
     import shutil
 
