@@ -39,6 +39,7 @@ from loadtest.plan import LoadTest, Plan, Step, make_plan, schedule_times
 from loadtest.tally import ERRORS, OK, SLA_REFUSED, SLA_REJECTED, Tally
 from loadtest.workload import VARIANTS
 
+PHASE_KINDS = ("routed", "pinned", "other")
 IDLE_WAIT_S = 60.0  # before a phase, how long to wait for the server's queues to empty (the last phase's stragglers)
 
 
@@ -48,6 +49,7 @@ class Comparison:
     other_url: str | None = None  # the routed phase once more against this server
     other_label: str = "other server"
     calibration_requests: int = 9  # per member, after 2 warm-up requests
+    phases: tuple[str, ...] = PHASE_KINDS  # which kinds of phase run (the routed one always does)
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,9 @@ class Phase:
 
 def make_phases(url: str, members: list[str], comparison: Comparison) -> list[Phase]:
     phases = [Phase("routed", "routed", url, "on_miss=reject")]
-    phases += [Phase(f"pinned {name}", "pinned", url, urlencode({"member": name, "on_miss": "best_effort"}), name) for name in members]
-    if comparison.other_url:
+    if "pinned" in comparison.phases:
+        phases += [Phase(f"pinned {name}", "pinned", url, urlencode({"member": name, "on_miss": "best_effort"}), name) for name in members]
+    if comparison.other_url and "other" in comparison.phases:
         phases.append(Phase(comparison.other_label, "other", comparison.other_url, "on_miss=reject"))
     return phases
 
@@ -206,6 +209,7 @@ def phase_figures(results: list[list], bounds: list[float], seconds: float | Non
     served = Counter(r[4] for r in answered)
     reasons = Counter(str(r[6]) if len(r) > 6 and r[6] else "no reason given" for r in results if r[1] in ("overloaded", SLA_REFUSED))
     latencies = sorted(r[3] for r in answered)
+    refusals = sorted(r[3] for r in results if r[1] in (SLA_REJECTED, SLA_REFUSED) or (r[1] == "overloaded" and r[2] == 429))
     return {
         "requests": scheduled, "answered": len(answered), "answered_share": len(answered) / scheduled if scheduled else None,
         "within_bound": len(within), "attainment": len(within) / scheduled if scheduled else None,
@@ -214,6 +218,7 @@ def phase_figures(results: list[list], bounds: list[float], seconds: float | Non
         "latency_ms": {"p50": _rank(latencies, 50), "p99": _rank(latencies, 99), "max": latencies[-1] if latencies else None},
         "refused_422": kinds[SLA_REJECTED], "refused_429": kinds["overloaded"] + kinds[SLA_REFUSED],
         "refused_429_reasons": dict(sorted(reasons.items())),
+        "refusal_latency_ms": {"p50": _rank(refusals, 50), "p99": _rank(refusals, 99), "max": refusals[-1] if refusals else None},
         "errors": sum(error_kinds.values()),
         "error_kinds": error_kinds, "members": {m: n / len(answered) for m, n in sorted(served.items())},
         "member_requests": dict(sorted(served.items())), "unknown_members": sorted(set(served) - set(accuracy)),

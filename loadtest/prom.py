@@ -39,4 +39,5 @@ def delta(before: str, after: str) -> dict:
     for labels, n in change("effx_sla_misses_total").items():
         if n:
             misses[f"{dict(labels)['sla']} {dict(labels)['cause']}"] += n
-    return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses)}
+    routes = {dict(labels)["outcome"]: n for labels, n in change("effx_routes_total").items() if n}
+    return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses), "routes": routes}

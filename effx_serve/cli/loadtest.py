@@ -30,6 +30,14 @@ def duration(text: str) -> float:
     return total
 
 
+def _phases(text: str) -> list[str]:
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in compare.PHASE_KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"expected phase kinds among {','.join(compare.PHASE_KINDS)}, got '{text}'")
+    return kinds
+
+
 def _url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -98,7 +106,7 @@ def _check_options(args: argparse.Namespace) -> None:
     """Options that only make sense together, refused before anything runs."""
     if not args.compare:
         for given, option in ((args.latency_bounds, "--latency-bounds"), (args.compare_url, "--compare-url"),
-                              (args.compare_label, "--compare-label")):
+                              (args.compare_label, "--compare-label"), (args.compare_phases, "--compare-phases")):
             if given is not None:
                 raise UserError(f"{option} needs --compare")
     if args.compare_label is not None and args.compare_url is None:
@@ -144,7 +152,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         progress = (lambda done, total: None) if args.json else progress_line("load test, seconds")
         command = "effx-serve " + shlex.join(args.argv)
         if args.compare:
-            comparison = compare.Comparison(args.latency_bounds or (1.5, 3.0), args.compare_url, args.compare_label or "other server")
+            comparison = compare.Comparison(args.latency_bounds or (1.5, 3.0), args.compare_url, args.compare_label or "other server",
+                                            phases=tuple(args.compare_phases or compare.PHASE_KINDS))
             report = compare.run(test, comparison, folder, command, progress)
         else:
             report = runner.run(test, folder, command, progress)
@@ -184,6 +193,8 @@ def add_parsers(sub) -> None:
                           help="a request's bound: a factor in this range x a random member's unloaded latency (default 1.5:3)")
     compared.add_argument("--compare-url", type=_url, metavar="URL", help="also send the routed phase to this server (e.g. another scheduler)")
     compared.add_argument("--compare-label", metavar="LABEL", help="the name of the --compare-url phase (default: other server)")
+    compared.add_argument("--compare-phases", type=_phases, metavar="KINDS",
+                          help="which phases run, of routed,pinned,other (default: all; the routed one always runs)")
     p.add_argument("--steps", type=positive_int, default=1,
                    help="a stepped ramp: the load rises in this many equal steps to --users or --rate (default: 1)")
     p.add_argument("--p99-bound-ms", type=positive_float, default=100.0,

@@ -230,6 +230,8 @@ effx_batch_size_count{member="b0"} 9.0
 effx_batch_size_sum{member="b0"} 15.0
 # TYPE effx_sla_misses_total counter
 effx_sla_misses_total{cause="rejected",sla="latency"} 2.0
+# TYPE effx_routes_total counter
+effx_routes_total{outcome="scaled"} 3.0
 """
 
 
@@ -237,7 +239,7 @@ def test_metrics_delta():
     change = prom.delta(BEFORE, AFTER)
     assert change["requests"] == {"b0 classify 200": 10.0, "none classify 422": 2.0}
     assert change["images"] == {"b0": 10.0} and change["mean_batch_size"] == {"b0": 2.0}
-    assert change["sla_misses"] == {"latency rejected": 2.0}
+    assert change["sla_misses"] == {"latency rejected": 2.0} and change["routes"] == {"scaled": 3.0}
 
 
 def test_durations():

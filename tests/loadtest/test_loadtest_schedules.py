@@ -193,6 +193,8 @@ def test_comparison_draws_are_fixed_by_the_seed_and_trace_bounds_win():
     assert [(p.name, p.url, p.params) for p in phases] == [
         ("routed", "http://a", "on_miss=reject"), ("pinned b0", "http://a", "member=b0&on_miss=best_effort"),
         ("pinned b1", "http://a", "member=b1&on_miss=best_effort"), ("old", "http://b", "on_miss=reject")]
+    only_routed = compare.make_phases("http://a", ["b0"], compare.Comparison(other_url="http://b", phases=("routed", "other")))
+    assert [p.name for p in only_routed] == ["routed", "other server"]
 
 
 def test_phase_figures_count_every_scheduled_request():
@@ -209,6 +211,7 @@ def test_phase_figures_count_every_scheduled_request():
     assert figures["refused_429_reasons"] == {"limit": 1, "overload": 1}
     assert figures["error_kinds"] == {"server_error": 1, "connection": 1, "dropped": 1, "unfinished": 1}
     assert figures["members"] == {"b0": 0.5, "b1": 0.5} and figures["latency_ms"]["p50"] == 5.0 and figures["latency_ms"]["p99"] == 11.0
+    assert figures["refusal_latency_ms"] == {"p50": 1.0, "p99": 1.0, "max": 1.0}  # 422 and 429s, however the server refused
     assert compare.phase_figures([], bounds, 2.0, {})["attainment"] == 0.0
 
 
@@ -267,6 +270,8 @@ def _error(capsys, argv) -> str:
     (["--compare", "--compare-label", "old", "--rate", "5"], "--compare-label names the --compare-url phase"),
     (["--compare"], "--compare needs --rate (with --arrivals) or --trace"),
     (["--compare", "--rate", "5", "--gate-p99-ms", "5"], "--gate-p99-ms does not apply to --compare"),
+    (["--compare", "--rate", "5", "--compare-phases", "routed,all"], "argument --compare-phases: expected phase kinds among routed,pinned,other"),
+    (["--compare-phases", "routed", "--rate", "5"], "effx-serve: error: --compare-phases needs --compare"),
     (["--compare", "--rate", "5", "--workers", "2"], "--compare is replayed by one locust process"),
     (["--arrivals", "gamma"], "effx-serve: error: --arrivals gamma needs --rate"),
     (["--arrivals", "onoff", "--users", "3"], "--arrivals onoff is an open-loop schedule: it does not go with --users"),
