@@ -24,12 +24,16 @@ import asyncio
 import json
 import math
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from effx_serve.core.photos import synthetic_photo
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
 from effx_serve.serve.dispatch import Dispatcher, ImageInfo
 from effx_serve.serve.metrics import ServerMetrics
@@ -38,6 +42,13 @@ from effx_serve.serve.settings import DispatchSettings
 
 COST_TARGET_MS = 0.2
 QUEUED = 1000
+LOAD = 0.8  # of capacity, for the attainment and routing-against-pinning targets
+OVERLOAD = 2.0
+SERVER_ATTAINMENT, CLIENT_ATTAINMENT = 0.99, 0.95
+ATTAINMENT_SLACK = 0.02  # routing's attainment may be this far below the best pinned member's
+GOODPUT_KEPT = 0.9  # at OVERLOAD x capacity, of the goodput at capacity
+REFUSAL_P99_MS = 5.0
+BURSTY = ["--arrivals", "gamma", "--burstiness", "3"]
 BATCH_S = 0.02
 
 
@@ -114,6 +125,121 @@ def cost(requests: int = 3000) -> dict:
     return asyncio.run(_cost(requests))
 
 
+# --- 2. what the scheduler and the router keep under load --------------------------------------------------------
+
+def _loadtest(url: str, report: Path, extra: list[str]) -> dict:
+    """`effx-serve loadtest` (locust, photos) with `extra`; its report.json."""
+    argv = [sys.executable, "-m", "effx_serve.cli", "loadtest", "--url", url, "--scenario", "photos", "--report", str(report), *extra]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    if not (report / "report.json").exists():
+        raise RuntimeError(f"the load test wrote no report:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return json.loads((report / "report.json").read_text())
+
+
+def capacity(url: str, member: str, duration_s: float, work: Path) -> float:
+    """Answers/s at saturation with every request pinned to `member`: locust closed loop (the client the
+    comparison uses, so the capacity is the one it can offer), 16 users."""
+    report = _loadtest(url, work / "capacity", ["--users", "16", "--duration", f"{duration_s:g}", "--member", member])
+    return report["summary"]["throughput_rps"]
+
+
+def compare(url: str, rate: float, arrivals: list[str], duration_s: float, report: Path, extra: list[str]) -> dict:
+    """`effx-serve loadtest --compare`: the same open-loop schedule in every phase."""
+    return _loadtest(url, report, ["--compare", "--rate", f"{rate:.1f}", *arrivals, "--duration", f"{duration_s:g}", *extra])
+
+
+def server_attainment(phase: dict) -> float | None:
+    """On the server's clock: answered requests within their bound over answered (admitted) ones, from its /metrics."""
+    metrics = phase.get("server_metrics") or {}
+    answered = sum(metrics.get("routes", {}).get(outcome, 0.0) for outcome in ("preferred", "scaled", "moved", "best_effort"))
+    late = metrics.get("sla_misses", {}).get("latency latency", 0.0)
+    return 1.0 - late / answered if answered else None
+
+
+def load(repo: Path, duration_s: float, say) -> dict:
+    import serving
+
+    figures: dict = {}
+    with tempfile.TemporaryDirectory(prefix="effx-bench-sla-") as folder:
+        work = Path(folder)
+        with serving.router(repo, [], work) as (port, _), serving.router(repo, ["--costing", "member"], work) as (old_port, _):
+            url, old_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
+            with urllib.request.urlopen(f"{url}/v1/models") as answer:
+                members = json.load(answer)["members"]
+            fastest = min(members, key=lambda m: m["profile"][0]["p50_ms"])["name"]
+            say(f"capacity: {fastest} pinned, closed loop at saturation")
+            figures["capacity_rps"] = rate = capacity(url, fastest, min(duration_s, 10.0), work)
+            figures["fastest"] = fastest
+            old = ["--compare-url", old_url, "--compare-label", "routed, member costing"]
+            for name, arrivals in (("poisson", ["--arrivals", "poisson"]), ("bursty", BURSTY)):
+                say(f"{name} at {LOAD:g} x capacity ({LOAD * rate:.0f} req/s): routed, each member pinned, the old costing")
+                figures[name] = compare(url, LOAD * rate, arrivals, duration_s, work / name, old)
+            for name, factor in (("at_capacity", 1.0), ("overload", OVERLOAD)):
+                say(f"routed at {factor:g} x capacity ({factor * rate:.0f} req/s)")
+                figures[name] = compare(url, factor * rate, ["--arrivals", "poisson"], duration_s, work / name, ["--compare-phases", "routed"])
+    return figures
+
+
+def _margin(ok: bool, by: str) -> str:
+    return "ok" if ok else f"MISSED by {by}"
+
+
+def print_load(figures: dict) -> list[str]:
+    """The comparison tables and the targets; returns the targets missed."""
+    missed = []
+    print(f"\ncapacity: {figures['capacity_rps']:.0f} answers/s ({figures['fastest']} pinned, at saturation)")
+    for name in ("poisson", "bursty"):
+        report = figures[name]
+        print(f"\n{name} arrivals at {LOAD:g} x capacity, {report['schedule']['requests']} requests, bounds "
+              f"{report['schedule']['bounds_ms']['min']:.1f}-{report['schedule']['bounds_ms']['max']:.1f} ms "
+              f"({report['schedule']['latency_bounds'][0]:g}-{report['schedule']['latency_bounds'][1]:g} x a member's unloaded latency)")
+        print(f"  {'phase':28s} {'attain':>7s} {'eff.acc':>8s} {'goodput':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'429':>5s} {'422':>5s} {'err':>4s}")
+        for phase in report["phases"]:
+            latency = phase.get("latency_ms") or {}
+            print(f"  {phase['name']:28s} {phase['attainment']:7.1%} {phase['effective_accuracy']:8.3f} {phase['goodput_rps']:8.1f} "
+                  f"{latency.get('p50') or float('nan'):7.1f} {latency.get('p99') or float('nan'):7.1f} {phase['refused_429']:5d} "
+                  f"{phase['refused_422']:5d} {phase['errors']:4d}")
+        routed = report["phases"][0]
+        pinned = [p for p in report["phases"] if p["kind"] == "pinned"]
+        on_server = server_attainment(routed)
+        on_client = routed["within_bound"] / routed["answered"] if routed["answered"] else 0.0
+        best = max(pinned, key=lambda p: p["attainment"])
+        accurate = max(pinned, key=lambda p: p["effective_accuracy"])
+        server_value = on_server if on_server is not None else 0.0
+        checks = [  # (target, ok, measured, how far from the target)
+            (f"admitted within bound, server clock >= {SERVER_ATTAINMENT:.0%}", server_value >= SERVER_ATTAINMENT,
+             f"{server_value:.2%}", f"{(SERVER_ATTAINMENT - server_value) * 100:.2f} points"),
+            (f"admitted within bound, client clock >= {CLIENT_ATTAINMENT:.0%}", on_client >= CLIENT_ATTAINMENT, f"{on_client:.2%}",
+             f"{(CLIENT_ATTAINMENT - on_client) * 100:.2f} points"),
+            (f"effective accuracy above every pinned member's (best {accurate['name']}: {accurate['effective_accuracy']:.3f})",
+             routed["effective_accuracy"] > accurate["effective_accuracy"], f"{routed['effective_accuracy']:.3f}",
+             f"{accurate['effective_accuracy'] - routed['effective_accuracy']:.3f}"),
+            (f"attainment within {ATTAINMENT_SLACK:.0%} of the best pinned ({best['name']}: {best['attainment']:.1%})",
+             routed["attainment"] >= best["attainment"] - ATTAINMENT_SLACK, f"{routed['attainment']:.1%}",
+             f"{(best['attainment'] - ATTAINMENT_SLACK - routed['attainment']) * 100:.1f} points"),
+        ]
+        for label, ok, value, by in checks:
+            print(f"  target: {label}: {value} {_margin(ok, by)}")
+            if not ok:
+                missed.append(f"{name}: {label}: {value}")
+    at_capacity, overload = figures["at_capacity"]["phases"][0], figures["overload"]["phases"][0]
+    kept = overload["goodput_rps"] / at_capacity["goodput_rps"] if at_capacity["goodput_rps"] else 0.0
+    refusal_p99 = (overload.get("refusal_latency_ms") or {}).get("p99")
+    print(f"\nrouted at capacity: goodput {at_capacity['goodput_rps']:.1f}/s, attainment {at_capacity['attainment']:.1%}; "
+          f"at {OVERLOAD:g} x capacity: goodput {overload['goodput_rps']:.1f}/s, attainment {overload['attainment']:.1%}, "
+          f"refused {overload['refused_429']} (429) + {overload['refused_422']} (422), refusal p99 "
+          f"{refusal_p99 if refusal_p99 is not None else float('nan'):.2f} ms")
+    refusal = refusal_p99 if refusal_p99 is not None else math.inf
+    for label, ok, value, by in (
+            (f"goodput at {OVERLOAD:g} x capacity >= {GOODPUT_KEPT:.0%} of goodput at capacity", kept >= GOODPUT_KEPT, f"{kept:.1%}",
+             f"{(GOODPUT_KEPT - kept) * 100:.1f} points"),
+            (f"refusals p99 < {REFUSAL_P99_MS:g} ms", refusal < REFUSAL_P99_MS, f"{refusal:.2f} ms", f"{refusal - REFUSAL_P99_MS:.2f} ms")):
+        print(f"target: {label}: {value} {_margin(ok, by)}")
+        if not ok:
+            missed.append(f"{label}: {value}")
+    return missed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default="model_repository", help="the demo repository (effx-serve build-repo --demo)")
@@ -130,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {result['route_p99_ms']:.3f} ms; routing + scheduling + answering per request {whole:.3f} ms of CPU "
               f"(mean over {result['requests']} requests) "
               f"(target <= {COST_TARGET_MS} ms: {verdict})")
+    if args.only in (None, "load"):
+        repo = Path(args.repo)
+        if not (repo / "manifest.json").is_file():
+            print(f"{repo} has no manifest.json: build the demo repository first (effx-serve build-repo --demo)", file=sys.stderr)
+            return 2
+        figures["load"] = load(repo, args.duration, lambda line: print(line, file=sys.stderr, flush=True))
+        print_load(figures["load"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

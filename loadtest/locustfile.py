@@ -27,6 +27,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import gevent
@@ -62,7 +63,7 @@ def _options(parser) -> None:
     group.add_argument("--effx-schedule", default="",
                        help="replay this schedule (JSON, as effx-serve loadtest writes it) with one open-loop user; set -u 1")
     group.add_argument("--effx-params", default="",
-                       help="a schedule of fixed requests: query parameters added to each, e.g. 'member=b0&on_miss=best_effort'")
+                       help="query parameters added to every request, e.g. 'member=b0&on_miss=best_effort'")
 
 
 class LoadState:
@@ -219,11 +220,10 @@ class ClassifyUser(FastHttpUser):
 
     def _request(self, index: int | None):
         schedule = self.state.schedule
-        if schedule is None or index is None:
-            return self.state.factory.next(self.rng)
-        if schedule.fixed:
+        if schedule is not None and index is not None and schedule.fixed:
             return schedule.request(index, self.params)
-        return self.state.factory.next(self.rng, schedule.bounds[index])
+        request = self.state.factory.next(self.rng, schedule.bounds[index] if schedule is not None and index is not None else None)
+        return replace(request, path=f"{request.path}&{self.params}") if self.params else request
 
     def _drop(self, index: int, intended: float) -> None:
         request = self._request(index)

@@ -29,6 +29,7 @@ class LoadTest:
     arrivals: Arrivals = field(default_factory=Arrivals)  # anything but Poisson: one user replays a schedule
     trace: tuple[TraceRequest, ...] | None = None  # the arrival times (and bounds) of a trace file instead of --rate
     trace_path: str | None = None  # where the trace came from, for the report
+    params: str = ""  # a query string added to every request (e.g. member=NAME: one member's capacity alone)
 
     @property
     def replays(self) -> bool:

@@ -83,8 +83,11 @@ def locust_argv(test: LoadTest, plan: Plan, raw: Path, master_port: int | None, 
             "--effx-scenario", test.scenario, "--effx-user-rate", repr(plan.per_user_rate),
             "--effx-steps", format_steps(plan), "--effx-drain", repr(DRAIN_S),
             "--effx-timeout", repr(test.request_timeout_s), "--effx-seed", str(test.seed), "--effx-out", str(raw / "counts.json")]
+    params = "&".join(filter(None, (test.params, params)))
     if schedule is not None:
-        argv += ["--effx-schedule", str(schedule), "--effx-max-pending", str(REPLAY_MAX_PENDING)] + (["--effx-params", params] if params else [])
+        argv += ["--effx-schedule", str(schedule), "--effx-max-pending", str(REPLAY_MAX_PENDING)]
+    if params:
+        argv += ["--effx-params", params]
     if master_port is not None:
         argv += ["--master", "--master-bind-port", str(master_port), "--expect-workers", str(test.workers or test.expect_workers),
                  "--expect-workers-max-wait", f"{max(test.ready_timeout_s, 60):g}"]
@@ -221,7 +224,7 @@ def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lam
     report = build(test, plan, raw, target, problems)
     report |= {"command": command, "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
                "duration_s": time.time() - started, "server_metrics": metrics, "versions": versions(),
-               "load": {"scenario": test.scenario, "mode": plan and plan.mode, "workers": report.pop("workers", 0),
+               "load": {"scenario": test.scenario, "params": test.params, "mode": plan and plan.mode, "workers": report.pop("workers", 0),
                         "per_user_rate": plan and plan.per_user_rate,
                         "steps": [asdict(s) | {"index": i} for i, s in enumerate(plan.steps)] if plan else []}}
     if test.replays:  # bursty arrivals or a trace: say how the requests were timed (Poisson users need no word)

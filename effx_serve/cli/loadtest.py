@@ -9,7 +9,7 @@ import re
 import shlex
 import signal
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from effx_serve.cli.common import checked, positive_float, positive_int, progress_line, table
 from effx_serve.core.errors import UserError, missing_extra
@@ -109,6 +109,8 @@ def _check_options(args: argparse.Namespace) -> None:
                               (args.compare_label, "--compare-label"), (args.compare_phases, "--compare-phases")):
             if given is not None:
                 raise UserError(f"{option} needs --compare")
+    if args.compare and args.member:
+        raise UserError("--member pins every request; --compare pins each member in its own phase: give one or the other")
     if args.compare_label is not None and args.compare_url is None:
         raise UserError("--compare-label names the --compare-url phase; give --compare-url too")
     if args.compare:
@@ -139,7 +141,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     test = LoadTest(url=args.url, scenario=args.scenario, duration_s=30.0 if args.duration is None else args.duration, users=args.users,
                     rate=args.rate, steps=args.steps, p99_bound_ms=args.p99_bound_ms, gates=gates, workers=args.workers,
                     expect_workers=args.expect_workers, master_port=args.master_port, request_timeout_s=args.timeout,
-                    ready_timeout_s=args.ready_timeout, seed=args.seed, arrivals=arrivals, trace=trace, trace_path=args.trace)
+                    ready_timeout_s=args.ready_timeout, seed=args.seed, arrivals=arrivals, trace=trace, trace_path=args.trace,
+                    params=urlencode({"member": args.member}) if args.member else "")
     if test.replays or args.compare:  # the new schedules' option combinations are one-line errors before anything runs
         try:
             make_plan(test, replay=args.compare)
@@ -174,6 +177,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("loadtest", help="load-test a running server with locust; a report (MD, HTML, PNG, JSON) and gates for CI")
     p.add_argument("--url", required=True, type=_url, help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("--scenario", default="mixed", help="request mix: mixed (default), smoke, accuracy, latency, photos, batch")
+    p.add_argument("--member", help="pin every request to this member (e.g. one member's capacity alone; not with --compare)")
     p.add_argument("--duration", type=duration, help="how long the load runs: 30, 45s, 2m (default: 30s; with --trace: the whole trace)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--users", type=positive_int, help="closed loop: users each sending as soon as answered (default: 8)")

@@ -272,6 +272,7 @@ def _error(capsys, argv) -> str:
     (["--compare", "--rate", "5", "--gate-p99-ms", "5"], "--gate-p99-ms does not apply to --compare"),
     (["--compare", "--rate", "5", "--compare-phases", "routed,all"], "argument --compare-phases: expected phase kinds among routed,pinned,other"),
     (["--compare-phases", "routed", "--rate", "5"], "effx-serve: error: --compare-phases needs --compare"),
+    (["--compare", "--rate", "5", "--member", "b0"], "--member pins every request; --compare pins each member"),
     (["--compare", "--rate", "5", "--workers", "2"], "--compare is replayed by one locust process"),
     (["--arrivals", "gamma"], "effx-serve: error: --arrivals gamma needs --rate"),
     (["--arrivals", "onoff", "--users", "3"], "--arrivals onoff is an open-loop schedule: it does not go with --users"),
@@ -295,3 +296,14 @@ def test_bad_options_are_one_line_errors_before_anything_runs(tmp_path, capsys, 
 def test_json_schedule_file_lists_every_request(tmp_path):
     text = Schedule([0.0, 0.1, 0.2], [None, 5.0, None]).to_json()
     assert json.loads(text) == {"requests": [[0.0, None, None], [0.1, 5.0, None], [0.2, None, None]], "images": []}
+
+
+def test_a_pinned_member_goes_into_every_request_of_a_plain_run():
+    from effx_serve.cli import build_parser
+    from loadtest.runner import locust_argv
+
+    args = build_parser().parse_args(["loadtest", "--url", "http://h:1", "--users", "4", "--member", "b0", "--report", "r"])
+    assert args.member == "b0"
+    test = LoadTest(url="http://h:1", users=4, params="member=b0")
+    argv = locust_argv(test, make_plan(test), Path("raw"), None)
+    assert argv[argv.index("--effx-params") + 1] == "member=b0"
