@@ -52,11 +52,19 @@ def scheduler(device, lanes=1, max_queue=10_000):
     return DeviceScheduler("test", lanes, device, service_ms, max_queue=max_queue)
 
 
+def running_scheduler(device, held=False, **options):
+    """A started scheduler on `device`; `held`: every batch waits at the device's gate until the test opens it."""
+    s = scheduler(device, **options)
+    s.start()
+    if held:
+        device.gate.clear()
+    return s
+
+
 def test_every_answer_goes_to_its_own_request_with_1000_requests_in_flight():
     async def scenario():
         device = Device()
-        s = scheduler(device, lanes=2)
-        s.start()
+        s = running_scheduler(device, lanes=2)
         rng = np.random.default_rng(0)
         now = time.monotonic()
         requests = [(FAST if rng.random() < 0.7 else SLOW, rng.normal(size=(int(rng.integers(1, 4)), 3)).astype(np.float32),
@@ -77,9 +85,7 @@ def test_every_answer_goes_to_its_own_request_with_1000_requests_in_flight():
 def test_earliest_deadline_first_across_members():
     async def scenario():
         device = Device()
-        s = scheduler(device)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True)
         now = time.monotonic()
         blocker = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 10))
         await asyncio.sleep(0.01)  # the lane holds the blocker at the gate
@@ -100,9 +106,7 @@ def test_earliest_deadline_first_across_members():
 def test_a_batch_never_makes_the_earliest_deadline_in_it_late():
     async def scenario():
         device = Device()
-        s = scheduler(device)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True)
         now = time.monotonic()
         blocker = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 10))
         await asyncio.sleep(0.01)
@@ -127,9 +131,7 @@ def test_a_batch_never_makes_the_earliest_deadline_in_it_late():
 def test_a_hard_request_that_can_no_longer_make_it_leaves_the_queue_at_once_and_a_soft_one_waits(loop):
     async def scenario():
         device = Device()
-        s = scheduler(device)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True)
         now = time.monotonic()
         blocker = asyncio.create_task(s.run(SLOW, [np.zeros(1)], now + 10))
         await asyncio.sleep(0.01)
@@ -153,8 +155,7 @@ def test_a_hard_request_that_can_no_longer_make_it_leaves_the_queue_at_once_and_
 def test_requests_without_a_bound_are_not_starved_by_a_stream_of_tight_ones():
     async def scenario():
         device = Device()
-        s = scheduler(device)
-        s.start()
+        s = running_scheduler(device)
         start = time.monotonic()
         patient = asyncio.create_task(s.run(SLOW, [np.zeros(1)], start + 0.1))  # no bound: a virtual deadline 100 ms out
 
@@ -178,9 +179,7 @@ def test_requests_without_a_bound_are_not_starved_by_a_stream_of_tight_ones():
 def test_requests_already_past_their_latest_start_leave_at_once(loop):
     async def scenario():
         device = Device()
-        s = scheduler(device)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True)
         held = asyncio.create_task(s.run(SLOW, [np.zeros(1)], time.monotonic() + 10))
         await asyncio.sleep(0.01)
         late = [asyncio.create_task(s.run(FAST, [np.zeros(1)], time.monotonic() + 0.0005, hard=True)) for _ in range(20)]
@@ -196,9 +195,7 @@ def test_requests_already_past_their_latest_start_leave_at_once(loop):
 def test_a_full_queue_refuses_the_whole_request_and_keeps_nothing_of_it():
     async def scenario():
         device = Device()
-        s = scheduler(device, max_queue=4)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True, max_queue=4)
         first = asyncio.create_task(s.run(FAST, [np.zeros(1)] * 2))  # taken by the lane, held at the gate
         await asyncio.sleep(0.01)
         queued = asyncio.create_task(s.run(FAST, [np.ones(1)] * 3))
@@ -216,8 +213,7 @@ def test_a_full_queue_refuses_the_whole_request_and_keeps_nothing_of_it():
 def test_a_failing_batch_fails_only_its_requests():
     async def scenario():
         device = Device(fail=lambda member, batch: (batch < 0).any())
-        s = scheduler(device)
-        s.start()
+        s = running_scheduler(device)
         good, bad = s.run(FAST, [np.ones(1)]), s.run(SLOW, [-np.ones(1)])
         results = await asyncio.gather(good, bad, return_exceptions=True)
         await s.close()
@@ -230,9 +226,7 @@ def test_a_failing_batch_fails_only_its_requests():
 def test_cancelled_requests_are_dropped_and_close_fails_what_is_left():
     async def scenario():
         device = Device()
-        s = scheduler(device)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True)
         held = asyncio.create_task(s.run(FAST, [np.zeros(1)]))
         await asyncio.sleep(0.01)
         gone = asyncio.create_task(s.run(SLOW, [np.zeros(1)] * 3))
@@ -252,9 +246,7 @@ def test_cancelled_requests_are_dropped_and_close_fails_what_is_left():
 def test_the_work_ahead_counts_every_member_due_earlier_and_what_runs():
     async def scenario():
         device = Device()
-        s = scheduler(device, lanes=2)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True, lanes=2)
         now = time.monotonic()
         held = [asyncio.create_task(s.run(member, [np.zeros(1)], now + 10)) for member in (SLOW, FAST)]  # both lanes taken
         await asyncio.sleep(0.01)
@@ -277,9 +269,7 @@ def test_the_work_ahead_counts_every_member_due_earlier_and_what_runs():
 def test_cpu_jobs_and_batches_share_the_lanes_in_deadline_order():
     async def scenario():
         device = Device()
-        s = scheduler(device)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True)
         now = time.monotonic()
         held = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 10))
         await asyncio.sleep(0.01)
@@ -307,9 +297,7 @@ def test_bad_settings_are_refused():
 def test_random_deadlines_are_served_in_order_on_one_lane():
     async def scenario():
         device = Device()
-        s = scheduler(device)
-        s.start()
-        device.gate.clear()
+        s = running_scheduler(device, held=True)
         now = time.monotonic()
         held = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 100))
         await asyncio.sleep(0.01)
