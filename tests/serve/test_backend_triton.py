@@ -230,3 +230,20 @@ def test_triton_stopped_then_back(members, monkeypatch, protocol):
             await backend.close()
 
     asyncio.run(scenario())
+
+
+def test_close_ends_the_poller_even_when_it_is_cancelled_as_a_poll_completes(members, triton):
+    """close() cancels the statistics poller; a cancellation that lands as a poll's call completes must not be lost
+    (asyncio.wait_for on Python 3.11 could swallow it, and close() then waited forever). Polling back to back makes
+    that moment likely; every close() must return."""
+
+    async def scenario():
+        for _ in range(30):
+            backend = TritonBackend(triton.http_url, "http", runtime="onnxruntime", ready_timeout_s=30, poll_interval_s=0.001)
+            await backend.start(members)
+            await asyncio.sleep(0.02)
+            async with asyncio.timeout(10):
+                await backend.close()
+            assert backend.problem() == "not started"
+
+    asyncio.run(scenario())

@@ -87,7 +87,10 @@ class TritonBackend:
         return status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
     async def _call(self, coroutine):
-        return await asyncio.wait_for(coroutine, CALL_TIMEOUT_S)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as its call
+        # completes, and the poller, cancelled by close(), would then run (and close() wait) forever.
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            return await coroutine
 
     async def _not_ready(self) -> str | None:
         """None when the server and every member are ready, else what is not."""
@@ -134,7 +137,7 @@ class TritonBackend:
             self._stats[member.name] = (count, ns)
 
     async def _watch(self) -> None:
-        while True:
+        while self._poll is not None:  # close() clears it: the loop ends even if a cancellation were lost
             await asyncio.sleep(self.poll_interval_s)
             failures = self._failures
             try:
@@ -180,10 +183,9 @@ class TritonBackend:
 
     async def close(self) -> None:
         if self._poll is not None:
-            self._poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll
-            self._poll = None
+            poll, self._poll = self._poll, None
+            poll.cancel()
+            await asyncio.wait({poll}, timeout=CALL_TIMEOUT_S + self.poll_interval_s)
         if self._client is not None:
             client, self._client = self._client, None
             with contextlib.suppress(Exception):
