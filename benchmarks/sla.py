@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from effx_serve.core.photos import synthetic_photo
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
 from effx_serve.serve.dispatch import Dispatcher, ImageInfo
 from effx_serve.serve.metrics import ServerMetrics
