@@ -1,26 +1,14 @@
 """Schedules against the real tiny server: a trace replayed at its times, and a short comparison of routing and pinning."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from effx_serve.cli import main
 from tests.conftest import SERVED_ACCURACY
-from tests.helpers import served
+from tests.loadtest.conftest import read_report
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server_url(served_repository, tmp_path_factory):
-    """`effx-serve serve` on the tiny repository (embedded ONNX Runtime), in its own process."""
-    with served(served_repository, tmp_path_factory.mktemp("serve")) as url:
-        yield url
-
-
-def _report(folder: Path) -> dict:
-    return json.loads((folder / "report.json").read_text())
 
 
 def test_a_trace_is_replayed_at_its_times(server_url, tmp_path):
@@ -32,7 +20,7 @@ def test_a_trace_is_replayed_at_its_times(server_url, tmp_path):
     folder = tmp_path / "replay"
     code = main(["loadtest", "--url", server_url, "--scenario", "photos", "--trace", str(trace), "--report", str(folder),
                  "--gate-error-rate", "0", "--p99-bound-ms", "5000"])
-    report = _report(folder)
+    report = read_report(folder)
     assert code == 0, report["problems"]
     assert report["load"]["arrivals"]["kind"] == "trace" and report["load"]["steps"][0]["seconds"] == 3.0
     figures = report["summary"]
@@ -55,7 +43,7 @@ def test_a_comparison_sends_the_same_schedule_in_every_phase(server_url, tmp_pat
     code = main(["loadtest", "--url", server_url, "--compare", "--rate", "12", "--duration", "3", "--arrivals", "gamma",
                  "--burstiness", "2", "--scenario", "smoke", "--latency-bounds", "2:4", "--seed", "3",
                  "--compare-url", server_url, "--compare-label", "same server again", "--report", str(folder)])
-    report = _report(folder)
+    report = read_report(folder)
     assert code == 0, report["problems"]
     phases = {p["name"]: p for p in report["phases"]}
     assert list(phases) == ["routed", "pinned tiny-f-b0", "pinned tiny-f-b1", "same server again"]

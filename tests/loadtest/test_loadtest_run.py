@@ -7,33 +7,22 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from effx_serve.cli import main
 from effx_serve.core.proc import free_port
-from tests.helpers import ROOT, served
+from tests.helpers import ROOT
+from tests.loadtest.conftest import read_report
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server_url(served_repository, tmp_path_factory):
-    """`effx-serve serve` on the tiny repository (embedded ONNX Runtime), in its own process."""
-    with served(served_repository, tmp_path_factory.mktemp("serve")) as url:
-        yield url
-
-
-def _report(folder: Path) -> dict:
-    return json.loads((folder / "report.json").read_text())
 
 
 def test_smoke_run_against_the_served_repository(server_url, tmp_path):
     folder = tmp_path / "smoke"
     code = main(["loadtest", "--url", server_url + "/", "--scenario", "smoke", "--rate", "20", "--duration", "15", "--report", str(folder),
                  "--gate-error-rate", "0", "--p99-bound-ms", "1000"])
-    report = _report(folder)
+    report = read_report(folder)
     assert code == 0, report["problems"]
     figures = report["summary"]
     assert report["status"] == "passed" and figures["errors"] == {} and figures["unfinished"] == 0
@@ -65,18 +54,18 @@ def test_master_and_worker_on_one_machine(server_url, tmp_path):
         output, _ = master.communicate(timeout=180)
     finally:
         worker.wait(timeout=30)
-    report = _report(folder)
+    report = read_report(folder)
     assert master.returncode == 0, output
     assert report["load"]["workers"] == 1 and report["load"]["mode"] == "closed"
     assert report["summary"]["completed"] == report["summary"]["locust_request_count"] > 20
     assert [p["users"] for p in report["curve"]] == [1, 2] and report["capacity"]["basis"] == "throughput"
 
 
-def test_an_unreachable_url_still_writes_a_failed_report(tmp_path, capsys):
+def test_an_unreachable_url_still_writes_a_failedread_report(tmp_path, capsys):
     folder = tmp_path / "unreachable"
     assert main(["loadtest", "--url", f"http://127.0.0.1:{free_port()}", "--duration", "5", "--ready-timeout", "1",
                  "--report", str(folder)]) == 1
-    report = _report(folder)
+    report = read_report(folder)
     assert report["status"] == "failed" and "cannot connect" in report["problems"][0]
     assert "cannot connect" in (folder / "report.md").read_text() and "FAILED" in capsys.readouterr().out
 
@@ -86,7 +75,7 @@ def test_a_bad_scenario_writes_a_report_naming_the_known_ones(tmp_path):
     folder.mkdir()
     (folder / "stale.txt").write_text("from an older run")
     assert main(["loadtest", "--url", "http://127.0.0.1:9", "--scenario", "nope", "--report", str(folder)]) == 1
-    assert "unknown scenario 'nope'; known: mixed" in _report(folder)["problems"][0]
+    assert "unknown scenario 'nope'; known: mixed" in read_report(folder)["problems"][0]
     assert not (folder / "stale.txt").exists()  # the folder was replaced whole
 
 
@@ -136,7 +125,7 @@ def fake_server(request):
 def test_a_server_that_returns_errors_fails_the_run(fake_server, tmp_path):
     folder = tmp_path / "errors"
     assert main(["loadtest", "--url", fake_server, "--users", "2", "--duration", "2", "--report", str(folder)]) == 1
-    report = _report(folder)
+    report = read_report(folder)
     errors = report["summary"]["errors"]
     assert list(errors) == ["server_error"] and errors["server_error"]["count"] == report["summary"]["completed"] > 0
     assert errors["server_error"]["example"].startswith("500")
@@ -148,7 +137,7 @@ def test_a_p99_gate_fails_the_run(fake_server, tmp_path):
     folder = tmp_path / "slow"
     assert main(["loadtest", "--url", fake_server, "--scenario", "photos", "--users", "2", "--duration", "2", "--gate-p99-ms", "10",
                  "--report", str(folder)]) == 1
-    report = _report(folder)
+    report = read_report(folder)
     assert report["summary"]["latency_ms"]["p99"] >= 30 and report["summary"]["error_rate"] == 0
     assert [(g["name"], g["passed"]) for g in report["gates"]] == [("error rate", True), ("p99 latency (ms)", False)]
     assert report["server_metrics"]["scraped"] is True
@@ -158,7 +147,7 @@ def test_a_p99_gate_fails_the_run(fake_server, tmp_path):
 def test_a_server_without_the_models_list_is_named_before_any_load(fake_server, tmp_path):
     folder = tmp_path / "no-models"
     assert main(["loadtest", "--url", fake_server, "--duration", "30", "--report", str(folder)]) == 1
-    report = _report(folder)
+    report = read_report(folder)
     assert "GET /v1/models" in report["problems"][0] and "families" in report["problems"][0]
     assert report["server_metrics"]["reason"] == "the load did not run" and not (folder / "raw" / "locust.log").exists()
 
@@ -172,7 +161,7 @@ def test_bad_urls_and_worker_options_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fake_server", ["slow"], indirect=True)
-def test_ctrl_c_stops_the_load_and_still_writes_the_report(fake_server, tmp_path):
+def test_ctrl_c_stops_the_load_and_still_writes_theread_report(fake_server, tmp_path):
     folder = tmp_path / "interrupted"
     run = subprocess.Popen([sys.executable, "-m", "effx_serve.cli", "loadtest", "--url", fake_server, "--scenario", "photos",
                             "--users", "2", "--duration", "60", "--report", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -183,7 +172,7 @@ def test_ctrl_c_stops_the_load_and_still_writes_the_report(fake_server, tmp_path
     run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=60)
     assert run.returncode == 1, output
-    report = _report(folder)
+    report = read_report(folder)
     assert "interrupted (Ctrl-C)" in report["problems"][0]
     assert report["summary"]["ok"] > 0 and (folder / "report.md").is_file()
     assert not list(tmp_path.glob(".interrupted.*"))  # no staging folder left behind

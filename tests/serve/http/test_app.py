@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import contextlib
 import math
 import struct
 import time
@@ -17,6 +18,16 @@ from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
 from effx_serve.serve.http.app import create_app
 from effx_serve.serve.settings import DispatchSettings
 from tests.helpers import JPEG, image_bytes, make_server, post_jpeg, reference_logits, wait_ready
+
+
+@contextlib.asynccontextmanager
+async def ready_client(app):
+    """An async client of `app` with its lifespan started, once /readyz answers 200 (the backend has loaded)."""
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            while (await http.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.02)
+            yield http
 
 
 def png_header(width, height):
@@ -263,29 +274,25 @@ def test_a_full_queue_answers_429_with_retry_after(served_repository):
     app = create_app(server)
 
     async def scenario():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-                while (await http.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.02)
-                backend.running.clear()  # inference stalls: requests pile up
+        async with ready_client(app) as http:
+            backend.running.clear()  # inference stalls: requests pile up
 
-                def send():
-                    return http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"member": "tiny-f-b0"})
-                device = server.dispatcher.device
+            def send():
+                return http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"member": "tiny-f-b0"})
+            device = server.dispatcher.device
 
-                async def until(condition):
-                    deadline = time.monotonic() + 30
-                    while not condition() and time.monotonic() < deadline:
-                        await asyncio.sleep(0.01)
+            async def until(condition):
+                deadline = time.monotonic() + 30
+                while not condition() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
 
-                stalled = [asyncio.create_task(send())]
-                await until(lambda: device.busy == 1)  # one image runs (and stalls)
-                stalled += [asyncio.create_task(send()) for _ in range(2)]
-                await until(lambda: device.queued("tiny-f-b0") == 2)  # two wait: the queue is full
-                refused = await asyncio.wait_for(send(), 30)
-                backend.running.set()
-                return refused, await asyncio.wait_for(asyncio.gather(*stalled), 30)
+            stalled = [asyncio.create_task(send())]
+            await until(lambda: device.busy == 1)  # one image runs (and stalls)
+            stalled += [asyncio.create_task(send()) for _ in range(2)]
+            await until(lambda: device.queued("tiny-f-b0") == 2)  # two wait: the queue is full
+            refused = await asyncio.wait_for(send(), 30)
+            backend.running.set()
+            return refused, await asyncio.wait_for(asyncio.gather(*stalled), 30)
 
     refused, stalled = asyncio.run(scenario())
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1 and "queued" in refused.json()["detail"]
@@ -300,18 +307,15 @@ def test_the_in_flight_limit_answers_429(served_repository):
     app = create_app(server)
 
     async def scenario():
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-                while (await http.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.02)
-                backend.running.clear()
-                send = lambda: http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"})  # noqa: E731
-                stalled = asyncio.create_task(send())
-                while server.in_flight < 1:
-                    await asyncio.sleep(0.01)
-                refused = await asyncio.wait_for(send(), 30)
-                backend.running.set()
-                return refused, await asyncio.wait_for(stalled, 30)
+        async with ready_client(app) as http:
+            backend.running.clear()
+            send = lambda: http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"})  # noqa: E731
+            stalled = asyncio.create_task(send())
+            while server.in_flight < 1:
+                await asyncio.sleep(0.01)
+            refused = await asyncio.wait_for(send(), 30)
+            backend.running.set()
+            return refused, await asyncio.wait_for(stalled, 30)
 
     refused, stalled = asyncio.run(scenario())
     assert refused.status_code == 429 and "1 requests, its limit" in refused.json()["detail"] and stalled.status_code == 200
@@ -322,16 +326,13 @@ def test_a_flood_of_expired_deadlines_is_answered_422_and_others_are_still_serve
     app = create_app(server)
 
     async def scenario():
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-                while (await http.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.02)
-                past = f"{time.time() - 0.5:.3f}"
-                expired = [http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg", "effx-deadline": past})
-                           for _ in range(200)]
-                normal = http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"max_latency_ms": 5000})
-                answers = await asyncio.wait_for(asyncio.gather(*expired, normal), 60)
-                return answers, server.dispatcher.queued("tiny-f-b0") + server.dispatcher.queued("tiny-f-b1")
+        async with ready_client(app) as http:
+            past = f"{time.time() - 0.5:.3f}"
+            expired = [http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg", "effx-deadline": past})
+                       for _ in range(200)]
+            normal = http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"max_latency_ms": 5000})
+            answers = await asyncio.wait_for(asyncio.gather(*expired, normal), 60)
+            return answers, server.dispatcher.queued("tiny-f-b0") + server.dispatcher.queued("tiny-f-b1")
 
     answers, queued = asyncio.run(scenario())
     assert {r.status_code for r in answers[:-1]} == {422} and "passed" in answers[0].json()["detail"]
