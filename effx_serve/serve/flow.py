@@ -13,6 +13,7 @@ after it arrived, so it waits behind tighter ones without starving.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -25,19 +26,10 @@ from effx_serve.serve.catalog import Member
 from effx_serve.serve.dispatch import ImageInfo, Ran, Routed
 from effx_serve.serve.errors import InvalidRequest, Overloaded, SlaUnmeetable
 from effx_serve.serve.router import Sla
-from effx_serve.serve.schema import (
-    BatchClassification,
-    Classification,
-    ClassifyParams,
-    Expected,
-    ImageResult,
-    OptionOut,
-    Prediction,
-    SlaReport,
-    Timing,
-)
+from effx_serve.serve.schema import ClassifyParams, Expected, OptionOut
 from effx_serve.serve.server import Server
 
+EXPECTED_FIELDS = tuple(Expected.model_fields)  # decode_ms, wait_ms, inference_ms, after_ms, total_ms
 MAX_DEADLINE_S = 3600.0  # a client deadline further away than this is a mistake (a clock in the wrong unit, say)
 
 
@@ -108,11 +100,11 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
     answered = time.monotonic()
     dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered)
-    metrics.routes.labels(report.route).inc()
+    metrics.routes.labels(report["route"]).inc()
     for result in ran.results:
         metrics.queue_seconds.labels(ran.member.name).observe(result.queue_ms / 1000.0)
     metrics.images.labels(ran.member.name).inc(len(ran.results))
-    for cause in report.misses:
+    for cause in report["misses"]:
         metrics.sla_misses.labels(sla.kind, cause).inc()
     return body
 
@@ -156,42 +148,40 @@ def _describe(sla: Sla) -> str:
     return ", ".join(parts) or "none"
 
 
-def _predictions(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> list[Prediction]:
-    shifted = logits.astype(np.float64) - np.max(logits)
-    probabilities = np.exp(shifted) / np.sum(np.exp(shifted))
-    order = np.argsort(-probabilities, kind="stable")[:top_k]
-    return [Prediction(label=labels[i], index=int(i), score=float(probabilities[i])) for i in order]
+def _predictions(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> list[dict]:
+    """The top_k labels by softmax probability, as the answer's `predictions` (schema.Prediction)."""
+    shifted = np.exp(logits.astype(np.float64) - np.max(logits))
+    probabilities = shifted / shifted.sum()
+    order = np.argsort(-probabilities, kind="stable")[:top_k].tolist()
+    return [{"label": labels[i], "index": i, "score": float(probabilities[i])} for i in order]
 
 
 def _answer(ran: Ran, routed: Routed, sla: Sla, top_k: int, trace: Trace, routed_at: float, decoded: float,
-            batch: bool) -> tuple[bytes, SlaReport]:
-    """The answer's JSON, its SLA report judged on the whole time in the server, its own serialisation included:
-    everything but the timing and SLA report is serialised first, then those (a few fields) last."""
-    member, results = ran.member, ran.results
-    expected = routed.expected
-    common = {"member": member.name, "family": member.family, "accuracy": member.accuracy,
-              "expected_latency_ms": expected.total_ms if expected else 0.0, "latency_provenance": member.latency.describe(),
-              "expected": Expected(decode_ms=expected.decode_ms, wait_ms=expected.wait_ms, inference_ms=expected.inference_ms,
-                                   after_ms=expected.after_ms, total_ms=expected.total_ms) if expected else
-              Expected(decode_ms=0.0, wait_ms=0.0, inference_ms=0.0, after_ms=0.0, total_ms=0.0)}
+            batch: bool) -> tuple[bytes, dict]:
+    """The answer's JSON (schema.Classification or BatchClassification) and its SLA report (schema.SlaReport), judged
+    on the whole time in the server, its own serialisation included: everything but the timing and the SLA report is
+    serialised first, then those few fields. Plain dicts and one json.dumps: pydantic models cost several times more
+    per answer on the event loop, and the schema classes stay the documented contract (tests check answers against them)."""
+    member, results, expected = ran.member, ran.results, routed.expected
+    parts = (expected.decode_ms, expected.wait_ms, expected.inference_ms, expected.after_ms, expected.total_ms) if expected else (0.0,) * 5
+    head = {"member": member.name, "family": member.family, "accuracy": member.accuracy, "expected_latency_ms": parts[-1],
+            "latency_provenance": member.latency.describe(), "expected": dict(zip(EXPECTED_FIELDS, parts, strict=True))}
     if batch:
-        items = [ImageResult(predictions=_predictions(r.output, member.labels, top_k), observed_latency_ms=r.queue_ms + r.inference_ms,
-                             batch_size=r.batch_size) for r in results]
-        head = BatchClassification.model_construct(**common, results=items)
+        head["results"] = [{"predictions": _predictions(r.output, member.labels, top_k), "observed_latency_ms": r.queue_ms + r.inference_ms,
+                            "batch_size": r.batch_size} for r in results]
     else:
         (result,) = results
-        head = Classification.model_construct(**common, predictions=_predictions(result.output, member.labels, top_k),
-                                              batch_size=result.batch_size)
+        head |= {"predictions": _predictions(result.output, member.labels, top_k), "batch_size": result.batch_size}
     started = time.monotonic()
-    text = head.model_dump_json(exclude={"sla", "timing", "observed_latency_ms"})
+    text = json.dumps(head, separators=(",", ":"))
     finished = time.monotonic()
     total_ms = (finished - trace.arrival) * 1000.0
     misses = _misses(member.accuracy, total_ms, sla)
-    report = SlaReport(kind=sla.kind, min_accuracy=sla.min_accuracy, max_latency_ms=sla.max_latency_ms,
-                       expected_to_meet=ran.route_change is None and routed.decision.expected_to_meet, met=not misses, misses=misses,
-                       route=ran.route_change or routed.route)
-    timing = Timing(read_ms=((trace.read or routed_at) - trace.arrival) * 1000.0, decode_ms=(decoded - routed_at) * 1000.0,
-                    queue_ms=max(r.queue_ms for r in results), inference_ms=max(r.inference_ms for r in results),
-                    serialize_ms=(finished - started) * 1000.0, total_ms=total_ms)
-    tail = f',"observed_latency_ms":{total_ms!r},"sla":{report.model_dump_json()},"timing":{timing.model_dump_json()}}}'
-    return (text[:-1] + tail).encode(), report
+    report = {"kind": sla.kind, "min_accuracy": sla.min_accuracy, "max_latency_ms": sla.max_latency_ms,
+              "expected_to_meet": ran.route_change is None and routed.decision.expected_to_meet, "met": not misses, "misses": misses,
+              "route": ran.route_change or routed.route}
+    timing = {"read_ms": ((trace.read or routed_at) - trace.arrival) * 1000.0, "decode_ms": (decoded - routed_at) * 1000.0,
+              "queue_ms": max(r.queue_ms for r in results), "inference_ms": max(r.inference_ms for r in results),
+              "serialize_ms": (finished - started) * 1000.0, "total_ms": total_ms}
+    tail = json.dumps({"observed_latency_ms": total_ms, "sla": report, "timing": timing}, separators=(",", ":"))
+    return f"{text[:-1]},{tail[1:]}".encode(), report

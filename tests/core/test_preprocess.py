@@ -331,3 +331,37 @@ def test_serving_input_decodes_large_jpegs_at_a_smaller_scale_with_nearly_the_sa
     assert float(np.mean(np.abs(scaled - full))) < 0.03
     with pytest.raises(UserError, match="at least 800"):
         preprocess.serving_input(data, 64, min_side=800)
+
+
+def _encoded(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("mode", "size", "fmt", "options"), [
+    ("RGB", (640, 480), "JPEG", {}),
+    ("RGB", (33, 1201), "JPEG", {"progressive": True, "quality": 70}),
+    ("L", (17, 5), "JPEG", {"exif": b"Exif\x00\x00" + b"\x00" * 64}),
+    ("CMYK", (100, 60), "JPEG", {}),
+    ("RGBA", (7, 300), "PNG", {}),
+    ("I;16", (256, 3), "PNG", {}),
+    ("RGB", (40, 30), "WEBP", {}),
+    ("RGB", (12, 9), "GIF", {}),
+])
+def test_peek_reads_format_and_pixels_from_the_header_as_pillow_does(mode, size, fmt, options):
+    data = _encoded(Image.new(mode, size), fmt, **options)
+    assert preprocess.peek(data) == (fmt, size[0] * size[1])
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8", b"\xff\xd8\xff\xe0\x00", b"\xff\xd8" + b"\xff\xe1\xff\xff" * 40, b"\x89PNG\r\n\x1a\n\x00",
+                                  b"\xff\xd8\x00\x00\xff\xc0", b"not an image at all"])
+def test_peek_of_a_broken_or_truncated_header_is_unknown_never_an_error(data):
+    assert preprocess.peek(data) == (None, 0)
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=200, deadline=None)
+def test_peek_never_raises(data):
+    image_format, pixels = preprocess.peek(b"\xff\xd8\xff" + data)
+    assert image_format in (None, "JPEG") and pixels >= 0

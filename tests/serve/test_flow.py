@@ -8,7 +8,7 @@ import pytest
 
 from effx_serve.serve import flow
 from effx_serve.serve.errors import InvalidRequest, SlaUnmeetable, UnknownName, UnreadableImage
-from effx_serve.serve.schema import ClassifyParams
+from effx_serve.serve.schema import BatchClassification, Classification, ClassifyParams
 from tests.helpers import JPEG, make_server
 
 
@@ -24,8 +24,12 @@ def test_the_flow_routes_decodes_runs_and_answers_with_a_trace(served_repository
         await _started(server)
         try:
             trace = flow.Trace(arrival=time.monotonic())
-            answer = json.loads(await flow.classify(server, [JPEG], ClassifyParams(min_accuracy=0.6, top_k=3), False, trace))
-            batch = json.loads(await flow.classify(server, [JPEG, JPEG], ClassifyParams(member="tiny-f-b0"), True, flow.Trace(time.monotonic())))
+            text = await flow.classify(server, [JPEG], ClassifyParams(min_accuracy=0.6, top_k=3), False, trace)
+            batch_text = await flow.classify(server, [JPEG, JPEG], ClassifyParams(member="tiny-f-b0"), True, flow.Trace(time.monotonic()))
+            # The answers are written without pydantic: they must still be exactly the documented schema.
+            Classification.model_validate_json(text, strict=True)
+            BatchClassification.model_validate_json(batch_text, strict=True)
+            answer, batch = json.loads(text), json.loads(batch_text)
             failures = []
             for images, params, batched in (([JPEG, JPEG], ClassifyParams(), False), ([JPEG], ClassifyParams(min_accuracy=0.99), False),
                                              ([b"not an image"], ClassifyParams(), False), ([JPEG], ClassifyParams(member="nope"), False),
@@ -45,6 +49,7 @@ def test_the_flow_routes_decodes_runs_and_answers_with_a_trace(served_repository
     assert timing["total_ms"] >= timing["decode_ms"] + timing["inference_ms"] + timing["serialize_ms"] > 0
     assert answer["observed_latency_ms"] == timing["total_ms"]
     assert batch["member"] == "tiny-f-b0" and len(batch["results"]) == 2
+    assert set(answer) == set(Classification.model_fields) and set(batch) == set(BatchClassification.model_fields)
     kinds = [type(error) for error in failures]
     assert kinds == [InvalidRequest, SlaUnmeetable, UnreadableImage, UnknownName, InvalidRequest], failures
     assert [o["member"] for o in failures[1].options][:1] == ["tiny-f-b1"] and "min_accuracy 0.99" in str(failures[1])

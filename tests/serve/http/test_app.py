@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from effx_serve.serve.backends.base import BackendUnavailable
 from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
 from effx_serve.serve.http.app import create_app
+from effx_serve.serve.schema import ClassifyParams
 from effx_serve.serve.settings import DispatchSettings
 from tests.helpers import JPEG, image_bytes, make_server, post_jpeg, reference_logits, wait_ready
 
@@ -86,6 +87,23 @@ def test_parameters_in_the_body_are_validated_like_the_query(client):
     assert response.json()["member"] == "tiny-f-b1"
     response = client.post("/v1/classify", json={"image": base64.b64encode(JPEG).decode(), "colour": "blue"})
     assert response.status_code == 422 and "colour" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("query", "words"), [
+    ("min_accuracy=1.5", "min_accuracy: Input should be less than or equal to 1"),
+    ("top_k=many", "top_k: Input should be a valid integer"),
+    ("colour=blue", "colour: Extra inputs are not permitted"),
+    ("max_latency_ms=inf", "max_latency_ms:"),
+])
+def test_bad_query_parameters_are_422_naming_the_parameter(client, query, words):
+    response = client.post(f"/v1/classify?{query}", content=JPEG, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 422 and response.json()["detail"].startswith(words), response.json()
+    assert response.json()["errors"][0]["loc"][0] == "query"
+
+
+def test_a_repeated_query_parameter_takes_its_last_value(client):
+    answer = client.post("/v1/classify?top_k=1&top_k=2", content=JPEG, headers={"content-type": "image/jpeg"}).json()
+    assert len(answer["predictions"]) == 2
 
 
 def test_a_batch_answers_each_image_in_order(client, served_repository):
@@ -217,6 +235,10 @@ def test_models_hardware_health_and_openapi(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/classify", "/v1/classify/batch", "/v1/models", "/v1/hardware", "/metrics"} <= set(paths)
     assert "image/jpeg" in paths["/v1/classify"]["post"]["requestBody"]["content"]
+    for path in ("/v1/classify", "/v1/classify/batch"):  # parsed by the app itself, documented from the same model
+        parameters = {p["name"]: p for p in paths[path]["post"]["parameters"]}
+        assert set(parameters) == set(ClassifyParams.model_fields) and all(p["in"] == "query" for p in parameters.values())
+        assert "end to end" in parameters["max_latency_ms"]["description"]
 
 
 def test_metrics(client):
