@@ -57,10 +57,10 @@ _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 # --- the load generator (run in its own process: `serving.py --load-generator SPEC.json`; stdlib only) -------------
 
-def _ticks(pid: int) -> int | None:
-    """utime + stime of one process in clock ticks; None once it is gone."""
+def _ticks(pid: int, thread: int | None = None) -> int | None:
+    """utime + stime of one process (or of one of its threads) in clock ticks; None once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
+        with open(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat") as stat:
             fields = stat.read().rpartition(")")[2].split()
         return int(fields[11]) + int(fields[12])
     except (OSError, IndexError, ValueError):
@@ -94,8 +94,11 @@ def _busy_ticks() -> int:
 
 
 def _cpu_snapshot(watch: dict[str, list[int]]) -> dict:
+    # The router's main thread runs its event loop (HTTP, parsing, routing, answers): the one part that cannot spread
+    # over cores, so it is counted apart ("loop"; decoding and inference run on other threads).
+    loop = {"loop": _ticks(watch["server"][0], watch["server"][0]) or 0} if "server" in watch else {}
     return {"t": time.perf_counter(), "system": _busy_ticks(), "client": _ticks(os.getpid()) or 0,
-            **{name: sum(_ticks(pid) or 0 for pid in pids) for name, pids in watch.items()}}
+            **{name: sum(_ticks(pid) or 0 for pid in pids) for name, pids in watch.items()}, **loop}
 
 
 async def _generate(spec: dict) -> dict:
@@ -343,7 +346,8 @@ def print_table(rows: list[dict]) -> None:
 
 def print_details(rows: list[dict]) -> None:
     print("\nwhere the time goes (medians, ms) and the load levels (img/s, p50 ms, CPU in cores: "
-          "server = the router process, triton = tritonserver and its stubs, client = the load generator, all = the whole machine)")
+          "server = the router process, loop = its event-loop thread (a part of server), triton = tritonserver and its stubs, "
+          "client = the load generator, all = the whole machine)")
     for r in rows:
         t = r["server_timing_p50_ms"]
         head = f"{r['member']} {r['backend']} {r['endpoint']}:"
@@ -364,7 +368,7 @@ def print_details(rows: list[dict]) -> None:
             errors = f" errors {lv['errors']}" if lv["errors"] else ""
             extra = (f"; server decode {st['decode_ms']:.2f} queue {st['queue_ms']:.2f} inference {st['inference_ms']:.2f} "
                      f"batch {st['batch_size']:.0f}") if st else ""
-            per_image = " + ".join(f"{name} {1e3 * lv['cores'][name] / lv['images_per_s']:.2f}" for name in ("server", "triton")
+            per_image = " + ".join(f"{name} {1e3 * lv['cores'][name] / lv['images_per_s']:.2f}" for name in ("server", "loop", "triton")
                                    if name in lv["cores"] and lv["images_per_s"] > 0)
             print(f"    N={lv['concurrency']:<3d} {lv['images_per_s']:7.0f} img/s  p50 {fmt(lv['p50_ms'], '7.2f')}  cores: {cores} "
                   f"(CPU ms per image: {per_image}){extra}{errors}")
