@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_TOP_K = 1000
 
@@ -24,6 +24,12 @@ class ClassifyParams(BaseModel):
         "reject", description="when no member can meet the SLA: reject (422 with the nearest options) or serve the nearest and flag the miss")
     family: str | None = Field(None, max_length=200, description="route among this family's members instead of the hardware's default family")
     member: str | None = Field(None, max_length=200, description="serve with this member (the SLA is still checked)")
+
+    @field_validator("family", "member", mode="before")
+    @classmethod
+    def _empty_is_not_given(cls, value: object) -> object:
+        """`family=` and `member=` with no value mean what leaving them out means (as HTML forms send them)."""
+        return None if value == "" else value
 
 
 class Prediction(BaseModel):

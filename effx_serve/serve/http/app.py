@@ -4,6 +4,7 @@ failure answers. A request's clock starts when the server has its headers (befor
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from effx_serve import __version__
 from effx_serve.serve import flow
@@ -42,7 +44,9 @@ _REQUEST_BODY = {"requestBody": {"required": True, "content": {
 _PARAMETERS = {"parameters": [{"name": name, "in": "query", "required": False, "schema": schema, "description": schema.get("description", "")}
                               for name, schema in ClassifyParams.model_json_schema()["properties"].items()]}
 _ERRORS = {status: {"model": Problem} for status in (400, 404, 413, 415, 503)} | {422: {"model": Rejection}, 429: {"model": Refusal}}
+CLIENT_GONE = 499  # as nginx counts a request whose client closed the connection first (never sent: nobody is there)
 DEADLINE_HEADER = "effx-deadline"  # the client's absolute deadline, Unix time in seconds (docs/serving.md)
+log = logging.getLogger(__name__)
 
 
 class ArrivalClock:
@@ -108,6 +112,9 @@ def create_app(server: Server) -> FastAPI:
         except errors.HANDLED as error:
             response = errors.response(error)
             status = response.status_code
+        except ClientDisconnect:  # gone before its body arrived: nobody reads an answer; counted, one line at debug level
+            log.debug("%s %s: the client went away before its body arrived", request.method, request.url.path)
+            response, status = Response(status_code=CLIENT_GONE), CLIENT_GONE
         finally:
             server.in_flight -= 1
         server.metrics.requests.labels(trace.member, endpoint, str(status)).inc()
@@ -141,11 +148,12 @@ def create_app(server: Server) -> FastAPI:
         return {"hardware": server.hardware.to_dict(), "backend": server.backend.describe(), "family": server.catalog.family,
                 "latency": {m.name: m.latency.describe() for m in server.catalog.members.values()}, "notes": list(server.notes)}
 
-    @app.get("/healthz", summary="Liveness: the process answers")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers")
     async def healthz() -> dict:
         return {"status": "live"}
 
-    @app.get("/readyz", summary="Readiness: every member loaded and warm, the backend healthy", responses={503: {"model": Problem}})
+    @app.api_route("/readyz", methods=["GET", "HEAD"], summary="Readiness: every member loaded and warm, the backend healthy",
+                   responses={503: {"model": Problem}})
     async def readyz():
         problem = server.problem()
         if problem is not None:

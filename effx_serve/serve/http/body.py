@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -62,6 +63,8 @@ def _from_json(body: bytes, max_images: int) -> ImageRequest:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RequestProblem(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:  # the parser's own limit on nesting (about a thousand levels)
+        raise RequestProblem(400, "the JSON body is nested too deeply; send {\"image\": \"<base64>\"}") from None
     if not isinstance(data, dict):
         raise RequestProblem(422, 'the JSON body must be an object such as {"image": "<base64>"}')
     if "image" in data and "images" in data:
@@ -86,8 +89,11 @@ async def _from_multipart(request: Request, body: bytes, max_images: int) -> Ima
 
     try:
         form = await Request(request.scope, replay).form(max_files=max_images, max_fields=32)
-    except MultiPartException as error:
-        raise RequestProblem(400, f"the multipart body cannot be read: {error}") from None
+    except (MultiPartException, HTTPException) as error:  # Starlette raises the parser's error as a 400 inside an app
+        reason = getattr(error, "detail", None) or str(error)
+        if reason.startswith("Too many files"):
+            raise RequestProblem(413, f"more than {max_images} images in one request, the limit") from None
+        raise RequestProblem(400, f"the multipart body cannot be read: {reason}") from None
     images, fields = [], {}
     try:
         for key, value in form.multi_items():

@@ -177,6 +177,7 @@ TRUNCATED = JPEG[: len(JPEG) // 2]
     ({"content": JPEG, "headers": {"content-type": "text/plain"}}, 415, "Content-Type"),
     ({"content": JPEG}, 415, "Content-Type"),
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON"),
+    ({"content": b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "headers": {"content-type": "application/json"}}, 400, "nested too deeply"),
     ({"json": {"picture": "x"}}, 422, '"image"'),
     ({"json": {"image": "!!!"}}, 422, "base64"),
     ({"json": {"image": 12}}, 422, "base64"),
@@ -215,6 +216,21 @@ def test_the_body_limit_is_413(served_repository):
         assert chunked.status_code == 413 and "limit of 1000 bytes" in chunked.json()["detail"]
         too_many = small.post("/v1/classify/batch", json={"images": ["AA=="] * 65})
         assert too_many.status_code in (413, 422)
+
+
+def test_more_files_than_the_image_limit_is_413_as_documented(client):
+    files = [("image", (f"{index}.jpg", b"x", "image/jpeg")) for index in range(65)]
+    response = client.post("/v1/classify/batch", files=files)
+    assert response.status_code == 413 and "64" in response.json()["detail"], response.json()
+
+
+def test_an_empty_member_or_family_means_not_given(client):
+    for params in ({"member": ""}, {"family": ""}, {"member": "", "family": ""}):
+        assert post_jpeg(client, **params).json()["member"] == post_jpeg(client).json()["member"]
+
+
+def test_the_probes_answer_head(client):
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
 
 
 def test_the_server_still_serves_after_every_bad_request(client):
@@ -374,3 +390,25 @@ def test_a_model_onnx_runtime_cannot_load_is_named_by_readyz(served_repository, 
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "tiny-f-b1" in answer.json()["detail"] and "ONNX Runtime" in answer.json()["detail"]
         assert post_jpeg(client).status_code == 503
+
+
+def test_a_client_gone_mid_body_is_counted_not_raised(client):
+    async def upload_then_leave():
+        messages = iter([{"type": "http.request", "body": JPEG[:1000], "more_body": True}, {"type": "http.disconnect"}])
+        sent = []
+
+        async def receive():
+            return next(messages)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await client.app(scope, receive, send)  # an exception here is what uvicorn logs as a traceback
+        return sent
+
+    sent = asyncio.run(upload_then_leave())
+    assert sent[0]["status"] == 499
+    assert 'status="499"' in client.get("/metrics").text
