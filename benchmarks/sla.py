@@ -8,8 +8,7 @@
    throughput of the fastest member gives the capacity C; then, with `effx-serve loadtest --compare`, the same
    open-loop schedule (Poisson, then bursty) at 0.8 C is sent once with SLA routing, once per member pinned
    and once to a second server with the old per-member costing (`serve --costing member`); and at C and 2 C with
-   routing, for goodput and the time to a refusal; and the router's options (`--queue-order fifo`,
-   `--latency-quantile 0.9`), each against the default on a schedule of its own. Targets:
+   routing, for goodput and the time to a refusal. Targets:
    - at 0.8 C: >= 99% of admitted latency-bound requests within their bound on the server's clock, >= 95% as
      the client measures;
    - routing's effective accuracy above every pinned member's, its attainment within 2 points of the best
@@ -49,9 +48,6 @@ ATTAINMENT_SLACK = 0.02  # routing's attainment may be this far below the best p
 GOODPUT_KEPT = 0.9  # at OVERLOAD x capacity, of the goodput at capacity
 REFUSAL_P99_MS = 5.0
 BURSTY = ["--arrivals", "gamma", "--burstiness", "3"]
-# The router's alternatives, each against the default (routed) on one schedule of its own at 0.8 C: the two measured
-# together, since phases minutes apart on a shared machine differ more than these options do.
-VARIANTS = (("routed, fifo queues", ["--queue-order", "fifo"]), ("routed, p90 planning", ["--latency-quantile", "0.9"]))
 BATCH_S = 0.02
 
 
@@ -177,21 +173,10 @@ def load(repo: Path, duration_s: float, say) -> dict:
             for name, arrivals in (("poisson", ["--arrivals", "poisson"]), ("bursty", BURSTY)):
                 say(f"{name} at {LOAD:g} x capacity ({LOAD * rate:.0f} req/s): routed, each member pinned, the old costing")
                 figures[name] = compare(url, LOAD * rate, arrivals, duration_s, work / name, old)
-            for label, options in VARIANTS:
-                with serving.router(repo, options, work) as (variant_port, _):
-                    for name, arrivals in (("poisson", ["--arrivals", "poisson"]), ("bursty", BURSTY)):
-                        say(f"{name} at {LOAD:g} x capacity: routed against {label}")
-                        figures.setdefault("variants", {}).setdefault(label, {})[name] = compare(
-                            url, LOAD * rate, arrivals, duration_s, work / f"{label}-{name}",
-                            ["--compare-phases", "routed,other", "--compare-url", f"http://127.0.0.1:{variant_port}", "--compare-label", label])
             for name, factor in (("at_capacity", 1.0), ("overload", OVERLOAD)):
                 say(f"routed at {factor:g} x capacity ({factor * rate:.0f} req/s)")
                 figures[name] = compare(url, factor * rate, ["--arrivals", "poisson"], duration_s, work / name, ["--compare-phases", "routed"])
     return figures
-
-
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def _margin(ok: bool, by: str) -> str:
@@ -236,13 +221,6 @@ def print_load(figures: dict) -> list[str]:
             print(f"  target: {label}: {value} {_margin(ok, by)}")
             if not ok:
                 missed.append(f"{name}: {label}: {value}")
-    for label, reports in figures.get("variants", {}).items():
-        print(f"\n{label} against the default, each pair on one schedule at {LOAD:g} x capacity")
-        for name, report in reports.items():
-            routed, variant = report["phases"]
-            print(f"  {name:8s} attainment {routed['attainment']:6.1%} vs {variant['attainment']:6.1%}, effective accuracy "
-                  f"{routed['effective_accuracy']:.3f} vs {variant['effective_accuracy']:.3f}, refused {routed['refused_429']} vs "
-                  f"{variant['refused_429']}, within bound on the server {_share(server_attainment(routed))} vs {_share(server_attainment(variant))}")
     at_capacity, overload = figures["at_capacity"]["phases"][0], figures["overload"]["phases"][0]
     kept = overload["goodput_rps"] / at_capacity["goodput_rps"] if at_capacity["goodput_rps"] else 0.0
     refusal_p99 = (overload.get("refusal_latency_ms") or {}).get("p99")

@@ -11,9 +11,8 @@ from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
-from effx_serve.serve.settings import COSTINGS, QUEUE_ORDERS, DispatchSettings, ServerSettings
+from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
 
-_quantile = checked(float, lambda value: 0.5 <= value < 1.0, "a probability", "from 0.5 up to, not including, 1")
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
 
 
@@ -22,7 +21,6 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     if not (repository / "manifest.json").is_file():
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
-                                queue_order=args.queue_order, latency_quantile=args.latency_quantile,
                                 default_deadline_ms=args.default_deadline_ms)
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
@@ -65,12 +63,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--costing", choices=COSTINGS, default="device",
                    help="device: expected latency counts every member's work on the device, decoding and the HTTP edge (default); "
                         "member: the member's own queue and profile only (the old costing, to measure the difference)")
-    p.add_argument("--queue-order", choices=QUEUE_ORDERS, default="edf",
-                   help="edf: each device runs the earliest deadline first (default); fifo: in arrival order, so a request "
-                        "waits no longer than it was admitted on")
-    p.add_argument("--latency-quantile", type=_quantile, default=0.5,
-                   help="the router plans on this quantile of the latency it expects, so a member chosen to meet a bound meets it "
-                        "this often (0.5: the median; default: %(default)s)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: %(default)s)")
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")

@@ -15,10 +15,7 @@ Expected end-to-end latency of a request on member m, counted from its arrival (
 - batch(m): the member's profiled service time x the device's contention factor (observed / profiled over every
   member's batches) x the member's own residual factor; each correction decays back to 1 when its evidence ages;
 - after: serialising the answer and handing it to the server, learned online;
-- the end-to-end correction: observed / expected remainder over answered requests and, as at least their deadline,
-  over those that went late (what the model above misses); the router plans on its `latency_quantile` (the mean log
-  ratio plus that many standard deviations), not its mean: a member expected to finish just inside the bound on
-  average misses it half the time.
+- the end-to-end correction: observed / expected remainder over answered requests (what the model above misses).
 
 The `member` costing is the old one, kept behind `--costing member` to measure the gain: a member's own queue
 and profiled time only, as if members shared nothing and decoding and the HTTP edge took no time.
@@ -28,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,11 +66,6 @@ class Expectation:
     after_ms: float
     total_ms: float  # from the request's arrival to its answer
 
-    @property
-    def remainder_ms(self) -> float:
-        """The model's expectation from routing on, before the end-to-end correction."""
-        return self.wait_ms + self.decode_ms + self.inference_ms + self.after_ms
-
 
 @dataclass(frozen=True)
 class Routed:
@@ -111,7 +102,6 @@ class Dispatcher:
         self.contention = Correction(weight=0.2, half_life_s=settings.correction_half_life_s)
         self.residual = Corrections(weight=0.1, half_life_s=settings.correction_half_life_s)
         self.end_to_end = Correction(weight=0.05, half_life_s=settings.correction_half_life_s, bounds=(0.5, 4.0))
-        self.quantile_z = statistics.NormalDist().inv_cdf(settings.latency_quantile)  # how far above the mean the router plans
         self.after = Mean(start=0.3)
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
@@ -175,13 +165,8 @@ class Dispatcher:
         """What an answered request teaches: the time after its batch, and how far the expectation was off."""
         self.after.observe((answered - inference_done) * 1000.0)
         if routed.expected is not None and self.settings.costing == "device":
-            self.end_to_end.observe(routed.expected.remainder_ms, (answered - routed_at) * 1000.0)
-
-    def observe_miss(self, routed: Routed, routed_at: float, deadline: float) -> None:
-        """A request that left unanswered because it could no longer make its deadline took at least until then: a
-        censored observation, without which the correction would learn only from the requests that made it."""
-        if routed.expected is not None and self.settings.costing == "device":
-            self.end_to_end.observe(routed.expected.remainder_ms, max(deadline, time.monotonic()) * 1000.0 - routed_at * 1000.0)
+            expected_remainder = routed.expected.total_ms - (routed_at - arrival) * 1000.0
+            self.end_to_end.observe(expected_remainder / self.end_to_end.factor(), (answered - routed_at) * 1000.0)
 
     # --- expectations and routing ----------------------------------------------------------------------------
 
@@ -207,13 +192,10 @@ class Dispatcher:
                 at_rest[m.name] = Expectation(m, 0.0, 0.0, inference, 0.0, inference)
             return loaded, at_rest
         elapsed = (now - arrival) * 1000.0
-        rank = self.rank(deadline, arrival)
-        cpu_wait = self.cpu.wait_ms(rank, now) if self.cpu is not None else 0.0
-        device_wait = self.device.wait_ms(rank, now) if self.device is not None and self.device is not self.cpu else 0.0
+        cpu_wait = self.cpu.wait_ms(deadline, now) if self.cpu is not None else 0.0
+        device_wait = self.device.wait_ms(deadline, now) if self.device is not None and self.device is not self.cpu else 0.0
         lanes = self.cpu.lanes if self.cpu else self.cpu_lanes
-        # Under load the router plans on the quantile; at rest (which tells an SLA no member can meet from one the load
-        # prevents) on the mean, so that the spread of a loaded machine never turns into "no member can meet the SLA".
-        after, scale, scale_at_rest = self.after.value, self.end_to_end.factor(self.quantile_z), self.end_to_end.factor()
+        after, scale = self.after.value, self.end_to_end.factor()
         spread = min(count, lanes)  # several images decode side by side
         for m in members:
             decode = sum([self.decode_times.expected_ms(i.format or "JPEG", m.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
@@ -221,13 +203,8 @@ class Dispatcher:
             inference = self.batch_ms(m, count)
             wait = cpu_wait + max(0.0, device_wait - cpu_wait - decode)  # the device's work goes on while this one decodes
             loaded[m.name] = Expectation(m, decode, wait, inference, after, elapsed + (wait + decode + inference + after) * scale)
-            # At rest: on an idle server, without the time this request has already spent (under load, waiting to be read).
-            at_rest[m.name] = Expectation(m, decode, 0.0, inference, after, (decode + inference + after) * scale_at_rest)
+            at_rest[m.name] = Expectation(m, decode, 0.0, inference, after, elapsed + (decode + inference + after) * scale)
         return loaded, at_rest
-
-    def rank(self, deadline: float, arrival: float) -> float:
-        """A request's place in the device queues: its deadline (edf) or its arrival (fifo)."""
-        return deadline if self.settings.queue_order == "edf" else arrival
 
     def candidates(self, family: str | None, member: str | None) -> list[Member]:
         if member is not None:
@@ -273,14 +250,11 @@ class Dispatcher:
         image, array = self._prepare(data, member)
         return image, array, (time.perf_counter() - started) * 1000.0
 
-    async def decode(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float,
-                     arrival: float | None = None) -> tuple[list, list]:
+    async def decode(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float) -> tuple[list, list]:
         """Every image decoded for `member` on the CPU scheduler: (pictures kept for another member, inputs);
         UnreadableImage naming the first image that cannot be decoded."""
-        rank = self.rank(deadline, deadline if arrival is None else arrival)
         jobs = [self.cpu.call(functools.partial(self._timed_prepare, data, member), deadline,
-                              self.decode_times.expected_ms(info.format or "JPEG", member.name, info.pixels or DecodeTimes.REFERENCE_PIXELS),
-                              rank)
+                              self.decode_times.expected_ms(info.format or "JPEG", member.name, info.pixels or DecodeTimes.REFERENCE_PIXELS))
                 for data, info in zip(images, infos, strict=True)]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         for index, outcome in enumerate(outcomes):
@@ -294,15 +268,15 @@ class Dispatcher:
         return [picture for picture, _, _ in outcomes], [array for _, array, _ in outcomes]
 
     async def run(self, member: Member, inputs: list[np.ndarray], deadline: float, sla: Sla, pictures: list,
-                  alternatives: Sequence[Member] = (), arrival: float | None = None) -> Ran:
+                  alternatives: Sequence[Member] = ()) -> Ran:
         """Run on `member`; a request that can no longer make its (hard) deadline there moves to the most accurate
         faster member in `alternatives` that can, else is refused (on_miss=reject) or runs late (best_effort)."""
         problem = self.problem()
         if problem is not None:
             raise BackendUnavailable(problem)
-        hard, rank = sla.max_latency_ms is not None, self.rank(deadline, deadline if arrival is None else arrival)
+        hard = sla.max_latency_ms is not None
         try:
-            return Ran(member, await self.device.run(member, inputs, deadline, hard, rank), None)
+            return Ran(member, await self.device.run(member, inputs, deadline, hard=hard), None)
         except Late:
             pass
         for alternative in alternatives:
@@ -311,13 +285,13 @@ class Dispatcher:
                 continue
             moved = _inputs_for(pictures, alternative.resolution)  # a resize of kept pictures: inline, no lane to wait for
             try:
-                return Ran(alternative, await self.device.run(alternative, moved, deadline, True, rank), "moved")
+                return Ran(alternative, await self.device.run(alternative, moved, deadline, hard=True), "moved")
             except Late:
                 continue
         if sla.on_miss == "reject":
             raise DeadlineMissed(f"the server could not answer within max_latency_ms {sla.max_latency_ms:g} under its current load; "
                                  "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s())
-        return Ran(member, await self.device.run(member, inputs, deadline, False, rank), "best_effort")
+        return Ran(member, await self.device.run(member, inputs, deadline, hard=False), "best_effort")
 
     def queued(self, member: str) -> int:
         return self.device.queued(member) if self.device else 0

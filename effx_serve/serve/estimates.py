@@ -25,38 +25,29 @@ class Correction:
             raise ValueError("weight must be in (0, 1] and half_life_s above 0")
         self._weight, self._half_life, self._clock = weight, half_life_s, clock
         self._low, self._high = math.log(bounds[0]), math.log(bounds[1])
-        self._log_ratio, self._log_var, self._at = 0.0, 0.0, None  # None: no evidence yet
-        self._cached = (-math.inf, 0.0, 1.0)  # (when, z, factor)
-
-    def _decay(self, now: float) -> float:
-        return 0.0 if self._at is None else 0.5 ** (max(0.0, now - self._at) / self._half_life)
+        self._log_ratio, self._at = 0.0, None  # None: no evidence yet
+        self._cached = (-math.inf, 1.0)  # (when, factor)
 
     def _current(self, now: float) -> float:
-        return self._log_ratio * self._decay(now)
+        if self._at is None:
+            return 0.0
+        return self._log_ratio * 0.5 ** (max(0.0, now - self._at) / self._half_life)
 
     def observe(self, predicted: float, observed: float) -> None:
         if not (predicted > 0 and observed > 0 and math.isfinite(predicted) and math.isfinite(observed)):
             return
         now = self._clock()
         sample = min(self._high, max(self._low, math.log(observed / predicted)))
-        decay = self._decay(now)
-        previous, variance = self._log_ratio * decay, self._log_var * decay
-        if self._at is None:
-            self._log_ratio = sample
-        else:  # exponentially weighted mean and variance of the log ratio
-            self._log_ratio = previous + self._weight * (sample - previous)
-            self._log_var = (1.0 - self._weight) * (variance + self._weight * (sample - previous) ** 2)
+        previous = self._current(now)
+        self._log_ratio = sample if self._at is None else previous + self._weight * (sample - previous)
         self._at = now
-        self._cached = (-math.inf, 0.0, 1.0)
+        self._cached = (-math.inf, 1.0)
 
-    def factor(self, z: float = 0.0) -> float:
-        """exp(mean log ratio), or with `z` standard deviations of it added: e.g. z=1.645 is the ratio that 95% of
-        observations stayed under, if the log ratios are roughly normal. Both decay back (to a factor of 1) as evidence ages."""
+    def factor(self) -> float:
         now = self._clock()
-        if now - self._cached[0] > 0.001 or z != self._cached[1]:  # the same within a millisecond: asked for many times per request
-            decay = self._decay(now)
-            self._cached = (now, z, math.exp(self._log_ratio * decay + z * math.sqrt(self._log_var * decay)))
-        return self._cached[2]
+        if now - self._cached[0] > 0.001:  # the same within a millisecond: it is asked for many times per request
+            self._cached = (now, math.exp(self._current(now)))
+        return self._cached[1]
 
 
 class Corrections:

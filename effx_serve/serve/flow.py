@@ -23,7 +23,7 @@ import numpy as np
 from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
 from effx_serve.serve.catalog import Member
-from effx_serve.serve.dispatch import DeadlineMissed, ImageInfo, Ran, Routed
+from effx_serve.serve.dispatch import ImageInfo, Ran, Routed
 from effx_serve.serve.errors import InvalidRequest, Overloaded, SlaUnmeetable
 from effx_serve.serve.router import Sla
 from effx_serve.serve.schema import ClassifyParams, Expected, OptionOut
@@ -92,13 +92,9 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     if params.top_k > len(member.labels):
         raise InvalidRequest(f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
     routed_at = time.monotonic()
-    pictures, inputs = await dispatcher.decode(images, infos, member, deadline, trace.arrival)
+    pictures, inputs = await dispatcher.decode(images, infos, member, deadline)
     decoded = time.monotonic()
-    try:
-        ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params), trace.arrival)
-    except DeadlineMissed:
-        dispatcher.observe_miss(routed, routed_at, deadline)
-        raise
+    ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params))
     inference_done = time.monotonic()
     trace.member = ran.member.name
     body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)

@@ -70,18 +70,17 @@ class Job:
 
     member: Member | None
     input: np.ndarray | None
-    deadline: float  # time.monotonic() seconds
+    deadline: float  # time.monotonic() seconds; the order of the queue
     hard: bool  # the client's bound: leave the queue (Late) rather than run late
     future: asyncio.Future
     seq: int
-    rank: float  # the order of the queue: the deadline (earliest deadline first) or the request's arrival (first come first served)
     expected_ms: float = 0.0  # CPU jobs: their expected run time (member jobs are costed per batch)
     call: Callable[[], object] | None = None  # CPU jobs: what to run in the executor
     submitted: float = field(default_factory=time.monotonic)
 
     @property
     def key(self) -> tuple[float, int]:
-        return (self.rank, self.seq)
+        return (self.deadline, self.seq)
 
 
 class _Queue:
@@ -103,9 +102,9 @@ class _Queue:
             return True
         return False
 
-    def ahead(self, rank: float) -> int:
-        """How many jobs rank no later than `rank`."""
-        return bisect.bisect(self.keys, (rank, math.inf))
+    def ahead(self, deadline: float) -> int:
+        """How many jobs are due no later than `deadline`."""
+        return bisect.bisect(self.keys, (deadline, math.inf))
 
 
 class DeviceScheduler:
@@ -148,10 +147,8 @@ class DeviceScheduler:
 
     # --- what callers do -------------------------------------------------------------------------------------
 
-    async def run(self, member: Member, inputs: Sequence[np.ndarray], deadline: float = math.inf, hard: bool = False,
-                  rank: float | None = None) -> list[ItemResult]:
-        """Run every input (one image each, the model's input without the batch axis) on `member`; results in order,
-        queued by `rank` (default: the deadline).
+    async def run(self, member: Member, inputs: Sequence[np.ndarray], deadline: float = math.inf, hard: bool = False) -> list[ItemResult]:
+        """Run every input (one image each, the model's input without the batch axis) on `member`; results in order.
 
         QueueFull when the member's queue cannot take them all (nothing is queued then); Late when `hard` and the
         deadline can no longer be met on this member (the request's images that had not run never will).
@@ -159,34 +156,32 @@ class DeviceScheduler:
         queue = self._members.setdefault(member.name, _Queue())
         if len(queue.jobs) + len(inputs) > self.max_queue:
             raise QueueFull(member.name, self.max_queue, self.drain_s())
-        rank = deadline if rank is None else rank
-        jobs = [self._submit(Job(member, x, deadline, hard, self._future(), next(self._sequence), rank), queue) for x in inputs]
+        jobs = [self._submit(Job(member, x, deadline, hard, self._future(), next(self._sequence)), queue) for x in inputs]
         if hard:
             self._arm(self._latest_start(jobs[0]))
         return await self._wait(jobs, queue)
 
-    async def call(self, function: Callable[[], object], deadline: float = math.inf, expected_ms: float = 0.0, rank: float | None = None):
-        """Run a CPU function (decoding an image) on a lane of this device, in `rank` order (default: the deadline) with everything else."""
-        job = self._submit(Job(None, None, deadline, False, self._future(), next(self._sequence), deadline if rank is None else rank,
-                               expected_ms, function), self._cpu)
+    async def call(self, function: Callable[[], object], deadline: float = math.inf, expected_ms: float = 0.0):
+        """Run a CPU function (decoding an image) on a lane of this device, in deadline order with everything else."""
+        job = self._submit(Job(None, None, deadline, False, self._future(), next(self._sequence), expected_ms, function), self._cpu)
         (result,) = await self._wait([job], self._cpu)
         return result
 
-    def work_ahead_ms(self, rank: float, now: float | None = None) -> float:
-        """The device's work that runs before something ranked `rank` (its deadline, or arrival), in lane-milliseconds:
-        what is running (its expected remainder) and every queued job ranked no later, its batches costed as they would form."""
+    def work_ahead_ms(self, deadline: float, now: float | None = None) -> float:
+        """The device's work that runs before something due at `deadline`, in lane-milliseconds: what is running
+        (its expected remainder) and every queued job due no later, its batches costed as they would form."""
         now = time.monotonic() if now is None else now
         total = sum(max(0.0, expected - 1000.0 * (now - started)) for _, _, started, expected in self._running.values())
-        total += sum(job.expected_ms for job in self._cpu.jobs[: self._cpu.ahead(rank)])
+        total += sum(job.expected_ms for job in self._cpu.jobs[: self._cpu.ahead(deadline)])
         for queue in self._members.values():
-            images = queue.ahead(rank)
+            images = queue.ahead(deadline)
             if images:
                 total += self.cost_ms(queue.jobs[0].member, images)
         return total
 
-    def wait_ms(self, rank: float, now: float | None = None) -> float:
-        """Expected wait, before a lane starts something ranked `rank`: the work ahead spread over the lanes."""
-        return self.work_ahead_ms(rank, now) / self.lanes
+    def wait_ms(self, deadline: float, now: float | None = None) -> float:
+        """Expected wait, before a lane starts something due at `deadline`: the work ahead spread over the lanes."""
+        return self.work_ahead_ms(deadline, now) / self.lanes
 
     def drain_s(self) -> float:
         """When the work now queued and running should be done: a Retry-After for requests refused for the load."""
@@ -244,9 +239,8 @@ class DeviceScheduler:
         self._watch = asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), self._expire)
 
     def _expire(self) -> None:
-        """Take out every hard request past its latest start (each member's first hard ones: later deadlines start later;
-        in arrival order, one behind a request that can still start in time leaves when a lane would take it), then wait
-        for the next one."""
+        """Take out every hard request past its latest start (each member's first hard ones: later deadlines start later),
+        then wait for the next one."""
         self._watch, self._watch_at = None, math.inf
         now, following = time.monotonic(), math.inf
         for queue in self._members.values():
@@ -312,6 +306,7 @@ class DeviceScheduler:
     # --- the lanes -------------------------------------------------------------------------------------------
 
     async def _lane(self, lane: int) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 member, jobs = await self._next()
@@ -321,25 +316,23 @@ class DeviceScheduler:
                 continue
             started = time.monotonic()
             if member is None:
-                await self._call(lane, jobs[0], started)
-            else:
-                await self._run(lane, member, jobs, started)
-
-    async def _call(self, lane: int, job: Job, started: float) -> None:
-        self._running[lane] = (None, 0, started, job.expected_ms)
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, job.call)
-        except asyncio.CancelledError:
-            job.future.cancel()
-            raise
-        except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
-            if not job.future.done():
-                job.future.set_exception(error)
-        else:
-            if not job.future.done():
-                job.future.set_result(result)
-        finally:
-            self._running.pop(lane, None)
+                (job,) = jobs
+                self._running[lane] = (None, 0, started, job.expected_ms)
+                try:
+                    result = await loop.run_in_executor(self._executor, job.call)
+                except asyncio.CancelledError:
+                    job.future.cancel()
+                    raise
+                except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                else:
+                    if not job.future.done():
+                        job.future.set_result(result)
+                finally:
+                    self._running.pop(lane, None)
+                continue
+            await self._run(lane, member, jobs, started)
 
     async def _run(self, lane: int, member: Member, jobs: list[Job], started: float) -> None:
         size = len(jobs)

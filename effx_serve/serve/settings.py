@@ -10,7 +10,6 @@ from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 
 COSTINGS = ("device", "member")
-QUEUE_ORDERS = ("edf", "fifo")
 
 
 @dataclass(frozen=True)
@@ -20,15 +19,9 @@ class DispatchSettings:
     # How expected latency is costed: `device` (every member's work on the device, decoding, the HTTP edge; the
     # default) or `member` (the member's own queue and profile only: the old costing, kept to measure the gain).
     costing: str = "device"
-    # The order of each device's queue: `edf` (earliest deadline first: a tight request overtakes looser ones already
-    # admitted, which may then miss) or `fifo` (arrival order: the wait a request was admitted on is the wait it gets).
-    queue_order: str = "edf"
     # Requests without a latency bound are scheduled as if due this long after they arrived: behind tighter
     # deadlines, but never starved by them (they are never refused for it).
     default_deadline_ms: float = 1000.0
-    # The router plans on this quantile of the end-to-end latency it expects (from the spread of observed / expected),
-    # so that a member chosen to meet a bound meets it this often; 0.5 plans on the median.
-    latency_quantile: float = 0.5
     correction_half_life_s: float = 10.0  # online corrections decay back to the profile when evidence is this old
     cpu_lanes: int | None = None  # decodes and CPU batches at once (default: the cores this process may use)
 
@@ -39,10 +32,6 @@ class DispatchSettings:
             raise ValueError(f"default_policy must be one of {POLICIES}")
         if self.costing not in COSTINGS:
             raise ValueError(f"costing must be one of {COSTINGS}")
-        if not 0.5 <= self.latency_quantile < 1.0:
-            raise ValueError("latency_quantile must be in [0.5, 1)")
-        if self.queue_order not in QUEUE_ORDERS:
-            raise ValueError(f"queue_order must be one of {QUEUE_ORDERS}")
         if not 0 < self.default_deadline_ms <= 3_600_000 or not 0 < self.correction_half_life_s <= 3600:
             raise ValueError("default_deadline_ms must be in (0, 3600000] and correction_half_life_s in (0, 3600]")
         if self.cpu_lanes is not None and self.cpu_lanes < 1:

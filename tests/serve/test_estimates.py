@@ -39,20 +39,6 @@ def test_a_correction_decays_back_to_the_profile_when_its_evidence_ages():
     assert correction.factor() == pytest.approx(2.0, rel=0.05)
 
 
-def test_a_quantile_of_a_correction_adds_its_spread_and_decays_back_too():
-    clock = Clock()
-    steady, spread = Correction(weight=0.1, clock=clock), Correction(weight=0.1, clock=clock)
-    for index in range(400):
-        steady.observe(1.0, 2.0)
-        spread.observe(1.0, 2.0 * (1.5 if index % 2 else 1 / 1.5))  # the same median ratio, +-log(1.5) around it
-    assert steady.factor(1.645) == pytest.approx(steady.factor(), rel=1e-6) == pytest.approx(2.0, rel=1e-3)
-    assert spread.factor() == pytest.approx(2.0, rel=0.05)
-    # The weighted spread of +-log(1.5) is about log(1.5): the 95% ratio sits about 1.5 ** 1.645 above the mean.
-    assert spread.factor(1.645) == pytest.approx(spread.factor() * 1.5**1.645, rel=0.1)
-    clock.now += 600.0
-    assert spread.factor(1.645) == pytest.approx(1.0, abs=0.01)
-
-
 def test_corrections_are_per_key_and_start_at_one():
     corrections = Corrections(weight=1.0, clock=Clock())
     corrections["a"].observe(1.0, 3.0)

@@ -103,31 +103,6 @@ def test_earliest_deadline_first_across_members():
     assert [(name, values) for name, _, _, values in log[1:]] == [("slow", (1.0, 2.0, 5.0)), ("fast", (3.0, 4.0))]
 
 
-def test_ranked_by_arrival_the_queue_is_first_come_first_served_whatever_the_deadlines():
-    async def scenario():
-        device = Device()
-        s = running_scheduler(device, held=True)
-        now = time.monotonic()
-        blocker = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 10))
-        await asyncio.sleep(0.01)
-        # Arrivals 1..4 in this order; the deadlines say the opposite order.
-        order = [(SLOW, 1.0, 9.0), (FAST, 2.0, 8.0), (SLOW, 3.0, 7.0), (FAST, 4.0, 6.0)]
-        tasks = [asyncio.create_task(s.run(member, [np.full(1, arrival)], now + due, rank=now + arrival)) for member, arrival, due in order]
-        await asyncio.sleep(0.01)
-        ahead = (s.work_ahead_ms(now + 2.5), s.work_ahead_ms(now + 5.0))
-        device.gate.set()
-        await asyncio.gather(blocker, *tasks)
-        await s.close()
-        return device.log, ahead
-
-    log, (before_third, everything) = run(scenario())
-    # Each batch is led by the earliest arrival and carries its member's next ones: slow (1, 3), then fast (2, 4).
-    assert [(name, values) for name, _, _, values in log[1:]] == [("slow", (1.0, 3.0)), ("fast", (2.0, 4.0))]
-    # The work ahead of a request ranked between the second and third arrivals: the first two (each member's first).
-    assert before_third == pytest.approx(SLOW.latency.service_ms(1) + FAST.latency.service_ms(1), abs=0.5)
-    assert everything == pytest.approx(SLOW.latency.service_ms(2) + FAST.latency.service_ms(2), abs=0.5)
-
-
 def test_a_batch_never_makes_the_earliest_deadline_in_it_late():
     async def scenario():
         device = Device()
