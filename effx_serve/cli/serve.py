@@ -13,6 +13,8 @@ from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
 
+_megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of MiB", "above 0")
+_seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds", "above 0 and at most 3600")
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
 
 
@@ -25,7 +27,8 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
-                          max_in_flight=args.max_in_flight)
+                          max_in_flight=args.max_in_flight, max_reading_bytes=int(args.max_reading_mb * 2**20),
+                          body_timeout_s=args.body_timeout_s)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -66,7 +69,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: %(default)s)")
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")
-    p.add_argument("--max-in-flight", type=positive_int, default=256, help="requests inside the server at once before 429 (default: %(default)s)")
+    p.add_argument("--max-in-flight", type=positive_int, default=256,
+                   help="requests inside the server at once, counted once their body has arrived, before 429 (default: %(default)s)")
+    p.add_argument("--max-reading-mb", type=_megabytes, default=256.0,
+                   help="request bodies being received at once, in MiB across requests, before 429 (default: %(default)s)")
+    p.add_argument("--body-timeout-s", type=_seconds, default=30.0,
+                   help="a request's body must arrive within this; slower senders get 408 and are closed (default: %(default)s)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     p.set_defaults(func=cmd_serve)

@@ -203,7 +203,8 @@ class Dispatcher:
             inference = self.batch_ms(m, count)
             wait = cpu_wait + max(0.0, device_wait - cpu_wait - decode)  # the device's work goes on while this one decodes
             loaded[m.name] = Expectation(m, decode, wait, inference, after, elapsed + (wait + decode + inference + after) * scale)
-            at_rest[m.name] = Expectation(m, decode, 0.0, inference, after, elapsed + (decode + inference + after) * scale)
+            # At rest: on an idle server, without the time this request has already spent (under load, waiting to be read).
+            at_rest[m.name] = Expectation(m, decode, 0.0, inference, after, (decode + inference + after) * scale)
         return loaded, at_rest
 
     def candidates(self, family: str | None, member: str | None) -> list[Member]:

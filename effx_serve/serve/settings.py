@@ -54,14 +54,20 @@ class ServerSettings:
     max_pixels: int = 40_000_000
     min_side: int = 8
     max_images: int = 64  # per batch request
-    max_in_flight: int = 256  # requests inside the server at once (bodies read, decoding, queued): bounds memory
+    max_in_flight: int = 256  # requests inside the server at once, counted once their body has arrived: bounds memory
+    max_reading_bytes: int = 256 * 2**20  # bytes of request bodies being received at once, across requests
+    body_timeout_s: float = 30.0  # a request's body must arrive within this (408 and closed otherwise)
     formats: tuple[str, ...] = SERVING_FORMATS
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend '{self.backend}' (known: {', '.join(BACKENDS)})")
-        for name in ("max_body_bytes", "max_pixels", "min_side", "max_images", "max_in_flight"):
+        for name in ("max_body_bytes", "max_pixels", "min_side", "max_images", "max_in_flight", "max_reading_bytes"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
+        if self.max_reading_bytes < self.max_body_bytes:
+            raise UserError(f"the reading budget ({self.max_reading_bytes} bytes) must hold one whole body ({self.max_body_bytes} bytes)")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise UserError("body_timeout_s must be in (0, 3600] seconds")
         if self.dispatch.max_queue < self.max_images:
             raise UserError(f"the queue limit ({self.dispatch.max_queue} images) must hold a whole batch request ({self.max_images} images)")

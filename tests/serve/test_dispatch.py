@@ -154,6 +154,18 @@ def test_a_request_that_can_no_longer_make_it_moves_to_a_faster_member_or_is_ans
     assert late.member is large and late.route_change == "best_effort" and ran == [("blocker", 1), ("large", 1)]
 
 
+def test_a_bound_only_the_load_prevents_is_a_429_whatever_the_request_already_waited_to_be_read():
+    async def scenario():
+        d, _ = dispatcher()
+        await d.start()
+        now = time.monotonic()
+        routed = d.route(Sla(max_latency_ms=500.0), [PHOTO], now, now - 0.5)  # arrived 500 ms ago: its bound has gone by
+        await d.close()
+        return routed
+
+    assert run(scenario()).route == "overload"  # not "sla": an idle server answers such a bound
+
+
 def test_routing_and_scheduling_need_no_member_file_and_survive_1000_queued_requests():
     async def scenario():
         d, backend = dispatcher(lanes=2)

@@ -4,6 +4,7 @@ failure answers. A request's clock starts when the server has its headers (befor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from effx_serve import __version__
 from effx_serve.serve import flow
 from effx_serve.serve.errors import Overloaded
 from effx_serve.serve.http import errors
-from effx_serve.serve.http.body import read_images, with_body_fields
+from effx_serve.serve.http.body import ReadingBudget, read_images, with_body_fields
 from effx_serve.serve.schema import (
     BatchClassification,
     Classification,
@@ -83,6 +84,7 @@ def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="effx-serve", version=__version__, lifespan=lifespan,
                   description="Image classification routed per request to the fastest EfficientNet-X family member that meets its SLA.")
     app.state.server = server
+    reading = ReadingBudget(settings.max_reading_bytes)
     app.add_middleware(ArrivalClock)
 
     @app.exception_handler(RequestValidationError)
@@ -96,14 +98,22 @@ def create_app(server: Server) -> FastAPI:
     async def serve(request: Request, endpoint: str) -> Response:
         trace = flow.Trace(arrival=request.scope.get("state", {}).get("arrival") or time.monotonic())
         query = query_params(request)
-        server.in_flight += 1
+        admitted = False
         try:
-            if server.in_flight > settings.max_in_flight:
-                raise Overloaded(f"the server is handling {settings.max_in_flight} requests, its limit; retry shortly")
             deadline = request.headers.get(DEADLINE_HEADER)
             if deadline is not None:
                 trace.client_deadline = flow.client_deadline(deadline, trace.arrival)
-            body = await read_images(request, settings.max_body_bytes, settings.max_images)
+            # A request counts against the in-flight limit once its body has arrived, so uploads that stall cannot
+            # lock others out; until then it holds only the bytes it sent (the reading budget), for at most body_timeout_s.
+            try:
+                async with asyncio.timeout(settings.body_timeout_s):
+                    body = await read_images(request, settings.max_body_bytes, settings.max_images, reading)
+            except TimeoutError:
+                raise errors.RequestProblem(408, f"the body did not arrive within {settings.body_timeout_s:g} s; send it in one go") from None
+            server.in_flight += 1
+            admitted = True
+            if server.in_flight > settings.max_in_flight:
+                raise Overloaded(f"the server is handling {settings.max_in_flight} requests, its limit; retry shortly")
             params = with_body_fields(query, body.fields)
             trace.read = time.monotonic()
             # The flow serialises the answer itself (its time counts against the bound); FastAPI must not do it again.
@@ -116,7 +126,8 @@ def create_app(server: Server) -> FastAPI:
             log.debug("%s %s: the client went away before its body arrived", request.method, request.url.path)
             response, status = Response(status_code=CLIENT_GONE), CLIENT_GONE
         finally:
-            server.in_flight -= 1
+            if admitted:
+                server.in_flight -= 1
         server.metrics.requests.labels(trace.member, endpoint, str(status)).inc()
         server.metrics.request_seconds.labels(trace.member).observe(time.monotonic() - trace.arrival)
         return response

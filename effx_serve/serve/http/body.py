@@ -21,11 +21,20 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from effx_serve.serve.errors import Overloaded
 from effx_serve.serve.http.errors import RequestProblem, first_error
 from effx_serve.serve.schema import ClassifyParams
 
 RAW_IMAGE_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP",
                    "image/gif": "GIF", "image/tiff": "TIFF"}
+
+
+class ReadingBudget:
+    """The bytes of request bodies being received at once, across requests. An upload holds what it has sent so far,
+    so stalled senders cost almost nothing and cannot lock others out, while memory for bodies in transit is bounded."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.used = limit_bytes, 0
 
 
 @dataclass
@@ -34,16 +43,24 @@ class ImageRequest:
     fields: dict[str, object] = field(default_factory=dict)  # SLA parameters sent in the body
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, budget: ReadingBudget | None = None) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestProblem(413, f"the body is {int(declared)} bytes, more than the limit of {limit} bytes; send a smaller image")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestProblem(413, f"the body is more than the limit of {limit} bytes; send a smaller image")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestProblem(413, f"the body is more than the limit of {limit} bytes; send a smaller image")
+            if budget is not None:
+                if budget.used + len(chunk) > budget.limit:
+                    raise Overloaded(f"the server is receiving {budget.limit // 2**20} MiB of request bodies, its limit; retry shortly")
+                budget.used += len(chunk)
+            chunks.append(chunk)
+    finally:
+        if budget is not None:
+            budget.used -= sum(len(chunk) for chunk in chunks)
     return b"".join(chunks)
 
 
@@ -108,7 +125,7 @@ async def _from_multipart(request: Request, body: bytes, max_images: int) -> Ima
     return ImageRequest(images, fields)
 
 
-async def read_images(request: Request, limit: int, max_images: int) -> ImageRequest:
+async def read_images(request: Request, limit: int, max_images: int, budget: ReadingBudget | None = None) -> ImageRequest:
     """The images and body fields of `request`; RequestProblem with a 4xx status when it cannot be taken."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not content_type:
@@ -116,7 +133,7 @@ async def read_images(request: Request, limit: int, max_images: int) -> ImageReq
     if content_type not in RAW_IMAGE_TYPES and content_type not in ("multipart/form-data", "application/json"):
         raise RequestProblem(415, f"unsupported Content-Type {content_type}; send image/jpeg, image/png, image/webp, "
                                   "multipart/form-data or application/json")
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, budget)
     if not body:
         raise RequestProblem(400, "the body is empty; send the bytes of a JPEG, PNG or WebP image")
     if content_type == "application/json":

@@ -38,8 +38,8 @@ def first_error(errors: list[dict]) -> str:
 
 def response(error: Exception) -> JSONResponse:
     """The answer to a request that failed with `error` (one of HANDLED)."""
-    if isinstance(error, RequestProblem):
-        return JSONResponse({"detail": str(error)}, error.status)
+    if isinstance(error, RequestProblem):  # a sender too slow is closed as well: its connection is not worth keeping
+        return JSONResponse({"detail": str(error)}, error.status, headers={"Connection": "close"} if error.status == 408 else None)
     status = next(code for kind, code in STATUS.items() if isinstance(error, kind))
     body, headers = {"detail": str(error)}, None
     if isinstance(error, SlaUnmeetable):

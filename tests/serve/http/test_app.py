@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from effx_serve.core.errors import UserError
 from effx_serve.serve.backends.base import BackendUnavailable
 from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
 from effx_serve.serve.http.app import create_app
@@ -412,3 +413,79 @@ def test_a_client_gone_mid_body_is_counted_not_raised(client):
     sent = asyncio.run(upload_then_leave())
     assert sent[0]["status"] == 499
     assert 'status="499"' in client.get("/metrics").text
+
+
+def _scope(path="/v1/classify", query=b""):
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+            "raw_path": path.encode(), "query_string": query, "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+            "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")]}
+
+
+async def _post(app, chunks, stall=False):
+    """POST the chunks of a body straight to the app; `stall`: then send nothing more (until cancelled). The answer's start."""
+    messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        if stall:
+            await asyncio.sleep(3600)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(_scope(), receive, send)
+    return sent[0]
+
+
+def _with_open_server(served_repository, scenario, **settings):
+    async def run():
+        server = make_server(served_repository, **settings)
+        await server.open()
+        while server.problem() is not None:
+            await asyncio.sleep(0.02)
+        try:
+            return await scenario(create_app(server))
+        finally:
+            await server.close()
+
+    return asyncio.run(run())
+
+
+def test_stalled_uploads_do_not_count_against_the_in_flight_limit(served_repository):
+    async def scenario(app):
+        stalled = [asyncio.create_task(_post(app, [JPEG[:100]], stall=True)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        answer = await _post(app, [JPEG])
+        for task in stalled:
+            task.cancel()
+        return answer
+
+    assert _with_open_server(served_repository, scenario, max_in_flight=2)["status"] == 200
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_closed(served_repository):
+    async def scenario(app):
+        return await asyncio.wait_for(_post(app, [JPEG[:100]], stall=True), 5.0)
+
+    answer = _with_open_server(served_repository, scenario, body_timeout_s=0.2)
+    assert answer["status"] == 408 and (b"connection", b"close") in answer["headers"]
+
+
+def test_bodies_in_transit_share_one_budget(served_repository):
+    async def scenario(app):
+        first = asyncio.create_task(_post(app, [b"x" * 800], stall=True))
+        await asyncio.sleep(0.05)
+        second = await _post(app, [b"y" * 800])  # over the budget while the first holds 800 bytes
+        first.cancel()
+        return second
+
+    answer = _with_open_server(served_repository, scenario, max_body_bytes=1000, max_reading_bytes=1000)
+    assert answer["status"] == 429
+
+
+def test_the_reading_budget_must_hold_a_whole_body(served_repository):
+    with pytest.raises(UserError, match="reading budget"):
+        make_server(served_repository, max_body_bytes=2000, max_reading_bytes=1000)
