@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from effx_serve.serve.errors import Overloaded
 from effx_serve.serve.http.errors import RequestProblem, first_error
@@ -43,15 +43,44 @@ class ImageRequest:
     fields: dict[str, object] = field(default_factory=dict)  # SLA parameters sent in the body
 
 
+DRAIN_BYTES = 64 * 2**20  # an oversized body up to this size is read and dropped before the 413, so the client sees it
+
+
+async def _chunks(request: Request):
+    """The body's chunks as they arrive (ClientDisconnect if the client goes away first)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        yield message.get("body", b""), message.get("more_body", False)
+        if not message.get("more_body", False):
+            return
+
+
+async def _drain(chunks, declared: int | None, read: int) -> None:
+    """Read and drop the rest of an oversized body (up to DRAIN_BYTES in all): a client that writes its whole body before
+    reading (Python's urllib, many SDKs) would otherwise find the connection reset instead of reading the 413."""
+    if declared is not None and declared > DRAIN_BYTES:
+        return  # not worth the bandwidth: the connection is closed on it
+    async for chunk, _ in chunks:
+        read += len(chunk)
+        if read > DRAIN_BYTES:
+            return
+
+
 async def read_body(request: Request, limit: int, budget: ReadingBudget | None = None) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestProblem(413, f"the body is {int(declared)} bytes, more than the limit of {limit} bytes; send a smaller image")
+    header = request.headers.get("content-length")
+    declared = int(header) if header is not None and header.isdigit() else None
+    arriving = _chunks(request)
+    if declared is not None and declared > limit:
+        await _drain(arriving, declared, 0)
+        raise RequestProblem(413, f"the body is {declared} bytes, more than the limit of {limit} bytes; send a smaller image")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
+        async for chunk, _ in arriving:
             size += len(chunk)
             if size > limit:
+                await _drain(arriving, declared, size)
                 raise RequestProblem(413, f"the body is more than the limit of {limit} bytes; send a smaller image")
             if budget is not None:
                 if budget.used + len(chunk) > budget.limit:

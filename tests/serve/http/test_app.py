@@ -415,14 +415,15 @@ def test_a_client_gone_mid_body_is_counted_not_raised(client):
     assert 'status="499"' in client.get("/metrics").text
 
 
-def _scope(path="/v1/classify", query=b""):
+def _scope(path="/v1/classify", query=b"", headers=()):
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
             "raw_path": path.encode(), "query_string": query, "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-            "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")]}
+            "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test"), *headers]}
 
 
-async def _post(app, chunks, stall=False):
-    """POST the chunks of a body straight to the app; `stall`: then send nothing more (until cancelled). The answer's start."""
+async def _post(app, chunks, stall=False, headers=(), left=None):
+    """POST the chunks of a body straight to the app; `stall`: then send nothing more (until cancelled). The answer's
+    start; `left` (a list) gets how many chunks the app had not read when it answered."""
     messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
     sent = []
 
@@ -434,9 +435,11 @@ async def _post(app, chunks, stall=False):
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message):
+        if not sent and left is not None:
+            left.append(len(messages))
         sent.append(message)
 
-    await app(_scope(), receive, send)
+    await app(_scope(headers=headers), receive, send)
     return sent[0]
 
 
@@ -489,3 +492,18 @@ def test_bodies_in_transit_share_one_budget(served_repository):
 def test_the_reading_budget_must_hold_a_whole_body(served_repository):
     with pytest.raises(UserError, match="reading budget"):
         make_server(served_repository, max_body_bytes=2000, max_reading_bytes=1000)
+
+
+def test_an_oversized_body_is_read_to_its_end_before_the_413_unless_huge(served_repository):
+    """A client that writes its whole body before reading must find the 413, not a reset connection."""
+    async def scenario(app):
+        results = []
+        for chunks, declared in (([b"x" * 600] * 5, 3000), ([b"x" * 600] * 5, None), ([b"x" * 600] * 5, 2**40)):
+            left = []
+            headers = [(b"content-length", str(declared).encode())] if declared else []
+            results.append(((await _post(app, chunks, headers=headers, left=left))["status"], left[0]))
+        return results
+
+    declared, streamed, huge = _with_open_server(served_repository, scenario, max_body_bytes=1000)
+    assert declared == (413, 0) and streamed == (413, 0)  # every chunk read (and dropped) first
+    assert huge == (413, 5)  # a terabyte is not drained: answered at once, and the connection closes on it
