@@ -27,7 +27,6 @@ import asyncio
 import functools
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,7 +104,6 @@ class Dispatcher:
         self.after = Mean(start=0.3)
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
-        self.executor = ThreadPoolExecutor(self.cpu_lanes, thread_name_prefix="cpu")
         self.device: DeviceScheduler | None = None
         self.cpu: DeviceScheduler | None = None
 
@@ -115,11 +113,11 @@ class Dispatcher:
         """Load the members, time the decoding, start the schedulers; the server is ready when this returns."""
         members = list(self.catalog.members.values())
         await self.backend.start(members)
-        await asyncio.get_running_loop().run_in_executor(self.executor, self._calibrate_decoding, members)
-        device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.executor, self.settings.max_queue,
-                                 after_ms=lambda: self.after.value, on_batch=self._observed)
-        cpu = device if self.backend.on_host_cpu else DeviceScheduler(
-            "cpu", self.cpu_lanes, self.backend.infer, self.batch_ms, self.executor, self.settings.max_queue)
+        await asyncio.to_thread(self._calibrate_decoding, members)
+        device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.settings.max_queue,
+                                 after_ms=lambda: self.after.value, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None))
+        cpu = device if self.backend.on_host_cpu else DeviceScheduler("cpu", self.cpu_lanes, self.backend.infer, self.batch_ms,
+                                                                      self.settings.max_queue)
         for scheduler in {id(device): device, id(cpu): cpu}.values():
             scheduler.start()
         self.device, self.cpu = device, cpu
@@ -146,7 +144,6 @@ class Dispatcher:
         for scheduler in {id(s): s for s in (self.device, self.cpu) if s is not None}.values():
             await scheduler.close()
         await self.backend.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     # --- what the server has learned -------------------------------------------------------------------------
 

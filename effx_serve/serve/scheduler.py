@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
+import contextlib
 import itertools
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +37,7 @@ from effx_serve.serve.errors import Overloaded, Unavailable
 # that waited too long on their side (Triton's per-request timeout).
 log = logging.getLogger(__name__)
 RunBatch = Callable[[Member, np.ndarray, float], Awaitable[np.ndarray]]
+RunNow = Callable[[Member, np.ndarray], np.ndarray]  # runs a batch in the calling thread (an in-process backend)
 BatchMs = Callable[[Member, int], float]  # expected run time of a batch of n images of a member, corrected
 
 
@@ -108,42 +111,60 @@ class _Queue:
 
 
 class DeviceScheduler:
-    def __init__(self, name: str, lanes: int, run_batch: RunBatch, batch_ms: BatchMs, executor: Executor | None = None,
-                 max_queue: int = 256, after_ms: Callable[[], float] = lambda: 0.0,
-                 on_batch: Callable[[Member, int, float], None] | None = None):
+    def __init__(self, name: str, lanes: int, run_batch: RunBatch, batch_ms: BatchMs, max_queue: int = 256,
+                 after_ms: Callable[[], float] = lambda: 0.0, on_batch: Callable[[Member, int, float], None] | None = None,
+                 run_now: RunNow | None = None):
         if lanes < 1 or max_queue < 1:
             raise ValueError("lanes and max_queue must be at least 1")
         self.name, self.lanes, self.max_queue = name, lanes, max_queue
-        self._run_batch, self._batch_ms, self._executor = run_batch, batch_ms, executor
+        self._run_batch, self._run_now, self._batch_ms = run_batch, run_now, batch_ms
         self._after_ms = after_ms  # what follows the batch before the answer is out (serialising): counted against deadlines
         self._on_batch = on_batch
         self._members: dict[str, _Queue] = {}
         self._cpu = _Queue()
         self._running: dict[int, tuple[Member | None, int, float, float]] = {}  # lane -> (member, images, started, expected ms)
-        self._arrived = asyncio.Event()
+        # The queues are shared by the event loop (submitting, cancelling, expiring) and the lane threads (taking work).
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: asyncio.Handle | None = None  # fires when the first hard request can no longer start in time
         self._watch_at = math.inf  # when (time.monotonic()); uvloop's handles do not say
-        self._tasks: list[asyncio.Task] = []
+        self._threads: list[threading.Thread] = []
+        self._calls: dict[int, concurrent.futures.Future] = {}  # lane -> its batch on an asynchronous backend, running
         self._sequence = itertools.count()
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._lane(lane), name=f"{self.name}-lane-{lane}") for lane in range(self.lanes)]
+        """Start the lanes: one thread each, taking the next work itself as soon as it is free (a lane that waited for
+        the event loop between jobs would sit idle whenever the loop is busy with HTTP)."""
+        self._loop = asyncio.get_running_loop()
+        self._threads = [threading.Thread(target=self._lane, args=(lane,), name=f"{self.name}-lane-{lane}", daemon=True)
+                         for lane in range(self.lanes)]
+        for thread in self._threads:
+            thread.start()
 
     async def close(self) -> None:
-        self._closed = True
+        with self._arrived:
+            self._closed = True
+            self._arrived.notify_all()
+            left = [(job, queue) for queue in (self._cpu, *self._members.values()) for job in queue.jobs]
+            for job, queue in left:
+                queue.remove(job)
         if self._watch is not None:
             self._watch.cancel()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for queue in (self._cpu, *self._members.values()):
-            for job in list(queue.jobs):
-                self._forget(job, queue)
-                if not job.future.done():
-                    job.future.set_exception(SchedulerClosed(f"the {self.name} scheduler is shutting down"))
+        for call in list(self._calls.values()):  # a batch on an asynchronous backend is cancelled, as its requests are
+            call.cancel()
+        for job, _ in left:
+            if not job.future.done():
+                job.future.set_exception(SchedulerClosed(f"the {self.name} scheduler is shutting down"))
+        await asyncio.to_thread(self._join, 10.0)  # the work running finishes (its answers may still go out)
+
+    def _join(self, timeout_s: float) -> None:
+        until = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, until - time.monotonic()))
 
     # --- what callers do -------------------------------------------------------------------------------------
 
@@ -171,12 +192,13 @@ class DeviceScheduler:
         """The device's work that runs before something due at `deadline`, in lane-milliseconds: what is running
         (its expected remainder) and every queued job due no later, its batches costed as they would form."""
         now = time.monotonic() if now is None else now
-        total = sum(max(0.0, expected - 1000.0 * (now - started)) for _, _, started, expected in self._running.values())
-        total += sum(job.expected_ms for job in self._cpu.jobs[: self._cpu.ahead(deadline)])
-        for queue in self._members.values():
-            images = queue.ahead(deadline)
-            if images:
-                total += self.cost_ms(queue.jobs[0].member, images)
+        with self._lock:
+            total = sum(max(0.0, expected - 1000.0 * (now - started)) for _, _, started, expected in self._running.values())
+            total += sum(job.expected_ms for job in self._cpu.jobs[: self._cpu.ahead(deadline)])
+            for queue in self._members.values():
+                images = queue.ahead(deadline)
+                if images:
+                    total += self.cost_ms(queue.jobs[0].member, images)
         return total
 
     def wait_ms(self, deadline: float, now: float | None = None) -> float:
@@ -203,8 +225,9 @@ class DeviceScheduler:
         return asyncio.get_running_loop().create_future()
 
     def _submit(self, job: Job, queue: _Queue) -> Job:
-        queue.add(job)
-        self._arrived.set()
+        with self._arrived:
+            queue.add(job)
+            self._arrived.notify()
         return job
 
     async def _wait(self, jobs: list[Job], queue: _Queue) -> list:
@@ -219,7 +242,8 @@ class DeviceScheduler:
             raise
 
     def _forget(self, job: Job, queue: _Queue) -> None:
-        queue.remove(job)
+        with self._lock:
+            queue.remove(job)
 
     def cost_ms(self, member: Member, images: int) -> float:
         """Expected run time of `images` of a member queued together: full batches, then the rest."""
@@ -242,17 +266,20 @@ class DeviceScheduler:
         """Take out every hard request past its latest start (each member's first hard ones: later deadlines start later),
         then wait for the next one."""
         self._watch, self._watch_at = None, math.inf
-        now, following = time.monotonic(), math.inf
-        for queue in self._members.values():
-            for job in list(queue.jobs):
-                if not job.hard or job.future.done():
-                    continue
-                latest = self._latest_start(job)
-                if latest > now:
-                    following = min(following, latest)
-                    break
-                self._forget(job, queue)
-                job.future.set_exception(Late(job.member.name, job.deadline, now))
+        now, following, late = time.monotonic(), math.inf, []
+        with self._lock:
+            for queue in self._members.values():
+                for job in list(queue.jobs):
+                    if not job.hard or job.future.done():
+                        continue
+                    latest = self._latest_start(job)
+                    if latest > now:
+                        following = min(following, latest)
+                        break
+                    queue.remove(job)
+                    late.append(job)
+        for job in late:
+            _settle(job, error=Late(job.member.name, job.deadline, now))
         if following < math.inf:
             self._arm(following)
 
@@ -260,25 +287,25 @@ class DeviceScheduler:
         best: tuple[Job, _Queue] | None = None
         for queue in (self._cpu, *self._members.values()):
             while queue.jobs and queue.jobs[0].future.done():  # cancelled or expired while queued
-                self._forget(queue.jobs[0], queue)
+                queue.remove(queue.jobs[0])
             if queue.jobs and (best is None or queue.keys[0] < best[0].key):
                 best = (queue.jobs[0], queue)
         return best
 
     def _take(self) -> tuple[Member | None, list[Job]] | None:
-        """The next work for a free lane: a CPU job, or a batch of one member led by the earliest deadline."""
+        """The next work for a free lane (the lock held): a CPU job, or a batch of one member led by the earliest deadline."""
         while True:
             head = self._head()
             if head is None:
                 return None
             first, queue = head
             if first.member is None:
-                self._forget(first, queue)
+                queue.remove(first)
                 return None, [first]
             now = time.monotonic()
             if first.hard and self._latest_start(first) < now:  # a lane is free, but too late for it
-                self._forget(first, queue)
-                first.future.set_exception(Late(first.member.name, first.deadline, now))
+                queue.remove(first)
+                self._post(first, error=Late(first.member.name, first.deadline, now))
                 continue
             batch: list[Job] = []
             due = math.inf  # the earliest hard deadline in the batch
@@ -292,76 +319,91 @@ class DeviceScheduler:
                     break  # one more image would make the earliest hard deadline in the batch late
                 batch.append(job)
             for job in batch:
-                self._forget(job, queue)
+                queue.remove(job)
             return first.member, batch
 
-    async def _next(self) -> tuple[Member | None, list[Job]]:
-        while True:
-            work = self._take()
-            if work is not None:
-                return work
-            self._arrived.clear()
-            await self._arrived.wait()
+    # --- the lanes (threads) ------------------------------------------------------------------------------------
 
-    # --- the lanes -------------------------------------------------------------------------------------------
+    def _post(self, job: Job, result: object = None, error: BaseException | None = None, cancel: bool = False) -> None:
+        """Settle a job's future on the event loop (asyncio futures are not thread-safe); nothing if the loop is gone."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for the answer any more
+            self._loop.call_soon_threadsafe(_settle, job, result, error, cancel)
 
-    async def _lane(self, lane: int) -> None:
-        loop = asyncio.get_running_loop()
+    def _lane(self, lane: int) -> None:
         while True:
+            with self._arrived:
+                work = None
+                while work is None and not self._closed:
+                    try:
+                        work = self._take()
+                    except Exception:  # a bug must not take a lane away for good: say so and go on
+                        log.exception("the %s scheduler's lane %d could not take work", self.name, lane)
+                    if work is None:
+                        self._arrived.wait(0.5)
+                if work is None:
+                    return
+                member, jobs = work
+                started = time.monotonic()
+                self._running[lane] = (member, len(jobs), started, jobs[0].expected_ms if member is None else self._batch_ms(member, len(jobs)))
             try:
-                member, jobs = await self._next()
-            except Exception:  # a bug must not take a lane away for good: say so and go on
-                log.exception("the %s scheduler's lane %d could not take work", self.name, lane)
-                await asyncio.sleep(0.01)
-                continue
-            started = time.monotonic()
-            if member is None:
-                (job,) = jobs
-                self._running[lane] = (None, 0, started, job.expected_ms)
-                try:
-                    result = await loop.run_in_executor(self._executor, job.call)
-                except asyncio.CancelledError:
-                    job.future.cancel()
-                    raise
-                except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
-                    if not job.future.done():
-                        job.future.set_exception(error)
+                if member is None:
+                    self._call(jobs[0])
                 else:
-                    if not job.future.done():
-                        job.future.set_result(result)
-                finally:
+                    self._run(lane, member, jobs, started)
+            finally:
+                with self._lock:
                     self._running.pop(lane, None)
-                continue
-            await self._run(lane, member, jobs, started)
 
-    async def _run(self, lane: int, member: Member, jobs: list[Job], started: float) -> None:
+    def _call(self, job: Job) -> None:
+        try:
+            result = job.call()
+        except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
+            self._post(job, error=error)
+        else:
+            self._post(job, result)
+
+    def _run(self, lane: int, member: Member, jobs: list[Job], started: float) -> None:
         size = len(jobs)
-        self._running[lane] = (member, size, started, self._batch_ms(member, size))
         try:
             due = min((job.deadline for job in jobs if job.hard), default=math.inf)
-            outputs = await self._run_batch(member, np.stack([job.input for job in jobs]), due)
+            batch = np.stack([job.input for job in jobs])
+            if self._run_now is not None:
+                outputs = self._run_now(member, batch)
+            else:  # an asynchronous backend (Triton): its call runs on the event loop, this lane waits for it
+                self._calls[lane] = call = asyncio.run_coroutine_threadsafe(self._run_batch(member, batch, due), self._loop)
+                try:
+                    outputs = call.result()
+                finally:
+                    self._calls.pop(lane, None)
             if len(outputs) != size:
                 raise RuntimeError(f"member {member.name} returned {len(outputs)} outputs for a batch of {size}")
-        except asyncio.CancelledError:
+        except concurrent.futures.CancelledError:  # the scheduler is closing
             for job in jobs:
-                job.future.cancel()
-            raise
+                self._post(job, cancel=True)
+            return
         except BackendLate:  # the backend dropped it, too late on its side: the requests leave as if from our queue
             now = time.monotonic()
             for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(Late(member.name, job.deadline, now))
+                self._post(job, error=Late(member.name, job.deadline, now))
             return
         except Exception as error:  # noqa: BLE001 - the failure belongs to the requests of this batch
             for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(error)
+                self._post(job, error=error)
             return
-        finally:
-            self._running.pop(lane, None)
         inference_ms = (time.monotonic() - started) * 1000.0
         if self._on_batch is not None:
-            self._on_batch(member, size, inference_ms)
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                self._loop.call_soon_threadsafe(self._on_batch, member, size, inference_ms)
         for job, output in zip(jobs, outputs, strict=True):
-            if not job.future.done():
-                job.future.set_result(ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size))
+            self._post(job, ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size))
+
+
+def _settle(job: Job, result: object = None, error: BaseException | None = None, cancel: bool = False) -> None:
+    if job.future.done():  # cancelled (its caller went away) or already late
+        return
+    if cancel:
+        job.future.cancel()
+    elif error is not None:
+        job.future.set_exception(error)
+    else:
+        job.future.set_result(result)

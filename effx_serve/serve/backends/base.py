@@ -40,6 +40,9 @@ class Backend(Protocol):
     async def infer(self, member: Member, batch: np.ndarray, deadline: float = math.inf) -> np.ndarray:
         """The logits of `batch`; `deadline` (time.monotonic(), math.inf: none) is the earliest hard deadline in it."""
 
+    # An in-process backend also offers run_now(member, batch) -> logits, the same in the calling thread: the device
+    # scheduler's lane threads call it directly instead of going through the event loop.
+
     def problem(self) -> str | None:
         """None when healthy, else why not (for /readyz and 503 answers)."""
 

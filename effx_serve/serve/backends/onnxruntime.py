@@ -63,11 +63,14 @@ class OnnxRuntimeBackend:
 
     async def infer(self, member: Member, batch: np.ndarray, deadline: float = math.inf) -> np.ndarray:
         """The logits of `batch` (the deadline is not used: a batch that started here runs to its end)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_now, member, batch)
+
+    def run_now(self, member: Member, batch: np.ndarray) -> np.ndarray:
+        """The logits of `batch`, computed in the calling thread (the device scheduler's lanes are threads)."""
         session = self._sessions.get(member.name)
         if session is None:
             raise BackendUnavailable(f"member {member.name} is not loaded yet")
-        loop = asyncio.get_running_loop()
-        (logits,) = await loop.run_in_executor(self._executor, session.run, [member.output_name], {member.input_name: batch})
+        (logits,) = session.run([member.output_name], {member.input_name: batch})
         return logits
 
     def problem(self) -> str | None:

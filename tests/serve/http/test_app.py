@@ -3,8 +3,8 @@
 import asyncio
 import base64
 import contextlib
-import math
 import struct
+import threading
 import time
 import zlib
 
@@ -273,7 +273,7 @@ class GatedBackend(OnnxRuntimeBackend):
 
     def __init__(self, lanes=None):
         super().__init__("cpu")
-        self.loading, self.running, self.broken = asyncio.Event(), asyncio.Event(), False
+        self.loading, self.running, self.broken = asyncio.Event(), threading.Event(), False  # batches run on lane threads
         self.running.set()
         if lanes is not None:  # its own device (like a GPU): decoding goes on while inference stalls
             self.lanes, self.on_host_cpu = lanes, False
@@ -282,11 +282,11 @@ class GatedBackend(OnnxRuntimeBackend):
         await self.loading.wait()
         await super().start(members)
 
-    async def infer(self, member, batch, deadline=math.inf):
-        await self.running.wait()
+    def run_now(self, member, batch):
+        self.running.wait()
         if self.broken:
             raise BackendUnavailable("the accelerator fell off the bus")
-        return await super().infer(member, batch)
+        return super().run_now(member, batch)
 
 
 def test_readiness_waits_for_warm_models_and_failures_are_503(served_repository):
