@@ -5,7 +5,9 @@ member, and where images are decoded), one GPU, or a Triton server. Its schedule
 it, per member, ordered by deadline, and runs `lanes` items at once; so it knows, in milliseconds, the work
 queued and running for every member, and an expected completion can count all of it.
 
-When a lane frees it takes the item with the earliest deadline: a CPU job (an image to decode), or the head
+Each lane is a thread that takes its next item itself when it frees (under a lock shared with the event loop,
+which only queues work and settles answers), so a busy loop never leaves a lane idle. It takes the item with
+the earliest deadline: a CPU job (an image to decode), or the head
 request of a member, batched with that member's next requests as long as the batch does not make the
 earliest deadline in it late. A request with a hard deadline (the client's bound) that can no longer make it
 is never run silently late: it leaves the queue with `Late` (its caller moves it to a faster member or
@@ -78,7 +80,7 @@ class Job:
     future: asyncio.Future
     seq: int
     expected_ms: float = 0.0  # CPU jobs: their expected run time (member jobs are costed per batch)
-    call: Callable[[], object] | None = None  # CPU jobs: what to run in the executor
+    call: Callable[[], object] | None = None  # CPU jobs: what a lane runs
     submitted: float = field(default_factory=time.monotonic)
 
     @property
