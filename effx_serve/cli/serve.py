@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from effx_serve.serve.http.app import create_app
+    from effx_serve.serve.http.protocol import LimitedHttpToolsProtocol
     from effx_serve.serve.server import Server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -44,7 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"on {server.hardware.id} with {server.backend.kind}: http://{args.host}:{args.port}/docs", flush=True)
     for note in server.notes:
         print(f"note: {note}", flush=True)
-    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                http=LimitedHttpToolsProtocol)  # httptools, with limits on a request's head (serve/http/protocol.py)
     return 0
 
 

@@ -36,6 +36,8 @@ def test_serve_over_real_http(served_repository):
         response = httpx.post(f"{base}/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"min_accuracy": 0.6})
         assert response.status_code == 200 and response.json()["member"] == "tiny-f-b1"
         assert "effx_requests_total" in httpx.get(f"{base}/metrics").text
+        huge_header = httpx.get(f"{base}/healthz", headers={"x-pad": "a" * 100_000})  # the served protocol limits a head
+        assert huge_header.status_code == 431 and "65536 bytes" in huge_header.json()["detail"]
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)

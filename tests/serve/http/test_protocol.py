@@ -1,0 +1,102 @@
+"""The HTTP connection's limits on a request's head: 431 and closed before the parser has stored much, whatever
+the packets; normal requests, pipelined ones and bodies of any size pass."""
+
+import asyncio
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from effx_serve.serve.http.protocol import LimitedHttpToolsProtocol
+
+
+class Transport(asyncio.Transport):
+    def __init__(self):
+        super().__init__()
+        self.written, self.closed = b"", False
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5000)}.get(name, default)
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+async def _app(scope, receive, send):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _exchange(packets, **limits):
+    async def run():
+        protocol = LimitedHttpToolsProtocol(Config(app=_app, log_level="warning"), ServerState(), {})
+        for name, value in limits.items():
+            setattr(protocol, name, value)
+        transport = Transport()
+        protocol.connection_made(transport)
+        for packet in packets:
+            if transport.closed:
+                break
+            protocol.data_received(packet)
+            await asyncio.sleep(0.01)
+        protocol.connection_lost(None)
+        return transport
+
+    return asyncio.run(run())
+
+
+def _request(headers=b"", body=b"abc"):
+    return b"POST /echo HTTP/1.1\r\nhost: x\r\n" + headers + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
+def test_a_normal_request_with_a_large_body_passes():
+    body = b"x" * 200_000  # far above the head limit, in the same packet as the head
+    transport = _exchange([_request(body=body)])
+    assert transport.written.startswith(b"HTTP/1.1 200") and transport.written.endswith(body)
+
+
+def test_pipelined_requests_each_get_their_own_head_budget():
+    one = _request(headers=b"x-pad: " + b"p" * 40_000 + b"\r\n")
+    transport = _exchange([one, one, one])  # 3 x 40 kB heads on one connection: each under the 64 kB limit
+    assert transport.written.count(b"HTTP/1.1 200") == 3
+
+
+@pytest.mark.parametrize("packets", [
+    [_request(headers=b"x-big: " + b"a" * 100_000 + b"\r\n")],  # one packet
+    [b"POST /echo HTTP/1.1\r\nx-big: "] + [b"a" * 4096] * 30,  # an endless header, 4 kB at a time, never finished
+    [b"GET /" + b"u" * 70_000],  # an endless URL
+])
+def test_an_oversized_head_is_431_and_closed_before_it_is_parsed_whole(packets):
+    transport = _exchange(packets)
+    assert transport.written.startswith(b"HTTP/1.1 431") and b"65536 bytes" in transport.written and transport.closed
+
+
+def test_too_many_headers_is_431():
+    headers = b"".join(b"x-%d: 1\r\n" % index for index in range(150))
+    transport = _exchange([_request(headers=headers)])
+    assert transport.written.startswith(b"HTTP/1.1 431") and b"100 headers" in transport.written and transport.closed
+
+
+def test_the_blank_line_split_across_packets_still_ends_the_head():
+    request = _request(body=b"y" * 100_000)
+    cut = request.index(b"\r\n\r\n") + 2
+    transport = _exchange([request[:cut], request[cut:]])
+    assert transport.written.startswith(b"HTTP/1.1 200")
