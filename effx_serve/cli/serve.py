@@ -36,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from effx_serve.serve.http.app import create_app
-    from effx_serve.serve.http.protocol import LimitedHttpToolsProtocol
+    from effx_serve.serve.http.protocol import limited_protocol
     from effx_serve.serve.server import Server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for note in server.notes:
         print(f"note: {note}", flush=True)
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                http=LimitedHttpToolsProtocol)  # httptools, with limits on a request's head (serve/http/protocol.py)
+                http=limited_protocol(args.head_timeout_s), timeout_keep_alive=args.keep_alive_s)  # limits on a head: serve/http/protocol.py
     return 0
 
 
@@ -77,6 +77,10 @@ def add_parsers(sub) -> None:
                    help="request bodies being received at once, in MiB across requests, before 429 (default: %(default)s)")
     p.add_argument("--body-timeout-s", type=_seconds, default=30.0,
                    help="a request's body must arrive within this; slower senders get 408 and are closed (default: %(default)s)")
+    p.add_argument("--head-timeout-s", type=_seconds, default=10.0,
+                   help="a request's line and headers must arrive within this from their first byte; else 408 and closed (default: %(default)s)")
+    p.add_argument("--keep-alive-s", type=_seconds, default=5.0,
+                   help="an idle kept-alive connection is closed after this (default: %(default)s)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     p.set_defaults(func=cmd_serve)

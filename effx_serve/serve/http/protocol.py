@@ -3,7 +3,9 @@
 The parser keeps a header (and uvicorn the URL) by appending each piece that arrives, so the cost of an endless
 header grows with the square of its size, on the event loop; a 48 MB header took 5 s of CPU. Here the bytes
 before the blank line that ends a head are counted as they arrive, and the header lines when parsed: past either
-limit the client gets 431 and the connection closes, before the parser has stored much.
+limit the client gets 431 and the connection closes, before the parser has stored much. A head must also arrive
+whole within a time limit from its first byte (408 and closed), so clients trickling headers cannot hold
+connections open for ever.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; browsers and proxies stay well under it
 MAX_HEADERS = 100
+HEAD_TIMEOUT_S = 10.0  # from a head's first byte to its blank line: a client trickling its headers is cut off
 _END_OF_HEAD = b"\r\n\r\n"
+_STATUS_LINES = {408: b"HTTP/1.1 408 Request Timeout\r\n", 431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n"}
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
     max_headers = MAX_HEADERS
+    head_timeout_s = HEAD_TIMEOUT_S
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -28,9 +33,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes, self._tail, self._in_head, self._header_count = 0, b"", True, 0
+        self._head_timer = None
+
+    def connection_lost(self, exc) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
+            if self._head_timer is None:  # the head's first bytes: it has head_timeout_s to arrive whole
+                self._head_timer = self.loop.call_later(self.head_timeout_s, self._refuse, f"the request's headers did not arrive within "
+                                                        f"{self.head_timeout_s:g} s", 408)
             seen = self._tail + data  # the blank line may span two packets
             end = seen.find(_END_OF_HEAD)
             self._head_bytes += (len(data) if end < 0 else max(0, end + len(_END_OF_HEAD) - len(self._tail)))
@@ -39,6 +57,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 return self._refuse(f"the request line and headers are more than {self.max_head_bytes} bytes")
             if end >= 0:
                 self._in_head = False
+                self._stop_head_timer()
         if not self.transport.is_closing():
             super().data_received(data)
 
@@ -63,10 +82,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._head_bytes, self._tail, self._in_head = 0, b"", True  # the next request on this connection
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str, status: int = 431) -> None:
+        self._stop_head_timer()
         if self.transport.is_closing():
             return
-        body = json.dumps({"detail": f"{why}; send a smaller request"}).encode()
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        body = json.dumps({"detail": f"{why}; send a smaller request" if status == 431 else why}).encode()
+        self.transport.write(_STATUS_LINES[status] + b"content-type: application/json\r\nconnection: close\r\n"
+                             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         self.transport.close()
+
+
+def limited_protocol(head_timeout_s: float = HEAD_TIMEOUT_S) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class for uvicorn's `http` option, with this head timeout."""
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"head_timeout_s": head_timeout_s})

@@ -45,7 +45,7 @@ async def _app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
-def _exchange(packets, **limits):
+def _exchange(packets, pause_s=0.01, **limits):
     async def run():
         protocol = LimitedHttpToolsProtocol(Config(app=_app, log_level="warning"), ServerState(), {})
         for name, value in limits.items():
@@ -56,7 +56,7 @@ def _exchange(packets, **limits):
             if transport.closed:
                 break
             protocol.data_received(packet)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(pause_s)
         protocol.connection_lost(None)
         return transport
 
@@ -100,3 +100,14 @@ def test_the_blank_line_split_across_packets_still_ends_the_head():
     cut = request.index(b"\r\n\r\n") + 2
     transport = _exchange([request[:cut], request[cut:]])
     assert transport.written.startswith(b"HTTP/1.1 200")
+
+
+def test_a_head_that_trickles_in_is_408_and_closed():
+    transport = _exchange([b"POST /echo HTTP/1.1\r\n", b"x-a: 1\r\n", b"x-b: 2\r\n", b"x-c: 3\r\n"], 0.05, head_timeout_s=0.08)
+    assert transport.written.startswith(b"HTTP/1.1 408") and b"within 0.08 s" in transport.written and transport.closed
+
+
+def test_the_head_timer_starts_with_a_head_not_with_an_idle_connection():
+    # Each head arrives at once; the pauses between requests on the kept-alive connection are longer than the limit.
+    transport = _exchange([_request(), _request()], 0.15, head_timeout_s=0.1)
+    assert transport.written.count(b"HTTP/1.1 200") == 2 and b"408" not in transport.written
