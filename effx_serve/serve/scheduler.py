@@ -21,6 +21,7 @@ import asyncio
 import bisect
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -39,6 +40,7 @@ from effx_serve.serve.errors import Overloaded, Unavailable
 # that waited too long on their side (Triton's per-request timeout).
 log = logging.getLogger(__name__)
 RunBatch = Callable[[Member, np.ndarray, float], Awaitable[np.ndarray]]
+CANCELLED = object()  # the outcome of a job whose batch was cancelled (the scheduler closing)
 RunNow = Callable[[Member, np.ndarray], np.ndarray]  # runs a batch in the calling thread (an in-process backend)
 BatchMs = Callable[[Member, int], float]  # expected run time of a batch of n images of a member, corrected
 
@@ -280,8 +282,7 @@ class DeviceScheduler:
                         break
                     queue.remove(job)
                     late.append(job)
-        for job in late:
-            _settle(job, error=Late(job.member.name, job.deadline, now))
+        _settle(late, [Late(job.member.name, job.deadline, now) for job in late])
         if following < math.inf:
             self._arm(following)
 
@@ -307,7 +308,7 @@ class DeviceScheduler:
             now = time.monotonic()
             if first.hard and self._latest_start(first) < now:  # a lane is free, but too late for it
                 queue.remove(first)
-                self._post(first, error=Late(first.member.name, first.deadline, now))
+                self._post([first], [Late(first.member.name, first.deadline, now)])
                 continue
             batch: list[Job] = []
             due = math.inf  # the earliest hard deadline in the batch
@@ -326,10 +327,11 @@ class DeviceScheduler:
 
     # --- the lanes (threads) ------------------------------------------------------------------------------------
 
-    def _post(self, job: Job, result: object = None, error: BaseException | None = None, cancel: bool = False) -> None:
-        """Settle a job's future on the event loop (asyncio futures are not thread-safe); nothing if the loop is gone."""
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for the answer any more
-            self._loop.call_soon_threadsafe(_settle, job, result, error, cancel)
+    def _post(self, jobs: list[Job], outcomes: list, first: Callable[[], None] | None = None) -> None:
+        """Settle the futures of `jobs` with their `outcomes` on the event loop (asyncio futures are not thread-safe), in
+        one wake-up of it, after calling `first` there; nothing if the loop is gone."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for the answers any more
+            self._loop.call_soon_threadsafe(_settle, jobs, outcomes, first)
 
     def _lane(self, lane: int) -> None:
         while True:
@@ -358,11 +360,10 @@ class DeviceScheduler:
 
     def _call(self, job: Job) -> None:
         try:
-            result = job.call()
+            outcome = job.call()
         except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
-            self._post(job, error=error)
-        else:
-            self._post(job, result)
+            outcome = error
+        self._post([job], [outcome])
 
     def _run(self, lane: int, member: Member, jobs: list[Job], started: float) -> None:
         size = len(jobs)
@@ -380,32 +381,33 @@ class DeviceScheduler:
             if len(outputs) != size:
                 raise RuntimeError(f"member {member.name} returned {len(outputs)} outputs for a batch of {size}")
         except concurrent.futures.CancelledError:  # the scheduler is closing
-            for job in jobs:
-                self._post(job, cancel=True)
+            self._post(jobs, [CANCELLED] * size)
             return
         except BackendLate:  # the backend dropped it, too late on its side: the requests leave as if from our queue
             now = time.monotonic()
-            for job in jobs:
-                self._post(job, error=Late(member.name, job.deadline, now))
+            self._post(jobs, [Late(member.name, job.deadline, now) for job in jobs])
             return
         except Exception as error:  # noqa: BLE001 - the failure belongs to the requests of this batch
-            for job in jobs:
-                self._post(job, error=error)
+            self._post(jobs, [error] * size)
             return
         inference_ms = (time.monotonic() - started) * 1000.0
-        if self._on_batch is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed
-                self._loop.call_soon_threadsafe(self._on_batch, member, size, inference_ms)
-        for job, output in zip(jobs, outputs, strict=True):
-            self._post(job, ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size))
+        observed = None if self._on_batch is None else functools.partial(self._on_batch, member, size, inference_ms)
+        self._post(jobs, [ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size) for job, output in zip(jobs, outputs, strict=True)],
+                   first=observed)
 
 
-def _settle(job: Job, result: object = None, error: BaseException | None = None, cancel: bool = False) -> None:
-    if job.future.done():  # cancelled (its caller went away) or already late
-        return
-    if cancel:
-        job.future.cancel()
-    elif error is not None:
-        job.future.set_exception(error)
-    else:
-        job.future.set_result(result)
+
+def _settle(jobs: list[Job], outcomes: list, first: Callable[[], None] | None = None) -> None:
+    """On the event loop: each job's future gets its outcome (a result, an exception, or CANCELLED), unless its caller
+    went away or it was late already."""
+    if first is not None:
+        first()
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if job.future.done():
+            continue
+        if outcome is CANCELLED:
+            job.future.cancel()
+        elif isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
