@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
@@ -70,6 +71,14 @@ JPEG = image_bytes()
 def make_server(repository, backend=None, **settings) -> Server:
     dispatch = settings.pop("dispatch", DispatchSettings())
     return Server(ServerSettings(repository, dispatch=dispatch, **settings), CPU, backend)
+
+
+async def open_ready(server: Server) -> Server:
+    """Open an in-process server (on the running event loop) and wait until every member is warm."""
+    await server.open()
+    while server.problem() is not None:
+        await asyncio.sleep(0.02)
+    return server
 
 
 def wait_ready(client, timeout=30.0) -> None:

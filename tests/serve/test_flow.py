@@ -9,19 +9,13 @@ import pytest
 from effx_serve.serve import flow
 from effx_serve.serve.errors import InvalidRequest, SlaUnmeetable, UnknownName, UnreadableImage
 from effx_serve.serve.schema import BatchClassification, Classification, ClassifyParams
-from tests.helpers import JPEG, make_server
-
-
-async def _started(server):
-    await server.open()
-    while server.problem() is not None:
-        await asyncio.sleep(0.02)
+from tests.helpers import JPEG, make_server, open_ready
 
 
 def test_the_flow_routes_decodes_runs_and_answers_with_a_trace(served_repository):
     async def scenario():
         server = make_server(served_repository)
-        await _started(server)
+        await open_ready(server)
         try:
             trace = flow.Trace(arrival=time.monotonic())
             text = await flow.classify(server, [JPEG], ClassifyParams(min_accuracy=0.6, top_k=3), False, trace)

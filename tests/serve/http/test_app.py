@@ -19,7 +19,7 @@ from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
 from effx_serve.serve.http.app import create_app
 from effx_serve.serve.schema import ClassifyParams
 from effx_serve.serve.settings import DispatchSettings
-from tests.helpers import JPEG, image_bytes, make_server, post_jpeg, reference_logits, wait_ready
+from tests.helpers import JPEG, image_bytes, make_server, open_ready, post_jpeg, reference_logits, wait_ready
 
 
 @contextlib.asynccontextmanager
@@ -393,46 +393,25 @@ def test_a_model_onnx_runtime_cannot_load_is_named_by_readyz(served_repository, 
         assert post_jpeg(client).status_code == 503
 
 
-def test_a_client_gone_mid_body_is_counted_not_raised(client):
-    async def upload_then_leave():
-        messages = iter([{"type": "http.request", "body": JPEG[:1000], "more_body": True}, {"type": "http.disconnect"}])
-        sent = []
-
-        async def receive():
-            return next(messages)
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-                 "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"", "root_path": "",
-                 "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-        await client.app(scope, receive, send)  # an exception here is what uvicorn logs as a traceback
-        return sent
-
-    sent = asyncio.run(upload_then_leave())
-    assert sent[0]["status"] == 499
-    assert 'status="499"' in client.get("/metrics").text
-
-
 def _scope(path="/v1/classify", query=b"", headers=()):
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
             "raw_path": path.encode(), "query_string": query, "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
             "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test"), *headers]}
 
 
-async def _post(app, chunks, stall=False, headers=(), left=None):
-    """POST the chunks of a body straight to the app; `stall`: then send nothing more (until cancelled). The answer's
-    start; `left` (a list) gets how many chunks the app had not read when it answered."""
+async def _post(app, chunks, then="end", headers=(), left=None):
+    """POST the chunks of a body straight to the app, then end the body, `stall` (send nothing more until cancelled)
+    or `leave` (the client disconnects). The answer's start; `left` (a list) gets how many chunks the app had not read
+    when it answered."""
     messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
     sent = []
 
     async def receive():
         if messages:
             return messages.pop(0)
-        if stall:
+        if then == "stall":
             await asyncio.sleep(3600)
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"} if then == "leave" else {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message):
         if not sent and left is not None:
@@ -445,10 +424,7 @@ async def _post(app, chunks, stall=False, headers=(), left=None):
 
 def _with_open_server(served_repository, scenario, **settings):
     async def run():
-        server = make_server(served_repository, **settings)
-        await server.open()
-        while server.problem() is not None:
-            await asyncio.sleep(0.02)
+        server = await open_ready(make_server(served_repository, **settings))
         try:
             return await scenario(create_app(server))
         finally:
@@ -457,9 +433,19 @@ def _with_open_server(served_repository, scenario, **settings):
     return asyncio.run(run())
 
 
+def test_a_client_gone_mid_body_is_counted_not_raised(served_repository):
+    async def scenario(app):
+        answer = await _post(app, [JPEG[:1000]], then="leave")  # an exception here is what uvicorn logs as a traceback
+        metrics = app.state.server.metrics.render().decode()
+        return answer, metrics
+
+    answer, metrics = _with_open_server(served_repository, scenario)
+    assert answer["status"] == 499 and 'status="499"' in metrics
+
+
 def test_stalled_uploads_do_not_count_against_the_in_flight_limit(served_repository):
     async def scenario(app):
-        stalled = [asyncio.create_task(_post(app, [JPEG[:100]], stall=True)) for _ in range(3)]
+        stalled = [asyncio.create_task(_post(app, [JPEG[:100]], then="stall")) for _ in range(3)]
         await asyncio.sleep(0.05)
         answer = await _post(app, [JPEG])
         for task in stalled:
@@ -471,7 +457,7 @@ def test_stalled_uploads_do_not_count_against_the_in_flight_limit(served_reposit
 
 def test_a_body_that_does_not_arrive_in_time_is_408_and_closed(served_repository):
     async def scenario(app):
-        return await asyncio.wait_for(_post(app, [JPEG[:100]], stall=True), 5.0)
+        return await asyncio.wait_for(_post(app, [JPEG[:100]], then="stall"), 5.0)
 
     answer = _with_open_server(served_repository, scenario, body_timeout_s=0.2)
     assert answer["status"] == 408 and (b"connection", b"close") in answer["headers"]
@@ -479,7 +465,7 @@ def test_a_body_that_does_not_arrive_in_time_is_408_and_closed(served_repository
 
 def test_bodies_in_transit_share_one_budget(served_repository):
     async def scenario(app):
-        first = asyncio.create_task(_post(app, [b"x" * 800], stall=True))
+        first = asyncio.create_task(_post(app, [b"x" * 800], then="stall"))
         await asyncio.sleep(0.05)
         second = await _post(app, [b"y" * 800])  # over the budget while the first holds 800 bytes
         first.cancel()
