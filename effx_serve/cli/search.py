@@ -86,7 +86,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--budget-minutes", type=positive_float, metavar="M", help="start no trial that would end after M minutes")
     p.add_argument("--resume", action="store_true", help="continue (or join) the search in the storage, with its settings")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
-    p.add_argument("--storage", metavar="URL", help="shared storage: an RDB URL (postgresql://..., sqlite:///f.db) or a journal "
+    p.add_argument("--storage", metavar="URL", help="shared storage: an RDB URL (postgresql+psycopg://..., sqlite:///f.db) or a journal "
                                                      "file path (default: OUT/trials.journal)")
     p.add_argument("--space", metavar="FILE", help="a JSON file narrowing the search space: {\"stage\": {\"kernel\": [3]}, ...}")
     p.add_argument("--seed", type=int)

@@ -2,7 +2,8 @@
 
 The default is a journal file (an append-only log of JSON lines, written under a lock and fsync'd) in the
 output folder: it needs no server and serves every worker process on one machine. Many machines share
-an RDB URL (`postgresql://...`, `mysql+pymysql://...`) instead; `sqlite:///file.db` works on one machine.
+an RDB URL instead (`postgresql+psycopg://...` with the `postgres` extra, `mysql+pymysql://...`);
+`sqlite:///file.db` works on one machine.
 
 A trial that is RUNNING carries a heartbeat (a timestamp the evaluating worker refreshes); any worker
 marks a RUNNING trial whose heartbeat stopped as failed ("interrupted"), so a killed worker loses at most
@@ -41,10 +42,21 @@ def open_storage(url: str | None, default_journal: Path, repair: bool = False):
     try:
         return optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
     except ImportError as error:
-        raise UserError(f"storage {_redact(target)} needs a database driver that is not installed ({error.name})") from None
+        raise UserError(_missing_driver(target, error)) from None
     except Exception as error:  # SQLAlchemy's many connection errors: name the cause, never a traceback
         cause = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"storage {_redact(target)} cannot be reached: {cause}") from None
+
+
+def _missing_driver(url: str, error: ImportError) -> str:
+    """Which driver a URL needs and how to install it (Optuna wraps the driver's own ImportError, which names it)."""
+    cause = error
+    while cause is not None and not getattr(cause, "name", None):
+        cause = cause.__cause__ or cause.__context__
+    driver = f"the database driver {cause.name}" if cause is not None else "a database driver"
+    hint = ("pip install 'effx-serve[postgres]' (psycopg 3) and give postgresql+psycopg://user:password@host:port/db"
+            if url.startswith("postgresql") else "install it")
+    return f"storage {_redact(url)} needs {driver}, which is not installed: {hint}"
 
 
 def _journal(path: Path, repair: bool):
