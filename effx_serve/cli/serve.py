@@ -23,11 +23,11 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     if not (repository / "manifest.json").is_file():
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
-                                default_deadline_ms=args.default_deadline_ms)
+                                default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms)
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
-                          max_in_flight=args.max_in_flight, max_reading_bytes=int(args.max_reading_mb * 2**20),
+                          max_in_flight=args.max_in_flight, max_bodies_bytes=int(args.max_bodies_mb * 2**20),
                           body_timeout_s=args.body_timeout_s)
 
 
@@ -69,12 +69,15 @@ def add_parsers(sub) -> None:
                    help="device: expected latency counts every member's work on the device, decoding and the HTTP edge (default); "
                         "member: the member's own queue and profile only (the old costing, to measure the difference)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
-    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: %(default)s)")
+    p.add_argument("--max-pixels", type=positive_int, default=ServerSettings.max_pixels,
+                   help="largest image, width x height, read from its header before decoding (default: %(default)s, 4096 x 4096)")
+    p.add_argument("--decode-budget-ms", type=_deadline_ms, default=DispatchSettings.decode_budget_ms,
+                   help="CPU time a request's images may take to decode, checked as they decode; beyond it 400 (default: %(default)s)")
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")
     p.add_argument("--max-in-flight", type=positive_int, default=256,
                    help="requests inside the server at once, counted once their body has arrived, before 429 (default: %(default)s)")
-    p.add_argument("--max-reading-mb", type=_megabytes, default=256.0,
-                   help="request bodies being received at once, in MiB across requests, before 429 (default: %(default)s)")
+    p.add_argument("--max-bodies-mb", type=_megabytes, default=256.0,
+                   help="request bodies held at once, arriving or being served, in MiB across requests, before 429 (default: %(default)s)")
     p.add_argument("--body-timeout-s", type=_seconds, default=30.0,
                    help="a request's body must arrive within this; slower senders get 408 and are closed (default: %(default)s)")
     p.add_argument("--head-timeout-s", type=_seconds, default=10.0,

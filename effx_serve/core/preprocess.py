@@ -5,8 +5,8 @@ evaluated on during training and what it sees when serving are identical by cons
 
 This module is on the serving path and must never import torch: only numpy and Pillow.
 
-Pipeline (`to_input`): `decode_image` (format allow-list, pixel-count limit read from the header
-before any pixel is decoded, EXIF orientation) -> `to_rgb` (every common mode, transparency over
+Pipeline (`to_input`): `decode_image` (format allow-list, pixel-count and JPEG scan-count limits read from the
+bytes before any pixel is decoded, an optional `DecodeBudget` checked as decoding runs, EXIF orientation) -> `to_rgb` (every common mode, transparency over
 white) -> `resize_and_center_crop` (shorter side to resolution / crop_fraction with bicubic, centre
 square) -> `normalize` (ImageNet mean/std, CHW).
 """
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import math
+import threading
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -32,6 +34,14 @@ DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 """Formats `decode_image` accepts unless told otherwise (Pillow format names)."""
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest width * height `decode_image` accepts by default (an 8000 x 8000 photo)."""
+MAX_JPEG_SCANS = 32
+"""Most scans a JPEG may have. Encoders write 1 (baseline) or about 10 (progressive: libjpeg, Pillow, mozjpeg); each
+progressive scan makes the decoder visit every block of the image again, so a few kilobytes of repeated scans would
+otherwise cost minutes of CPU."""
+READ_BLOCK = 4096
+"""Compressed bytes handed to a decoder at a time (JPEG aside), so that a `DecodeBudget` is checked at least every
+~4 MB of decoded pixels (deflate's ratio is at most 1032:1). A JPEG's work is bounded by its size and scan count, and it
+keeps Pillow's 64 KiB blocks (smaller ones cost ~0.1 ms on a 640x480 photo)."""
 MAX_RESOLUTION = 4096
 """Largest model input side accepted: beyond it a single input is gigabytes, surely a mistake."""
 RESAMPLE = Image.Resampling.BICUBIC
@@ -43,25 +53,80 @@ _OFFSET = (np.asarray(MEAN, dtype=np.float32) / np.asarray(STD, dtype=np.float32
 _WHITE = (255, 255, 255, 255)
 
 
+class DecodeStopped(Exception):
+    """Decoding was stopped from outside (`DecodeBudget.stop`, or its deadline passed): not the image's fault."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DecodeBudget:
+    """What decoding one request's images may cost, checked while each image decodes (between blocks of compressed
+    bytes, and between stages): CPU time summed over the request's images, an optional deadline (time.monotonic), and
+    a stop signal another thread may raise (the client went away, another image of the request failed). Exceeding the
+    CPU time is the image's fault (UserError); a deadline or a stop is not (DecodeStopped)."""
+
+    def __init__(self, cpu_ms: float | None = None, deadline: float | None = None):
+        self.cpu_ms, self.deadline = cpu_ms, deadline
+        self.spent_ms = 0.0  # CPU of the request's images that finished decoding
+        self.stopped: str | None = None
+        self._lock = threading.Lock()
+
+    def stop(self, reason: str) -> None:
+        self.stopped = reason
+
+    def check(self, running_ms: float = 0.0) -> None:
+        """Raise if decoding must stop now; `running_ms`: the CPU the image being decoded has used so far."""
+        if self.stopped is not None:
+            raise DecodeStopped(self.stopped)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DecodeStopped("deadline")
+        if self.cpu_ms is not None and self.spent_ms + running_ms > self.cpu_ms:
+            raise UserError(f"decoding took more than {self.cpu_ms:g} ms of CPU, the server's limit per request; send smaller or "
+                            "simpler images (the models need no more than a few hundred pixels a side)")
+
+    def charge(self, ms: float) -> None:
+        with self._lock:
+            self.spent_ms += ms
+
+
+class _MeteredBytes(io.BytesIO):
+    """The image's bytes, checking a DecodeBudget each time the decoder asks for more (decoding happens between reads)."""
+
+    def __init__(self, data: bytes, budget: DecodeBudget):
+        super().__init__(data)
+        self.budget, self.started = budget, time.thread_time()
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.budget.check((time.thread_time() - self.started) * 1000.0)
+        return super().read(size)
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
-                 shrink_to: int | None = None) -> Image.Image:
+                 shrink_to: int | None = None, budget: DecodeBudget | None = None) -> Image.Image:
     """Decode image bytes into a loaded, upright PIL image (any mode; see `to_rgb`).
 
     Raises UserError for empty or corrupt data, a format outside `formats`, or more than
     `max_pixels` pixels. The pixel count comes from the header, before pixels are decoded, so a
     decompression bomb costs nothing. Animated images give their first frame. `shrink_to` lets a
     JPEG decoder scale down by a power of two (DCT scaling, several times faster than decoding every
-    pixel) while both sides stay at least `shrink_to`; other formats ignore it.
+    pixel) while both sides stay at least `shrink_to`; other formats ignore it. A JPEG with more than
+    MAX_JPEG_SCANS scans is refused before decoding; `budget` is checked as decoding runs.
     """
     allowed = _check_decode_arguments(max_pixels, formats)
     if not data:
         raise UserError("the image is empty (0 bytes); send the bytes of a JPEG, PNG or WebP file")
-    image = _open(data, allowed)
+    image = _open(data, allowed, budget)
     width, height = image.size
     if width * height > max_pixels:
         raise UserError(f"the image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}; send a smaller image")
-    if shrink_to is not None and image.format == "JPEG":
-        image.draft(image.mode, (shrink_to, shrink_to))
+    if image.format == "JPEG":
+        _check_jpeg_scans(data)
+        if shrink_to is not None:
+            image.draft(image.mode, (shrink_to, shrink_to))
+    else:
+        image.decodermaxblock = READ_BLOCK
     try:
         image.load()
         # Phones store pixels as the sensor saw them plus an Orientation tag; models should see the
@@ -88,11 +153,20 @@ def _check_decode_arguments(max_pixels: int, formats: Iterable[str]) -> tuple[st
     return allowed
 
 
-def _open(data: bytes, allowed: tuple[str, ...]) -> Image.Image:
+def _check_jpeg_scans(data: bytes) -> None:
+    # Entropy-coded data never holds FF DA (an FF there is followed by 00 or a restart marker), so this counts the
+    # start-of-scan markers exactly (plus one per scan of an embedded EXIF thumbnail, which is harmless).
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise UserError(f"the JPEG has {scans} scans, more than the limit of {MAX_JPEG_SCANS} (encoders write about 10); "
+                        "re-encode it, e.g. as a baseline JPEG")
+
+
+def _open(data: bytes, allowed: tuple[str, ...], budget: DecodeBudget | None = None) -> Image.Image:
     """Read the header with the allowed decoders only; name the format when it is not allowed."""
     listing = ", ".join(allowed)
     try:
-        return Image.open(io.BytesIO(data), formats=allowed)
+        return Image.open(io.BytesIO(data) if budget is None else _MeteredBytes(data, budget), formats=allowed)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UserError(f"the image is too large to decode safely ({error}); send a smaller image") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
@@ -146,15 +220,17 @@ def _over_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+_SIXTEEN_BIT_TO_UINT8 = np.clip(np.rint(np.arange(65536, dtype=np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+
+
 def _integer_to_uint8(image: Image.Image) -> np.ndarray:
     """Scale integer greyscale to 0..255 by its bit depth (Pillow's convert('L') would clip at 255)."""
     values = np.asarray(image)
-    if image.mode.startswith("I;16"):
-        full_scale, low = 65535.0, 0.0
-    elif values.size == 0 or (values.min() >= 0 and values.max() <= 65535):
-        # Mode I has no recorded bit depth; 16-bit scans and PNGs are what usually lands in it.
-        full_scale, low = 65535.0, 0.0
-    elif values.min() >= 0:
+    # Mode I has no recorded bit depth; 16-bit scans and PNGs are what usually lands in it. 16-bit values take one table
+    # lookup a pixel (exactly the float formula below, which cost 3 s and 0.9 GB for a 16-bit PNG of 36 MP).
+    if image.mode.startswith("I;16") or values.size == 0 or (values.min() >= 0 and values.max() <= 65535):
+        return _SIXTEEN_BIT_TO_UINT8[values.astype(np.uint16, copy=False)]
+    if values.min() >= 0:
         full_scale, low = float(2**31 - 1), 0.0
     else:
         full_scale, low = float(2**32 - 1), float(-(2**31))
@@ -261,14 +337,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def serving_image(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
-                  min_side: int = 1) -> Image.Image:
+                  min_side: int = 1, budget: DecodeBudget | None = None) -> Image.Image:
     """Image bytes -> the upright RGB picture the server makes a `resolution` input from: `decode_image` with a JPEG
     decoded straight to the smallest power-of-two scale that still covers the resize target (DCT scaling averages
-    the pixels it drops, so the bicubic resize that follows sees a clean image), at least `min_side` pixels a side."""
+    the pixels it drops, so the bicubic resize that follows sees a clean image), at least `min_side` pixels a side.
+    `budget` is checked while decoding and before the conversion to RGB."""
+    started = time.thread_time()
     shorter = math.ceil(resolution / DEFAULT_CROP_FRACTION)
-    image = decode_image(data, max_pixels, formats, shrink_to=shorter)
+    image = decode_image(data, max_pixels, formats, shrink_to=shorter, budget=budget)
     if min(image.size) < min_side:
         raise UserError(f"the image is {image.size[0]}x{image.size[1]} pixels; both sides must be at least {min_side}")
+    if budget is not None:
+        budget.check((time.thread_time() - started) * 1000.0)
     return to_rgb(image)
 
 

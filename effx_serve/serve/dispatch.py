@@ -239,27 +239,48 @@ class Dispatcher:
 
     # --- decoding and running --------------------------------------------------------------------------------
 
-    def _prepare(self, data: bytes, member: Member):
-        image = preprocess.serving_image(data, member.resolution, **self.decode_limits)
+    def _prepare(self, data: bytes, member: Member, budget: preprocess.DecodeBudget | None = None):
+        image = preprocess.serving_image(data, member.resolution, **self.decode_limits, budget=budget)
         return image, preprocess.to_input(image, member.resolution)
 
-    def _timed_prepare(self, data: bytes, member: Member):
-        started = time.perf_counter()
-        image, array = self._prepare(data, member)
+    def _timed_prepare(self, data: bytes, member: Member, budget: preprocess.DecodeBudget):
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        try:
+            image, array = self._prepare(data, member, budget)
+        finally:
+            budget.charge((time.thread_time() - cpu_started) * 1000.0)
         return image, array, (time.perf_counter() - started) * 1000.0
 
-    async def decode(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float) -> tuple[list, list]:
-        """Every image decoded for `member` on the CPU scheduler: (pictures kept for another member, inputs);
-        UnreadableImage naming the first image that cannot be decoded."""
-        jobs = [self.cpu.call(functools.partial(self._timed_prepare, data, member), deadline,
-                              self.decode_times.expected_ms(info.format or "JPEG", member.name, info.pixels or DecodeTimes.REFERENCE_PIXELS))
-                for data, info in zip(images, infos, strict=True)]
-        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, UserError):
-                raise UnreadableImage(f"image {index}: {outcome}" if len(outcomes) > 1 else str(outcome))
-            if isinstance(outcome, BaseException):
-                raise outcome
+    async def decode(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float,
+                     hard: bool = False) -> tuple[list, list]:
+        """Every image decoded for `member` on the CPU scheduler: (pictures kept for another member, inputs).
+        UnreadableImage names the first image that cannot be decoded within the limits (the request's decoding CPU
+        budget included); DeadlineMissed when a `hard` deadline passes while decoding. Once the request fails or is
+        cancelled (its client went away), its images still decoding stop at their next block of bytes."""
+        budget = preprocess.DecodeBudget(self.settings.decode_budget_ms, deadline if hard else None)
+
+        async def one(index: int, data: bytes, info: ImageInfo):
+            expected = self.decode_times.expected_ms(info.format or "JPEG", member.name, info.pixels or DecodeTimes.REFERENCE_PIXELS)
+            try:
+                return await self.cpu.call(functools.partial(self._timed_prepare, data, member, budget), deadline, expected)
+            except UserError as error:
+                raise UnreadableImage(f"image {index}: {error}" if len(images) > 1 else str(error)) from None
+            except preprocess.DecodeStopped as stopped:
+                if stopped.reason != "deadline":
+                    raise
+                raise DeadlineMissed("the server could not decode the image(s) within the latency bound under its current load; "
+                                     "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s()) from None
+
+        tasks = [one(0, images[0], infos[0])] if len(images) == 1 else \
+            [asyncio.ensure_future(one(i, data, info)) for i, (data, info) in enumerate(zip(images, infos, strict=True))]
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        except BaseException:
+            budget.stop("the request ended")  # failed, late or its client gone: the other images need not finish
+            for task in tasks:
+                if isinstance(task, asyncio.Future):
+                    task.cancel()
+            raise
         for (_, _, ms), info in zip(outcomes, infos, strict=True):
             if info.format:
                 self.decode_times.observe(info.format, member.name, info.pixels, ms)

@@ -92,7 +92,7 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     if params.top_k > len(member.labels):
         raise InvalidRequest(f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
     routed_at = time.monotonic()
-    pictures, inputs = await dispatcher.decode(images, infos, member, deadline)
+    pictures, inputs = await dispatcher.decode(images, infos, member, deadline, hard=sla.max_latency_ms is not None and sla.on_miss == "reject")
     decoded = time.monotonic()
     ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params))
     inference_done = time.monotonic()

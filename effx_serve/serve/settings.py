@@ -24,6 +24,7 @@ class DispatchSettings:
     default_deadline_ms: float = 1000.0
     correction_half_life_s: float = 10.0  # online corrections decay back to the profile when evidence is this old
     cpu_lanes: int | None = None  # decodes and CPU batches at once (default: the cores this process may use)
+    decode_budget_ms: float = 1000.0  # CPU time one request's images may take to decode (400 beyond): bounds a bomb's cost
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -36,6 +37,8 @@ class DispatchSettings:
             raise ValueError("default_deadline_ms must be in (0, 3600000] and correction_half_life_s in (0, 3600]")
         if self.cpu_lanes is not None and self.cpu_lanes < 1:
             raise ValueError("cpu_lanes must be >= 1")
+        if not 0 < self.decode_budget_ms <= 3_600_000:
+            raise ValueError("decode_budget_ms must be in (0, 3600000]")
 
 
 SERVING_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -51,22 +54,22 @@ class ServerSettings:
     family: str | None = None  # None: the family of the detected hardware class
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     max_body_bytes: int = 10 * 2**20
-    max_pixels: int = 40_000_000
+    max_pixels: int = 4096 * 4096  # a 12 MP phone photo fits; the members need a few hundred pixels a side
     min_side: int = 8
     max_images: int = 64  # per batch request
     max_in_flight: int = 256  # requests inside the server at once, counted once their body has arrived: bounds memory
-    max_reading_bytes: int = 256 * 2**20  # bytes of request bodies being received at once, across requests
+    max_bodies_bytes: int = 256 * 2**20  # bytes of request bodies in the server at once (arriving or being served)
     body_timeout_s: float = 30.0  # a request's body must arrive within this (408 and closed otherwise)
     formats: tuple[str, ...] = SERVING_FORMATS
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend '{self.backend}' (known: {', '.join(BACKENDS)})")
-        for name in ("max_body_bytes", "max_pixels", "min_side", "max_images", "max_in_flight", "max_reading_bytes"):
+        for name in ("max_body_bytes", "max_pixels", "min_side", "max_images", "max_in_flight", "max_bodies_bytes"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
-        if self.max_reading_bytes < self.max_body_bytes:
-            raise UserError(f"the reading budget ({self.max_reading_bytes} bytes) must hold one whole body ({self.max_body_bytes} bytes)")
+        if self.max_bodies_bytes < self.max_body_bytes:
+            raise UserError(f"the memory for bodies ({self.max_bodies_bytes} bytes) must hold one whole body ({self.max_body_bytes} bytes)")
         if not 0 < self.body_timeout_s <= 3600:
             raise UserError("body_timeout_s must be in (0, 3600] seconds")
         if self.dispatch.max_queue < self.max_images:

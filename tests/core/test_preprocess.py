@@ -12,6 +12,7 @@ from PIL import Image, ImageFile
 from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
 from effx_serve.core.preprocess import DEFAULT_CROP_FRACTION, MEAN, STD, decode_image, resize_and_center_crop, to_input, to_rgb
+from loadtest.attacks import png_pixel_bomb, progressive_scan_bomb
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -365,3 +366,44 @@ def test_peek_of_a_broken_or_truncated_header_is_unknown_never_an_error(data):
 def test_peek_never_raises(data):
     image_format, pixels = preprocess.peek(b"\xff\xd8\xff" + data)
     assert image_format in (None, "JPEG") and pixels >= 0
+
+
+# -- the cost of decoding: scan count, the decode budget ----------------------------------------------------------
+
+
+def test_sixteen_bit_grey_takes_the_exact_float_formula_for_every_value():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    expected = np.clip(np.rint(values.astype(np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(values)))[..., 0], expected)
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding():
+    normal = progressive_scan_bomb(64, 48, repeats=0)
+    assert decode_image(normal).size == (64, 48)
+    bomb = progressive_scan_bomb(64, 48, repeats=preprocess.MAX_JPEG_SCANS)
+    with pytest.raises(UserError, match=rf"\d+ scans, more than the limit of {preprocess.MAX_JPEG_SCANS}"):
+        decode_image(bomb)
+
+
+def test_the_decode_budget_stops_an_image_whose_decoding_costs_more_cpu():
+    bomb = png_pixel_bomb(2000, 2000)  # 4 MP of 16-bit grey in a few kilobytes
+    budget = preprocess.DecodeBudget(cpu_ms=1.0)
+    with pytest.raises(UserError, match="more than 1 ms of CPU"):
+        preprocess.serving_image(bomb, 32, budget=budget)
+    assert preprocess.serving_image(bomb, 32, budget=preprocess.DecodeBudget(cpu_ms=60_000)).size == (2000, 2000)
+
+
+def test_the_decode_budget_is_shared_by_a_requests_images():
+    budget = preprocess.DecodeBudget(cpu_ms=50.0)
+    budget.charge(50.0)  # the request's earlier images used it all
+    with pytest.raises(UserError, match="more than 50 ms of CPU"):
+        preprocess.serving_image(png_pixel_bomb(500, 500), 32, budget=budget)
+
+
+@pytest.mark.parametrize(("budget", "reason"), [(preprocess.DecodeBudget(), "gone"), (preprocess.DecodeBudget(deadline=0.0), "deadline")])
+def test_a_stopped_or_late_decode_stops_at_its_next_block_not_the_images_fault(budget, reason):
+    if reason == "gone":
+        budget.stop("gone")
+    with pytest.raises(preprocess.DecodeStopped) as stopped:
+        preprocess.serving_image(png_pixel_bomb(500, 500), 32, budget=budget)
+    assert stopped.value.reason == reason and not isinstance(stopped.value, UserError)

@@ -20,7 +20,7 @@ from effx_serve import __version__
 from effx_serve.serve import flow
 from effx_serve.serve.errors import Overloaded
 from effx_serve.serve.http import errors
-from effx_serve.serve.http.body import ReadingBudget, read_images, with_body_fields
+from effx_serve.serve.http.body import BodyBudget, read_images, with_body_fields
 from effx_serve.serve.schema import (
     BatchClassification,
     Classification,
@@ -62,6 +62,15 @@ class ArrivalClock:
         await self.app(scope, receive, send)
 
 
+async def _cancel_when_gone(request: Request, handler: asyncio.Task, answered: list) -> None:
+    """Cancel `handler` (a request being served, its body read) if its client disconnects before the answer: its
+    queued work is dropped and its decoding stops, instead of running for nobody."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    if not answered:
+        handler.cancel()
+
+
 def query_params(request: Request) -> ClassifyParams:
     """The query string's parameters (the last value of a repeated one); RequestValidationError as FastAPI raises it."""
     try:
@@ -84,7 +93,7 @@ def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="effx-serve", version=__version__, lifespan=lifespan,
                   description="Image classification routed per request to the fastest EfficientNet-X family member that meets its SLA.")
     app.state.server = server
-    reading = ReadingBudget(settings.max_reading_bytes)
+    bodies = BodyBudget(settings.max_bodies_bytes)
     app.add_middleware(ArrivalClock)
 
     @app.exception_handler(RequestValidationError)
@@ -98,34 +107,47 @@ def create_app(server: Server) -> FastAPI:
     async def serve(request: Request, endpoint: str) -> Response:
         trace = flow.Trace(arrival=request.scope.get("state", {}).get("arrival") or time.monotonic())
         query = query_params(request)
-        admitted = False
+        admitted, held, watcher, answered = False, 0, None, []
         try:
             deadline = request.headers.get(DEADLINE_HEADER)
             if deadline is not None:
                 trace.client_deadline = flow.client_deadline(deadline, trace.arrival)
             # A request counts against the in-flight limit once its body has arrived, so uploads that stall cannot
-            # lock others out; until then it holds only the bytes it sent (the reading budget), for at most body_timeout_s.
+            # lock others out; until then it holds only the bytes it sent (of the bodies' budget), for at most body_timeout_s.
             try:
                 async with asyncio.timeout(settings.body_timeout_s):
-                    body = await read_images(request, settings.max_body_bytes, settings.max_images, reading)
+                    body = await read_images(request, settings.max_body_bytes, settings.max_images, bodies)
             except TimeoutError:
                 raise errors.RequestProblem(408, f"the body did not arrive within {settings.body_timeout_s:g} s; send it in one go") from None
+            held = body.held
             server.in_flight += 1
             admitted = True
             if server.in_flight > settings.max_in_flight:
                 raise Overloaded(f"the server is handling {settings.max_in_flight} requests, its limit; retry shortly")
             params = with_body_fields(query, body.fields)
             trace.read = time.monotonic()
-            # The flow serialises the answer itself (its time counts against the bound); FastAPI must not do it again.
-            status, response = 200, Response(await flow.classify(server, body.images, params, endpoint == "batch", trace),
-                                             media_type="application/json")
+            handler = asyncio.current_task()
+            watcher = asyncio.create_task(_cancel_when_gone(request, handler, answered))
+            try:
+                # The flow serialises the answer itself (its time counts against the bound); FastAPI must not do it again.
+                answer = await flow.classify(server, body.images, params, endpoint == "batch", trace)
+            except asyncio.CancelledError:
+                if not watcher.done() or handler.uncancel() > 0:
+                    raise  # cancelled for another reason (the server shutting down)
+                raise ClientDisconnect() from None
+            answered.append(True)  # from here on a disconnect cancels nothing
+            status, response = 200, Response(answer, media_type="application/json")
         except errors.HANDLED as error:
             response = errors.response(error)
             status = response.status_code
-        except ClientDisconnect:  # gone before its body arrived: nobody reads an answer; counted, one line at debug level
-            log.debug("%s %s: the client went away before its body arrived", request.method, request.url.path)
+        except ClientDisconnect:  # gone before its answer: nobody reads it; counted, one line at debug level
+            log.debug("%s %s: the client went away before its answer", request.method, request.url.path)
             response, status = Response(status_code=CLIENT_GONE), CLIENT_GONE
         finally:
+            answered.append(True)
+            if watcher is not None:
+                watcher.cancel()
+            bodies.used -= held
             if admitted:
                 server.in_flight -= 1
         server.metrics.requests.labels(trace.member, endpoint, str(status)).inc()

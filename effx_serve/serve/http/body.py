@@ -29,18 +29,25 @@ RAW_IMAGE_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG"
                    "image/gif": "GIF", "image/tiff": "TIFF"}
 
 
-class ReadingBudget:
-    """The bytes of request bodies being received at once, across requests. An upload holds what it has sent so far,
-    so stalled senders cost almost nothing and cannot lock others out, while memory for bodies in transit is bounded."""
+class BodyBudget:
+    """The bytes of request bodies in the server at once, across requests: from their first byte until their answer is
+    written. An upload holds what it has sent so far, so stalled senders cost almost nothing and cannot lock others out,
+    while the memory that bodies take is bounded whatever the clients do."""
 
     def __init__(self, limit_bytes: int):
         self.limit, self.used = limit_bytes, 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise Overloaded(f"the server holds {self.limit // 2**20} MiB of request bodies, its limit; retry shortly")
+        self.used += size
 
 
 @dataclass
 class ImageRequest:
     images: list[bytes]
     fields: dict[str, object] = field(default_factory=dict)  # SLA parameters sent in the body
+    held: int = 0  # bytes of the BodyBudget this request holds until its answer is written
 
 
 DRAIN_BYTES = 64 * 2**20  # an oversized body up to this size is read and dropped before the 413, so the client sees it
@@ -68,7 +75,10 @@ async def _drain(chunks, declared: int | None, read: int) -> None:
             return
 
 
-async def read_body(request: Request, limit: int, budget: ReadingBudget | None = None) -> bytes:
+async def read_body(request: Request, limit: int, budget: BodyBudget | None = None) -> bytes:
+    """The whole body, at most `limit` bytes (413 beyond). Its bytes are taken from `budget` as they arrive and stay
+    taken when it is returned (the caller gives back len(body) once the request is answered); on failure they are given
+    back here."""
     header = request.headers.get("content-length")
     declared = int(header) if header is not None and header.isdigit() else None
     arriving = _chunks(request)
@@ -83,13 +93,12 @@ async def read_body(request: Request, limit: int, budget: ReadingBudget | None =
                 await _drain(arriving, declared, size)
                 raise RequestProblem(413, f"the body is more than the limit of {limit} bytes; send a smaller image")
             if budget is not None:
-                if budget.used + len(chunk) > budget.limit:
-                    raise Overloaded(f"the server is receiving {budget.limit // 2**20} MiB of request bodies, its limit; retry shortly")
-                budget.used += len(chunk)
+                budget.take(len(chunk))
             chunks.append(chunk)
-    finally:
+    except BaseException:
         if budget is not None:
             budget.used -= sum(len(chunk) for chunk in chunks)
+        raise
     return b"".join(chunks)
 
 
@@ -154,8 +163,9 @@ async def _from_multipart(request: Request, body: bytes, max_images: int) -> Ima
     return ImageRequest(images, fields)
 
 
-async def read_images(request: Request, limit: int, max_images: int, budget: ReadingBudget | None = None) -> ImageRequest:
-    """The images and body fields of `request`; RequestProblem with a 4xx status when it cannot be taken."""
+async def read_images(request: Request, limit: int, max_images: int, budget: BodyBudget | None = None) -> ImageRequest:
+    """The images and body fields of `request`; RequestProblem with a 4xx status when it cannot be taken. The body's bytes
+    stay taken from `budget` (ImageRequest.held) until the caller gives them back."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not content_type:
         raise RequestProblem(415, "no Content-Type; send image/jpeg, image/png, image/webp, multipart/form-data or application/json")
@@ -163,13 +173,21 @@ async def read_images(request: Request, limit: int, max_images: int, budget: Rea
         raise RequestProblem(415, f"unsupported Content-Type {content_type}; send image/jpeg, image/png, image/webp, "
                                   "multipart/form-data or application/json")
     body = await read_body(request, limit, budget)
-    if not body:
-        raise RequestProblem(400, "the body is empty; send the bytes of a JPEG, PNG or WebP image")
-    if content_type == "application/json":
-        return _from_json(body, max_images)
-    if content_type == "multipart/form-data":
-        return await _from_multipart(request, body, max_images)
-    return ImageRequest([body])
+    try:
+        if not body:
+            raise RequestProblem(400, "the body is empty; send the bytes of a JPEG, PNG or WebP image")
+        if content_type == "application/json":
+            taken = _from_json(body, max_images)
+        elif content_type == "multipart/form-data":
+            taken = await _from_multipart(request, body, max_images)
+        else:
+            taken = ImageRequest([body])
+    except BaseException:
+        if budget is not None:
+            budget.used -= len(body)
+        raise
+    taken.held = len(body) if budget is not None else 0
+    return taken
 
 
 def with_body_fields(query: ClassifyParams, fields: dict) -> ClassifyParams:

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
 from effx_serve.serve.backends.base import BackendUnavailable
 from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
 from effx_serve.serve.http.app import create_app
 from effx_serve.serve.schema import ClassifyParams
 from effx_serve.serve.settings import DispatchSettings
+from loadtest.attacks import png_pixel_bomb, progressive_scan_bomb
 from tests.helpers import JPEG, image_bytes, make_server, open_ready, post_jpeg, reference_logits, wait_ready
 
 
@@ -399,18 +401,23 @@ def _scope(path="/v1/classify", query=b"", headers=()):
             "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test"), *headers]}
 
 
-async def _post(app, chunks, then="end", headers=(), left=None):
+async def _post(app, chunks, then="end", headers=(), left=None, gone_after_s=None):
     """POST the chunks of a body straight to the app, then end the body, `stall` (send nothing more until cancelled)
     or `leave` (the client disconnects). The answer's start; `left` (a list) gets how many chunks the app had not read
-    when it answered."""
+    when it answered. `gone_after_s`: the client disconnects that long after its body ended."""
     messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
     sent = []
 
+    ended = False
+
     async def receive():
+        nonlocal ended
         if messages:
             return messages.pop(0)
-        if then == "stall":
-            await asyncio.sleep(3600)
+        if then == "stall" or ended:  # after its end, a body has nothing more to say until the client goes
+            await asyncio.sleep(3600 if gone_after_s is None or then == "stall" else gone_after_s)
+            return {"type": "http.disconnect"}
+        ended = True
         return {"type": "http.disconnect"} if then == "leave" else {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message):
@@ -471,13 +478,13 @@ def test_bodies_in_transit_share_one_budget(served_repository):
         first.cancel()
         return second
 
-    answer = _with_open_server(served_repository, scenario, max_body_bytes=1000, max_reading_bytes=1000)
+    answer = _with_open_server(served_repository, scenario, max_body_bytes=1000, max_bodies_bytes=1000)
     assert answer["status"] == 429
 
 
-def test_the_reading_budget_must_hold_a_whole_body(served_repository):
-    with pytest.raises(UserError, match="reading budget"):
-        make_server(served_repository, max_body_bytes=2000, max_reading_bytes=1000)
+def test_the_memory_for_bodies_must_hold_a_whole_body(served_repository):
+    with pytest.raises(UserError, match="memory for bodies"):
+        make_server(served_repository, max_body_bytes=2000, max_bodies_bytes=1000)
 
 
 def test_an_oversized_body_is_read_to_its_end_before_the_413_unless_huge(served_repository):
@@ -493,3 +500,50 @@ def test_an_oversized_body_is_read_to_its_end_before_the_413_unless_huge(served_
     declared, streamed, huge = _with_open_server(served_repository, scenario, max_body_bytes=1000)
     assert declared == (413, 0) and streamed == (413, 0)  # every chunk read (and dropped) first
     assert huge == (413, 5)  # a terabyte is not drained: answered at once, and the connection closes on it
+
+
+def test_decoding_bombs_are_refused_with_their_cause(served_repository):
+    server = make_server(served_repository, dispatch=DispatchSettings(decode_budget_ms=5))
+    with TestClient(create_app(server)) as client:
+        wait_ready(client)
+        scans = client.post("/v1/classify", content=progressive_scan_bomb(64, 48, 40), headers={"content-type": "image/jpeg"})
+        assert scans.status_code == 400 and "scans, more than the limit" in scans.json()["detail"]
+        pixels = client.post("/v1/classify", content=png_pixel_bomb(3000, 3000), headers={"content-type": "image/png"})
+        assert pixels.status_code == 400 and "more than 5 ms of CPU" in pixels.json()["detail"]
+        assert post_jpeg(client).status_code == 200  # a normal image still decodes within the budget
+
+
+def test_a_client_gone_while_its_image_decodes_stops_the_decoding(served_repository, monkeypatch):
+    stopped = []
+    original = preprocess.DecodeStopped.__init__
+    monkeypatch.setattr(preprocess.DecodeStopped, "__init__", lambda self, reason: (stopped.append(reason), original(self, reason))[1])
+
+    async def scenario(app):
+        server = app.state.server
+        answer = await _post(app, [png_pixel_bomb(4000, 4000)], headers=[(b"content-type", b"image/png")], gone_after_s=0.05)
+        deadline = time.monotonic() + 30
+        while server.dispatcher.cpu.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return answer, server.metrics.render().decode()
+
+    answer, metrics = _with_open_server(served_repository, scenario)
+    assert answer["status"] == 499 and stopped == ["the request ended"]
+    assert 'status="499"' in metrics
+
+
+def test_a_body_holds_its_bytes_until_its_answer(served_repository):
+    backend = GatedBackend()
+    backend.loading.set()
+
+    async def scenario(app):
+        backend.running.clear()  # the first request is read and stalls in inference, its body still held
+        first = asyncio.create_task(_post(app, [JPEG]))
+        while not app.state.server.in_flight:
+            await asyncio.sleep(0.01)
+        second = await _post(app, [JPEG])
+        backend.running.set()
+        return await first, second
+
+    first, second = _with_open_server(served_repository, scenario, backend=backend, max_body_bytes=len(JPEG),
+                                      max_bodies_bytes=len(JPEG) + len(JPEG) // 2)
+    assert first["status"] == 200 and second["status"] == 429
