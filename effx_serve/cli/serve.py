@@ -9,6 +9,7 @@ from pathlib import Path
 from effx_serve.cli.common import checked, positive_int
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
+from effx_serve.core.proc import map_large_allocations
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
@@ -40,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from effx_serve.serve.server import Server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    map_large_allocations()  # memory that large images took goes back to the OS after them
     server = Server(settings_from(args))
     print(f"serving {len(server.catalog.members)} members of {server.settings.repository} (family {server.catalog.family}) "
           f"on {server.hardware.id} with {server.backend.kind}: http://{args.host}:{args.port}/docs", flush=True)

@@ -79,6 +79,11 @@ class Routed:
         return self.expected.total_ms if self.expected else None
 
 
+LARGE_IMAGE_PIXELS = 2048 * 2048
+"""Images above this decode on at most lanes - 1 CPU lanes at once: a lane stays free for normal photos, and the memory
+that decoded pixels take is bounded by one or a few of them (a 16 MP 16-bit PNG takes ~0.3 GB while it decodes)."""
+
+
 class DeadlineMissed(Overloaded):
     """A request that could not be served within its bound under the current load (answered at once, 429)."""
 
@@ -262,7 +267,8 @@ class Dispatcher:
         async def one(index: int, data: bytes, info: ImageInfo):
             expected = self.decode_times.expected_ms(info.format or "JPEG", member.name, info.pixels or DecodeTimes.REFERENCE_PIXELS)
             try:
-                return await self.cpu.call(functools.partial(self._timed_prepare, data, member, budget), deadline, expected)
+                return await self.cpu.call(functools.partial(self._timed_prepare, data, member, budget), deadline, expected,
+                                           large=info.pixels > LARGE_IMAGE_PIXELS)
             except UserError as error:
                 raise UnreadableImage(f"image {index}: {error}" if len(images) > 1 else str(error)) from None
             except preprocess.DecodeStopped as stopped:

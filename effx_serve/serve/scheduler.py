@@ -9,7 +9,8 @@ Each lane is a thread that takes its next item itself when it frees (under a loc
 which only queues work and settles answers), so a busy loop never leaves a lane idle. It takes the item with
 the earliest deadline: a CPU job (an image to decode), or the head
 request of a member, batched with that member's next requests as long as the batch does not make the
-earliest deadline in it late. A request with a hard deadline (the client's bound) that can no longer make it
+earliest deadline in it late. CPU jobs marked large (decoding a large image) run on at most lanes - 1 lanes at once,
+so light work always finds a lane and memory for decoded pixels stays bounded. A request with a hard deadline (the client's bound) that can no longer make it
 is never run silently late: it leaves the queue with `Late` (its caller moves it to a faster member or
 answers at once), at the latest moment it could still have started, or when a lane would take it too late.
 Requests without a bound carry a virtual deadline, so they wait behind tighter ones but never starve.
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from effx_serve.core.errors import UserError
 from effx_serve.serve.backends.base import BackendLate
 from effx_serve.serve.catalog import Member
 from effx_serve.serve.errors import Overloaded, Unavailable
@@ -83,6 +85,7 @@ class Job:
     seq: int
     expected_ms: float = 0.0  # CPU jobs: their expected run time (member jobs are costed per batch)
     call: Callable[[], object] | None = None  # CPU jobs: what a lane runs
+    large: bool = False  # CPU jobs: decoding a large image (at most lanes - 1 run at once)
     submitted: float = field(default_factory=time.monotonic)
 
     @property
@@ -127,6 +130,8 @@ class DeviceScheduler:
         self._members: dict[str, _Queue] = {}
         self._cpu = _Queue()
         self._running: dict[int, tuple[Member | None, int, float, float]] = {}  # lane -> (member, images, started, expected ms)
+        self._large_running = 0
+        self._large_limit = max(1, lanes - 1)
         # The queues are shared by the event loop (submitting, cancelling, expiring) and the lane threads (taking work).
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -186,9 +191,10 @@ class DeviceScheduler:
             self._arm(self._latest_start(jobs[0]))
         return await self._wait(jobs, queue)
 
-    async def call(self, function: Callable[[], object], deadline: float = math.inf, expected_ms: float = 0.0):
-        """Run a CPU function (decoding an image) on a lane of this device, in deadline order with everything else."""
-        job = self._submit(Job(None, None, deadline, False, self._future(), next(self._sequence), expected_ms, function), self._cpu)
+    async def call(self, function: Callable[[], object], deadline: float = math.inf, expected_ms: float = 0.0, large: bool = False):
+        """Run a CPU function (decoding an image) on a lane of this device, in deadline order with everything else;
+        `large` ones on at most lanes - 1 lanes at once."""
+        job = self._submit(Job(None, None, deadline, False, self._future(), next(self._sequence), expected_ms, function, large), self._cpu)
         (result,) = await self._wait([job], self._cpu)
         return result
 
@@ -291,9 +297,16 @@ class DeviceScheduler:
         for queue in (self._cpu, *self._members.values()):
             while queue.jobs and queue.jobs[0].future.done():  # cancelled or expired while queued
                 queue.remove(queue.jobs[0])
-            if queue.jobs and (best is None or queue.keys[0] < best[0].key):
-                best = (queue.jobs[0], queue)
+            first = self._first_cpu_job() if queue is self._cpu else (queue.jobs[0] if queue.jobs else None)
+            if first is not None and (best is None or first.key < best[0].key):
+                best = (first, queue)
         return best
+
+    def _first_cpu_job(self) -> Job | None:
+        """The earliest CPU job a free lane may take: a large one only while fewer than lanes - 1 large ones run."""
+        if self._large_running < self._large_limit:
+            return self._cpu.jobs[0] if self._cpu.jobs else None
+        return next((job for job in self._cpu.jobs if not job.large and not job.future.done()), None)
 
     def _take(self) -> tuple[Member | None, list[Job]] | None:
         """The next work for a free lane (the lock held): a CPU job, or a batch of one member led by the earliest deadline."""
@@ -349,6 +362,8 @@ class DeviceScheduler:
                 member, jobs = work
                 started = time.monotonic()
                 self._running[lane] = (member, len(jobs), started, jobs[0].expected_ms if member is None else self._batch_ms(member, len(jobs)))
+                large = member is None and jobs[0].large
+                self._large_running += large
             try:
                 if member is None:
                     self._call(jobs[0])
@@ -357,10 +372,17 @@ class DeviceScheduler:
             finally:
                 with self._lock:
                     self._running.pop(lane, None)
+                    self._large_running -= large
+                    if large:
+                        self._arrived.notify()  # a large job that waited for this one may run now
+                # An idle lane must not keep its last job alive: its outcome (an error's traceback) can hold a decoded image.
+                work = member = jobs = None
 
     def _call(self, job: Job) -> None:
         try:
             outcome = job.call()
+        except UserError as error:  # the input's fault, its message says all: without its traceback, whose frames (a
+            outcome = error.with_traceback(None)  # decoded image) would stay alive in a reference cycle until a full GC
         except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
             outcome = error
         self._post([job], [outcome])

@@ -5,6 +5,7 @@ to its own request."""
 import asyncio
 import math
 import random
+import threading
 import time
 
 import numpy as np
@@ -285,6 +286,30 @@ def test_cpu_jobs_and_batches_share_the_lanes_in_deadline_order():
 
     value, decoded_at, (name, _, slow_started, _) = run(scenario())
     assert value == 7 and name == "slow" and decoded_at < slow_started  # the CPU job, due first, ran before the slow batch
+
+
+def test_large_cpu_jobs_leave_a_lane_for_the_rest():
+    async def scenario():
+        s = running_scheduler(Device(), lanes=2)
+        release, events = threading.Event(), []
+
+        def large(name):
+            events.append(("start", name))
+            release.wait(10)
+            events.append(("end", name))
+
+        now = time.monotonic()
+        larges = [asyncio.create_task(s.call(lambda n=n: large(n), now + 0.1 * n, expected_ms=500, large=True)) for n in range(2)]
+        await asyncio.sleep(0.1)
+        light = await asyncio.wait_for(s.call(lambda: events.append(("light",)) or 1, now + 5.0, expected_ms=1), 5)  # due last, served first
+        release.set()
+        await asyncio.gather(*larges)
+        await s.close()
+        return light, events
+
+    light, events = run(scenario())
+    assert light == 1
+    assert events == [("start", 0), ("light",), ("end", 0), ("start", 1), ("end", 1)]  # one large at a time on two lanes
 
 
 def test_bad_settings_are_refused():
