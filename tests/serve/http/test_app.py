@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import contextlib
+import json
 import struct
 import threading
 import time
@@ -12,6 +13,8 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
@@ -547,3 +550,30 @@ def test_a_body_holds_its_bytes_until_its_answer(served_repository):
     first, second = _with_open_server(served_repository, scenario, backend=backend, max_body_bytes=len(JPEG),
                                       max_bodies_bytes=len(JPEG) + len(JPEG) // 2)
     assert first["status"] == 200 and second["status"] == 429
+
+
+@pytest.fixture(scope="module")
+def open_client(served_repository):
+    with TestClient(create_app(make_server(served_repository))) as client:
+        wait_ready(client)
+        yield client
+
+
+_CONTENT_TYPES = st.sampled_from(["image/jpeg", "image/png", "image/webp", "application/json", "multipart/form-data; boundary=b",
+                                  "multipart/form-data", "text/plain", "image/jpeg; charset=utf-8"])
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["image", "images", "member", "top_k", "x"]),
+                                                                                 inner, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(content_type=_CONTENT_TYPES, body=st.one_of(
+    st.binary(max_size=2000),
+    _JSON.map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=300).map(lambda junk: b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x\"\r\n\r\n" + junk),
+    st.binary(max_size=600).map(lambda junk: JPEG[:200] + junk),
+), query=st.dictionaries(st.sampled_from(["member", "family", "top_k", "max_latency_ms", "min_accuracy", "on_miss"]),
+                         st.text(max_size=12), max_size=3))
+def test_no_body_a_client_can_send_gets_a_5xx(open_client, content_type, body, query):
+    answer = open_client.post("/v1/classify", content=body, params=query, headers={"content-type": content_type})
+    assert answer.status_code < 500, (answer.status_code, answer.text)
