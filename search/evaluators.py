@@ -18,6 +18,7 @@ from effx_serve.hardware.machine import Machine, this_machine
 from effx_serve.perf.latency_model import predictor
 from effx_serve.perf.latency_store import LatencyStore
 from effx_serve.perf.measure import measure_spec
+from search.noise import Spread
 from training.arch.spec import ModelSpec
 from training.recipe import Recipe
 
@@ -25,7 +26,7 @@ SHORT_RUN_CROP_SCALE = (0.5, 1.0)
 
 
 def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerprint: str, batch_size: int = 64, stride: int = 1,
-              progress: bool = False) -> tuple[ModelSpec, dict]:
+              progress: bool = False, seed: int = 0) -> tuple[ModelSpec, dict]:
     """Train `spec` briefly on an ImageFolder dataset into `out_dir` (resuming there). Returns (trained spec, metrics).
 
     Every `stride`-th training image is used (a deterministic subset). A short run is not the reference
@@ -44,7 +45,7 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
     if stride > 1:
         train_set = Subset(train_set, range(0, len(train_set), stride))
     spec = spec.with_(num_classes=len(val_set.classes), bn_momentum=0.1)
-    recipe = Recipe.small_data(epochs=epochs, batch_size=batch_size, warmup_epochs=min(1.0, epochs / 3), num_workers=0)
+    recipe = Recipe.small_data(epochs=epochs, batch_size=batch_size, warmup_epochs=min(1.0, epochs / 3), num_workers=0, seed=seed)
     metrics = train(spec, train_set, val_set, recipe, out_dir, fingerprint, resume=True, progress=progress, log=lambda line: None)
     return spec, metrics
 
@@ -62,16 +63,20 @@ class ProxyAccuracy:
     results: dict[str, float] = field(default_factory=dict)
     fingerprint: str | None = None  # of `data`, computed on first use
 
-    def __call__(self, spec: ModelSpec) -> float:
+    def __call__(self, spec: ModelSpec, seed: int = 0) -> float:
         from training.data import dataset_fingerprint
 
-        key = f"{spec.arch_hash()}-r{spec.resolution}"
+        key = f"{spec.arch_hash()}-r{spec.resolution}" + (f"-seed{seed}" if seed else "")
         if key not in self.results:
             self.fingerprint = self.fingerprint or dataset_fingerprint(self.data)
             _, metrics = short_run(spec, self.data, self.work_dir / key, self.epochs, self.fingerprint, self.batch_size, self.stride,
-                                   self.progress)
+                                   self.progress, seed)
             self.results[key] = float(metrics["ema_top1"])
         return self.results[key]
+
+    def spread(self, spec: ModelSpec, repeats: int) -> Spread:
+        """Top-1 of `repeats` runs of `spec` with seeds 0..repeats-1 (seed 0 is the run a search already made)."""
+        return Spread(tuple(self(spec, seed) for seed in range(repeats)))
 
 
 @dataclass

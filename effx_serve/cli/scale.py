@@ -44,7 +44,7 @@ def cmd_lacs(args: argparse.Namespace) -> int:
     if args.resolution:
         base = base.with_(resolution=args.resolution)
     settings = LacsSettings(grid_step=args.grid_step, tolerance=args.tolerance, fine_step=args.fine_step or None, top_k=args.top_k,
-                            w=args.w, target_ms=args.target_ms)
+                            w=args.w, target_ms=args.target_ms, noise_repeats=args.noise_repeats)
     out = Path(args.out)
     accuracy = ProxyAccuracy(Path(args.data), out / "trials", epochs=args.epochs, stride=args.subset_stride, progress=False)
     say = progress_lines(quiet=args.json)
@@ -53,9 +53,11 @@ def cmd_lacs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "families"}, indent=2))
         return 0
+    noise = result["accuracy_noise_std"]
+    spread = "" if noise is None else f" +- {100 * noise:.1f}"
     for label, key in (("LACS", "lacs"), ("accuracy-only", "accuracy_only")):
         trial = result[key]
-        print(f"{label:14s} winner {tuple(trial['coefficients'])}: top-1 {100 * trial['accuracy']:.1f}%, "
+        print(f"{label:14s} winner {tuple(trial['coefficients'])}: top-1 {100 * trial['accuracy']:.1f}{spread}%, "
               f"{trial['latency_ms']:.3f} ms at phi = 1, reward {trial['reward']:.4f}")
     rows = [dict(m, mparams=m["params"] / 1e6, mmacs=m["macs"] / 1e6, res=m["spec"]["resolution"]) for m in result["families"]["lacs"]]
     print(table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("res", "res", "d"), ("params(M)", "mparams", ".3f"),
@@ -87,6 +89,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--target-ms", type=float, help="latency target T (default: the base at phi 1 with EfficientNet's coefficients)")
     p.add_argument("--epochs", type=positive_int, default=2, help="proxy training epochs per triplet")
     p.add_argument("--subset-stride", type=positive_int, default=1, help="proxy-train on every N-th training image")
+    p.add_argument("--noise-repeats", type=int, default=LacsSettings.noise_repeats, choices=range(0, 11), metavar="N",
+                   help="seeds each finalist is trained with, to judge the winner's margin against the seed noise "
+                        "(0 or 1: not measured; default: %(default)s)")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size latency is measured at")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lacs)

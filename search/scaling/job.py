@@ -1,7 +1,9 @@
 """`effx-serve lacs`: run LACS on this machine and write lacs.json, family.json and a picture.
 
 lacs.json holds every trial (coefficients, proxy accuracy, latency, reward), the LACS winner and the
-accuracy-only winner; family.json holds every member of the LACS family (spec, phi, expected latency on
+accuracy-only winner, and each decision's margin against the seed noise: with `noise_repeats` >= 2 the two best
+triplets of each ranking are trained again with other seeds, the winner is the better mean, and the margin is
+judged against the pooled seed noise (search.noise); every trial's accuracy carries that noise. family.json holds every member of the LACS family (spec, phi, expected latency on
 this machine) and, for comparison, the accuracy-only family built from the accuracy-only winner.
 Trials are cached (proxy-training checkpoints and the latency store), so a killed run resumes.
 """
@@ -9,12 +11,14 @@ Trials are cached (proxy-training checkpoints and the latency store), so a kille
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
+from search.noise import Margin, Spread, pooled_std
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
 from training.arch.family_file import FAMILY_VERSION
@@ -32,6 +36,7 @@ class LacsSettings:
     w: float = lacs.MNASNET_W
     target_ms: float | None = None  # default: latency of the base scaled to phi = 1 by EfficientNet's coefficients
     phis: tuple[float, ...] = lacs.DEFAULT_PHIS
+    noise_repeats: int = 3  # seeds per finalist to measure the seed noise with (0 or 1: not measured)
 
 
 def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], latency_of: Callable[[ModelSpec], float],
@@ -48,9 +53,16 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
         say(f"  {trial.stage:6s} ({a:.3g}, {b:.3g}, {g:.3g}): top-1 {100 * trial.accuracy:.1f}%, {trial.latency_ms:.3f} ms, reward {trial.reward:.4f}")
 
     trials = lacs.search(base, accuracy_of, latency_of, target, grid, settings.fine_step, settings.top_k, settings.w, report)
-    winner, accuracy_only = lacs.best(trials), lacs.best(trials, "accuracy")
+    spread_of = getattr(accuracy_of, "spread", None) if settings.noise_repeats >= 2 else None
+    decisions = {by: _decide(trials, by, base, spread_of, settings.noise_repeats) for by in ("reward", "accuracy")}
+    noise = pooled_std([spread for decision in decisions.values() for spread in decision.spreads.values()])
+    for by, label in (("reward", "LACS"), ("accuracy", "accuracy-only")):
+        say(f"{label} winner {decisions[by].winner.coefficients.astuple()} beats the runner-up {decisions[by].describe()}")
+    winner, accuracy_only = decisions["reward"].winner, decisions["accuracy"].winner
     result = {"hardware": hardware_id, "base": base.to_dict(), "target_ms": target, "settings": asdict(settings),
-              "trials": [_trial_dict(t) for t in trials], "lacs": _trial_dict(winner), "accuracy_only": _trial_dict(accuracy_only)}
+              "accuracy_noise_std": noise, "trials": [_trial_dict(t, noise) for t in trials],
+              "lacs": _trial_dict(winner, noise) | {"decision": decisions["reward"].to_dict()},
+              "accuracy_only": _trial_dict(accuracy_only, noise) | {"decision": decisions["accuracy"].to_dict()}}
     write_atomic(out / "lacs.json", json.dumps(result, indent=2))
     families = {name: _family(base, trial.coefficients, settings.phis, latency_of, f"{base.name}-{name}")
                 for name, trial in (("lacs", winner), ("accuracy-only", accuracy_only))}
@@ -58,13 +70,62 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
                    "members": families["lacs"], "accuracy_only": {"coefficients": accuracy_only.coefficients.astuple(),
                                                                     "members": families["accuracy-only"]}}
     write_atomic(out / "family.json", json.dumps(family_file, indent=2))
-    _plot(trials, winner, accuracy_only, target, out / "lacs.png")
+    _plot(trials, winner, accuracy_only, target, noise, out / "lacs.png")
     return result | {"families": families}
 
 
-def _trial_dict(trial: Trial) -> dict:
-    return {"coefficients": list(trial.coefficients.astuple()), "accuracy": trial.accuracy, "latency_ms": trial.latency_ms,
-            "reward": trial.reward, "stage": trial.stage}
+@dataclass
+class Decision:
+    """A ranking's winner over its runner-up (`by` reward or accuracy), with the margin against the seed noise."""
+
+    by: str
+    winner: Trial
+    runner_up: Trial | None
+    margin: Margin | None
+    spreads: dict[tuple, Spread]  # coefficients -> accuracy over seeds, for the finalists retrained
+
+    def describe(self) -> str:
+        if self.runner_up is None or self.margin is None:
+            return "(no runner-up)"
+        unit = " of reward" if self.by == "reward" else " of top-1"
+        return f"{self.runner_up.coefficients.astuple()} {self.margin.describe(unit)}"
+
+    def to_dict(self) -> dict:
+        return {"by": self.by, "runner_up": None if self.runner_up is None else list(self.runner_up.coefficients.astuple()),
+                "margin": None if self.margin is None else self.margin.to_dict(),
+                "finalists": [{"coefficients": list(key), "accuracy": spread.to_dict()} for key, spread in self.spreads.items()]}
+
+
+def _decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int) -> Decision:
+    """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means."""
+    ranked = sorted(trials, key=lambda t: (t.reward if by == "reward" else t.accuracy, -t.latency_ms), reverse=True)
+    if len(ranked) < 2:
+        return Decision(by, ranked[0], None, None, {})
+    finalists, spreads = ranked[:2], {}
+    if spread_of is not None:
+        for trial in finalists:
+            spreads[trial.coefficients.astuple()] = spread_of(lacs.scale(base, trial.coefficients, 1.0), repeats)
+        finalists = [_with_accuracy(t, spreads[t.coefficients.astuple()].mean) for t in finalists]
+        finalists.sort(key=lambda t: (t.reward if by == "reward" else t.accuracy, -t.latency_ms), reverse=True)
+    winner, runner_up = finalists
+    noise = pooled_std(list(spreads.values()))
+    if by == "reward":
+        value = winner.reward - runner_up.reward
+        # The reward is accuracy times a latency factor: its seed noise is the accuracy's, scaled by that factor.
+        parts = [t.reward / t.accuracy * noise for t in (winner, runner_up)] if noise is not None and min(winner.accuracy, runner_up.accuracy) > 0 else None
+    else:
+        value = winner.accuracy - runner_up.accuracy
+        parts = [noise, noise] if noise is not None else None
+    return Decision(by, winner, runner_up, Margin(value, None if parts is None else math.hypot(*parts)), spreads)
+
+
+def _with_accuracy(trial: Trial, accuracy: float) -> Trial:
+    return Trial(trial.coefficients, accuracy, trial.latency_ms, trial.reward * accuracy / trial.accuracy if trial.accuracy else 0.0, trial.stage)
+
+
+def _trial_dict(trial: Trial, noise: float | None = None) -> dict:
+    return {"coefficients": list(trial.coefficients.astuple()), "accuracy": trial.accuracy, "accuracy_std": noise,
+            "latency_ms": trial.latency_ms, "reward": trial.reward, "stage": trial.stage}
 
 
 def _family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float], latency_of, prefix: str) -> list[dict]:
@@ -76,13 +137,17 @@ def _family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float], 
     return members
 
 
-def _plot(trials: Sequence[Trial], winner: Trial, accuracy_only: Trial, target_ms: float, path: Path) -> None:
+def _plot(trials: Sequence[Trial], winner: Trial, accuracy_only: Trial, target_ms: float, noise: float | None, path: Path) -> None:
     plt = optional_pyplot()
     if plt is None:  # no matplotlib: the picture is optional (the plot extra)
         return
     fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter([t.latency_ms for t in trials], [100 * t.accuracy for t in trials], c=["C0" if t.stage == "coarse" else "C2" for t in trials],
-               s=18, alpha=0.7, label="triplets (phi = 1): coarse blue, fine green")
+    label = "triplets (phi = 1): coarse blue, fine green" + ("" if noise is None else f"; bars: seed noise +-{100 * noise:.1f} pts")
+    for stage, colour in (("coarse", "C0"), ("fine", "C2")):
+        chosen = [t for t in trials if t.stage == stage]
+        if chosen:
+            ax.errorbar([t.latency_ms for t in chosen], [100 * t.accuracy for t in chosen], yerr=None if noise is None else 100 * noise,
+                        fmt="o", color=colour, markersize=4, alpha=0.7, capsize=2, label=label if stage == "coarse" else None)
     for trial, label, marker in ((winner, "LACS winner", "*"), (accuracy_only, "accuracy-only winner", "D")):
         a, b, g = trial.coefficients.astuple()
         ax.scatter([trial.latency_ms], [100 * trial.accuracy], marker=marker, s=140, edgecolor="black", label=f"{label} ({a:g}, {b:g}, {g:g})")

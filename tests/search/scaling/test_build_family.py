@@ -27,10 +27,12 @@ def test_lacs_then_build_family_on_tiny_data(tmp_path, capsys):
     generate_demo_data(data, size=8, image_size=32)
     lacs_out = tmp_path / "lacs"
     argv = ["lacs", "--base", BASE.to_json(), "--data", str(data), "--out", str(lacs_out), "--grid-step", "0.5", "--tolerance", "0.5",
-            "--fine-step", "0", "--epochs", "1", "--json"]
+            "--fine-step", "0", "--epochs", "1", "--noise-repeats", "2", "--json"]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["trials"] and result["lacs"]["reward"] == max(t["reward"] for t in result["trials"])
+    decision = result["lacs"]["decision"]
+    assert result["trials"] and result["accuracy_noise_std"] is not None and decision["margin"]["inside_noise"] in (True, False)
+    assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == [2, 2]  # the two best by reward, each over 2 seeds
     assert (lacs_out / "family.json").exists() and (lacs_out / "lacs.png").stat().st_size > 0
     assert main(argv) == 0  # a second run reuses every trial (checkpoints and latency store)
     capsys.readouterr()

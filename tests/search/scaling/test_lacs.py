@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from search.noise import Margin, Spread, pooled_std
 from search.scaling.lacs import (
     DEFAULT_PHIS,
     Coefficients,
@@ -143,3 +144,66 @@ def test_read_family_bad_files(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"members": []}))
     with pytest.raises(SpecError, match="not a version-1 family"):
         read_family(tmp_path / "old.json")
+
+
+def _noisy_accuracy(noise):
+    """A proxy whose top-1 rises with depth and resolution, plus a seed-dependent wobble of `noise`."""
+    def accuracy_of(spec, seed=0):
+        return 0.5 + 0.1 * math.log(spec.depth) + 0.3 * math.log(spec.resolution / 224) + noise * (-1) ** seed * (seed % 3)
+
+    accuracy_of.spread = lambda spec, repeats: Spread(tuple(accuracy_of(spec, seed) for seed in range(repeats)))
+    return accuracy_of
+
+
+def _latency(spec):
+    return 10.0 * spec.depth * spec.width**2 * (spec.resolution / 224) ** 6
+
+
+@pytest.mark.parametrize(("noise", "inside"), [(0.5, True), (1e-6, False)])
+def test_each_lacs_decision_is_judged_against_the_seed_noise(tmp_path, noise, inside):
+    from search.scaling.job import LacsSettings, run
+
+    settings = LacsSettings(grid_step=0.25, tolerance=0.25, fine_step=None, w=-0.5, phis=(0.0, 1.0), noise_repeats=3)
+    lines = []
+    result = run(X_B0, tmp_path / "lacs", _noisy_accuracy(noise), _latency, "cpu-test", settings, say=lines.append)
+    for key in ("lacs", "accuracy_only"):
+        decision = result[key]["decision"]
+        assert decision["margin"]["inside_noise"] is inside and decision["margin"]["noise_std"] > 0
+        assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == [3, 3]
+    assert result["accuracy_noise_std"] > 0 and all(t["accuracy_std"] == result["accuracy_noise_std"] for t in result["trials"])
+    verdict = "inside the seed noise" if inside else "more than the seed noise"
+    assert sum(verdict in line for line in lines) == 2, lines
+
+
+def test_without_repeats_the_noise_is_said_to_be_unknown(tmp_path):
+    from search.scaling.job import LacsSettings, run
+
+    settings = LacsSettings(grid_step=0.25, tolerance=0.25, fine_step=None, w=-0.5, phis=(0.0, 1.0), noise_repeats=1)
+    lines = []
+    result = run(X_B0, tmp_path / "lacs", _noisy_accuracy(0.1), _latency, "cpu-test", settings, say=lines.append)
+    assert result["accuracy_noise_std"] is None and result["lacs"]["decision"]["margin"]["inside_noise"] is None
+    assert any("seed noise unknown" in line for line in lines)
+
+
+def test_finalists_are_ranked_by_their_mean_over_seeds(tmp_path):
+    from search.scaling.job import _decide
+    from search.scaling.lacs import Trial
+
+    a, b = Coefficients(1.2, 1.1, 1.15), Coefficients(1.5, 1.05, 1.05)
+    trials = [Trial(a, 0.60, 1.0, 0.60, "coarse"), Trial(b, 0.50, 1.0, 0.50, "coarse")]  # a wins on its one seed...
+    means = {a.astuple(): (0.60, 0.40, 0.41), b.astuple(): (0.50, 0.52, 0.51)}  # ...but b is better on average
+
+    def spread_of(spec, repeats):
+        key = next(k for k in means if scale(X_B0, Coefficients(*k), 1.0) == spec)
+        return Spread(means[key][:repeats])
+
+    decision = _decide(trials, "accuracy", X_B0, spread_of, 3)
+    assert decision.winner.coefficients == b and decision.runner_up.coefficients == a
+    assert decision.margin.value == pytest.approx(0.51 - 0.47)
+
+
+def test_spread_pooled_noise_and_margins():
+    assert Spread((1.0,)).std is None and Spread((1.0, 3.0)).std == pytest.approx(math.sqrt(2))
+    assert pooled_std([Spread((1.0, 3.0)), Spread((10.0, 10.0, 13.0))]) == pytest.approx(math.sqrt((2 + 6) / 3))
+    assert pooled_std([Spread((1.0,))]) is None
+    assert Margin(0.05, 0.02).inside_noise is False and Margin(0.03, 0.02).inside_noise is True and Margin(0.1, None).inside_noise is None

@@ -1,0 +1,66 @@
+"""How much a proxy measurement moves when only the seed changes, and whether a decision's margin is larger than that.
+
+A proxy top-1 from a short training run is one draw: the same architecture trained again with another seed lands
+elsewhere. `Spread` is the mean and standard deviation of several draws; `pooled_std` combines the spreads of several
+architectures (each with its own mean) into one estimate of the seed noise; `Margin` says whether a difference
+between two candidates is more than `NOISE_SIGMAS` standard deviations of it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+NOISE_SIGMAS = 2.0
+"""A margin is signal when it exceeds this many standard deviations of the difference's seed noise."""
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Repeated draws of one measurement (the same architecture, different seeds)."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation; None with fewer than two draws."""
+        return statistics.stdev(self.samples) if len(self.samples) > 1 else None
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "samples": list(self.samples)}
+
+
+def pooled_std(spreads: Sequence[Spread]) -> float | None:
+    """The seed noise of one draw, pooled over architectures: sqrt(sum of squared deviations / degrees of freedom)."""
+    squares = sum(sum((x - s.mean) ** 2 for x in s.samples) for s in spreads)
+    freedom = sum(len(s.samples) - 1 for s in spreads)
+    return math.sqrt(squares / freedom) if freedom > 0 else None
+
+
+@dataclass(frozen=True)
+class Margin:
+    """The difference `value` between a winner and its runner-up, against `noise`, the std of that difference."""
+
+    value: float
+    noise: float | None
+
+    @property
+    def inside_noise(self) -> bool | None:
+        """True when the margin is within NOISE_SIGMAS of the noise (the ranking may be chance); None if unknown."""
+        return None if self.noise is None else abs(self.value) <= NOISE_SIGMAS * self.noise
+
+    def describe(self, unit: str = "") -> str:
+        if self.noise is None:
+            return f"by {self.value:.4g}{unit} (seed noise unknown: measure it with repeats >= 2)"
+        verdict = ("inside the seed noise: this ranking may be chance" if self.inside_noise
+                   else "more than the seed noise")
+        return f"by {self.value:.4g}{unit} +- {self.noise:.2g} (1 std of the difference), {verdict}"
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "noise_std": self.noise, "sigmas": NOISE_SIGMAS, "inside_noise": self.inside_noise}
