@@ -128,6 +128,10 @@ class ProxyEvaluator:
     def latency(self, spec: ModelSpec) -> float:
         return self._latency(spec)
 
+    def accuracy_spread(self, spec: ModelSpec, repeats: int) -> Spread:
+        """Top-1 over seeds 0..repeats-1 (seed 0: the search's own run, cached): what search/nas/verdict.py judges with."""
+        return self.accuracy.spread(spec, repeats)
+
 
 def load_evaluator(reference: str):
     """The evaluator factory named 'module:attribute' (called as factory(config, work_dir)); a clear error if absent."""

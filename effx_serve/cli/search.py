@@ -54,7 +54,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             overrides["num_classes"] = len(class_names(args.data))
         config = SearchConfig(**overrides)
     say = progress_lines(quiet=args.json)
-    result = nas_job.run(config, settings, out, args.workers, args.resume, overrides, say, progress=not args.json)
+    result = nas_job.run(config, settings, out, args.workers, args.resume, overrides, say, progress=not args.json,
+                         noise_repeats=args.noise_repeats)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -71,6 +72,12 @@ def _print_result(result: dict, out: Path) -> None:
               f"reward {best['reward']:.4f}")
     for row in result["baselines"]:
         print(f"  {row['role'].split(':', 1)[1]:18s} top-1 {100 * row['accuracy']:.1f}%, {row['latency_ms']:.4g} ms, reward {row['reward']:.4f}")
+    noise = result.get("noise") or {}
+    if noise.get("accuracy_std") is not None:
+        print(f"seed noise: top-1 +- {100 * noise['accuracy_std']:.1f} points (1 std, {noise['repeats']} seeds per finalist)")
+        for row in noise["comparisons"]:
+            verdict = "inside the seed noise: may be chance" if row["inside_noise"] else "more than the seed noise"
+            print(f"  best over {row['other_role']}: {100 * row['value']:+.1f} points, {verdict}")
     print(f"Pareto front: {len(result['pareto_front'])} architectures")
     print(f"written: {out / 'search.json'}, {out / 'pareto.json'}, {out / 'pareto.png'}, {out / 'trials.csv'}" +
           (f", {out / 'best-spec.json'} (effx-serve lacs --base {out / 'best-spec.json'})" if result["best"] else ""))
@@ -86,6 +93,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--budget-minutes", type=positive_float, metavar="M", help="start no trial that would end after M minutes")
     p.add_argument("--resume", action="store_true", help="continue (or join) the search in the storage, with its settings")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--noise-repeats", type=int, default=3, choices=range(0, 11), metavar="N",
+                   help="after the search, seeds the best, the runner-up and the baselines are trained with, to judge the best's "
+                        "margins against the seed noise (0 or 1: not measured; default: %(default)s)")
     p.add_argument("--storage", metavar="URL", help="shared storage: an RDB URL (postgresql+psycopg://..., sqlite:///f.db) or a journal "
                                                      "file path (default: OUT/trials.journal)")
     p.add_argument("--space", metavar="FILE", help="a JSON file narrowing the search space: {\"stage\": {\"kernel\": [3]}, ...}")

@@ -19,6 +19,7 @@ from effx_serve.core.errors import UserError
 from search.evaluators import load_evaluator
 from search.nas import report as nas_report
 from search.nas import storage as stores
+from search.nas import verdict
 from search.nas import worker as nas
 from search.nas.worker import SearchConfig, WorkerSettings
 
@@ -58,7 +59,9 @@ def _worker_main(settings: WorkerSettings) -> None:
 
 
 def run(config: SearchConfig, settings: WorkerSettings, out: Path, workers: int = 1, resume: bool = False,
-        overrides: dict | None = None, say: Callable[[str], None] = print, progress: bool = True) -> dict:
+        overrides: dict | None = None, say: Callable[[str], None] = print, progress: bool = True, noise_repeats: int = 3) -> dict:
+    """Run the search to its budget and write its outputs; then, with `noise_repeats` >= 2, retrain the finalists with
+    more seeds and judge the best's margins against the seed noise (search/nas/verdict.py), into the same outputs."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +78,9 @@ def run(config: SearchConfig, settings: WorkerSettings, out: Path, workers: int 
         result = nas_report.write_outputs(out, records(study, config), config)
     if failed_workers:
         raise UserError("; ".join(failed_workers))
+    if noise_repeats >= 2 and result["best"] is not None:
+        found = records(study, config)
+        result = nas_report.write_outputs(out, found, config, verdict.judge(found, config, settings.work_dir, noise_repeats, say))
     return result
 
 

@@ -84,7 +84,7 @@ def best(records: list[TrialRecord]) -> TrialRecord | None:
     return max(done, key=lambda r: (r.reward, -r.latency_ms)) if done else None
 
 
-def summary(records: list[TrialRecord], config: SearchConfig) -> dict:
+def summary(records: list[TrialRecord], config: SearchConfig, noise: dict | None = None) -> dict:
     states = {}
     for r in records:
         states[r.state] = states.get(r.state, 0) + 1
@@ -92,11 +92,12 @@ def summary(records: list[TrialRecord], config: SearchConfig) -> dict:
     return {"config": config.to_dict(), "trials": len(records), "states": states,
             "best": asdict(winner) if winner else None,
             "baselines": [asdict(r) for r in records if r.role.startswith("baseline:") and r.state == "complete"],
-            "pareto_front": [asdict(r) for r in pareto_front(records)], "records": [asdict(r) for r in records]}
+            "pareto_front": [asdict(r) for r in pareto_front(records)], "noise": noise, "records": [asdict(r) for r in records]}
 
 
-def write_outputs(out: Path, records: list[TrialRecord], config: SearchConfig) -> dict:
-    result = summary(records, config)
+def write_outputs(out: Path, records: list[TrialRecord], config: SearchConfig, noise: dict | None = None) -> dict:
+    """Every output file; `noise`: the seed-noise verdict (search/nas/verdict.py) when it was measured."""
+    result = summary(records, config, noise)
     write_atomic(out / "search.json", json.dumps(result, indent=2))
     write_atomic(out / "pareto.json", json.dumps({"hardware": config.hardware_id, "objectives": ["accuracy (max)", "latency_ms (min)"],
                                                   "front": result["pareto_front"]}, indent=2))
@@ -105,7 +106,7 @@ def write_outputs(out: Path, records: list[TrialRecord], config: SearchConfig) -
     if winner is not None:
         spec = config.spec(winner.point, name=f"searched-{config.hardware_id}-{winner.hash[:8]}")
         write_atomic(out / "best-spec.json", json.dumps(spec.to_dict(), indent=2))
-    plot_front(records, config, out / "pareto.png")
+    plot_front(records, config, out / "pareto.png", (noise or {}).get("accuracy_std"))
     return result
 
 
@@ -123,7 +124,7 @@ def trial_table(records: list[TrialRecord]) -> str:
     return buffer.getvalue()
 
 
-def plot_front(records: list[TrialRecord], config: SearchConfig, path: Path) -> None:
+def plot_front(records: list[TrialRecord], config: SearchConfig, path: Path, noise: float | None = None) -> None:
     done = [r for r in records if r.state == "complete"]
     if not done:
         return
@@ -132,7 +133,8 @@ def plot_front(records: list[TrialRecord], config: SearchConfig, path: Path) -> 
         return
     front, winner = pareto_front(records), best(records)
     fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter([r.latency_ms for r in done], [100 * r.accuracy for r in done], s=16, color="0.6", label="trials")
+    ax.errorbar([r.latency_ms for r in done], [100 * r.accuracy for r in done], yerr=None if noise is None else 100 * noise, fmt="o",
+                markersize=4, color="0.6", capsize=2, label="trials" + ("" if noise is None else f" (bars: seed noise +-{100 * noise:.1f} pts)"))
     ax.step([r.latency_ms for r in front], [100 * r.accuracy for r in front], where="post", color="C0", label="Pareto front")
     ax.scatter([r.latency_ms for r in front], [100 * r.accuracy for r in front], s=28, color="C0")
     for r in done:

@@ -41,3 +41,15 @@ class StubEvaluator:
         swish = sum(1 for s in spec.stages if (s.activation or spec.activation) == "swish")
         se = sum(1 for s in spec.stages if s.se_ratio)
         return min(0.95, 0.05 * math.log(macs) + 0.004 * swish + 0.003 * se)
+
+
+class NoisyStubEvaluator(StubEvaluator):
+    """The stub, with a seed noise of known size: seed s adds NOISE * (+1, -1, +2, ...)[s] to its top-1."""
+
+    NOISE = 0.01
+
+    def accuracy_spread(self, spec, repeats: int):
+        from search.noise import Spread
+
+        base = StubEvaluator.accuracy(self, spec)
+        return Spread(tuple(base + self.NOISE * (0, 1, -1, 2, -2)[seed % 5] for seed in range(repeats)))

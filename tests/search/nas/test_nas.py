@@ -341,7 +341,7 @@ def test_a_real_search_trains_and_measures_candidates(tmp_path, capsys):
     generate_demo_data(tmp_path / "data", size=10, image_size=32)
     out = tmp_path / "s"
     argv = ["search", "--out", str(out), "--data", str(tmp_path / "data"), "--budget-trials", "3", "--resolution", "32",
-            "--width", "0.25", "--depth", "0.34", "--epochs", "1", "--batch-size", "16"]
+            "--width", "0.25", "--depth", "0.34", "--epochs", "1", "--batch-size", "16", "--noise-repeats", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "latency target T" in printed.err and "best reward: trial" in printed.out
@@ -350,4 +350,29 @@ def test_a_real_search_trains_and_measures_candidates(tmp_path, capsys):
     for record in result["records"]:
         assert 0 <= record["accuracy"] <= 1 and record["latency_ms"] > 0
         assert record["latency_source"] == "measured (onnxruntime, batch 1)"
-    assert len(list((out / "proxy").iterdir())) == 3  # one proxy-training folder per candidate, resumable
+    folders = sorted(path.name for path in (out / "proxy").iterdir())  # one proxy-training folder per candidate and seed, resumable
+    assert len(folders) == 6 and sum(name.endswith("-seed1") for name in folders) == 3  # 3 finalists (all 3 trials) x 1 more seed
+    assert result["noise"]["accuracy_std"] is not None and len(result["noise"]["comparisons"]) == 2
+
+
+@pytest.mark.parametrize(("noise", "inside"), [("0.5", True), ("0.000001", False)])
+def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, capsys, monkeypatch, noise, inside):
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.setattr("tests.search.nas.nas_stubs.NoisyStubEvaluator.NOISE", float(noise))
+    out = tmp_path / "s"
+    argv = ["search", "--out", str(out), "--evaluator", "tests.search.nas.nas_stubs:NoisyStubEvaluator", "--resolution", "32",
+            "--width", "0.25", "--population", "4", "--budget-trials", "6", "--noise-repeats", "3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "search.json").read_text())["noise"]
+    assert saved["repeats"] == 3 and saved["accuracy_std"] > 0
+    roles = [f["role"] for f in saved["finalists"]]
+    assert len(roles) >= 3 and sum(role.startswith("baseline:") for role in roles) == 2  # the best, the runner-up, both baselines
+    assert all(len(f["samples"]) == 3 for f in saved["finalists"])
+    assert saved["comparisons"] and all(c["inside_noise"] is inside for c in saved["comparisons"])
+    assert "seed noise: top-1 +-" in printed and ("may be chance" in printed) is inside
+
+
+def test_without_a_spread_the_noise_is_not_measured(tmp_path):
+    result = nas_job.run(stub_config(), settings_for(tmp_path, budget_trials=4), tmp_path, say=lambda line: None, progress=False, noise_repeats=3)
+    assert result["noise"] == {"repeats": 3, "accuracy_std": None, "finalists": [], "comparisons": []}

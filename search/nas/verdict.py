@@ -1,0 +1,49 @@
+"""Whether a search's conclusions are more than the proxy's seed noise.
+
+Each trial's top-1 is one short training run. After the search, the best trial by reward, the runner-up (the next
+architecture by reward) and every baseline are trained again with seeds 1..repeats-1 (an evaluator that can:
+`accuracy_spread(spec, repeats) -> Spread`). Their deviations pool into one seed-noise estimate (the std of one
+proxy top-1), and each comparison of the best with another finalist says whether its top-1 margin (of the means)
+is more than 2 standard deviations of the difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from search.evaluators import load_evaluator
+from search.nas.report import TrialRecord, best
+from search.nas.worker import SearchConfig
+from search.noise import Margin, pooled_std
+
+
+def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: int, say: Callable[[str], None] = print) -> dict:
+    """{"repeats", "accuracy_std", "finalists": [{number, role, samples...}], "comparisons": [{other, margin...}]}; the
+    noise is None (and nothing retrained) with repeats < 2 or an evaluator without accuracy_spread."""
+    winner = best(records)
+    empty = {"repeats": repeats, "accuracy_std": None, "finalists": [], "comparisons": []}
+    if winner is None or repeats < 2:
+        return empty
+    evaluator = load_evaluator(config.evaluator)(config, work_dir)
+    spread_of = getattr(evaluator, "accuracy_spread", None)
+    if spread_of is None:
+        say(f"seed noise not measured: the evaluator {config.evaluator} has no accuracy_spread")
+        return empty
+    done = sorted((r for r in records if r.state == "complete" and r.duplicate_of is None and r.point is not None),
+                  key=lambda r: (r.reward, -r.latency_ms), reverse=True)
+    runner_up = next((r for r in done if r.arch_hash != winner.arch_hash and not r.role.startswith("baseline:")), None)
+    finalists = [winner] + [r for r in done if r is not winner and (r is runner_up or r.role.startswith("baseline:"))]
+    space = config.search_space()
+    say(f"measuring the seed noise: {len(finalists)} finalists x {repeats} seeds")
+    spreads = {r.number: spread_of(config.spec(r.point, space), repeats) for r in finalists}
+    noise = pooled_std(list(spreads.values()))
+    comparisons = []
+    for other in finalists[1:]:
+        margin = Margin(spreads[winner.number].mean - spreads[other.number].mean, None if noise is None else math.sqrt(2) * noise)
+        name = other.role.split(":", 1)[1] if other.role.startswith("baseline:") else f"runner-up (trial {other.number})"
+        say(f"best (trial {winner.number}) over {name}: top-1 {margin.describe(' of top-1')}")
+        comparisons.append({"best": winner.number, "other": other.number, "other_role": other.role} | margin.to_dict())
+    return {"repeats": repeats, "accuracy_std": noise,
+            "finalists": [{"number": r.number, "role": r.role} | spreads[r.number].to_dict() for r in finalists],
+            "comparisons": comparisons}
