@@ -1,4 +1,5 @@
-"""`effx-serve family` and `lacs`: compound scaling of a base into B0..Bn, and latency-aware search for its coefficients."""
+"""`effx-serve family`, `lacs` and `noise`: compound scaling of a base into B0..Bn, latency-aware search for its
+coefficients, and the seed noise of the proxy measurements those searches decide on."""
 
 from __future__ import annotations
 
@@ -32,6 +33,40 @@ def cmd_family(args: argparse.Namespace) -> int:
         row["mparams"], row["gmacs"] = row["params"] / 1e6, row["macs"] / 1e9
     print(table(rows, [("member", "name", ""), ("phi", "phi", "g"), ("depth", "depth", "g"), ("width", "width", "g"),
                         ("res", "resolution", "d"), ("blocks", "blocks", "d"), ("params(M)", "mparams", ".2f"), ("GMACs", "gmacs", ".3f")]))
+    return 0
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    """Train one architecture under the proxy recipe with several seeds and time it several times: mean and std of both."""
+    require_training("noise")
+    from effx_serve.perf.measure import onnx_file
+    from effx_serve.perf.profiler import profile_onnx
+    from effx_serve.perf.session import CPU_THREADS
+    from search.noise import NOISE_SIGMAS, Spread
+
+    spec = load_spec(args.base)
+    if args.resolution:
+        spec = spec.with_(resolution=args.resolution)
+    say = progress_lines(quiet=args.json)
+    accuracy = ProxyAccuracy(Path(args.data), Path(args.out) / "proxy", epochs=args.epochs, stride=args.subset_stride)
+    tops = []
+    for seed in range(args.repeats):
+        tops.append(accuracy(spec, seed))
+        say(f"  seed {seed}: top-1 {100 * tops[-1]:.2f}%")
+    top1 = Spread(tuple(tops))
+    path = onnx_file(spec, spec.resolution)  # latency depends on the graph, not the weights
+    latency = Spread(tuple(profile_onnx(path, 1, spec.resolution, threads=CPU_THREADS)[0].p50_ms for _ in range(args.repeats)))
+    result = {"spec": spec.name, "resolution": spec.resolution, "epochs": args.epochs, "repeats": args.repeats,
+              "top1": top1.to_dict(), "latency_ms": latency.to_dict(), "sigmas": NOISE_SIGMAS}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    std, lat_std = top1.std or 0.0, latency.std or 0.0
+    print(f"{spec.name} at {spec.resolution} px, {args.epochs} proxy epochs, {args.repeats} seeds: "
+          f"top-1 {100 * top1.mean:.2f}% +- {100 * std:.2f} (1 std)")
+    print(f"latency p50 at batch 1 (ONNX Runtime, {args.repeats} timings): {latency.mean:.4f} ms +- {lat_std:.4f} ({100 * lat_std / latency.mean:.1f}%)")
+    print(f"two such models' top-1 differ by chance up to ~{100 * NOISE_SIGMAS * 2**0.5 * std:.1f} points "
+          f"({NOISE_SIGMAS:g} std of a difference): smaller margins are noise")
     return 0
 
 
@@ -95,3 +130,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch", type=positive_int, default=1, help="batch size latency is measured at")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lacs)
+
+    p = sub.add_parser("noise", help="the proxy's seed noise: train one architecture with several seeds, time it several times")
+    p.add_argument("--base", required=True, metavar="SPEC", help="preset name, spec JSON file or inline JSON")
+    p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder dataset for proxy training")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the proxy-training checkpoints go (a rerun reuses them)")
+    p.add_argument("--resolution", type=positive_int, help="input resolution (default: the spec's)")
+    p.add_argument("--repeats", type=int, default=5, choices=range(2, 21), metavar="N", help="seeds and timings (2-20, default 5)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="proxy training epochs (default 2, as lacs)")
+    p.add_argument("--subset-stride", type=positive_int, default=1, help="proxy-train on every N-th training image")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_noise)

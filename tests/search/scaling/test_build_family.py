@@ -62,3 +62,16 @@ def test_lacs_then_build_family_on_tiny_data(tmp_path, capsys):
 def test_bad_input(argv, message, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_noise_trains_one_architecture_with_several_seeds(tmp_path, capsys):
+    data = tmp_path / "data"
+    generate_demo_data(data, size=8, image_size=32)
+    argv = ["noise", "--base", BASE.to_json(), "--data", str(data), "--out", str(tmp_path / "noise"), "--repeats", "2", "--epochs", "1"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["top1"]["samples"]) == 2 and result["top1"]["std"] is not None
+    assert len(result["latency_ms"]["samples"]) == 2 and result["latency_ms"]["mean"] > 0
+    assert sorted(p.name.endswith("-seed1") for p in (tmp_path / "noise" / "proxy").iterdir()) == [False, True]
+    assert main(argv) == 0  # a rerun reuses both trainings and says what the noise means
+    assert "smaller margins are noise" in capsys.readouterr().out
