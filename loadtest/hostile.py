@@ -77,10 +77,13 @@ def read_status(sock: socket.socket) -> int | str:
         return "reset"
     except TimeoutError:
         return "no answer"
-    if not first:
-        return "closed"
+    return _status(first)
+
+
+def _status(first: bytes) -> int | str:
+    """The status code at the start of an answer, or "closed" (no answer)."""
     parts = first.split(b" ", 2)
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else "garbled"
+    return "closed" if not first else int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else "garbled"
 
 
 # -- the attacks -------------------------------------------------------------------------------------------------------
@@ -115,17 +118,23 @@ def held_bodies(target: Target) -> Outcome:
             pass
         socks.append(sock)
     time.sleep(HOLD_S / 2)
-    for sock in socks:
-        sock.setblocking(False)
-        try:  # refused ones (429) have answered by now; the rest are still held
-            first = sock.recv(64)
-            outcome.add(int(first.split(b" ")[1]) if first else "closed")
-        except BlockingIOError:
-            outcome.add("held")
-        except ConnectionResetError:
-            outcome.add("reset")
-        sock.close()
+    for sock in socks:  # refused ones (429) have answered by now; the rest are still held
+        outcome.add(_held_or_answered(sock))
     return outcome
+
+
+def _held_or_answered(sock: socket.socket) -> int | str:
+    """What the server did with a connection it was left holding, without waiting: its status, closed, held or reset."""
+    sock.setblocking(False)
+    try:
+        first = sock.recv(64)
+    except BlockingIOError:
+        return "held"
+    except ConnectionResetError:
+        return "reset"
+    finally:
+        sock.close()
+    return _status(first)
 
 
 def _parallel(work: Callable[[], None], copies: int) -> None:
@@ -218,14 +227,7 @@ def idle_connections(target: Target) -> Outcome:
     socks = [target.connect() for _ in range(target.count(2000))]
     time.sleep(HOLD_S)
     for sock in socks:
-        sock.setblocking(False)
-        try:
-            outcome.add("closed" if sock.recv(1) == b"" else "data")
-        except BlockingIOError:
-            outcome.add("held")
-        except ConnectionResetError:
-            outcome.add("reset")
-        sock.close()
+        outcome.add(_held_or_answered(sock))
     return outcome
 
 
@@ -246,7 +248,7 @@ def slow_heads(target: Target) -> Outcome:
                     answered = sock.recv(64)
                 except TimeoutError:
                     continue
-                outcome.add(int(answered.split(b" ")[1]) if answered else "closed")
+                outcome.add(_status(answered))
                 return
             outcome.add("completed its head")
 

@@ -50,6 +50,12 @@ def _wait_for(condition, timeout: float, what: str, processes=()) -> None:
         time.sleep(0.02)
 
 
+def _kill(*processes) -> None:
+    for process in processes:
+        if process and process.poll() is None:
+            process.kill()
+
+
 def _records(url: str, tmp_path: Path) -> tuple[list, dict]:
     """The search's trials in the database, as the outputs record them (state: complete, interrupted, skipped, ...), and by number."""
     study, config = nas.load_study(WorkerSettings(storage=url, journal=tmp_path / "unused.journal", work_dir=tmp_path))
@@ -90,9 +96,7 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres_url):
                                   stderr=subprocess.PIPE, text=True)
         results = [_finish(first), _finish(second)]
     finally:
-        for process in (first, second):
-            if process and process.poll() is None:
-                process.kill()
+        _kill(first, second)
     records, trials = _records(postgres_url, tmp_path)
     states = [r.state for r in records]
     assert states.count("complete") == 16 and set(states) <= {"complete", "skipped"}  # exact; a trial past the budget is skipped
@@ -123,9 +127,7 @@ def test_kill_9_of_a_worker_is_recovered_by_the_other(tmp_path, postgres_url):
         in_flight = [number for pid, number in _evaluations(log) if pid == victim.pid][-1]
         result = _finish(survivor)
     finally:
-        for process in (victim, survivor):
-            if process and process.poll() is None:
-                process.kill()
+        _kill(victim, survivor)
     records, trials = _records(postgres_url, tmp_path)
     states = [r.state for r in records]
     assert states.count("complete") == 12 and set(states) <= {"complete", "interrupted", "skipped"}  # the budget is still exact
