@@ -13,6 +13,7 @@ import pytest
 from effx_serve.core.photos import synthetic_photo
 from effx_serve.serve.catalog import Catalog
 from effx_serve.serve.dispatch import DeadlineMissed, Dispatcher, ImageInfo
+from effx_serve.serve.errors import UnreadableImage
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Sla
 from effx_serve.serve.settings import DispatchSettings
@@ -188,3 +189,29 @@ def test_routing_and_scheduling_need_no_member_file_and_survive_1000_queued_requ
 def test_the_costing_must_be_known():
     with pytest.raises(ValueError):
         DispatchSettings(costing="guess")
+
+
+def test_decoding_stops_when_a_hard_deadline_passes_and_a_failed_image_stops_the_rest(monkeypatch):
+    from effx_serve.core import preprocess
+    from loadtest.attacks import png_pixel_bomb
+
+    stopped, original = [], preprocess.DecodeStopped.__init__
+    monkeypatch.setattr(preprocess.DecodeStopped, "__init__", lambda self, reason: (stopped.append(reason), original(self, reason))[1])
+    bomb, info = png_pixel_bomb(3000, 3000), ImageInfo("PNG", 3000 * 3000)
+
+    async def scenario():
+        d, _ = dispatcher(lanes=2)
+        await d.start()
+        try:
+            with pytest.raises(DeadlineMissed, match="latency bound"):
+                await d.decode([bomb], [info], SMALL, time.monotonic() + 0.02, hard=True)
+            # One image cannot be read: the request fails at once, and the bomb decoding beside it (taken first) stops.
+            with pytest.raises(UnreadableImage, match="image 1"):
+                await d.decode([bomb, b"not an image"], [info, ImageInfo(None, 0)], SMALL, math.inf)
+            while d.cpu.busy:
+                await asyncio.sleep(0.01)
+        finally:
+            await d.close()
+
+    run(scenario())
+    assert stopped == ["deadline", "the request ended"]
