@@ -54,7 +54,7 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
 
     trials = lacs.search(base, accuracy_of, latency_of, target, grid, settings.fine_step, settings.top_k, settings.w, report)
     spread_of = getattr(accuracy_of, "spread", None) if settings.noise_repeats >= 2 else None
-    decisions = {by: _decide(trials, by, base, spread_of, settings.noise_repeats) for by in ("reward", "accuracy")}
+    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats) for by in ("reward", "accuracy")}
     noise = pooled_std([spread for decision in decisions.values() for spread in decision.spreads.values()])
     for by, label in (("reward", "LACS"), ("accuracy", "accuracy-only")):
         say(f"{label} winner {decisions[by].winner.coefficients.astuple()} beats the runner-up {decisions[by].describe()}")
@@ -96,7 +96,7 @@ class Decision:
                 "finalists": [{"coefficients": list(key), "accuracy": spread.to_dict()} for key, spread in self.spreads.items()]}
 
 
-def _decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int) -> Decision:
+def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int) -> Decision:
     """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means."""
     ranked = sorted(trials, key=lambda t: (t.reward if by == "reward" else t.accuracy, -t.latency_ms), reverse=True)
     if len(ranked) < 2:

@@ -111,8 +111,8 @@ def test_kill_9_of_a_worker_is_recovered_by_the_other(tmp_path, postgres_url):
     """A worker killed mid-trial loses that trial only: the other marks it interrupted (no heartbeat) and finishes the budget."""
     log = tmp_path / "evaluations.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EFFX_STUB_LOG": str(log)}
-    # The victim's trials take 1.5 s, so the kill lands in one; the survivor's take 0.3 s.
-    victim = subprocess.Popen(_cli(tmp_path / "a", postgres_url, 12, "--stale-after", "2"), env={**env, "EFFX_STUB_SLEEP": "1.5"},
+    # The victim's trials take 3 s, so the kill lands in one even on a loaded machine; the survivor's take 0.3 s.
+    victim = subprocess.Popen(_cli(tmp_path / "a", postgres_url, 12, "--stale-after", "2"), env={**env, "EFFX_STUB_SLEEP": "3"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     survivor = None
     try:
@@ -122,9 +122,11 @@ def test_kill_9_of_a_worker_is_recovered_by_the_other(tmp_path, postgres_url):
         _wait_for(lambda: any(pid == survivor.pid for pid, _ in _evaluations(log)), 60, "the second worker's first trial", [victim, survivor])
         started = sum(pid == victim.pid for pid, _ in _evaluations(log))
         _wait_for(lambda: sum(pid == victim.pid for pid, _ in _evaluations(log)) > started, 30, "the victim's next trial", [victim, survivor])
-        victim.send_signal(signal.SIGKILL)  # mid-evaluation: its trial has 1.5 s to go
-        victim.wait()
         in_flight = [number for pid, number in _evaluations(log) if pid == victim.pid][-1]
+        _wait_for(lambda: storage.HEARTBEAT_KEY in _records(postgres_url, tmp_path)[1][in_flight].system_attrs, 30,
+                  "the victim's first heartbeat", [victim, survivor])
+        victim.send_signal(signal.SIGKILL)  # mid-evaluation, beating: its trial has seconds to go
+        victim.wait()
         result = _finish(survivor)
     finally:
         _kill(victim, survivor)

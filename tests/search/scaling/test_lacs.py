@@ -186,7 +186,7 @@ def test_without_repeats_the_noise_is_said_to_be_unknown(tmp_path):
 
 
 def test_finalists_are_ranked_by_their_mean_over_seeds(tmp_path):
-    from search.scaling.job import _decide
+    from search.scaling.job import decide
     from search.scaling.lacs import Trial
 
     a, b = Coefficients(1.2, 1.1, 1.15), Coefficients(1.5, 1.05, 1.05)
@@ -197,7 +197,7 @@ def test_finalists_are_ranked_by_their_mean_over_seeds(tmp_path):
         key = next(k for k in means if scale(X_B0, Coefficients(*k), 1.0) == spec)
         return Spread(means[key][:repeats])
 
-    decision = _decide(trials, "accuracy", X_B0, spread_of, 3)
+    decision = decide(trials, "accuracy", X_B0, spread_of, 3)
     assert decision.winner.coefficients == b and decision.runner_up.coefficients == a
     assert decision.margin.value == pytest.approx(0.51 - 0.47)
 
