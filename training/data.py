@@ -156,6 +156,8 @@ class ImageFolder(Dataset):
                 suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
                 raise SpecError(f"class directory {split_dir / name} has no images ({suffixes}); add some or remove the class")
             self.samples.extend((path, index) for path in images)
+        if len(self.classes) < 2:  # every model would score 100%: nothing to train, rank or search by
+            raise SpecError(f"the dataset {self.root} has {len(self.classes)} class ({', '.join(self.classes)}); a classifier needs at least two")
 
     def __len__(self) -> int:
         return len(self.samples)

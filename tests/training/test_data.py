@@ -106,6 +106,12 @@ def test_layout_errors(tmp_path, setup, split, message):
         ImageFolder(root, split, eval_transform(4))
 
 
+def test_a_dataset_of_one_class_is_refused(tmp_path):
+    root = make_tree(tmp_path / "data", counts={"apple": 3})
+    with pytest.raises(SpecError, match=r"has 1 class \(apple\); a classifier needs at least two"):
+        ImageFolder(root, "train", eval_transform(4))
+
+
 def test_empty_class_directory_is_named(tmp_path):
     root = make_tree(tmp_path / "data")
     (root / "train" / "durian").mkdir()
