@@ -43,6 +43,11 @@ def pooled_std(spreads: Sequence[Spread]) -> float | None:
     return math.sqrt(squares / freedom) if freedom > 0 else None
 
 
+def difference_std(*stds: float) -> float:
+    """The std of a difference (or sum) of independent measurements with these stds."""
+    return math.hypot(*stds)
+
+
 @dataclass(frozen=True)
 class Margin:
     """The difference `value` between a winner and its runner-up, against `noise`, the std of that difference."""

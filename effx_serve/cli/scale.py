@@ -42,7 +42,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     from effx_serve.perf.measure import onnx_file
     from effx_serve.perf.profiler import profile_onnx
     from effx_serve.perf.session import CPU_THREADS
-    from search.noise import NOISE_SIGMAS, Spread
+    from search.noise import NOISE_SIGMAS, Spread, difference_std
 
     spec = load_spec(args.base)
     if args.resolution:
@@ -65,7 +65,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     print(f"{spec.name} at {spec.resolution} px, {args.epochs} proxy epochs, {args.repeats} seeds: "
           f"top-1 {100 * top1.mean:.2f}% +- {100 * std:.2f} (1 std)")
     print(f"latency p50 at batch 1 (ONNX Runtime, {args.repeats} timings): {latency.mean:.4f} ms +- {lat_std:.4f} ({100 * lat_std / latency.mean:.1f}%)")
-    print(f"two such models' top-1 differ by chance up to ~{100 * NOISE_SIGMAS * 2**0.5 * std:.1f} points "
+    print(f"two such models' top-1 differ by chance up to ~{100 * NOISE_SIGMAS * difference_std(std, std):.1f} points "
           f"({NOISE_SIGMAS:g} std of a difference): smaller margins are noise")
     return 0
 

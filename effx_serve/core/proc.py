@@ -34,20 +34,24 @@ def map_large_allocations(threshold_bytes: int = 4 * 2**20) -> bool:
     freed. By default the threshold rises to the size of each large block freed (up to 32 MiB), after which such blocks
     come from the heap of the thread that decoded them and stay in the process: a burst of large images left a server
     at 3x its idle memory for good. False where there is no glibc (nothing changes)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, threshold_bytes))  # M_MMAP_THRESHOLD (malloc.h); fixing it stops the rise
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(libc.mallopt(-3, threshold_bytes)) if libc else False  # M_MMAP_THRESHOLD (malloc.h); fixing it stops the rise
 
 
 def trim_free_memory() -> bool:
     """Give the pages malloc holds free back to the OS (glibc's malloc_trim, which also releases free pages inside its
     heaps: thousands of freed 64 KiB request chunks stay there otherwise). A few ms; False where there is no glibc."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc else False
+
+
+def _glibc():
+    """glibc, when this process runs on it (its malloc tuning functions exist); else None."""
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -79,9 +79,14 @@ def _unique(records) -> list[TrialRecord]:
     return [r for r in records if r.duplicate_of is None]
 
 
+def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The completed architectures, best reward first (the faster first on a tie)."""
+    return sorted(_unique(r for r in records if r.state == "complete"), key=lambda r: (r.reward, -r.latency_ms), reverse=True)
+
+
 def best(records: list[TrialRecord]) -> TrialRecord | None:
-    done = _unique(r for r in records if r.state == "complete")
-    return max(done, key=lambda r: (r.reward, -r.latency_ms)) if done else None
+    done = ranked(records)
+    return done[0] if done else None
 
 
 def summary(records: list[TrialRecord], config: SearchConfig, noise: dict | None = None) -> dict:

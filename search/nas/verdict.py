@@ -9,13 +9,12 @@ is more than 2 standard deviations of the difference.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from search.evaluators import load_evaluator
-from search.nas.report import TrialRecord, best
+from search.nas.report import TrialRecord, best, ranked
 from search.nas.worker import SearchConfig
-from search.noise import Margin, pooled_std
+from search.noise import Margin, difference_std, pooled_std
 
 
 def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: int, say: Callable[[str], None] = print) -> dict:
@@ -30,8 +29,7 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
     if spread_of is None:
         say(f"seed noise not measured: the evaluator {config.evaluator} has no accuracy_spread")
         return empty
-    done = sorted((r for r in records if r.state == "complete" and r.duplicate_of is None and r.point is not None),
-                  key=lambda r: (r.reward, -r.latency_ms), reverse=True)
+    done = [r for r in ranked(records) if r.point is not None]
     runner_up = next((r for r in done if r.arch_hash != winner.arch_hash and not r.role.startswith("baseline:")), None)
     finalists = [winner] + [r for r in done if r is not winner and (r is runner_up or r.role.startswith("baseline:"))]
     space = config.search_space()
@@ -40,7 +38,7 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
     noise = pooled_std(list(spreads.values()))
     comparisons = []
     for other in finalists[1:]:
-        margin = Margin(spreads[winner.number].mean - spreads[other.number].mean, None if noise is None else math.sqrt(2) * noise)
+        margin = Margin(spreads[winner.number].mean - spreads[other.number].mean, None if noise is None else difference_std(noise, noise))
         name = other.role.split(":", 1)[1] if other.role.startswith("baseline:") else f"runner-up (trial {other.number})"
         say(f"best (trial {winner.number}) over {name}: top-1 {margin.describe(' of top-1')}")
         comparisons.append({"best": winner.number, "other": other.number, "other_role": other.role} | margin.to_dict())

@@ -11,14 +11,13 @@ Trials are cached (proxy-training checkpoints and the latency store), so a kille
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
-from search.noise import Margin, Spread, pooled_std
+from search.noise import Margin, Spread, difference_std, pooled_std
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
 from training.arch.family_file import FAMILY_VERSION
@@ -98,15 +97,14 @@ class Decision:
 
 def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int) -> Decision:
     """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means."""
-    ranked = sorted(trials, key=lambda t: (t.reward if by == "reward" else t.accuracy, -t.latency_ms), reverse=True)
-    if len(ranked) < 2:
-        return Decision(by, ranked[0], None, None, {})
-    finalists, spreads = ranked[:2], {}
+    order = lacs.ranked(trials, by)
+    if len(order) < 2:
+        return Decision(by, order[0], None, None, {})
+    finalists, spreads = order[:2], {}
     if spread_of is not None:
         for trial in finalists:
             spreads[trial.coefficients.astuple()] = spread_of(lacs.scale(base, trial.coefficients, 1.0), repeats)
-        finalists = [_with_accuracy(t, spreads[t.coefficients.astuple()].mean) for t in finalists]
-        finalists.sort(key=lambda t: (t.reward if by == "reward" else t.accuracy, -t.latency_ms), reverse=True)
+        finalists = lacs.ranked([_with_accuracy(t, spreads[t.coefficients.astuple()].mean) for t in finalists], by)
     winner, runner_up = finalists
     noise = pooled_std(list(spreads.values()))
     if by == "reward":
@@ -116,7 +114,7 @@ def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats
     else:
         value = winner.accuracy - runner_up.accuracy
         parts = [noise, noise] if noise is not None else None
-    return Decision(by, winner, runner_up, Margin(value, None if parts is None else math.hypot(*parts)), spreads)
+    return Decision(by, winner, runner_up, Margin(value, None if parts is None else difference_std(*parts)), spreads)
 
 
 def _with_accuracy(trial: Trial, accuracy: float) -> Trial:

@@ -142,7 +142,12 @@ def search(base: ModelSpec, accuracy_of: Callable[[ModelSpec], float], latency_o
     return trials
 
 
+def ranked(trials: Sequence[Trial], by: str = "reward") -> list[Trial]:
+    """The trials best first by `by` (reward or accuracy), the faster first on a tie."""
+    return sorted(trials, key=lambda t: (t.reward if by == "reward" else t.accuracy, -t.latency_ms), reverse=True)
+
+
 def best(trials: Sequence[Trial], by: str = "reward") -> Trial:
     if not trials:
         raise SpecError("no LACS trials to choose from")
-    return max(trials, key=lambda t: (t.reward if by == "reward" else t.accuracy, -t.latency_ms))
+    return ranked(trials, by)[0]

@@ -147,7 +147,7 @@ def create_app(server: Server) -> FastAPI:
             answered.append(True)
             if watcher is not None:
                 watcher.cancel()
-            bodies.used -= held
+            bodies.give(held)
             if admitted:
                 server.in_flight -= 1
         server.metrics.requests.labels(trace.member, endpoint, str(status)).inc()

@@ -42,6 +42,9 @@ class BodyBudget:
             raise Overloaded(f"the server holds {self.limit // 2**20} MiB of request bodies, its limit; retry shortly")
         self.used += size
 
+    def give(self, size: int) -> None:
+        self.used -= size
+
 
 @dataclass
 class ImageRequest:
@@ -97,7 +100,7 @@ async def read_body(request: Request, limit: int, budget: BodyBudget | None = No
             chunks.append(chunk)
     except BaseException:
         if budget is not None:
-            budget.used -= sum(len(chunk) for chunk in chunks)
+            budget.give(sum(len(chunk) for chunk in chunks))
         raise
     return b"".join(chunks)
 
@@ -184,7 +187,7 @@ async def read_images(request: Request, limit: int, max_images: int, budget: Bod
             taken = ImageRequest([body])
     except BaseException:
         if budget is not None:
-            budget.used -= len(body)
+            budget.give(len(body))
         raise
     taken.held = len(body) if budget is not None else 0
     return taken
