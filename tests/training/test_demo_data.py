@@ -186,3 +186,13 @@ def test_colour_does_not_tell_the_class():
     centroids = np.stack([x_train[y_train == c].mean(axis=0) for c in range(len(CLASSES))])
     predicted = np.argmin(((x_val[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
     assert (predicted == y_val).mean() < 0.25
+
+
+def test_ink_is_darker_than_the_background():
+    """Fixed polarity (generator version 2): the background dominates every image and is light, the object is dark."""
+    for class_index, name in enumerate(CLASSES):
+        for index in range(10):
+            luminance = np.asarray(render(name, image_rng(5, "train", class_index, index), 32).convert("L"), dtype=np.float64)
+            median = np.median(luminance)
+            assert median >= 110, (name, index, median)
+            assert np.percentile(luminance, 1) <= median - 50, (name, index)

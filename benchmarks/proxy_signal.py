@@ -1,0 +1,90 @@
+"""Does the proxy task separate architectures? Seed noise and the response to depth, width and resolution.
+
+    .venv/bin/python benchmarks/proxy_signal.py [--repeats 3] [--epochs 8] [--stride 1] [--out runs/proxy-signal] [--json F]
+
+Trains the demo base (the B0 of `build-family --demo`) and four variants, each scaled in one dimension
+only (depth x2, width x1.5, resolution 64 and 32 px), under the proxy recipe that LACS and NAS use
+(`search.evaluators.ProxyAccuracy`: the same code), each with `--repeats` seeds, on the generated demo
+data. Prints per model the top-1 mean +- std, how many times chance it is, and its margin over the base
+against the seed noise of that difference, with the verdict LACS and NAS print (signal beyond 2 std, or
+inside the noise). Re-running with the same --out reuses the finished runs. Targets (issue 18): the base
+>= 5x chance; margins over 2 std of the noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from search.evaluators import ProxyAccuracy
+from search.noise import Margin, Spread, difference_std, pooled_std
+from search.scaling.build_family import DemoSettings, demo_base
+from training.arch.model import build_model, count_parameters
+from training.demo_data import CLASSES, generate_demo_data
+
+CHANCE_TARGET = 5.0
+
+
+def variants(resolution: int) -> dict:
+    base = demo_base(resolution)
+    return {
+        "base": base,
+        "depth x2": base.with_(depth=2 * base.depth),
+        "width x1.5": base.with_(width=1.5 * base.width),
+        "res 64 px": base.with_(resolution=64),
+        "res 32 px": base.with_(resolution=32),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="seeds per model (default 3)")
+    parser.add_argument("--epochs", type=int, default=DemoSettings.proxy_epochs, help="proxy epochs (default: the demo's)")
+    parser.add_argument("--stride", type=int, default=DemoSettings.proxy_stride, help="train on every n-th image (default: the demo's)")
+    parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    demo = DemoSettings()
+    out = Path(args.out)
+    data = generate_demo_data(out / "data", size=demo.images_per_class, image_size=demo.image_size, val_fraction=demo.val_fraction)
+    print(f"demo data: {data['images']} images ({data['train_per_class']} train + {data['val_per_class']} val per class)")
+    accuracy = ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.epochs, stride=args.stride)
+    chance = 1.0 / len(CLASSES)
+    rows = {}
+    for name, spec in variants(demo.base_resolution).items():
+        started = time.perf_counter()
+        spread = Spread(tuple(accuracy(spec, seed) for seed in range(args.repeats)))
+        rows[name] = {"spec": spec, "spread": spread, "seconds": (time.perf_counter() - started) / args.repeats}
+        print(f"  {name}: {', '.join(f'{100 * x:.1f}' for x in spread.samples)} % ({rows[name]['seconds']:.0f} s a run)", flush=True)
+
+    noise = pooled_std([row["spread"] for row in rows.values()])
+    base = rows["base"]["spread"]
+    print(f"\nproxy: {args.epochs} epochs on every {args.stride}. training image; {args.repeats} seeds each; "
+          f"pooled seed noise of one run: {100 * noise:.2f} points (1 std)" if noise is not None else "")
+    print(f"{'model':<12} {'params M':>8} {'res':>4} {'top-1 %':>14} {'x chance':>8} {'vs base':>8} {'noise':>6}  verdict")
+    report = {"epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "pooled_std": noise, "models": {}}
+    for name, row in rows.items():
+        spec, spread = row["spec"], row["spread"]
+        params = count_parameters(build_model(spec.with_(num_classes=len(CLASSES))))
+        margin = Margin(spread.mean - base.mean, None if noise is None else difference_std(noise / args.repeats ** 0.5, noise / args.repeats ** 0.5))
+        verdict = "" if name == "base" else ("?" if margin.inside_noise is None else "inside the noise" if margin.inside_noise else "signal")
+        std = spread.std or 0.0
+        print(f"{name:<12} {params / 1e6:>8.2f} {spec.resolution:>4} {100 * spread.mean:>7.1f} +- {100 * std:>4.1f} "
+              f"{spread.mean / chance:>8.1f} {100 * margin.value:>+8.1f} {100 * (margin.noise or 0):>6.1f}  {verdict}")
+        report["models"][name] = {"params": params, "resolution": spec.resolution, "top1": spread.to_dict(),
+                                  "x_chance": spread.mean / chance, "margin": margin.to_dict(), "seconds_per_run": row["seconds"]}
+    ratio = base.mean / chance
+    print(f"\nbase: {ratio:.1f}x chance (target >= {CHANCE_TARGET:g}x): {'met' if ratio >= CHANCE_TARGET else 'MISSED'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if ratio >= CHANCE_TARGET else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

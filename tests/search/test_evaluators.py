@@ -1,0 +1,34 @@
+"""The proxy evaluator: what a short run trains, and that seeds are distinct draws reused on a second ask."""
+
+import pytest
+import torch
+
+from search.evaluators import ProxyAccuracy, short_run
+from training.arch.spec import spec_from_stage_strings
+from training.data import dataset_fingerprint
+from training.demo_data import generate_demo_data
+
+TINY = spec_from_stage_strings(["r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e4_i16_o24_se0.25"], width=0.5, resolution=16,
+                               num_classes=3, head_filters=64, dropout=0.2, drop_connect=0.2, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield generate_demo_data(tmp_path_factory.mktemp("proxy") / "data", size=8, image_size=16)["path"]
+    torch.set_num_threads(threads)
+
+
+def test_a_short_run_trains_without_dropout_and_with_fast_batchnorm(data, tmp_path):
+    """A few epochs do not overfit: the regularisers only slow learning, and BN statistics must settle in few steps."""
+    spec, metrics = short_run(TINY, data, tmp_path / "run", epochs=1, fingerprint=dataset_fingerprint(data))
+    assert (spec.dropout, spec.drop_connect, spec.bn_momentum, spec.num_classes) == (0.0, 0.0, 0.1, 10)
+    assert 0.0 <= metrics["ema_top1"] <= 1.0
+
+
+def test_seeds_are_separate_runs_and_reused(data, tmp_path):
+    accuracy = ProxyAccuracy(data, tmp_path, epochs=1)
+    spread = accuracy.spread(TINY, 2)
+    assert len(spread.samples) == 2 and len(list(tmp_path.iterdir())) == 2  # one run folder per seed
+    assert accuracy.spread(TINY, 2) == spread  # asked again: the same draws, not new runs
