@@ -17,7 +17,9 @@ from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
+from search.defaults import estimate_seconds
 from search.noise import Margin, Spread, difference_std, pooled_std
+from search.reward import reward
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
 from training.arch.family_file import FAMILY_VERSION
@@ -38,6 +40,14 @@ class LacsSettings:
     noise_repeats: int = 3  # seeds per finalist to measure the seed noise with (0 or 1: not measured)
 
 
+def estimate_lacs(base: ModelSpec, settings: LacsSettings, train_images: int, val_images: int, epochs: int) -> tuple[int, float]:
+    """(proxy runs, seconds) of a LACS run on this machine: every triplet trains the base scaled to phi = 1 (twice its
+    FLOPs), timed here; the finalists' extra seeds included, a fine grid's extra triplets not (they depend on the ranking)."""
+    typical = lacs.scale(base, Coefficients(*lacs.EFFICIENTNET_COEFFICIENTS), 1.0)
+    runs = len(lacs.coefficient_grid(settings.grid_step, tolerance=settings.tolerance)) + 4 * max(0, settings.noise_repeats - 1)
+    return runs, estimate_seconds(typical, train_images, val_images, epochs, runs)
+
+
 def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], latency_of: Callable[[ModelSpec], float],
         hardware_id: str, settings: LacsSettings = LacsSettings(), say: Callable[[str], None] = print) -> dict:
     if out.exists() and not out.is_dir():
@@ -53,7 +63,10 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
 
     trials = lacs.search(base, accuracy_of, latency_of, target, grid, settings.fine_step, settings.top_k, settings.w, report)
     spread_of = getattr(accuracy_of, "spread", None) if settings.noise_repeats >= 2 else None
-    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats) for by in ("reward", "accuracy")}
+    def latency_factor(latency_ms: float) -> float:  # a trial's reward per unit of accuracy
+        return reward(1.0, latency_ms, target, settings.w, settings.w)
+
+    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, latency_factor) for by in ("reward", "accuracy")}
     noise = pooled_std([spread for decision in decisions.values() for spread in decision.spreads.values()])
     for by, label in (("reward", "LACS"), ("accuracy", "accuracy-only")):
         say(f"{label} winner {decisions[by].winner.coefficients.astuple()} beats the runner-up {decisions[by].describe()}")
@@ -95,8 +108,9 @@ class Decision:
                 "finalists": [{"coefficients": list(key), "accuracy": spread.to_dict()} for key, spread in self.spreads.items()]}
 
 
-def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int) -> Decision:
-    """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means."""
+def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int, latency_factor: Callable[[float], float]) -> Decision:
+    """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means.
+    `latency_factor(latency_ms)` is the reward of a trial per unit of accuracy."""
     order = lacs.ranked(trials, by)
     if len(order) < 2:
         return Decision(by, order[0], None, None, {})
@@ -104,21 +118,21 @@ def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats
     if spread_of is not None:
         for trial in finalists:
             spreads[trial.coefficients.astuple()] = spread_of(lacs.scale(base, trial.coefficients, 1.0), repeats)
-        finalists = lacs.ranked([_with_accuracy(t, spreads[t.coefficients.astuple()].mean) for t in finalists], by)
+        finalists = lacs.ranked([_with_accuracy(t, spreads[t.coefficients.astuple()].mean, latency_factor) for t in finalists], by)
     winner, runner_up = finalists
     noise = pooled_std(list(spreads.values()))
     if by == "reward":
         value = winner.reward - runner_up.reward
         # The reward is accuracy times a latency factor: its seed noise is the accuracy's, scaled by that factor.
-        parts = [t.reward / t.accuracy * noise for t in (winner, runner_up)] if noise is not None and min(winner.accuracy, runner_up.accuracy) > 0 else None
+        parts = [latency_factor(t.latency_ms) * noise for t in (winner, runner_up)] if noise is not None else None
     else:
         value = winner.accuracy - runner_up.accuracy
         parts = [noise, noise] if noise is not None else None
     return Decision(by, winner, runner_up, Margin(value, None if parts is None else difference_std(*parts)), spreads)
 
 
-def _with_accuracy(trial: Trial, accuracy: float) -> Trial:
-    return Trial(trial.coefficients, accuracy, trial.latency_ms, trial.reward * accuracy / trial.accuracy if trial.accuracy else 0.0, trial.stage)
+def _with_accuracy(trial: Trial, accuracy: float, latency_factor: Callable[[float], float]) -> Trial:
+    return Trial(trial.coefficients, accuracy, trial.latency_ms, accuracy * latency_factor(trial.latency_ms), trial.stage)
 
 
 def _trial_dict(trial: Trial, noise: float | None = None) -> dict:

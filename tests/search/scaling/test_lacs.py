@@ -197,9 +197,26 @@ def test_finalists_are_ranked_by_their_mean_over_seeds(tmp_path):
         key = next(k for k in means if scale(X_B0, Coefficients(*k), 1.0) == spec)
         return Spread(means[key][:repeats])
 
-    decision = decide(trials, "accuracy", X_B0, spread_of, 3)
+    decision = decide(trials, "accuracy", X_B0, spread_of, 3, lambda latency_ms: 1.0)
     assert decision.winner.coefficients == b and decision.runner_up.coefficients == a
     assert decision.margin.value == pytest.approx(0.51 - 0.47)
+
+
+def test_a_finalist_at_zero_on_its_first_seed_is_still_judged_by_reward(tmp_path):
+    """A first run at 0% top-1 gave reward 0 whatever the mean, and a margin with no noise; the latency factor fixes both."""
+    from search.scaling.job import decide
+    from search.scaling.lacs import Trial
+
+    a, b = Coefficients(1.2, 1.1, 1.15), Coefficients(1.5, 1.05, 1.05)
+    trials = [Trial(a, 0.30, 2.0, 0.15, "coarse"), Trial(b, 0.0, 1.0, 0.0, "coarse")]
+    means = {a.astuple(): (0.30, 0.30), b.astuple(): (0.0, 0.40)}
+
+    def spread_of(spec, repeats):
+        return Spread(next(means[k] for k in means if scale(X_B0, Coefficients(*k), 1.0) == spec))
+
+    decision = decide(trials, "reward", X_B0, spread_of, 2, lambda latency_ms: 1.0 / latency_ms)
+    assert decision.winner.coefficients == b and decision.winner.reward == pytest.approx(0.20)
+    assert decision.margin.value == pytest.approx(0.20 - 0.15) and decision.margin.noise is not None
 
 
 def test_spread_pooled_noise_and_margins():
