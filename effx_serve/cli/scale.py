@@ -83,6 +83,7 @@ def cmd_lacs(args: argparse.Namespace) -> int:
     out = Path(args.out)
     accuracy = ProxyAccuracy(Path(args.data), out / "trials", epochs=args.epochs, stride=args.subset_stride, progress=False)
     say = progress_lines(quiet=args.json)
+    _say_lacs_estimate(base, settings, args, say)
     with LatencyStore() as store:
         result = run(base, out, accuracy, MeasuredLatency(machine, store, batch=args.batch), machine.hardware_id, settings, say)
     if args.json:
@@ -99,6 +100,17 @@ def cmd_lacs(args: argparse.Namespace) -> int:
                         ("MMACs", "mmacs", ".1f"), ("latency ms", "expected_latency_ms", ".3f")]))
     print(f"written: {out / 'lacs.json'}, {out / 'family.json'}, {out / 'lacs.png'}")
     return 0
+
+
+def _say_lacs_estimate(base, settings, args: argparse.Namespace, say) -> None:
+    from search.defaults import describe_estimate
+    from search.scaling.job import estimate_lacs
+    from training.data import ImageFolder
+
+    train, val = (len(ImageFolder(args.data, split, None).samples) for split in ("train", "val"))
+    runs, seconds = estimate_lacs(base, settings, train // args.subset_stride, val, args.epochs)
+    say(f"LACS trains the base at {base.resolution} px (width {base.width:g}, depth {base.depth:g}) scaled to phi = 1: "
+        f"{runs} proxy runs or more (a finer grid adds some), {describe_estimate(seconds)} (timed on this machine)")
 
 
 def add_parsers(sub) -> None:

@@ -52,8 +52,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             from training.data import class_names  # torch: checked above
 
             overrides["num_classes"] = len(class_names(args.data))
-        config = SearchConfig(**overrides)
     say = progress_lines(quiet=args.json)
+    if not args.resume:
+        if args.data:
+            _default_scale(args, overrides, detect().hw_class, say)
+        config = SearchConfig(**overrides)
+        if args.data:
+            _say_estimate(config, args, say)
     result = nas_job.run(config, settings, out, args.workers, args.resume, overrides, say, progress=not args.json,
                          noise_repeats=args.noise_repeats)
     if args.json:
@@ -61,6 +66,41 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     _print_result(result, out)
     return 0
+
+
+def _default_scale(args: argparse.Namespace, overrides: dict, hardware_class: str, say) -> None:
+    """Width, depth and resolution not given: from the data's image size and this hardware (full size on a CPU runs for days)."""
+    from search.defaults import default_scale, typical_image_size
+
+    missing = [name for name in ("width", "depth", "resolution") if getattr(args, name) is None]
+    if not missing:
+        return
+    size, mixed = typical_image_size(args.data)
+    if mixed:
+        say(f"note: the training images have mixed sizes; their median shorter side, {size} px, sets the default scale")
+    scale = default_scale(size, hardware_class)
+    for name in missing:
+        overrides[name] = getattr(scale, name)
+    chosen = ", ".join(f"{name} {overrides[name]:g}" for name in missing)
+    say(f"candidate scale: {chosen} ({scale.reason}; set --{' --'.join(missing)} to change)")
+
+
+def _say_estimate(config, args: argparse.Namespace, say) -> None:
+    """Time a few training steps of EfficientNet-B0 at the search's scale and say what the whole search will take."""
+    from search.defaults import describe_estimate, estimate_seconds
+    from training.arch.presets import get_preset
+    from training.data import ImageFolder
+
+    typical = get_preset("efficientnet-b0", width=config.width, depth=config.depth, resolution=config.resolution,
+                         num_classes=config.num_classes)
+    train, val = (len(ImageFolder(args.data, split, None).samples) for split in ("train", "val"))
+    runs = (args.budget_trials or 0) + (2 if config.baselines else 0)
+    noise_runs = 4 * max(0, args.noise_repeats - 1)  # best, runner-up and two baselines, retrained with more seeds
+    seconds = estimate_seconds(typical, train // config.subset_stride, val, config.epochs, runs + noise_runs)
+    limit = f"; --budget-minutes stops it at {args.budget_minutes:g} min" if args.budget_minutes else ""
+    what = f"{runs} trials + {noise_runs} noise runs" if args.budget_trials else f"{noise_runs} noise runs after the budget"
+    say(f"estimated time with one worker: {describe_estimate(seconds)} ({what}, {config.epochs} epochs on "
+        f"{train // config.subset_stride} images each, timed on this machine){limit}")
 
 
 def _print_result(result: dict, out: Path) -> None:
@@ -106,9 +146,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--target-ms", type=positive_float, help="latency target T (default: EfficientNet-B0 at the search's scaling)")
     p.add_argument("--alpha", type=_exponent, help="reward exponent at or below T (default -0.07)")
     p.add_argument("--beta", type=_exponent, help="reward exponent above T (default -0.07)")
-    p.add_argument("--width", type=positive_float, help="width multiplier every candidate is built at (default 1)")
-    p.add_argument("--depth", type=positive_float, help="depth multiplier every candidate is built at (default 1)")
-    p.add_argument("--resolution", type=positive_int, help="input resolution of proxy training and latency (default 224)")
+    p.add_argument("--width", type=positive_float, help="width multiplier every candidate is built at (default: from the data and "
+                   "the hardware, 0.5 on a CPU, 1 on a GPU or TPU)")
+    p.add_argument("--depth", type=positive_float, help="depth multiplier every candidate is built at (default: 0.34 on a CPU, 1 on "
+                   "a GPU or TPU)")
+    p.add_argument("--resolution", type=positive_int, help="input resolution of proxy training and latency (default: the images' "
+                   "size, three quarters of it on a CPU, within 32-224)")
     p.add_argument("--num-classes", type=positive_int, help="classes (default: the dataset's)")
     p.add_argument("--epochs", type=positive_int, help="proxy-training epochs per candidate (default 5)")
     p.add_argument("--subset-stride", type=positive_int, help="proxy-train on every N-th training image (default 1)")

@@ -341,10 +341,12 @@ def test_a_real_search_trains_and_measures_candidates(tmp_path, capsys):
     generate_demo_data(tmp_path / "data", size=10, image_size=32)
     out = tmp_path / "s"
     argv = ["search", "--out", str(out), "--data", str(tmp_path / "data"), "--budget-trials", "3", "--resolution", "32",
-            "--width", "0.25", "--depth", "0.34", "--epochs", "1", "--batch-size", "16", "--noise-repeats", "2"]
+            "--width", "0.25", "--epochs", "1", "--batch-size", "16", "--noise-repeats", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "latency target T" in printed.err and "best reward: trial" in printed.out
+    assert "candidate scale: depth " in printed.err and "default for 32 px images" in printed.err  # --depth not given: this hardware's
+    assert "estimated time with one worker: about" in printed.err
     result = json.loads((out / "search.json").read_text())
     assert result["states"] == {"complete": 3} and result["config"]["num_classes"] == 10
     for record in result["records"]:
