@@ -76,7 +76,7 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
               "lacs": _trial_dict(winner, noise) | {"decision": decisions["reward"].to_dict()},
               "accuracy_only": _trial_dict(accuracy_only, noise) | {"decision": decisions["accuracy"].to_dict()}}
     write_atomic(out / "lacs.json", json.dumps(result, indent=2))
-    families = {name: _family(base, trial.coefficients, settings.phis, latency_of, f"{base.name}-{name}")
+    families = {name: _family(base, trial.coefficients, settings.phis, latency_of, f"{base.name}-{name}", say)
                 for name, trial in (("lacs", winner), ("accuracy-only", accuracy_only))}
     family_file = {"family_version": FAMILY_VERSION, "hardware": hardware_id, "coefficients": winner.coefficients.astuple(),
                    "members": families["lacs"], "accuracy_only": {"coefficients": accuracy_only.coefficients.astuple(),
@@ -140,9 +140,13 @@ def _trial_dict(trial: Trial, noise: float | None = None) -> dict:
             "latency_ms": trial.latency_ms, "reward": trial.reward, "stage": trial.stage}
 
 
-def _family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float], latency_of, prefix: str) -> list[dict]:
+def _family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float], latency_of, prefix: str, say) -> list[dict]:
+    """The members at `phis`; an invalid one and those after it are left out and said, instead of failing after the search."""
+    specs, problem = lacs.valid_family(base, coefficients, phis, prefix)
+    if problem:
+        say(f"left out of the family from {problem}")
     members = []
-    for member, phi in zip(lacs.family(base, coefficients, phis, prefix), phis, strict=True):
+    for member, phi in zip(specs, phis, strict=False):
         plan = expand(member)
         members.append({"name": member.name, "phi": phi, "spec": member.to_dict(), "params": plan.params, "macs": plan.macs,
                         "expected_latency_ms": latency_of(member)})

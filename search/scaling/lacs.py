@@ -72,10 +72,26 @@ def scale(base: ModelSpec, coefficients: Coefficients, phi: float, name: str | N
 
 def family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float] = DEFAULT_PHIS, prefix: str | None = None) -> list[ModelSpec]:
     """Members B0..Bn of the family: `prefix`-b<i> at phis[i]."""
+    members, problem = valid_family(base, coefficients, phis, prefix)
+    if problem:
+        raise SpecError(problem)
+    return members
+
+
+def valid_family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float] = DEFAULT_PHIS,
+                 prefix: str | None = None) -> tuple[list[ModelSpec], str | None]:
+    """The members up to the first one the coefficients make invalid (e.g. (2, 1, 1) at phi 6.48 asks for 89x the
+    depth), and what is wrong with that one (None when all are valid): larger phis only grow further."""
     if list(phis) != sorted(phis):
         raise SpecError(f"phi values must be increasing, got {list(phis)}")
     prefix = prefix or base.name
-    return [scale(base, coefficients, phi, f"{prefix}-b{i}") for i, phi in enumerate(phis)]
+    members = []
+    for index, phi in enumerate(phis):
+        try:
+            members.append(scale(base, coefficients, phi, f"{prefix}-b{index}"))
+        except SpecError as error:
+            return members, f"{prefix}-b{index} (phi {phi:g}): {error}"
+    return members, None
 
 
 def member_row(spec: ModelSpec, phi: float | None = None) -> dict:

@@ -224,3 +224,15 @@ def test_spread_pooled_noise_and_margins():
     assert pooled_std([Spread((1.0, 3.0)), Spread((10.0, 10.0, 13.0))]) == pytest.approx(math.sqrt((2 + 6) / 3))
     assert pooled_std([Spread((1.0,))]) is None
     assert Margin(0.05, 0.02).inside_noise is False and Margin(0.03, 0.02).inside_noise is True and Margin(0.1, None).inside_noise is None
+
+
+def test_a_family_stops_at_the_first_member_its_coefficients_make_invalid():
+    """(2, 1, 1) at phi 6.48 asks for 89x the depth: LACS keeps the members before it and says why, rather than failing."""
+    from search.scaling.lacs import DEFAULT_PHIS, family, valid_family
+
+    deep = Coefficients(2.0, 1.0, 1.0)
+    members, problem = valid_family(X_B0, deep, DEFAULT_PHIS, "x")
+    assert 0 < len(members) < len(DEFAULT_PHIS) and "depth must be in" in problem and f"x-b{len(members)}" in problem
+    with pytest.raises(SpecError, match="depth must be in"):
+        family(X_B0, deep)
+    assert valid_family(X_B0, Coefficients(1.2, 1.1, 1.15))[1] is None
