@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed  ## create .venv and install everything
 
-run: setup  ## the main job: the SLA-routing server on model_repository/ (the demo repository is built on first run, ~10 min)
+run: setup  ## the main job: the SLA-routing server on model_repository/ (the demo repository is built on first run, ~20 min on 2 cores)
 	test -f model_repository/manifest.json || $(BIN)/effx-serve build-repo --demo --hardware nvidia-h200 tpu-v3
 	$(BIN)/effx-serve serve --repo model_repository --host $(HOST) --port $(PORT)
 

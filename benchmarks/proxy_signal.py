@@ -65,8 +65,9 @@ def main() -> int:
 
     noise = pooled_std([row["spread"] for row in rows.values()])
     base = rows["base"]["spread"]
-    print(f"\nproxy: {args.epochs} epochs on every {args.stride}. training image; {args.repeats} seeds each; "
-          f"pooled seed noise of one run: {100 * noise:.2f} points (1 std)" if noise is not None else "")
+    images = "every training image" if args.stride == 1 else f"every {args.stride}th training image"
+    pooled = "unknown (one seed)" if noise is None else f"{100 * noise:.2f} points (1 std)"
+    print(f"\nproxy: {args.epochs} epochs on {images}, {args.repeats} seeds each; pooled seed noise of one run: {pooled}")
     print(f"{'model':<12} {'params M':>8} {'res':>4} {'top-1 %':>14} {'x chance':>8} {'vs base':>8} {'noise':>6}  verdict")
     report = {"epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "pooled_std": noise, "models": {}}
     for name, row in rows.items():

@@ -54,6 +54,13 @@ def typical_image_size(data: str | Path, split: str = "train") -> tuple[int, boo
     return int(statistics.median(sides)), len(set(sides)) > 1
 
 
+def image_counts(data: str | Path) -> tuple[int, int]:
+    """(training images, validation images) of an ImageFolder dataset: listed, not decoded."""
+    from training.data import ImageFolder
+
+    return len(ImageFolder(data, "train", transform=None).samples), len(ImageFolder(data, "val", transform=None).samples)
+
+
 def _round_resolution(pixels: float) -> int:
     return int(min(MAX_RESOLUTION, max(MIN_RESOLUTION, 8 * round(pixels / 8))))
 

@@ -22,7 +22,7 @@ DEFAULT_DEMO_RUN = "runs/demo"
 def build_demo_family(run_dir: Path, say) -> Path:
     """The demo family's run folder, trained first when it has no results yet (minutes, resumable)."""
     if not (run_dir / RESULTS_FILE).exists():
-        say(f"no demo family in {run_dir}: building it (about ten minutes on 2 cores; a killed run resumes)")
+        say(f"no demo family in {run_dir}: building it (it prints an estimate before each stage; a killed run resumes)")
         machine = this_machine()
         with LatencyStore() as store:
             run_demo(run_dir, MeasuredLatency(machine, store), machine.hardware_id, say=say)

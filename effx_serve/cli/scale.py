@@ -103,11 +103,10 @@ def cmd_lacs(args: argparse.Namespace) -> int:
 
 
 def _say_lacs_estimate(base, settings, args: argparse.Namespace, say) -> None:
-    from search.defaults import describe_estimate
+    from search.defaults import describe_estimate, image_counts
     from search.scaling.job import estimate_lacs
-    from training.data import ImageFolder
 
-    train, val = (len(ImageFolder(args.data, split, None).samples) for split in ("train", "val"))
+    train, val = image_counts(args.data)
     runs, seconds = estimate_lacs(base, settings, train // args.subset_stride, val, args.epochs)
     say(f"LACS trains the base at {base.resolution} px (width {base.width:g}, depth {base.depth:g}) scaled to phi = 1: "
         f"{runs} proxy runs or more (a finer grid adds some), {describe_estimate(seconds)} (timed on this machine)")

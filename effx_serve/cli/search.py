@@ -87,13 +87,12 @@ def _default_scale(args: argparse.Namespace, overrides: dict, hardware_class: st
 
 def _say_estimate(config, args: argparse.Namespace, say) -> None:
     """Time a few training steps of EfficientNet-B0 at the search's scale and say what the whole search will take."""
-    from search.defaults import describe_estimate, estimate_seconds
+    from search.defaults import describe_estimate, estimate_seconds, image_counts
     from training.arch.presets import get_preset
-    from training.data import ImageFolder
 
     typical = get_preset("efficientnet-b0", width=config.width, depth=config.depth, resolution=config.resolution,
                          num_classes=config.num_classes)
-    train, val = (len(ImageFolder(args.data, split, None).samples) for split in ("train", "val"))
+    train, val = image_counts(args.data)
     runs = (args.budget_trials or 0) + (2 if config.baselines else 0)
     noise_runs = 4 * max(0, args.noise_repeats - 1)  # best, runner-up and two baselines, retrained with more seeds
     seconds = estimate_seconds(typical, train // config.subset_stride, val, config.epochs, runs + noise_runs)

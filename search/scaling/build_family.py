@@ -32,7 +32,7 @@ RESULTS_FILE = "family-results.json"
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's sizes: chosen so data, LACS and four trained members fit in about ten minutes on 2 cores."""
+    """The demo's sizes: a proxy with signal (the base at ~5x chance) that still builds in about 20 minutes on 2 cores."""
 
     images_per_class: int = 240
     image_size: int = 64

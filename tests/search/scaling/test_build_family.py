@@ -34,8 +34,9 @@ def test_lacs_then_build_family_on_tiny_data(tmp_path, capsys):
     assert result["trials"] and result["accuracy_noise_std"] is not None and decision["margin"]["inside_noise"] in (True, False)
     assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == [2, 2]  # the two best by reward, each over 2 seeds
     assert (lacs_out / "family.json").exists() and (lacs_out / "lacs.png").stat().st_size > 0
-    assert main(argv) == 0  # a second run reuses every trial (checkpoints and latency store)
-    capsys.readouterr()
+    assert main(argv[:-1]) == 0  # a second run reuses every trial (checkpoints and latency store); without --json it talks
+    said = capsys.readouterr().err
+    assert "proxy runs or more" in said and "timed on this machine" in said  # the cost, estimated before starting
 
     family = json.loads((lacs_out / "family.json").read_text())
     family["members"] = family["members"][:2]  # two members keep the test short
