@@ -29,10 +29,7 @@ class Scale:
     width: float
     depth: float
     resolution: int
-    reason: str
-
-    def describe(self) -> str:
-        return f"width {self.width:g}, depth {self.depth:g}, {self.resolution} px ({self.reason})"
+    reason: str  # said beside the chosen values
 
 
 def typical_image_size(data: str | Path, split: str = "train") -> tuple[int, bool]:

@@ -22,7 +22,7 @@ TINY = spec_from_stage_strings(["r1_k3_s11_e1_i32_o16_se0.25"], width=0.25, reso
 def test_the_scale_follows_the_images_and_the_hardware(size, hardware, expected):
     scale = default_scale(size, hardware)
     assert (scale.width, scale.depth, scale.resolution) == expected
-    assert f"{size} px" in scale.describe()
+    assert f"{size} px images" in scale.reason
 
 
 def test_the_typical_size_is_read_from_the_training_images(tmp_path):
