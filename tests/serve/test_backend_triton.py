@@ -127,12 +127,13 @@ def test_queue_delay_is_read_from_triton_statistics(members, triton):
         await backend.start(members)
         try:
             assert backend.queue_delay_ms(member) == 0.0  # nothing seen yet
-            await asyncio.gather(*(backend.infer(member, images(member, 4, seed=i)) for i in range(24)))
+            # 12, not more: on a loaded 2-core machine 24 batches of 4 outlasted Triton's 5 s default queue timeout
+            await asyncio.gather(*(backend.infer(member, images(member, 4, seed=i)) for i in range(12)))
             await asyncio.sleep(0.5)
             delay = backend.queue_delay_ms(member)
             assert math.isfinite(delay) and delay >= 0
             seen = backend._stats[member.name][0]  # the queue count the poll read covers the requests sent
-            assert seen >= 24
+            assert seen >= 12
         finally:
             await backend.close()
 
