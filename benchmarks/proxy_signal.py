@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.evaluators import ProxyAccuracy
-from search.noise import Margin, Spread, difference_std, pooled_std
+from search.noise import Margin, difference_std, pooled_std
 from search.scaling.build_family import DemoSettings, demo_base
-from training.arch.model import build_model, count_parameters
+from training.arch.plan import expand
 from training.demo_data import CLASSES, generate_demo_data
 
 CHANCE_TARGET = 5.0
@@ -59,7 +59,7 @@ def main() -> int:
     rows = {}
     for name, spec in variants(demo.base_resolution).items():
         started = time.perf_counter()
-        spread = Spread(tuple(accuracy(spec, seed) for seed in range(args.repeats)))
+        spread = accuracy.spread(spec, args.repeats)
         rows[name] = {"spec": spec, "spread": spread, "seconds": (time.perf_counter() - started) / args.repeats}
         print(f"  {name}: {', '.join(f'{100 * x:.1f}' for x in spread.samples)} % ({rows[name]['seconds']:.0f} s a run)", flush=True)
 
@@ -72,7 +72,7 @@ def main() -> int:
     report = {"epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "pooled_std": noise, "models": {}}
     for name, row in rows.items():
         spec, spread = row["spec"], row["spread"]
-        params = count_parameters(build_model(spec.with_(num_classes=len(CLASSES))))
+        params = expand(spec).params
         margin = Margin(spread.mean - base.mean, None if noise is None else difference_std(noise / args.repeats ** 0.5, noise / args.repeats ** 0.5))
         verdict = "" if name == "base" else ("?" if margin.inside_noise is None else "inside the noise" if margin.inside_noise else "signal")
         std = spread.std or 0.0
