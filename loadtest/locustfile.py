@@ -37,6 +37,7 @@ from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from effx_serve.core.fs import write_atomic
+from effx_serve.core.wire import DEADLINE_HEADER
 from loadtest import scenarios
 from loadtest.arrivals import SEQUENTIAL_GAP_S, Schedule
 from loadtest.plan import parse_steps
@@ -64,6 +65,8 @@ def _options(parser) -> None:
                        help="replay this schedule (JSON, as effx-serve loadtest writes it) with one open-loop user; set -u 1")
     group.add_argument("--effx-params", default="",
                        help="query parameters added to every request, e.g. 'member=b0&on_miss=best_effort'")
+    group.add_argument("--effx-deadline-header", action="store_true",
+                       help="send each request with a latency bound its absolute deadline (Effx-Deadline: intended send time + bound)")
 
 
 class LoadState:
@@ -161,6 +164,7 @@ class ClassifyUser(FastHttpUser):
         self.rate = options.effx_user_rate
         self.max_pending = options.effx_max_pending
         self.params = options.effx_params
+        self.deadline_header = options.effx_deadline_header
         # A seed per user and process: repeatable runs, and no two workers send the same stream.
         self.state.users_started += 1
         self.rng = random.Random(f"{options.effx_seed}-{getattr(environment.runner, 'worker_index', 0)}-{self.state.users_started}")
@@ -239,7 +243,10 @@ class ClassifyUser(FastHttpUser):
         if self.rate > 0 or index is not None:
             tally.lag.add(lag_ms)
         endpoint = "batch" if request.batch else "classify"
-        with self.client.request("POST", request.path, data=request.body, headers={"content-type": request.content_type},
+        headers = {"content-type": request.content_type}
+        if self.deadline_header and request.max_latency_ms is not None:  # the bound counts from when it was meant to be sent
+            headers[DEADLINE_HEADER] = f"{_epoch(intended) + request.max_latency_ms / 1000.0:.6f}"
+        with self.client.request("POST", request.path, data=request.body, headers=headers,
                                  name=f"{endpoint} {request.request_class.removeprefix('batch ')}", catch_response=True) as response:
             latency_ms = (time.perf_counter() - intended) * 1000
             error = getattr(response, "error", None)  # set only when the request failed

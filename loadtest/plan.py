@@ -30,6 +30,7 @@ class LoadTest:
     trace: tuple[TraceRequest, ...] | None = None  # the arrival times (and bounds) of a trace file instead of --rate
     trace_path: str | None = None  # where the trace came from, for the report
     params: str = ""  # a query string added to every request (e.g. member=NAME: one member's capacity alone)
+    deadline_header: bool = True  # requests with a latency bound carry their absolute deadline (Effx-Deadline)
 
     @property
     def replays(self) -> bool:

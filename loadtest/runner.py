@@ -88,6 +88,8 @@ def locust_argv(test: LoadTest, plan: Plan, raw: Path, master_port: int | None, 
         argv += ["--effx-schedule", str(schedule), "--effx-max-pending", str(REPLAY_MAX_PENDING)]
     if params:
         argv += ["--effx-params", params]
+    if test.deadline_header:
+        argv.append("--effx-deadline-header")
     if master_port is not None:
         argv += ["--master", "--master-bind-port", str(master_port), "--expect-workers", str(test.workers or test.expect_workers),
                  "--expect-workers-max-wait", f"{max(test.ready_timeout_s, 60):g}"]

@@ -142,7 +142,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                     rate=args.rate, steps=args.steps, p99_bound_ms=args.p99_bound_ms, gates=gates, workers=args.workers,
                     expect_workers=args.expect_workers, master_port=args.master_port, request_timeout_s=args.timeout,
                     ready_timeout_s=args.ready_timeout, seed=args.seed, arrivals=arrivals, trace=trace, trace_path=args.trace,
-                    params=urlencode({"member": args.member}) if args.member else "")
+                    params=urlencode({"member": args.member}) if args.member else "", deadline_header=not args.no_deadline_header)
     if test.replays or args.compare:  # the new schedules' option combinations are one-line errors before anything runs
         try:
             make_plan(test, replay=args.compare)
@@ -211,6 +211,9 @@ def add_parsers(sub) -> None:
     workers.add_argument("--workers", type=_count, default=0, help="locust worker processes on this machine (master/worker mode)")
     workers.add_argument("--expect-workers", type=_count, default=0, help="run as master and wait for this many workers from other machines")
     p.add_argument("--master-port", type=positive_int, default=5557, help="the master's port for --expect-workers (default: %(default)s)")
+    p.add_argument("--no-deadline-header", action="store_true",
+                   help="send no Effx-Deadline header: the server then counts each bound from when it reads the request, not from "
+                        "when the request was meant to be sent")
     p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds before a request counts as failed (default: %(default)s)")
     p.add_argument("--ready-timeout", type=positive_float, default=30.0, help="seconds to wait for the server's /readyz (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)

@@ -23,13 +23,14 @@ import numpy as np
 from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
 from effx_serve.serve.catalog import Member
-from effx_serve.serve.dispatch import ImageInfo, Ran, Routed
+from effx_serve.serve.dispatch import DeadlineMissed, ImageInfo, Ran, Routed
 from effx_serve.serve.errors import InvalidRequest, Overloaded, SlaUnmeetable
 from effx_serve.serve.router import Sla
 from effx_serve.serve.schema import ClassifyParams, Expected, OptionOut
 from effx_serve.serve.server import Server
 
 EXPECTED_FIELDS = tuple(Expected.model_fields)  # decode_ms, wait_ms, inference_ms, after_ms, total_ms
+MIN_BOUND_MS = 0.001  # the bound in force for a client deadline that had passed when the request arrived
 MAX_DEADLINE_S = 3600.0  # a client deadline further away than this is a mistake (a clock in the wrong unit, say)
 
 
@@ -46,25 +47,36 @@ class Trace:
 
 
 def client_deadline(header: str, arrival: float) -> float:
-    """A client's absolute deadline (Unix time in seconds, e.g. `1764505000.125`) on the monotonic clock; InvalidRequest
-    when it is not a number, already passed, or absurdly far away."""
+    """A client's absolute deadline (Unix time in seconds, e.g. `1764505000.125`) on the monotonic clock, possibly passed
+    already (`expired` says so once the request is read); InvalidRequest when it is not a number or more than an hour
+    away either side (a clock in the wrong unit, or out of sync)."""
     try:
         epoch = float(header)
     except ValueError:
         raise InvalidRequest(f"the deadline header must be Unix time in seconds, such as {time.time() + 0.05:.3f}; got {header[:40]!r}") from None
     remaining = epoch - time.time()
-    if not math.isfinite(remaining) or remaining > MAX_DEADLINE_S:
-        raise InvalidRequest(f"the deadline {header[:40]} is more than {MAX_DEADLINE_S:.0f} s away; send Unix time in seconds")
-    if remaining <= 0:
-        raise InvalidRequest(f"the deadline passed {-1000 * remaining:.1f} ms before the request was read (are the clocks in sync?)")
+    if not math.isfinite(remaining) or abs(remaining) > MAX_DEADLINE_S:
+        raise InvalidRequest(f"the deadline {header[:40]} is more than {MAX_DEADLINE_S:.0f} s away from the server's clock; send Unix "
+                             "time in seconds, from a clock in sync (NTP)")
     return arrival + remaining
+
+
+def _refuse_expired(server: Server, trace: Trace, sla: Sla) -> None:
+    """A request whose client deadline passed before the server could start on it (in transit, or waiting to be read
+    in a backlog) is refused at once, neither routed nor decoded: 429 `deadline` (served late if it asked for best_effort)."""
+    now = time.monotonic()
+    if trace.client_deadline is None or trace.client_deadline > now or sla.on_miss != "reject":
+        return
+    _count_late(server, sla.kind)
+    raise DeadlineMissed(f"the deadline passed {1000 * (now - trace.client_deadline):.1f} ms before the server could start on the request "
+                         "(in transit, or its backlog); retry with a later deadline", server.dispatcher.retry_after_s())
 
 
 def _sla(params: ClassifyParams, trace: Trace) -> Sla:
     """The SLA in force: the request's, with a client deadline as the latency bound when it is the sooner one."""
     bound = params.max_latency_ms
     if trace.client_deadline is not None:
-        from_deadline = (trace.client_deadline - trace.arrival) * 1000.0
+        from_deadline = max(MIN_BOUND_MS, (trace.client_deadline - trace.arrival) * 1000.0)  # passed already: late by any measure
         bound = from_deadline if bound is None else min(bound, from_deadline)
     try:
         return Sla(params.min_accuracy, bound, params.on_miss)
@@ -79,6 +91,7 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         raise InvalidRequest(f"{len(images)} images sent to /v1/classify, which takes one; send several to /v1/classify/batch")
     sla = _sla(params, trace)
     trace.sla = sla.kind
+    _refuse_expired(server, trace, sla)
     dispatcher, metrics = server.dispatcher, server.metrics
     metrics.sla_requests.labels(sla.kind).inc()
     bound_ms = sla.max_latency_ms if sla.max_latency_ms is not None else dispatcher.settings.default_deadline_ms
@@ -92,9 +105,13 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     if params.top_k > len(member.labels):
         raise InvalidRequest(f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
     routed_at = time.monotonic()
-    pictures, inputs = await dispatcher.decode(images, infos, member, deadline, hard=sla.max_latency_ms is not None and sla.on_miss == "reject")
-    decoded = time.monotonic()
-    ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params))
+    try:
+        pictures, inputs = await dispatcher.decode(images, infos, member, deadline, hard=sla.max_latency_ms is not None and sla.on_miss == "reject")
+        decoded = time.monotonic()
+        ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params))
+    except DeadlineMissed:
+        _count_late(server, sla.kind)
+        raise
     inference_done = time.monotonic()
     trace.member = ran.member.name
     body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
@@ -107,6 +124,11 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     for cause in report["misses"]:
         metrics.sla_misses.labels(sla.kind, cause).inc()
     return body
+
+
+def _count_late(server: Server, sla_kind: str) -> None:
+    server.metrics.routes.labels("refused_deadline").inc()
+    server.metrics.sla_misses.labels(sla_kind, "refused").inc()
 
 
 def _refuse(server: Server, routed: Routed, sla: Sla) -> None:

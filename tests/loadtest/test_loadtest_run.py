@@ -79,6 +79,9 @@ def test_a_bad_scenario_writes_a_report_naming_the_known_ones(tmp_path):
     assert not (folder / "stale.txt").exists()  # the folder was replaced whole
 
 
+RECEIVED: dict[str, list] = {}  # a fake server's URL -> (when, its Effx-Deadline header or None) per classification received
+
+
 class _FakeServer(BaseHTTPRequestHandler):
     """Answers like effx-serve's routes, but every classification is a 500 (mode "error") or takes 30 ms (mode "slow")."""
 
@@ -102,6 +105,7 @@ class _FakeServer(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.deadlines.append((time.time(), self.headers.get("effx-deadline")))
         if self.mode == "error":
             self._send(500, b"Internal Server Error", "text/plain")
         else:
@@ -114,10 +118,12 @@ class _FakeServer(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_server(request):
-    handler = type("Handler", (_FakeServer,), {"mode": request.param})
+    handler = type("Handler", (_FakeServer,), {"mode": request.param, "deadlines": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    RECEIVED[url] = handler.deadlines
+    yield url
     server.shutdown()
 
 
@@ -176,3 +182,22 @@ def test_ctrl_c_stops_the_load_and_still_writes_theread_report(fake_server, tmp_
     assert "interrupted (Ctrl-C)" in report["problems"][0]
     assert report["summary"]["ok"] > 0 and (folder / "report.md").is_file()
     assert not list(tmp_path.glob(".interrupted.*"))  # no staging folder left behind
+
+
+
+@pytest.mark.parametrize("fake_server", ["ok"], indirect=True)
+@pytest.mark.parametrize("header", [True, False])
+def test_requests_with_a_bound_carry_their_absolute_deadline_unless_told_not_to(fake_server, tmp_path, header):
+    trace = tmp_path / "trace.txt"
+    trace.write_text("0 800\n100\n200 900\n")  # arrival ms, bound ms (the second request has none)
+    argv = ["loadtest", "--url", fake_server, "--trace", str(trace), "--scenario", "photos", "--report", str(tmp_path / "r")]
+    assert main(argv + ([] if header else ["--no-deadline-header"])) == 0
+    received = RECEIVED[fake_server]
+    deadlines = [float(value) for _, value in received if value is not None]
+    if not header:
+        assert len(received) == 3 and deadlines == []
+        return
+    assert len(received) == 3 and len(deadlines) == 2
+    assert abs(deadlines[1] - deadlines[0] - 0.3) < 0.01  # each its intended send time (0 and 200 ms) + its bound (800, 900 ms)
+    for when, value in received:
+        assert value is None or 0.6 < float(value) - when <= 0.91

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from effx_serve import __version__
+from effx_serve.core.wire import DEADLINE_HEADER
 from effx_serve.serve import flow
 from effx_serve.serve.errors import Overloaded
 from effx_serve.serve.http import errors
@@ -46,7 +47,6 @@ _PARAMETERS = {"parameters": [{"name": name, "in": "query", "required": False, "
                               for name, schema in ClassifyParams.model_json_schema()["properties"].items()]}
 _ERRORS = {status: {"model": Problem} for status in (400, 404, 413, 415, 503)} | {422: {"model": Rejection}, 429: {"model": Refusal}}
 CLIENT_GONE = 499  # as nginx counts a request whose client closed the connection first (never sent: nobody is there)
-DEADLINE_HEADER = "effx-deadline"  # the client's absolute deadline, Unix time in seconds (docs/serving.md)
 log = logging.getLogger(__name__)
 
 

@@ -161,10 +161,19 @@ def test_a_client_deadline_bounds_the_request_end_to_end_and_a_bad_one_is_422(cl
     assert answer["sla"]["kind"] == "latency" and 4000 < answer["sla"]["max_latency_ms"] <= 5000 and answer["sla"]["met"]
     sooner = _deadline(client, f"{time.time() + 60:.3f}", max_latency_ms=200).json()
     assert sooner["sla"]["max_latency_ms"] == 200 and sooner["sla"]["kind"] == "latency"  # the tighter of the two
-    for when, words in ((f"{time.time() - 1:.3f}", "passed"), ("tomorrow", "Unix time in seconds"), (f"{time.time() * 1000:.0f}", "more than 3600 s"),
-                        ("nan", "more than 3600 s")):
+    for when, words in (("tomorrow", "Unix time in seconds"), (f"{time.time() * 1000:.0f}", "more than 3600 s"), ("nan", "more than 3600 s"),
+                        (f"{time.time() - 7200:.3f}", "more than 3600 s")):
         refused = _deadline(client, when)
         assert refused.status_code == 422 and words in refused.json()["detail"], (when, refused.json())
+
+
+def test_a_request_whose_client_deadline_passed_in_transit_is_refused_at_once_unless_best_effort(client):
+    refused = _deadline(client, f"{time.time() - 0.2:.3f}")
+    assert refused.status_code == 429 and refused.json()["reason"] == "deadline" and "passed" in refused.json()["detail"]
+    assert "Retry-After" in refused.headers
+    assert 'effx_routes_total{outcome="refused_deadline"} 1.0' in client.get("/metrics").text
+    late = _deadline(client, f"{time.time() - 0.2:.3f}", on_miss="best_effort")
+    assert late.status_code == 200 and late.json()["sla"]["met"] is False and late.json()["sla"]["misses"] == ["latency"]
 
 
 TRUNCATED = JPEG[: len(JPEG) // 2]
@@ -365,7 +374,7 @@ def test_the_in_flight_limit_answers_429(served_repository):
     assert refused.status_code == 429 and "1 requests, its limit" in refused.json()["detail"] and stalled.status_code == 200
 
 
-def test_a_flood_of_expired_deadlines_is_answered_422_and_others_are_still_served(served_repository):
+def test_a_flood_of_expired_deadlines_is_refused_429_and_others_are_still_served(served_repository):
     server = make_server(served_repository)
     app = create_app(server)
 
@@ -379,7 +388,8 @@ def test_a_flood_of_expired_deadlines_is_answered_422_and_others_are_still_serve
             return answers, server.dispatcher.queued("tiny-f-b0") + server.dispatcher.queued("tiny-f-b1")
 
     answers, queued = asyncio.run(scenario())
-    assert {r.status_code for r in answers[:-1]} == {422} and "passed" in answers[0].json()["detail"]
+    assert {r.status_code for r in answers[:-1]} == {429} and {r.json()["reason"] for r in answers[:-1]} == {"deadline"}
+    assert "passed" in answers[0].json()["detail"]
     assert answers[-1].status_code == 200 and answers[-1].json()["sla"]["met"] and queued == 0
 
 
