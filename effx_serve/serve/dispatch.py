@@ -38,7 +38,7 @@ from effx_serve.core.proc import available_cpus
 from effx_serve.serve.backends.base import Backend, BackendUnavailable
 from effx_serve.serve.catalog import Catalog, Member
 from effx_serve.serve.errors import Overloaded, UnreadableImage
-from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean
+from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Decision, Option, Sla, route
 from effx_serve.serve.scheduler import DeviceScheduler, ItemResult, Late
@@ -109,6 +109,7 @@ class Dispatcher:
         self.after = Mean(start=0.3)
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
+        self.upgrades = UpgradeBudget(self.cpu_lanes)  # sized again for the device's lanes at start
         self.device: DeviceScheduler | None = None
         self.cpu: DeviceScheduler | None = None
 
@@ -125,6 +126,7 @@ class Dispatcher:
                                                                       self.settings.max_queue)
         for scheduler in {id(device): device, id(cpu): cpu}.values():
             scheduler.start()
+        self.upgrades = UpgradeBudget(cpu.lanes if self.backend.on_host_cpu else device.lanes)
         self.device, self.cpu = device, cpu
 
     def _calibrate_decoding(self, members: list[Member]) -> None:
@@ -226,7 +228,11 @@ class Dispatcher:
         loaded, at_rest = self._expectations(members, images, deadline, arrival, now)
         options = tuple(Option(m.name, m.accuracy, loaded[m.name].total_ms) for m in members)
         decision = route(options, sla, self.settings.default_policy)
+        if decision.expected_to_meet and self.settings.costing == "device":
+            decision = self._affordable(decision, options, loaded, sla)
         chosen = self.catalog.members[decision.member] if decision.member else None
+        if chosen is not None:
+            self.upgrades.spend(_lane_ms(loaded[chosen.name]))
         if sla.max_latency_ms is None:  # only a latency bound depends on the load
             return Routed(chosen, decision, options, loaded.get(decision.member), "preferred" if chosen else "sla")
         rest = route(tuple(Option(m.name, m.accuracy, at_rest[m.name].total_ms) for m in members), sla, self.settings.default_policy)
@@ -237,6 +243,21 @@ class Dispatcher:
         else:
             how = "overload" if rest.expected_to_meet else "sla"
         return Routed(chosen, decision, options, loaded.get(decision.member), how)
+
+    def _affordable(self, decision: Decision, options: Sequence[Option], loaded: dict[str, Expectation], sla: Sla) -> Decision:
+        """The SLA's choice among the feasible members whose extra cost over the cheapest feasible one the upgrade
+        budget affords (the cheapest always is): under load, requests that allow it go to faster members."""
+        feasible = [o for o in options if sla.accuracy_ok(o.accuracy) and sla.latency_ok(o.expected_ms)]
+        cheapest = min(_lane_ms(loaded[o.name]) for o in feasible)
+        affordable = [o for o in feasible if self.upgrades.affords(_lane_ms(loaded[o.name]) - cheapest)]
+        return route(affordable, sla, self.settings.default_policy) if len(affordable) < len(feasible) else decision
+
+    def observe_outcome(self, met: bool) -> None:
+        """A request with a latency bound, admitted: answered in time, or late (answered late, or dropped late)."""
+        if met:
+            self.upgrades.met()
+        else:
+            self.upgrades.missed()
 
     def retry_after_s(self) -> float:
         """When a refused request could expect the work now queued to have drained."""
@@ -334,6 +355,11 @@ class Dispatcher:
             self.metrics.queue_depth.labels(member.name).set(self.queued(member.name))
             self.metrics.expected_ms.labels(member.name).set(self.expected_now_ms(member))
             self.metrics.correction.labels(member.name).set(self.residual.factor(member.name))
+
+
+def _lane_ms(expected: Expectation) -> float:
+    """What serving a request on a member takes of the lanes: its decoding and its inference."""
+    return expected.decode_ms + expected.inference_ms
 
 
 def _inputs_for(pictures: list, resolution: int) -> list[np.ndarray]:

@@ -106,3 +106,53 @@ class DecodeTimes:
 
     def observe(self, image_format: str, member: str, pixels: int, observed_ms: float) -> None:
         self.corrections[f"{image_format}/{member}"].observe(self._base(image_format, member, pixels), observed_ms)
+
+
+class UpgradeBudget:
+    """How much device work the router may spend on members more accurate (and costlier) than the cheapest that meets
+    a request's SLA: a token bucket of lane-milliseconds, refilled at `share` x lanes per millisecond.
+
+    Each request's own expectation says whether *it* can make its bound on a member; it cannot say what choosing a
+    costlier member does to the requests that follow. Sending every request to the most accurate member that fits now
+    overloads the device a moment later (measured: 88% of requests on a member that, pinned, met a third of the same
+    bounds). So an upgrade's extra cost over the cheapest feasible member must fit in the bucket, and every routed
+    request spends its member's cost.
+
+    `share` is the share of the lanes the admitted work may take. The lanes are not all a request costs (reading, HTTP
+    and answering take the event loop; other processes take cores), so it is learned: additive increase for each
+    request answered within its bound, multiplicative decrease for each one admitted and then late or dropped late
+    (at most once per `backoff_s`, so one burst is one step).
+    """
+
+    def __init__(self, lanes: int, share: float = 0.5, burst_ms: float = 20.0, floor: float = 0.05, increase: float = 0.002,
+                 decrease: float = 0.8, backoff_s: float = 0.05, clock: Clock = time.monotonic):
+        if lanes < 1 or not 0 < floor <= share <= 1 or burst_ms <= 0:
+            raise ValueError("lanes must be >= 1, 0 < floor <= share <= 1 and burst_ms > 0")
+        self.lanes, self.share, self.floor = lanes, share, floor
+        self._increase, self._decrease, self._backoff_s, self._clock = increase, decrease, backoff_s, clock
+        self._cap = burst_ms * lanes
+        self._tokens, self._at, self._backed_off = self._cap, clock(), -math.inf
+
+    def available_ms(self) -> float:
+        now = self._clock()
+        self._tokens = min(self._cap, self._tokens + (now - self._at) * 1000.0 * self.share * self.lanes)
+        self._at = now
+        return self._tokens
+
+    def affords(self, extra_ms: float) -> bool:
+        """Whether an upgrade costing `extra_ms` more lane-milliseconds than the cheapest feasible member fits."""
+        return extra_ms <= 0 or extra_ms <= self.available_ms()
+
+    def spend(self, cost_ms: float) -> None:
+        """A request routed: its member's expected lane-milliseconds (the bucket may go into debt, delaying upgrades)."""
+        self.available_ms()
+        self._tokens = max(-self._cap, self._tokens - max(0.0, cost_ms))
+
+    def met(self) -> None:
+        self.share = min(1.0, self.share + self._increase)
+
+    def missed(self) -> None:
+        now = self._clock()
+        if now - self._backed_off >= self._backoff_s:
+            self.share = max(self.floor, self.share * self._decrease)
+            self._backed_off = now

@@ -111,12 +111,15 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params))
     except DeadlineMissed:
         _count_late(server, sla.kind)
+        dispatcher.observe_outcome(met=False)
         raise
     inference_done = time.monotonic()
     trace.member = ran.member.name
     body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
     answered = time.monotonic()
     dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered)
+    if sla.max_latency_ms is not None:
+        dispatcher.observe_outcome(met="latency" not in report["misses"])
     metrics.routes.labels(report["route"]).inc()
     for result in ran.results:
         metrics.queue_seconds.labels(ran.member.name).observe(result.queue_ms / 1000.0)

@@ -123,6 +123,29 @@ def test_load_scales_a_latency_bound_down_to_a_faster_member_then_refuses_early(
     assert (routes["accuracy"].member.name, routes["accuracy"].route) == ("large", "preferred")  # no bound: the load does not move it
 
 
+def test_a_rate_the_accurate_member_cannot_sustain_sends_the_excess_to_the_faster_one_unless_costed_per_member():
+    async def scenario(costing):
+        d, _ = dispatcher(costing)
+        await d.start()
+
+        def burst(count):  # back to back: each request alone would fit on the large member, the whole burst would not
+            now = time.monotonic()
+            return [d.route(Sla(max_latency_ms=1000.0), [PHOTO], now + 1.0, now) for _ in range(count)]
+
+        first = burst(20)
+        await asyncio.sleep(0.2)  # the budget refills
+        later = d.route(Sla(max_latency_ms=1000.0), [PHOTO], time.monotonic() + 1.0, time.monotonic())
+        await d.close()
+        return [(r.member.name, r.route) for r in first], (later.member.name, later.route)
+
+    first, later = run(scenario("device"))
+    assert first[0] == ("large", "preferred") and first[-5:] == [("small", "scaled")] * 5
+    assert 1 <= sum(name == "large" for name, _ in first) <= 4
+    assert later == ("large", "preferred")
+    first, _ = run(scenario("member"))
+    assert {name for name, _ in first} == {"large"}  # the old costing: every request alone
+
+
 def test_a_request_that_can_no_longer_make_it_moves_to_a_faster_member_or_is_answered_at_once():
     small, large = fake_member("small", 0.5, {1: 4.0}, 24), fake_member("large", 0.8, {1: 40.0}, 32)
     blocker = fake_member("blocker", 0.1, {1: 50.0}, 24)  # runs as long as profiled, so the corrections stay put

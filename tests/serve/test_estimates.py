@@ -1,9 +1,10 @@
 """Online corrections: they learn the observed ratio, resist one stall, and decay back to the profile when their
-evidence ages; decode times scale by pixels and are corrected per (format, member)."""
+evidence ages; decode times scale by pixels and are corrected per (format, member); the upgrade budget refills at its
+share of the lanes and learns that share from requests met and missed."""
 
 import pytest
 
-from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean
+from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
 
 
 class Clock:
@@ -72,3 +73,43 @@ def test_bad_settings_are_refused():
         Correction(weight=0.0)
     with pytest.raises(ValueError):
         Correction(half_life_s=0.0)
+
+
+def test_the_upgrade_budget_refills_at_its_share_of_the_lanes_and_goes_into_debt():
+    clock = Clock()
+    budget = UpgradeBudget(lanes=2, share=0.5, burst_ms=10.0, clock=clock)
+    assert budget.available_ms() == 20.0  # full: burst x lanes
+    assert budget.affords(20.0) and not budget.affords(20.1) and budget.affords(-5.0)  # a cheaper member always fits
+    budget.spend(30.0)
+    assert budget.available_ms() == -10.0 and not budget.affords(1.0)  # in debt: no upgrade until it is paid
+    clock.now += 0.015  # 15 ms x 0.5 x 2 lanes = 15 lane-ms back
+    assert budget.available_ms() == pytest.approx(5.0)
+    clock.now += 10.0
+    assert budget.available_ms() == 20.0  # never above the burst
+    budget.spend(1000.0)
+    assert budget.available_ms() == -20.0  # nor in debt beyond it: a burst is forgotten in bounded time
+
+
+def test_the_upgrade_budget_share_rises_with_requests_met_and_backs_off_once_per_burst_of_misses():
+    clock = Clock()
+    budget = UpgradeBudget(lanes=1, share=0.5, floor=0.1, increase=0.01, decrease=0.5, backoff_s=0.05, clock=clock)
+    for _ in range(10):
+        budget.met()
+    assert budget.share == pytest.approx(0.6)
+    for _ in range(5):  # five misses at once: one step back
+        budget.missed()
+    assert budget.share == pytest.approx(0.3)
+    for _ in range(4):
+        clock.now += 0.06
+        budget.missed()
+    assert budget.share == 0.1  # never below the floor
+    for _ in range(200):
+        budget.met()
+    assert budget.share == 1.0  # nor above every lane
+
+
+@pytest.mark.parametrize("settings", [{"lanes": 0}, {"lanes": 1, "share": 0.0}, {"lanes": 1, "share": 1.5}, {"lanes": 1, "burst_ms": 0.0},
+                                      {"lanes": 1, "share": 0.2, "floor": 0.3}])
+def test_bad_upgrade_budgets_are_refused(settings):
+    with pytest.raises(ValueError):
+        UpgradeBudget(**settings)
