@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from effx_serve.core import atomic_dir, proc
 from effx_serve.hardware.ids import cpu_model_name
@@ -56,7 +57,9 @@ def preflight(test: LoadTest, target: dict) -> list[str]:
                    "members": [{"name": m.name, "accuracy": m.accuracy, "expected_latency_ms": m.expected_latency_ms} for m in members]}
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         return [f"GET /v1/models or /v1/hardware did not give what the load test needs: {error!r}"]
-    return []
+    served = {m["name"] for m in target["members"]}
+    pinned = [name for name in parse_qs(test.params).get("member", []) if name not in served]
+    return [f"the server has no member {name!r} (it serves {', '.join(sorted(served))})" for name in pinned]
 
 
 def versions() -> dict:

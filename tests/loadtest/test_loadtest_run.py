@@ -158,6 +158,14 @@ def test_a_server_without_the_models_list_is_named_before_any_load(fake_server, 
     assert report["server_metrics"]["reason"] == "the load did not run" and not (folder / "raw" / "locust.log").exists()
 
 
+@pytest.mark.parametrize("fake_server", ["ok"], indirect=True)
+def test_a_pinned_member_the_server_does_not_have_is_named_before_any_load(fake_server, tmp_path):
+    folder = tmp_path / "no-member"
+    assert main(["loadtest", "--url", fake_server, "--member", "nosuch", "--duration", "30", "--report", str(folder)]) == 1
+    report = read_report(folder)
+    assert report["problems"][0] == "the server has no member 'nosuch' (it serves m)" and not (folder / "raw" / "locust.log").exists()
+
+
 def test_bad_urls_and_worker_options_are_refused(tmp_path, capsys):
     for argv in (["--url", "127.0.0.1:8000"], ["--url", "http://x", "--workers", "-1"], ["--url", "http://x", "--workers", "1", "--expect-workers", "1"]):
         with pytest.raises(SystemExit):
