@@ -249,8 +249,10 @@ class Dispatcher:
         budget affords (the cheapest always is): under load, requests that allow it go to faster members."""
         feasible = [o for o in options if sla.accuracy_ok(o.accuracy) and sla.latency_ok(o.expected_ms)]
         cheapest = min(_lane_ms(loaded[o.name]) for o in feasible)
+        if self.upgrades.affords(_lane_ms(loaded[decision.member]) - cheapest):
+            return decision
         affordable = [o for o in feasible if self.upgrades.affords(_lane_ms(loaded[o.name]) - cheapest)]
-        return route(affordable, sla, self.settings.default_policy) if len(affordable) < len(feasible) else decision
+        return route(affordable, sla, self.settings.default_policy)
 
     def observe_outcome(self, met: bool) -> None:
         """A request with a latency bound, admitted: answered in time, or late (answered late, or dropped late)."""
