@@ -13,6 +13,10 @@ Every phase is one locust run replaying the same schedule file. Per phase: attai
 requests answered 200 within their bound as the client measured it, from the intended send time), effective
 accuracy (the mean over all scheduled requests of the serving member's top-1 when answered within the bound, else 0),
 goodput (answers within bound per second of schedule), latency, refusals, errors and member shares.
+
+With --compare-rounds N every phase runs N times, round r starting with phase r (the order rotates), since a shared
+machine's speed drifts over minutes: a phase's figures are then pooled over its rounds, and each round's attainment
+and effective accuracy are kept beside them, so a margin can be read against the spread between rounds.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Comparison:
     other_label: str = "other server"
     calibration_requests: int = 9  # per member, after 2 warm-up requests
     phases: tuple[str, ...] = PHASE_KINDS  # which kinds of phase run (the routed one always does)
+    rounds: int = 1  # every phase this many times, each round in another order, so that drift hits every phase alike
 
 
 @dataclass(frozen=True)
@@ -225,13 +230,19 @@ def phase_figures(results: list[list], bounds: list[float], seconds: float | Non
     }
 
 
+def turns(rounds: int, phases: int) -> list[tuple[int, int]]:
+    """(round, phase index) in the order they run: round r starts with phase r mod the phases, then the others in turn."""
+    return [(turn, (turn + k) % phases) for turn in range(rounds) for k in range(phases)]
+
+
 def _slug(index: int, name: str) -> str:
     return f"{index + 1}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
 
 
-def _run_phase(test: LoadTest, plan: Plan, phase: Phase, index: int, raw: Path, schedule_file: Path, bounds: list[float],
-               seconds: float | None, accuracy: dict[str, float], progress) -> tuple[dict, list[str]]:
-    folder = raw / _slug(index, phase.name)
+def _run_phase(test: LoadTest, plan: Plan, phase: Phase, slug: str, raw: Path, schedule_file: Path, bounds: list[float],
+               seconds: float | None, accuracy: dict[str, float], progress) -> tuple[dict, list[str], list[list]]:
+    """One phase once: its figures, its problems and every request's outcome (the locustfile's rows)."""
+    folder = raw / slug
     folder.mkdir()
     figures: dict = {"name": phase.name, "kind": phase.kind, "url": phase.url, "params": phase.params, "member": phase.member,
                      "raw": f"raw/{folder.name}"}
@@ -247,9 +258,10 @@ def _run_phase(test: LoadTest, plan: Plan, phase: Phase, index: int, raw: Path, 
     try:
         counts = json.loads((folder / "counts.json").read_text())
     except (OSError, ValueError):
-        return figures, problems + [f"the load generator wrote no counts (see {figures['raw']}/locust.log)"]
+        return figures, problems + [f"the load generator wrote no counts (see {figures['raw']}/locust.log)"], []
     tally = Tally.from_json(counts["tally"])
-    figures |= phase_figures(counts.get("results", []), bounds, seconds, accuracy)
+    results = counts.get("results", [])
+    figures |= phase_figures(results, bounds, seconds, accuracy)
     figures |= {"lag_p99_ms": tally.lag.percentile(99), "dropped": figures["error_kinds"].get("dropped", 0),
                 "examples": dict(tally.examples), "locust_request_count": runner.locust_request_count(folder)}
     if "setup" in tally.examples:
@@ -258,7 +270,39 @@ def _run_phase(test: LoadTest, plan: Plan, phase: Phase, index: int, raw: Path, 
         problems.append(f"no request was answered ({', '.join(f'{k} {n}' for k, n in figures['error_kinds'].items()) or 'none sent'})")
     if figures["unknown_members"]:
         problems.append(f"served by members not in GET /v1/models: {', '.join(figures['unknown_members'])} (counted at accuracy 0)")
-    return figures, problems
+    return figures, problems, results
+
+
+ROUND_FIGURES = ("attainment", "effective_accuracy", "goodput_rps")
+
+
+def pooled(rounds: list[dict], results: list[list[list]], bounds: list[float], seconds: float | None, accuracy: dict[str, float]) -> dict:
+    """One phase's figures over all its rounds: every request of every round counted once (round r's request i as
+    request r x len(bounds) + i), each round's own attainment, effective accuracy and goodput kept under `rounds`."""
+    if len(rounds) == 1:
+        return rounds[0]
+    count = len(bounds)
+    rows = [[r * count + row[0], *row[1:]] for r, round_results in enumerate(results) for row in round_results]
+    figures = {**rounds[0], **phase_figures(rows, bounds * len(rounds), seconds and seconds * len(rounds), accuracy)}
+    figures["requests_per_round"] = count
+    figures["rounds"] = [{"raw": f.get("raw"), **{k: f.get(k) for k in ROUND_FIGURES}} for f in rounds]
+    figures["raw"] = [f.get("raw") for f in rounds]
+    figures["lag_p99_ms"] = max((f["lag_p99_ms"] for f in rounds if f.get("lag_p99_ms") is not None), default=None)
+    figures["locust_request_count"] = sum(f.get("locust_request_count") or 0 for f in rounds)
+    figures["idle_wait"] = next((f["idle_wait"] for f in rounds if f.get("idle_wait")), None)
+    metrics = [f["server_metrics"] for f in rounds if "server_metrics" in f]
+    if len(metrics) == len(rounds):
+        figures["server_metrics"] = {key: _summed([m.get(key, {}) for m in metrics]) for key in ("requests", "images", "sla_misses", "routes")}
+    else:
+        figures.pop("server_metrics", None)
+    return figures
+
+
+def _summed(counters: list[dict]) -> dict:
+    total: Counter = Counter()
+    for counter in counters:
+        total.update(counter)
+    return dict(total)
 
 
 def _target(url: str, test: LoadTest) -> tuple[dict, list[str]]:
@@ -350,13 +394,24 @@ def _compare(test: LoadTest, comparison: Comparison, raw: Path, report: dict, pr
                 "other": {m["name"]: m["accuracy"] for m in (other or {}).get("members", [])}}
     phases = make_phases(test.url, members, comparison)
     planned = round(sum(s.seconds for s in plan.steps) + runner.DRAIN_S)
-    for index, phase in enumerate(phases):
-        def step(done: int, total: int, offset: int = index * planned) -> None:
-            progress(min(offset + done, len(phases) * planned), len(phases) * planned)
+    total = len(phases) * comparison.rounds * planned
+    runs: dict[int, list[tuple[dict, list[list]]]] = {i: [] for i in range(len(phases))}
+    try:
+        for done_runs, (turn, index) in enumerate(turns(comparison.rounds, len(phases))):
+            phase = phases[index]
+            slug = _slug(index, phase.name) if comparison.rounds == 1 else f"r{turn + 1}-{_slug(index, phase.name)}"
 
-        figures, found = _run_phase(test, plan, phase, index, raw, schedule_file, bounds, seconds,
-                                    accuracy["other" if phase.kind == "other" else "main"], step)
-        report["phases"].append(figures)
-        problems += [f"phase {phase.name}: {p}" for p in found]
-        if any("interrupted" in p for p in found):
-            break
+            def step(done: int, _total: int, offset: int = done_runs * planned) -> None:
+                progress(min(offset + done, total), total)
+
+            figures, found, results = _run_phase(test, plan, phase, slug, raw, schedule_file, bounds, seconds,
+                                                 accuracy["other" if phase.kind == "other" else "main"], step)
+            runs[index].append((figures, results))
+            problems += [f"phase {phase.name}" + (f", round {turn + 1}" if comparison.rounds > 1 else "") + f": {p}" for p in found]
+            if any("interrupted" in p for p in found):
+                break
+    finally:  # the phases run so far, each pooled over its rounds, in the phases' order
+        for index, phase in enumerate(phases):
+            if runs[index]:
+                report["phases"].append(pooled([f for f, _ in runs[index]], [r for _, r in runs[index]], bounds, seconds,
+                                               accuracy["other" if phase.kind == "other" else "main"]))

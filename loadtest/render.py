@@ -411,7 +411,7 @@ def _comparison_document(report: dict, charts: list[str], skipped: bool) -> list
     phases = _rows(report.get("phases"))
     headers = ["phase", "requests", "attainment", "effective accuracy", "goodput (req/s)", "p50 (ms)", "p99 (ms)",
                "refused 422", "refused 429", "errors", "members"]
-    rows = [[_plain(p.get("name")), _plain(p.get("requests")), _pct(p.get("attainment")), _pct(p.get("effective_accuracy")),
+    rows = [[_plain(p.get("name")), _plain(p.get("requests")), _pooled(p, "attainment"), _pooled(p, "effective_accuracy"),
              _rate(p.get("goodput_rps")), _ms(_dict(p.get("latency_ms")).get("p50")), _ms(_dict(p.get("latency_ms")).get("p99")),
              _plain(p.get("refused_422")), _plain(p.get("refused_429")), _plain(p.get("errors")), _pairs(p.get("members"), _pct)]
             for p in phases]
@@ -432,6 +432,19 @@ def _comparison_document(report: dict, charts: list[str], skipped: bool) -> list
     files = [(str(label), href) for label, href in _dict(report.get("files")).items() if isinstance(href, str)]
     return blocks + [("h2", "Versions"), *_table(["component", "version"], versions),
                      ("h2", "Raw files"), ("links", files) if files else ("p", DASH)]
+
+
+def round_range(phase: dict, key: str) -> tuple[float, float] | None:
+    """The lowest and highest of a comparison phase's rounds for one figure (compare.ROUND_FIGURES); None for a phase
+    run once."""
+    values = [value for r in _rows(phase.get("rounds")) if (value := _number(r.get(key))) is not None]
+    return (min(values), max(values)) if values else None
+
+
+def _pooled(phase: dict, key: str) -> str:
+    """A phase's pooled share, with its rounds' range when it ran more than once."""
+    spread = round_range(phase, key)
+    return _pct(phase.get(key)) + (f" (rounds {_pct(spread[0])} to {_pct(spread[1])})" if spread else "")
 
 
 def _schedule(schedule: dict) -> list[tuple]:

@@ -13,7 +13,7 @@ from urllib.parse import urlencode, urlsplit
 
 from effx_serve.cli.common import checked, positive_float, positive_int, progress_line, table
 from effx_serve.core.errors import UserError, missing_extra
-from loadtest import compare, runner, summary
+from loadtest import compare, render, runner, summary
 from loadtest.arrivals import ARRIVALS, Arrivals, TraceError, read_trace
 from loadtest.plan import LoadTest, make_plan
 
@@ -78,8 +78,8 @@ def _print_comparison(report: dict, folder: Path) -> None:
     schedule = report.get("schedule") or {}
     print(f"load test comparison {report['status'].upper()}: against {report['target']['url']}"
           + (f", {schedule['requests']} requests over {schedule['duration_s']:g} s, {schedule['arrivals']['described']}" if schedule else ""))
-    rows = [{"phase": p["name"], "requests": str(p.get("requests", "-")), "attainment": _share(p.get("attainment")),
-             "accuracy": _share(p.get("effective_accuracy")), "goodput": _figure(p.get("goodput_rps"), ".1f"),
+    rows = [{"phase": p["name"], "requests": str(p.get("requests", "-")), "attainment": _pooled(p, "attainment"),
+             "accuracy": _pooled(p, "effective_accuracy"), "goodput": _figure(p.get("goodput_rps"), ".1f"),
              "p50": _figure((p.get("latency_ms") or {}).get("p50"), ".1f"), "p99": _figure((p.get("latency_ms") or {}).get("p99"), ".1f"),
              "422": str(p.get("refused_422", "-")), "429": str(p.get("refused_429", "-")), "errors": str(p.get("errors", "-")),
              "members": ", ".join(f"{m} {share:.0%}" for m, share in (p.get("members") or {}).items()) or "-"}
@@ -94,6 +94,12 @@ def _print_comparison(report: dict, folder: Path) -> None:
     print(f"  report: {folder / 'report.md'} (and report.html, report.json, raw/)")
 
 
+def _pooled(phase: dict, key: str) -> str:
+    """A share, with the range over the rounds when the phase ran more than once: `54.4% (41.2-73.5)`."""
+    spread = render.round_range(phase, key)
+    return _share(phase.get(key)) + (f" ({spread[0]:.1%}-{spread[1]:.1%})".replace("%-", "-") if spread else "")
+
+
 def _share(value) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -106,7 +112,8 @@ def _check_options(args: argparse.Namespace) -> None:
     """Options that only make sense together, refused before anything runs."""
     if not args.compare:
         for given, option in ((args.latency_bounds, "--latency-bounds"), (args.compare_url, "--compare-url"),
-                              (args.compare_label, "--compare-label"), (args.compare_phases, "--compare-phases")):
+                              (args.compare_label, "--compare-label"), (args.compare_phases, "--compare-phases"),
+                              (args.compare_rounds, "--compare-rounds")):
             if given is not None:
                 raise UserError(f"{option} needs --compare")
     if args.compare and args.member:
@@ -156,7 +163,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         command = "effx-serve " + shlex.join(args.argv)
         if args.compare:
             comparison = compare.Comparison(args.latency_bounds or (1.5, 3.0), args.compare_url, args.compare_label or "other server",
-                                            phases=tuple(args.compare_phases or compare.PHASE_KINDS))
+                                            phases=tuple(args.compare_phases or compare.PHASE_KINDS), rounds=args.compare_rounds or 1)
             report = compare.run(test, comparison, folder, command, progress)
         else:
             report = runner.run(test, folder, command, progress)
@@ -197,6 +204,9 @@ def add_parsers(sub) -> None:
                           help="a request's bound: a factor in this range x a random member's unloaded latency (default 1.5:3)")
     compared.add_argument("--compare-url", type=_url, metavar="URL", help="also send the routed phase to this server (e.g. another scheduler)")
     compared.add_argument("--compare-label", metavar="LABEL", help="the name of the --compare-url phase (default: other server)")
+    compared.add_argument("--compare-rounds", type=positive_int, metavar="N",
+                          help="run every phase N times, each round in another order, and pool them (default 1): a shared "
+                               "machine's speed drifts over minutes, and the report shows each round's figures beside the pooled ones")
     compared.add_argument("--compare-phases", type=_phases, metavar="KINDS",
                           help="which phases run, of routed,pinned,other (default: all; the routed one always runs)")
     p.add_argument("--steps", type=positive_int, default=1,

@@ -70,3 +70,24 @@ def test_a_comparison_sends_the_same_schedule_in_every_phase(server_url, tmp_pat
         assert (folder / name).is_file(), name
     markdown = (folder / "report.md").read_text()
     assert "## Comparison" in markdown and "| pinned tiny-f-b1 |" in markdown and "PASSED" in markdown
+
+
+def test_a_comparison_in_rounds_runs_every_phase_in_each_round_in_a_rotated_order(server_url, tmp_path):
+    folder = tmp_path / "rounds"
+    code = main(["loadtest", "--url", server_url, "--compare", "--rate", "10", "--duration", "2", "--scenario", "smoke",
+                 "--compare-phases", "routed,pinned", "--compare-rounds", "2", "--report", str(folder)])
+    report = read_report(folder)
+    assert code == 0, report["problems"]
+    scheduled = report["schedule"]["requests"]
+    phases = {p["name"]: p for p in report["phases"]}
+    assert list(phases) == ["routed", "pinned tiny-f-b0", "pinned tiny-f-b1"]
+    for phase in phases.values():
+        assert phase["requests"] == 2 * scheduled and phase["requests_per_round"] == scheduled and len(phase["rounds"]) == 2
+        assert phase["answered"] + phase["refused_422"] + phase["refused_429"] + phase["errors"] == 2 * scheduled
+        for raw in phase["raw"]:
+            results = json.loads((folder / raw / "counts.json").read_text())["results"]
+            assert sorted(r[0] for r in results) == list(range(scheduled))  # each round sends the whole schedule
+    finished = {raw: (folder / raw / "counts.json").stat().st_mtime for phase in phases.values() for raw in phase["raw"]}
+    assert finished["raw/r1-1-routed"] < finished["raw/r1-2-pinned-tiny-f-b0"]
+    assert finished["raw/r2-2-pinned-tiny-f-b0"] < finished["raw/r2-3-pinned-tiny-f-b1"] < finished["raw/r2-1-routed"]  # round 2 starts with phase 2
+    assert "(rounds " in (folder / "report.md").read_text()

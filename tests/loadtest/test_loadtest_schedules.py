@@ -215,6 +215,32 @@ def test_phase_figures_count_every_scheduled_request():
     assert compare.phase_figures([], bounds, 2.0, {})["attainment"] == 0.0
 
 
+def test_rounds_rotate_the_phase_order_so_each_phase_runs_early_and_late():
+    assert compare.turns(1, 3) == [(0, 0), (0, 1), (0, 2)]
+    assert compare.turns(3, 3) == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 0), (2, 2), (2, 0), (2, 1)]
+    assert compare.turns(2, 4)[4:] == [(1, 1), (1, 2), (1, 3), (1, 0)]
+
+
+def test_a_phase_run_in_rounds_is_pooled_over_every_request_with_each_rounds_figures_beside(tmp_path):
+    bounds, accuracy = [10.0, 10.0], {"b0": 0.5}
+    first = [[0, "ok", 200, 5.0, "b0"], [1, "ok", 200, 15.0, "b0"]]  # one late
+    second = [[0, "ok", 200, 5.0, "b0"], [1, "ok", 200, 6.0, "b0"]]
+    metrics = [{"routes": {"preferred": 2.0}, "sla_misses": {"latency latency": 1.0}, "requests": {}, "images": {"b0": 2.0}},
+               {"routes": {"preferred": 1.0, "scaled": 1.0}, "sla_misses": {}, "requests": {}, "images": {"b0": 2.0}}]
+    rounds = [{"name": "routed", "raw": f"raw/r{i + 1}-1-routed", "lag_p99_ms": lag, "locust_request_count": 2, "idle_wait": None,
+               "server_metrics": m, **compare.phase_figures(r, bounds, 1.0, accuracy)}
+              for i, (r, lag, m) in enumerate(zip((first, second), (3.0, 7.0), metrics, strict=True))]
+    figures = compare.pooled(rounds, [first, second], bounds, 1.0, accuracy)
+    assert figures["requests"] == 4 and figures["requests_per_round"] == 2 and figures["within_bound"] == 3
+    assert figures["attainment"] == pytest.approx(0.75) and figures["goodput_rps"] == pytest.approx(1.5)
+    assert [r["attainment"] for r in figures["rounds"]] == [0.5, 1.0] and figures["raw"] == ["raw/r1-1-routed", "raw/r2-1-routed"]
+    assert figures["lag_p99_ms"] == 7.0 and figures["locust_request_count"] == 4
+    assert figures["server_metrics"]["routes"] == {"preferred": 3.0, "scaled": 1.0} and figures["server_metrics"]["images"] == {"b0": 4.0}
+    assert compare.pooled(rounds[:1], [first], bounds, 1.0, accuracy) is rounds[0]  # one round: its own figures
+    render_comparison({**COMPARISON, "phases": [figures]}, tmp_path)
+    assert "| routed | 4 | 75.0% (rounds 50.0% to 100.0%) | 37.5% (rounds 25.0% to 50.0%) |" in (tmp_path / "report.md").read_text()
+
+
 COMPARISON = {
     "mode": "compare", "status": "passed", "problems": [], "command": "effx-serve loadtest --compare --rate 50",
     "target": {"url": "http://127.0.0.1:8000", "ready": True, "members": [{"name": "b0", "accuracy": 0.5}, {"name": "b1", "accuracy": 0.7}]},
@@ -272,6 +298,8 @@ def _error(capsys, argv) -> str:
     (["--compare", "--rate", "5", "--gate-p99-ms", "5"], "--gate-p99-ms does not apply to --compare"),
     (["--compare", "--rate", "5", "--compare-phases", "routed,all"], "argument --compare-phases: expected phase kinds among routed,pinned,other"),
     (["--compare-phases", "routed", "--rate", "5"], "effx-serve: error: --compare-phases needs --compare"),
+    (["--compare-rounds", "2", "--rate", "5"], "effx-serve: error: --compare-rounds needs --compare"),
+    (["--compare", "--rate", "5", "--compare-rounds", "0"], "argument --compare-rounds"),
     (["--compare", "--rate", "5", "--member", "b0"], "--member pins every request; --compare pins each member"),
     (["--compare", "--rate", "5", "--workers", "2"], "--compare is replayed by one locust process"),
     (["--arrivals", "gamma"], "effx-serve: error: --arrivals gamma needs --rate"),
