@@ -67,7 +67,8 @@ def _refuse_expired(server: Server, trace: Trace, sla: Sla) -> None:
     now = time.monotonic()
     if trace.client_deadline is None or trace.client_deadline > now or sla.on_miss != "reject":
         return
-    _count_late(server, sla.kind)
+    server.metrics.routes.labels("refused_expired").inc()
+    server.metrics.sla_misses.labels(sla.kind, "refused").inc()
     raise DeadlineMissed(f"the deadline passed {1000 * (now - trace.client_deadline):.1f} ms before the server could start on the request "
                          "(in transit, or its backlog); retry with a later deadline", server.dispatcher.retry_after_s())
 

@@ -31,7 +31,8 @@ class ServerMetrics:
                                   ["sla", "cause"], registry=r)
         self.routes = Counter("effx_routes", "How requests were placed: preferred (the member chosen at rest), scaled (a faster one for the "
                               "load), moved (out of a queue it could no longer make it in), best_effort (served late), refused_overload "
-                              "(429 on arrival), refused_deadline (429 from the queue), rejected_sla (422: no member could at rest)",
+                              "(429 on arrival), refused_expired (429: its client deadline had passed when the server could start on it), "
+                              "refused_deadline (429 from the queue), rejected_sla (422: no member could at rest)",
                               ["outcome"], registry=r)
         self.queue_depth = Gauge("effx_queue_depth", "Images waiting for a batch, by member", ["member"], registry=r)
         self.expected_ms = Gauge("effx_expected_latency_ms", "Expected end-to-end latency of a new one-image 640x480 JPEG request, by member",

@@ -54,3 +54,26 @@ def test_every_reason_maps_to_one_client_status(error):
     from effx_serve.serve.http import errors
 
     assert 400 <= errors.response(error).status_code < 500
+
+
+def test_a_request_dropped_late_after_admission_is_counted_and_backs_the_upgrade_budget_off(served_repository, monkeypatch):
+    from effx_serve.serve.dispatch import DeadlineMissed
+
+    async def late(*args, **kwargs):
+        raise DeadlineMissed("could not answer in time", 1.0)
+
+    async def scenario():
+        server = make_server(served_repository)
+        await open_ready(server)
+        try:
+            share = server.dispatcher.upgrades.share
+            monkeypatch.setattr(server.dispatcher, "run", late)
+            with pytest.raises(DeadlineMissed):
+                await flow.classify(server, [JPEG], ClassifyParams(max_latency_ms=5000), False, flow.Trace(time.monotonic()))
+            return share, server.dispatcher.upgrades.share, server.metrics.render().decode()
+        finally:
+            await server.close()
+
+    before, after, metrics = asyncio.run(scenario())
+    assert after < before
+    assert 'effx_routes_total{outcome="refused_deadline"} 1.0' in metrics and 'effx_sla_misses_total{cause="refused",sla="latency"} 1.0' in metrics

@@ -171,7 +171,7 @@ def test_a_request_whose_client_deadline_passed_in_transit_is_refused_at_once_un
     refused = _deadline(client, f"{time.time() - 0.2:.3f}")
     assert refused.status_code == 429 and refused.json()["reason"] == "deadline" and "passed" in refused.json()["detail"]
     assert "Retry-After" in refused.headers
-    assert 'effx_routes_total{outcome="refused_deadline"} 1.0' in client.get("/metrics").text
+    assert 'effx_routes_total{outcome="refused_expired"} 1.0' in client.get("/metrics").text
     late = _deadline(client, f"{time.time() - 0.2:.3f}", on_miss="best_effort")
     assert late.status_code == 200 and late.json()["sla"]["met"] is False and late.json()["sla"]["misses"] == ["latency"]
 
