@@ -213,7 +213,9 @@ def print_load(figures: dict) -> list[str]:
                   f"{phase['refused_422']:5d} {phase['errors']:4d}")
         routed = report["phases"][0]
         routes = (routed.get("server_metrics") or {}).get("routes") or {}
-        print("  routed, as the server placed them: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(routes.items(), key=lambda kv: -kv[1])))
+        late = (routed.get("server_metrics") or {}).get("late_stage") or {}
+        print("  routed, as the server placed them: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(routes.items(), key=lambda kv: -kv[1]))
+              + "; late answers by the stage that overran most: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(late.items())) or "none"))
         pinned = [p for p in report["phases"] if p["kind"] == "pinned"]
         on_server = server_attainment(routed)
         on_client = routed["within_bound"] / routed["answered"] if routed["answered"] else 0.0

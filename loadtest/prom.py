@@ -40,4 +40,6 @@ def delta(before: str, after: str) -> dict:
         if n:
             misses[f"{dict(labels)['sla']} {dict(labels)['cause']}"] += n
     routes = {dict(labels)["outcome"]: n for labels, n in change("effx_routes_total").items() if n}
-    return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses), "routes": routes}
+    late = {dict(labels)["stage"]: n for labels, n in change("effx_late_stage_total").items() if n}
+    return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses), "routes": routes,
+            "late_stage": late}

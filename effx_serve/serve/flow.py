@@ -23,7 +23,7 @@ import numpy as np
 from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
 from effx_serve.serve.catalog import Member
-from effx_serve.serve.dispatch import DeadlineMissed, ImageInfo, Ran, Routed
+from effx_serve.serve.dispatch import DeadlineMissed, Expectation, ImageInfo, Ran, Routed
 from effx_serve.serve.errors import InvalidRequest, Overloaded, SlaUnmeetable
 from effx_serve.serve.router import Sla
 from effx_serve.serve.schema import ClassifyParams, Expected, OptionOut
@@ -121,6 +121,8 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered)
     if sla.max_latency_ms is not None:
         dispatcher.observe_outcome(met="latency" not in report["misses"])
+        if "latency" in report["misses"] and routed.expected is not None:
+            metrics.late_stage.labels(_overran(routed.expected, ran, routed_at, inference_done, answered)).inc()
     metrics.routes.labels(report["route"]).inc()
     for result in ran.results:
         metrics.queue_seconds.labels(ran.member.name).observe(result.queue_ms / 1000.0)
@@ -128,6 +130,16 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     for cause in report["misses"]:
         metrics.sla_misses.labels(sla.kind, cause).inc()
     return body
+
+
+def _overran(expected: Expectation, ran: Ran, routed_at: float, inference_done: float, answered: float) -> str:
+    """Where a late answer lost the most time against its expectation: `wait_decode` (the CPU and device queues and the
+    decoding), `inference` (the batch) or `after` (from the batch's end to the answer serialised: the event loop)."""
+    inference_ms = max(r.inference_ms for r in ran.results)
+    overruns = {"wait_decode": (inference_done - routed_at) * 1000.0 - inference_ms - expected.wait_ms - expected.decode_ms,
+                "inference": inference_ms - expected.inference_ms,
+                "after": (answered - inference_done) * 1000.0 - expected.after_ms}
+    return max(overruns, key=overruns.__getitem__)
 
 
 def _count_late(server: Server, sla_kind: str) -> None:

@@ -34,6 +34,9 @@ class ServerMetrics:
                               "(429 on arrival), refused_expired (429: its client deadline had passed when the server could start on it), "
                               "refused_deadline (429 from the queue), rejected_sla (422: no member could at rest)",
                               ["outcome"], registry=r)
+        self.late_stage = Counter("effx_late_stage", "Answers late for their latency bound, by the stage that overran its expectation the "
+                                  "most: wait_decode (queues and decoding), inference, after (batch end to answer serialised)",
+                                  ["stage"], registry=r)
         self.queue_depth = Gauge("effx_queue_depth", "Images waiting for a batch, by member", ["member"], registry=r)
         self.expected_ms = Gauge("effx_expected_latency_ms", "Expected end-to-end latency of a new one-image 640x480 JPEG request, by member",
                                  ["member"], registry=r)

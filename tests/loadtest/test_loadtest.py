@@ -232,6 +232,8 @@ effx_batch_size_sum{member="b0"} 15.0
 effx_sla_misses_total{cause="rejected",sla="latency"} 2.0
 # TYPE effx_routes_total counter
 effx_routes_total{outcome="scaled"} 3.0
+# TYPE effx_late_stage_total counter
+effx_late_stage_total{stage="after"} 2.0
 """
 
 
@@ -240,6 +242,7 @@ def test_metrics_delta():
     assert change["requests"] == {"b0 classify 200": 10.0, "none classify 422": 2.0}
     assert change["images"] == {"b0": 10.0} and change["mean_batch_size"] == {"b0": 2.0}
     assert change["sla_misses"] == {"latency rejected": 2.0} and change["routes"] == {"scaled": 3.0}
+    assert change["late_stage"] == {"after": 2.0}
 
 
 def test_durations():

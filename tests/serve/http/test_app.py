@@ -174,6 +174,8 @@ def test_a_request_whose_client_deadline_passed_in_transit_is_refused_at_once_un
     assert 'effx_routes_total{outcome="refused_expired"} 1.0' in client.get("/metrics").text
     late = _deadline(client, f"{time.time() - 0.2:.3f}", on_miss="best_effort")
     assert late.status_code == 200 and late.json()["sla"]["met"] is False and late.json()["sla"]["misses"] == ["latency"]
+    stages = [line for line in client.get("/metrics").text.splitlines() if line.startswith("effx_late_stage_total{")]
+    assert len(stages) == 1 and stages[0].endswith(" 1.0")  # the late answer, put down to the stage that overran most
 
 
 TRUNCATED = JPEG[: len(JPEG) // 2]
