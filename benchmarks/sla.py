@@ -7,7 +7,7 @@
 2. **Load** (real servers on the demo repository, the load generator on the same machine): the saturated
    throughput of the fastest member gives the capacity C; then, with `effx-serve loadtest --compare`, the same
    open-loop schedule (Poisson, then bursty) at 0.8 C is sent once with SLA routing, once per member pinned
-   and once to a second server with an older costing (`serve --costing member`, or `queued` with --other-costing); and at C and 2 C with
+   and once to a second server with the old per-member costing (`serve --costing member`); and at C and 2 C with
    routing, for goodput and the time to a refusal. Targets:
    - at 0.8 C: >= 99% of admitted latency-bound requests within their bound on the server's clock, >= 95% as
      the client measures;
@@ -160,13 +160,13 @@ def server_attainment(phase: dict) -> float | None:
     return 1.0 - late / answered if answered else None
 
 
-def load(repo: Path, duration_s: float, rounds: int, other_costing: str, say) -> dict:
+def load(repo: Path, duration_s: float, rounds: int, say) -> dict:
     import serving
 
     figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="effx-bench-sla-") as folder:
         work = Path(folder)
-        with serving.router(repo, [], work) as (port, _), serving.router(repo, ["--costing", other_costing], work) as (old_port, _):
+        with serving.router(repo, [], work) as (port, _), serving.router(repo, ["--costing", "member"], work) as (old_port, _):
             url, old_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
             with urllib.request.urlopen(f"{url}/v1/models") as answer:
                 members = json.load(answer)["members"]
@@ -174,9 +174,9 @@ def load(repo: Path, duration_s: float, rounds: int, other_costing: str, say) ->
             say(f"capacity: {fastest} pinned, closed loop at saturation")
             figures["capacity_rps"] = rate = capacity(url, fastest, min(duration_s, 10.0), work)
             figures["fastest"] = fastest
-            old = ["--compare-url", old_url, "--compare-label", f"routed, {other_costing} costing"]
+            old = ["--compare-url", old_url, "--compare-label", "routed, member costing"]
             for name, arrivals in (("poisson", ["--arrivals", "poisson"]), ("bursty", BURSTY)):
-                say(f"{name} at {LOAD:g} x capacity ({LOAD * rate:.0f} req/s): routed, each member pinned, the {other_costing} costing")
+                say(f"{name} at {LOAD:g} x capacity ({LOAD * rate:.0f} req/s): routed, each member pinned, the old costing")
                 figures[name] = compare(url, LOAD * rate, arrivals, duration_s, rounds, work / name, old)
             for name, factor in (("at_capacity", 1.0), ("overload", OVERLOAD)):
                 say(f"routed at {factor:g} x capacity ({factor * rate:.0f} req/s)")
@@ -261,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default="model_repository", help="the demo repository (effx-serve build-repo --demo)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per phase (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every comparison, each in another phase order (default 3)")
-    parser.add_argument("--other-costing", choices=("member", "queued"), default="member",
-                        help="the costing of the second server, the routed phase's comparison (default member: the oldest)")
     parser.add_argument("--only", choices=("cost", "load"))
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (repo / "manifest.json").is_file():
             print(f"{repo} has no manifest.json: build the demo repository first (effx-serve build-repo --demo)", file=sys.stderr)
             return 2
-        figures["load"] = load(repo, args.duration, max(1, args.rounds), args.other_costing, lambda line: print(line, file=sys.stderr, flush=True))
+        figures["load"] = load(repo, args.duration, max(1, args.rounds), lambda line: print(line, file=sys.stderr, flush=True))
         print_load(figures["load"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

@@ -68,9 +68,8 @@ def add_parsers(sub) -> None:
                    help="requests without a latency bound are scheduled as if due this long after arrival: behind tighter ones, "
                         "never starved (default: %(default)s)")
     p.add_argument("--costing", choices=COSTINGS, default="device",
-                   help="device: expected latency counts every member's work on the device, decoding, the HTTP edge and the work "
-                        "that will overtake under earliest deadline first (default); queued: the same without the overtaking work; "
-                        "member: the member's own queue and profile only (older costings, to measure the difference)")
+                   help="device: expected latency counts every member's work on the device, decoding and the HTTP edge (default); "
+                        "member: the member's own queue and profile only (the old costing, to measure the difference)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=ServerSettings.max_pixels,
                    help="largest image, width x height, read from its header before decoding (default: %(default)s, 4096 x 4096)")

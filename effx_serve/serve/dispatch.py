@@ -8,10 +8,8 @@ Expected end-to-end latency of a request on member m, counted from its arrival (
 
 - elapsed: since the request arrived (reading its body took this already);
 - CPU wait, device wait: the work queued and running on that scheduler that is due before this request's
-  deadline (every member's batches, the decoding in flight), spread over its lanes, and stretched by 1 / (1 - o),
-  o the share of the lanes taken by work that arrives later but is due sooner (earliest deadline first lets it
-  overtake; measured from the recent arrivals); one wait when the backend runs on the CPU that also decodes (the
-  embedded backend);
+  deadline (every member's batches, the decoding in flight), spread over its lanes; one wait when the backend
+  runs on the CPU that also decodes (the embedded backend);
 - decode(m): per (image format, member) from a reference photo timed at start, scaled by the image's pixels,
   corrected online;
 - batch(m): the member's profiled service time x the device's contention factor (observed / profiled over every
@@ -20,8 +18,7 @@ Expected end-to-end latency of a request on member m, counted from its arrival (
 - the end-to-end correction: observed / expected remainder over answered requests (what the model above misses).
 
 The `member` costing is the old one, kept behind `--costing member` to measure the gain: a member's own queue
-and profiled time only, as if members shared nothing and decoding and the HTTP edge took no time. The `queued`
-costing is the device costing without the overtaking stretch (the work queued on arrival only), kept likewise.
+and profiled time only, as if members shared nothing and decoding and the HTTP edge took no time.
 """
 
 from __future__ import annotations
@@ -41,7 +38,7 @@ from effx_serve.core.proc import available_cpus
 from effx_serve.serve.backends.base import Backend, BackendUnavailable
 from effx_serve.serve.catalog import Catalog, Member
 from effx_serve.serve.errors import Overloaded, UnreadableImage
-from effx_serve.serve.estimates import ArrivingWork, Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
+from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Decision, Option, Sla, route
 from effx_serve.serve.scheduler import DeviceScheduler, ItemResult, Late
@@ -82,7 +79,6 @@ class Routed:
         return self.expected.total_ms if self.expected else None
 
 
-MAX_OVERTAKING = 0.9  # of the lanes: beyond, the expected wait of a queued request would grow without bound
 LARGE_IMAGE_PIXELS = 2048 * 2048
 """Images above this decode on at most lanes - 1 CPU lanes at once: a lane stays free for normal photos, and the memory
 that decoded pixels take is bounded by one or a few of them (a 16 MP 16-bit PNG takes ~0.3 GB while it decodes)."""
@@ -114,7 +110,6 @@ class Dispatcher:
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
         self.upgrades = UpgradeBudget(self.cpu_lanes)  # sized again for the device's lanes at start
-        self.arriving = ArrivingWork()
         self.device: DeviceScheduler | None = None
         self.cpu: DeviceScheduler | None = None
 
@@ -173,7 +168,7 @@ class Dispatcher:
     def observe_answer(self, routed: Routed, arrival: float, routed_at: float, inference_done: float, answered: float) -> None:
         """What an answered request teaches: the time after its batch, and how far the expectation was off."""
         self.after.observe((answered - inference_done) * 1000.0)
-        if routed.expected is not None and self.settings.costing != "member":
+        if routed.expected is not None and self.settings.costing == "device":
             expected_remainder = routed.expected.total_ms - (routed_at - arrival) * 1000.0
             self.end_to_end.observe(expected_remainder / self.end_to_end.factor(), (answered - routed_at) * 1000.0)
 
@@ -201,13 +196,9 @@ class Dispatcher:
                 at_rest[m.name] = Expectation(m, 0.0, 0.0, inference, 0.0, inference)
             return loaded, at_rest
         elapsed = (now - arrival) * 1000.0
+        cpu_wait = self.cpu.wait_ms(deadline, now) if self.cpu is not None else 0.0
+        device_wait = self.device.wait_ms(deadline, now) if self.device is not None and self.device is not self.cpu else 0.0
         lanes = self.cpu.lanes if self.cpu else self.cpu_lanes
-        # Earliest deadline first: work arriving while this request waits, due before it, goes ahead of it too.
-        overtaking = 0.0
-        if self.settings.costing == "device":
-            overtaking = min(MAX_OVERTAKING, self.arriving.rate_within((deadline - now) * 1000.0) / lanes)
-        cpu_wait = self.cpu.wait_ms(deadline, now) / (1.0 - overtaking) if self.cpu is not None else 0.0
-        device_wait = self.device.wait_ms(deadline, now) / (1.0 - overtaking) if self.device is not None and self.device is not self.cpu else 0.0
         after, scale = self.after.value, self.end_to_end.factor()
         spread = min(count, lanes)  # several images decode side by side
         for m in members:
@@ -237,12 +228,11 @@ class Dispatcher:
         loaded, at_rest = self._expectations(members, images, deadline, arrival, now)
         options = tuple(Option(m.name, m.accuracy, loaded[m.name].total_ms) for m in members)
         decision = route(options, sla, self.settings.default_policy)
-        if decision.expected_to_meet and self.settings.costing != "member":
+        if decision.expected_to_meet and self.settings.costing == "device":
             decision = self._affordable(decision, options, loaded, sla)
         chosen = self.catalog.members[decision.member] if decision.member else None
         if chosen is not None:
             self.upgrades.spend(_lane_ms(loaded[chosen.name]))
-            self.arriving.add((deadline - arrival) * 1000.0, _lane_ms(loaded[chosen.name]))
         if sla.max_latency_ms is None:  # only a latency bound depends on the load
             return Routed(chosen, decision, options, loaded.get(decision.member), "preferred" if chosen else "sla")
         rest = route(tuple(Option(m.name, m.accuracy, at_rest[m.name].total_ms) for m in members), sla, self.settings.default_policy)

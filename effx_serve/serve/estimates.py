@@ -9,7 +9,6 @@ does not keep the burst's factor for minutes after it.
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections.abc import Callable
@@ -157,39 +156,3 @@ class UpgradeBudget:
         if now - self._backed_off >= self._backoff_s:
             self.share = max(self.floor, self.share * self._decrease)
             self._backed_off = now
-
-
-class ArrivingWork:
-    """The device work arriving per millisecond, by how soon after arriving it is due: under earliest deadline first,
-    work that arrives after a queued request with a deadline before its own goes ahead of it, so the work queued
-    when a request arrives is not all it will wait for.
-
-    Work is kept in bins of its bound (log-spaced, 0.5 ms to 16 s) as exponentially decaying sums; a decayed sum with
-    half-life h holds about rate x h / ln 2 of work."""
-
-    EDGES_MS = tuple(0.5 * 2 ** (k / 2) for k in range(31))  # 0.5 ms .. 16 s, a bin per factor of sqrt(2)
-
-    def __init__(self, half_life_s: float = 1.0, clock: Clock = time.monotonic):
-        if half_life_s <= 0:
-            raise ValueError("half_life_s must be above 0")
-        self._half_life_s, self._clock = half_life_s, clock
-        self._sums = [0.0] * (len(self.EDGES_MS) + 1)
-        self._at = clock()
-
-    def _decay(self) -> None:
-        now = self._clock()
-        if now > self._at:
-            keep = 0.5 ** ((now - self._at) / self._half_life_s)
-            self._sums = [value * keep for value in self._sums]
-            self._at = now
-
-    def add(self, bound_ms: float, cost_ms: float) -> None:
-        """A request routed: due `bound_ms` after it arrived, costing `cost_ms` of the device's lanes."""
-        self._decay()
-        self._sums[bisect.bisect_left(self.EDGES_MS, bound_ms)] += max(0.0, cost_ms)
-
-    def rate_within(self, bound_ms: float) -> float:
-        """Lane-milliseconds per millisecond of arriving work due within `bound_ms` of its arrival."""
-        self._decay()
-        due = sum(self._sums[: bisect.bisect_left(self.EDGES_MS, bound_ms) + 1])
-        return due / (self._half_life_s * 1000.0 / math.log(2))

@@ -9,16 +9,15 @@ from effx_serve.core.errors import UserError
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 
-COSTINGS = ("device", "queued", "member")
+COSTINGS = ("device", "member")
 
 
 @dataclass(frozen=True)
 class DispatchSettings:
     max_queue: int = 256  # images waiting per member before 429
     default_policy: str = "most_accurate"  # requests with no SLA
-    # How expected latency is costed: `device` (every member's work on the device, decoding, the HTTP edge, and the work
-    # that will overtake under earliest deadline first; the default), `queued` (the same without the overtaking work) or
-    # `member` (the member's own queue and profile only). The last two are older costings, kept to measure the gain.
+    # How expected latency is costed: `device` (every member's work on the device, decoding, the HTTP edge; the
+    # default) or `member` (the member's own queue and profile only: the old costing, kept to measure the gain).
     costing: str = "device"
     # Requests without a latency bound are scheduled as if due this long after they arrived: behind tighter
     # deadlines, but never starved by them (they are never refused for it).

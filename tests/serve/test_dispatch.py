@@ -123,32 +123,6 @@ def test_load_scales_a_latency_bound_down_to_a_faster_member_then_refuses_early(
     assert (routes["accuracy"].member.name, routes["accuracy"].route) == ("large", "preferred")  # no bound: the load does not move it
 
 
-def test_the_expected_wait_counts_work_arriving_later_but_due_sooner_unless_costed_on_the_queue_alone():
-    from dataclasses import replace
-
-    async def scenario():
-        d, backend = dispatcher()
-        await d.start()
-        now = time.monotonic()
-        tasks = await hold(d, backend, LARGE, 3, now + 0.5)
-        for _ in range(100):  # a stream of tight requests: 300 lane-ms of them due within 5 ms of arriving
-            d.arriving.add(5.0, 3.0)
-        soon = time.monotonic()
-        waits = {}
-        for costing in ("device", "queued"):
-            d.settings = replace(d.settings, costing=costing)
-            waits[costing] = (d.expect(SMALL, [PHOTO], soon + 1.0, soon, soon).wait_ms,
-                              d.expect(SMALL, [PHOTO], soon + 0.003, soon, soon).wait_ms)  # due sooner than any of the stream
-        backend.gate.set()
-        await asyncio.gather(*tasks)
-        await d.close()
-        return waits
-
-    waits = run(scenario())
-    assert waits["device"][0] > 1.2 * waits["queued"][0]  # x 1 / (1 - 0.21): the stream overtakes a request due in a second
-    assert waits["device"][1] == pytest.approx(waits["queued"][1], abs=0.5)  # but not one due before any of it
-
-
 def test_a_rate_the_accurate_member_cannot_sustain_sends_the_excess_to_the_faster_one_unless_costed_per_member():
     async def scenario(costing):
         d, _ = dispatcher(costing)

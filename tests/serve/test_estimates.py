@@ -4,7 +4,7 @@ share of the lanes and learns that share from requests met and missed."""
 
 import pytest
 
-from effx_serve.serve.estimates import ArrivingWork, Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
+from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
 
 
 class Clock:
@@ -113,20 +113,3 @@ def test_the_upgrade_budget_share_rises_with_requests_met_and_backs_off_once_per
 def test_bad_upgrade_budgets_are_refused(settings):
     with pytest.raises(ValueError):
         UpgradeBudget(**settings)
-
-
-def test_arriving_work_is_a_rate_by_how_soon_it_is_due_and_fades_when_arrivals_stop():
-    clock = Clock()
-    work = ArrivingWork(half_life_s=1.0, clock=clock)
-    for _ in range(1000):  # ten seconds of arrivals, 100/s due within 10 ms and 100/s within 1 s, 2 lane-ms each
-        clock.now += 0.005
-        work.add(10.0, 2.0)
-        clock.now += 0.005
-        work.add(1000.0, 2.0)
-    tight, every = work.rate_within(12.0), work.rate_within(2000.0)
-    assert 0.15 < tight < 0.25 and 0.3 < every < 0.5 and every == pytest.approx(2 * tight, rel=0.05)  # 0.2 and 0.4 lane-ms per ms
-    assert work.rate_within(5.0) == 0.0  # none of it is due that soon
-    clock.now += 3.0
-    assert work.rate_within(2000.0) == pytest.approx(every / 8)  # three half-lives without arrivals
-    with pytest.raises(ValueError):
-        ArrivingWork(half_life_s=0)
