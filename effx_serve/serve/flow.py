@@ -48,7 +48,7 @@ class Trace:
 
 def client_deadline(header: str, arrival: float) -> float:
     """A client's absolute deadline (Unix time in seconds, e.g. `1764505000.125`) on the monotonic clock, possibly passed
-    already (`expired` says so once the request is read); InvalidRequest when it is not a number or more than an hour
+    already (`_refuse_expired` refuses it once the request is read); InvalidRequest when it is not a number or more than an hour
     away either side (a clock in the wrong unit, or out of sync)."""
     try:
         epoch = float(header)
@@ -67,8 +67,7 @@ def _refuse_expired(server: Server, trace: Trace, sla: Sla) -> None:
     now = time.monotonic()
     if trace.client_deadline is None or trace.client_deadline > now or sla.on_miss != "reject":
         return
-    server.metrics.routes.labels("refused_expired").inc()
-    server.metrics.sla_misses.labels(sla.kind, "refused").inc()
+    _count_refused(server, "refused_expired", sla.kind)
     raise DeadlineMissed(f"the deadline passed {1000 * (now - trace.client_deadline):.1f} ms before the server could start on the request "
                          "(in transit, or its backlog); retry with a later deadline", server.dispatcher.retry_after_s())
 
@@ -111,7 +110,7 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         decoded = time.monotonic()
         ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params))
     except DeadlineMissed:
-        _count_late(server, sla.kind)
+        _count_refused(server, "refused_deadline", sla.kind)
         dispatcher.observe_outcome(met=False)
         raise
     inference_done = time.monotonic()
@@ -142,16 +141,15 @@ def _overran(expected: Expectation, ran: Ran, routed_at: float, inference_done: 
     return max(overruns, key=overruns.__getitem__)
 
 
-def _count_late(server: Server, sla_kind: str) -> None:
-    server.metrics.routes.labels("refused_deadline").inc()
+def _count_refused(server: Server, outcome: str, sla_kind: str) -> None:
+    server.metrics.routes.labels(outcome).inc()
     server.metrics.sla_misses.labels(sla_kind, "refused").inc()
 
 
 def _refuse(server: Server, routed: Routed, sla: Sla) -> None:
     metrics = server.metrics
     if routed.route == "overload":
-        metrics.routes.labels("refused_overload").inc()
-        metrics.sla_misses.labels(sla.kind, "refused").inc()
+        _count_refused(server, "refused_overload", sla.kind)
         raise Overloaded(f"no member can answer within max_latency_ms {sla.max_latency_ms:g} under the current load (at rest one could); "
                          "retry, relax the bound, or send on_miss=best_effort", server.dispatcher.retry_after_s(), "overload")
     metrics.routes.labels("rejected_sla").inc()
