@@ -17,9 +17,8 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed  ## create .venv and install everything
 
-run: setup  ## the main job: the SLA-routing server on model_repository/ (the demo repository is built on first run, ~20 min on 2 cores)
-	test -f model_repository/manifest.json || $(BIN)/effx-serve build-repo --demo --hardware nvidia-h200 tpu-v3
-	$(BIN)/effx-serve serve --repo model_repository --host $(HOST) --port $(PORT)
+run: setup  ## the main job: the SLA-routing server on model_repository/ (on first run the demo repository builds in the background: b0 serves within minutes, the rest as they train)
+	$(BIN)/effx-serve serve --repo model_repository --demo --host $(HOST) --port $(PORT)
 
 test: setup  ## the whole test suite (it includes the import contracts, tests/test_layers.py, and ruff)
 	$(BIN)/python -m pytest

@@ -49,11 +49,12 @@ def measure_quickly(monkeypatch) -> list:
     return measured
 
 
-def build(tiny_family, out, **settings):
+def build(tiny_family, out, partial_of=None, **settings):
     """build-repo of the tiny family into `out` (profiled with whatever protocol the caller patched in)."""
     family, checkpoints = tiny_family
     with LatencyStore() as store:
-        return build_repository(family, checkpoints, out, RepoSettings(**settings), this_machine(), store, say=lambda line: None)
+        return build_repository(family, checkpoints, out, RepoSettings(**settings), this_machine(), store, say=lambda line: None,
+                                partial_of=partial_of)
 
 
 def image_bytes(fmt="JPEG", size=(64, 48), mode="RGB", seed=0) -> bytes:

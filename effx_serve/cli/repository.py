@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from effx_serve.cli.common import int_list, progress_lines, require_training, table
@@ -17,15 +18,17 @@ from search.scaling.build_family import RESULTS_FILE, run_demo
 
 DEFAULT_REPOSITORY = "model_repository"
 DEFAULT_DEMO_RUN = "runs/demo"
+DEMO_DATASET = "effx-demo-shapes"
 
 
-def build_demo_family(run_dir: Path, say) -> Path:
-    """The demo family's run folder, trained first when it has no results yet (minutes, resumable)."""
+def build_demo_family(run_dir: Path, say, on_members: Callable[[Path, int], None] | None = None) -> Path:
+    """The demo family's run folder, trained first when it has no results yet (minutes, resumable); `on_members` as in
+    run_demo (each step of the family as its members are ready)."""
     if not (run_dir / RESULTS_FILE).exists():
         say(f"no demo family in {run_dir}: building it (it prints an estimate before each stage; a killed run resumes)")
         machine = this_machine()
         with LatencyStore() as store:
-            run_demo(run_dir, MeasuredLatency(machine, store), machine.hardware_id, say=say)
+            run_demo(run_dir, MeasuredLatency(machine, store), machine.hardware_id, say=say, on_members=on_members)
     return run_dir
 
 
@@ -34,18 +37,26 @@ def cmd_build_repo(args: argparse.Namespace) -> int:
     say = progress_lines(quiet=args.json)
     if args.demo == bool(args.family):
         raise UserError("give either --demo or --family FILE --checkpoints DIR")
+    settings = RepoSettings(backend=args.triton_backend, hardware_ids=tuple(args.hardware), target=args.target, batches=tuple(args.batches),
+                            dataset_name=args.dataset_name or (DEMO_DATASET if args.demo else None))
+    machine, out = this_machine(), Path(args.out)
+
+    def build(family: Path, checkpoints: Path, partial_of: int | None = None) -> dict:
+        with LatencyStore() as store:
+            return build_repository(family, checkpoints, out, settings, machine, store, say, partial_of)
+
     if args.demo:
-        run_dir = build_demo_family(Path(args.demo_run), say)
-        family, checkpoints, dataset = run_dir / "lacs" / "family.json", run_dir / "checkpoints", args.dataset_name or "effx-demo-shapes"
+        run_dir = Path(args.demo_run)
+
+        def step(family: Path, planned: int) -> None:  # each step of the family is served as soon as it is ready
+            data = build(family, run_dir / "checkpoints", planned)
+            say(f"{out} now has {len(data['members'])} of {planned} members ({', '.join(data['members'])}); a watching server serves them")
+
+        data = build(build_demo_family(run_dir, say, step) / "lacs" / "family.json", run_dir / "checkpoints")
     else:
         if not args.checkpoints:
             raise UserError("--family needs --checkpoints DIR (the folder with one trained run per member)")
-        family, checkpoints, dataset = Path(args.family), Path(args.checkpoints), args.dataset_name
-    settings = RepoSettings(backend=args.triton_backend, hardware_ids=tuple(args.hardware), target=args.target, batches=tuple(args.batches),
-                            dataset_name=dataset)
-    machine = this_machine()
-    with LatencyStore() as store:
-        data = build_repository(family, checkpoints, Path(args.out), settings, machine, store, say)
+        data = build(Path(args.family), Path(args.checkpoints))
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

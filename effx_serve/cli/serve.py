@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 from effx_serve.cli.common import checked, positive_int
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
-from effx_serve.core.proc import map_large_allocations
+from effx_serve.core.proc import map_large_allocations, stop
+from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
@@ -17,6 +23,42 @@ from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
 _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of MiB", "above 0")
 _seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds", "above 0 and at most 3600")
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
+_watch_s = checked(float, lambda value: 0 <= value <= 3600, "a number of seconds", "from 0 (never) to 3600")
+DEMO_HARDWARE = ("nvidia-h200", "tpu-v3")  # the demo repository also predicts these (the Makefile's choice before --demo)
+DEMO_WATCH_S = 2.0
+BUILDER_NICE = 10  # the build yields the cores to the requests being served
+
+
+def needs_demo_build(repository: Path) -> bool:
+    """No repository yet, or a partial one whose build was interrupted."""
+    try:
+        return "partial" in manifest.read(repository)
+    except UserError:
+        return not (repository / "manifest.json").exists()  # a broken manifest is the server's to report
+
+
+def start_demo_build(repository: Path) -> subprocess.Popen:
+    """`build-repo --demo` into `repository` in a child process at a lower priority: the server serves its members as they
+    are written (b0 first, in minutes), while it trains the rest. Its progress lines go to this terminal."""
+    argv = [sys.executable, "-m", "effx_serve.cli", "build-repo", "--demo", "--out", str(repository), "--hardware", *DEMO_HARDWARE]
+    print(f"building the demo repository in the background ({' '.join(argv[3:])}); serving each member as it is ready", flush=True)
+    return subprocess.Popen(argv, preexec_fn=lambda: os.nice(BUILDER_NICE))
+
+
+def wait_for_first_member(repository: Path, builder: subprocess.Popen, poll_s: float = 0.5) -> None:
+    while not (repository / "manifest.json").exists():
+        if builder.poll() is not None:
+            raise UserError(f"the demo build stopped (exit {builder.returncode}) before its first member was ready; its output is above")
+        time.sleep(poll_s)
+
+
+def _report_when_done(builder: subprocess.Popen) -> None:
+    def wait() -> None:
+        code = builder.wait()
+        logging.getLogger("effx_serve.demo").log(logging.INFO if code == 0 else logging.ERROR,
+                                                 "the demo build %s", "finished" if code == 0 else f"stopped (exit {code}); the members so far go on serving")
+
+    threading.Thread(target=wait, name="demo-build", daemon=True).start()
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
@@ -29,7 +71,13 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
                           max_in_flight=args.max_in_flight, max_bodies_bytes=int(args.max_bodies_mb * 2**20),
-                          body_timeout_s=args.body_timeout_s)
+                          body_timeout_s=args.body_timeout_s, watch_s=_watch_interval(args))
+
+
+def _watch_interval(args: argparse.Namespace) -> float:
+    if args.watch_s is not None:
+        return args.watch_s
+    return DEMO_WATCH_S if args.demo else 0.0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -42,19 +90,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     map_large_allocations()  # memory that large images took goes back to the OS after them
-    server = Server(settings_from(args))
-    print(f"serving {len(server.catalog.members)} members of {server.settings.repository} (family {server.catalog.family}) "
-          f"on {server.hardware.id} with {server.backend.kind}: http://{args.host}:{args.port}/docs", flush=True)
-    for note in server.notes:
-        print(f"note: {note}", flush=True)
-    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                http=limited_protocol(args.head_timeout_s), timeout_keep_alive=args.keep_alive_s)  # limits on a head: serve/http/protocol.py
+    repository = Path(args.repo)
+    builder = start_demo_build(repository) if args.demo and needs_demo_build(repository) else None
+    try:
+        if builder is not None:
+            wait_for_first_member(repository, builder)
+            _report_when_done(builder)
+        server = Server(settings_from(args))
+        building = f"; {server.catalog.building}" if server.catalog.building else ""
+        print(f"serving {len(server.catalog.members)} members of {server.settings.repository} (family {server.catalog.family}) "
+              f"on {server.hardware.id} with {server.backend.kind}: http://{args.host}:{args.port}/docs{building}", flush=True)
+        for note in server.notes:
+            print(f"note: {note}", flush=True)
+        uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                    http=limited_protocol(args.head_timeout_s), timeout_keep_alive=args.keep_alive_s)  # limits on a head: serve/http/protocol.py
+    finally:
+        if builder is not None and builder.poll() is None:
+            print("stopping the demo build (the next 'serve --demo' resumes it)", flush=True)
+            stop(builder)
     return 0
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="serve HTTP image classification, each request routed to the fastest member meeting its SLA")
     p.add_argument("--repo", default=DEFAULT_REPOSITORY, help="model repository with manifest.json (default: %(default)s)")
+    p.add_argument("--demo", action="store_true",
+                   help="when --repo is missing (or a partial demo build), build the demo repository in the background and serve its "
+                        "members as they are ready: b0 in minutes, the rest as LACS and training finish (implies --watch-s 2)")
+    p.add_argument("--watch-s", type=_watch_s, default=None,
+                   help="look at the repository's manifest this often and serve a rebuilt repository without a restart "
+                        "(default: 0, never; 2 with --demo)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="onnxruntime: in this process (default); triton: a Triton server")
     p.add_argument("--triton-url", default="127.0.0.1:8000", help="Triton's HTTP (or gRPC) address, host:port (default: %(default)s)")
     p.add_argument("--triton-protocol", choices=("http", "grpc"), default="http")

@@ -68,8 +68,9 @@ class Member:
     labels: list[str]
 
 
-def find_members(family: dict, checkpoints: Path, family_file: Path) -> list[Member]:
-    """Every family member with its finished checkpoint; a clear error for whatever does not match."""
+def find_members(family: dict, checkpoints: Path, family_file: Path, trained_only: bool = False) -> list[Member]:
+    """Every family member with its finished checkpoint (`trained_only`: those finished so far); a clear error for whatever
+    does not match."""
     from training.checkpoint import json_path, read_meta
 
     if not checkpoints.is_dir():
@@ -80,6 +81,8 @@ def find_members(family: dict, checkpoints: Path, family_file: Path) -> list[Mem
         folder = checkpoints / spec.name
         final = json_path(folder, "final")
         if not final.exists():
+            if trained_only:
+                continue
             state = "an unfinished run" if json_path(folder, "last").exists() else "no checkpoint"
             raise UserError(f"member {spec.name} of {family_file} has {state} in {folder} (no final.json); train it with 'effx-serve build-family'")
         meta = read_meta(final)
@@ -95,6 +98,8 @@ def find_members(family: dict, checkpoints: Path, family_file: Path) -> list[Mem
         if len(labels) != trained.num_classes:
             raise UserError(f"{labels_file} lists {len(labels)} labels but member {spec.name} has {trained.num_classes} classes")
         members.append(Member(spec.name, float(entry.get("phi", 0.0)), trained, final, meta, labels))
+    if not members:
+        raise UserError(f"no member of {family_file} has a finished checkpoint in {checkpoints} yet; train one with 'effx-serve build-family'")
     if len({tuple(m.labels) for m in members}) > 1:
         raise UserError(f"the members in {checkpoints} were trained on different label sets; a repository serves one")
     return members
@@ -173,8 +178,12 @@ def _keep_own_files(out: Path, staging: Path) -> None:
 
 
 def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: RepoSettings, machine: Machine, store,
-                     say: Callable[[str], None] = print) -> dict:
-    """Build (or rebuild) the repository at `out`; returns the manifest written."""
+                     say: Callable[[str], None] = print, partial_of: int | None = None) -> dict:
+    """Build (or rebuild) the repository at `out`; returns the manifest written.
+
+    `partial_of`: this build is one step of a family of that many members still being trained (a server watching `out`
+    serves each step): members without a finished checkpoint are left out, and the manifest says `partial` while fewer
+    than `partial_of` are in it."""
     with needs_extra("train", "build-repo"):  # the export: torch and onnx
         from training.arch.export import INPUT_NAME, OUTPUT_NAME
 
@@ -188,7 +197,7 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
     if target not in (machine.hardware_id, *settings.hardware_ids):
         raise UserError(f"--target {target} has no latency records to plan batching from; add it to --hardware")
     family = read_family(family_file)
-    members = find_members(family, checkpoints, family_file)
+    members = find_members(family, checkpoints, family_file, trained_only=partial_of is not None)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_dir.recover(out)
@@ -243,7 +252,7 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
                           "hardware_classes": sorted({hardware_class(h) for h in (family["hardware"], machine.hardware_id, *settings.hardware_ids)}),
                           "coefficients": list(family["coefficients"]), "members": [m.name for m in members]}],
             "members": entries,
-        }
+        } | ({"partial": {"members_planned": partial_of}} if partial_of is not None and len(members) < partial_of else {})
         manifest.validate(data, "the manifest being built")
         _keep_own_files(out, staging)
         (staging / MANIFEST_FILE).write_text(json.dumps(data, indent=2))

@@ -1,12 +1,12 @@
 """What the server can route to: the members of a model repository, with this hardware's latency figures.
 
-Read once at start from manifest.json. For every member it keeps the latency records that best describe
-the hardware the server runs on, in this order of preference: records of the detected hardware id
-measured with the runtime the backend uses, measured with another runtime, predicted ones, and last,
-when the repository knows nothing of this hardware, the records of the hardware it was built on. The
-chosen records' provenance travels to /v1/models, /v1/hardware and the logs, so nobody mistakes a
-roofline guess for a measurement. Online corrections (serve.estimates) then fit them to what the
-server observes.
+Read from manifest.json at start, and again when a watching server sees the repository change (serve.server).
+For every member it keeps the latency records that best describe the hardware the server runs on, in this
+order of preference: records of the detected hardware id measured with the runtime the backend uses,
+measured with another runtime, predicted ones, and last, when the repository knows nothing of this
+hardware, the records of the hardware it was built on. The chosen records' provenance travels to
+/v1/models, /v1/hardware and the logs, so nobody mistakes a roofline guess for a measurement. Online
+corrections (serve.estimates) then fit them to what the server observes.
 """
 
 from __future__ import annotations
@@ -91,6 +91,14 @@ class Catalog:
     members: dict[str, Member]
     dataset: str
     notes: tuple[str, ...] = field(default=())
+    members_planned: int | None = None  # a partial repository: a build is still adding members up to this many
+
+    @property
+    def building(self) -> str | None:
+        """What a partial repository says of itself (None when complete)."""
+        if self.members_planned is None:
+            return None
+        return f"{len(self.members)} of {self.members_planned} members so far; a build is adding the rest"
 
     def family_members(self, family: str | None = None) -> list[Member]:
         name = family or self.family
@@ -166,4 +174,5 @@ def load(repository: str | Path, hardware_id: str, runtime: str, family: str | N
     if borrowed:
         notes.append(f"no measured latency of this hardware ({hardware_id}) for some members; using {', '.join(borrowed)}, "
                      "corrected online from observed timings")
-    return Catalog(repository, hardware_id, hardware_class, chosen, families, members, data["dataset"]["name"], tuple(notes))
+    planned = data.get("partial", {}).get("members_planned")
+    return Catalog(repository, hardware_id, hardware_class, chosen, families, members, data["dataset"]["name"], tuple(notes), planned)

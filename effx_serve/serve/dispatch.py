@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,7 @@ class Dispatcher:
         self.upgrades = UpgradeBudget(self.cpu_lanes)  # sized again for the device's lanes at start
         self.device: DeviceScheduler | None = None
         self.cpu: DeviceScheduler | None = None
+        self.active = 0  # requests routed here and not answered yet (a replaced dispatcher closes once they are)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -146,6 +148,22 @@ class Dispatcher:
         if self.device is None:
             return self.backend.problem() or "loading and warming up the models"
         return self.backend.problem()
+
+    @contextmanager
+    def in_use(self) -> Iterator[Dispatcher]:
+        """Around one request's route, decode and run: a dispatcher being retired waits for it."""
+        self.active += 1
+        try:
+            yield self
+        finally:
+            self.active -= 1
+
+    async def retire(self, grace_s: float) -> None:
+        """Close once the requests it is serving have been answered (or after `grace_s`, failing the rest)."""
+        give_up = time.monotonic() + grace_s
+        while self.active and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
+        await self.close()
 
     async def close(self) -> None:
         for scheduler in {id(s): s for s in (self.device, self.cpu) if s is not None}.values():

@@ -23,7 +23,7 @@ import numpy as np
 from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
 from effx_serve.serve.catalog import Member
-from effx_serve.serve.dispatch import DeadlineMissed, Expectation, ImageInfo, Ran, Routed
+from effx_serve.serve.dispatch import DeadlineMissed, Dispatcher, Expectation, ImageInfo, Ran, Routed
 from effx_serve.serve.errors import InvalidRequest, Overloaded, SlaUnmeetable
 from effx_serve.serve.router import Sla
 from effx_serve.serve.schema import ClassifyParams, Expected, OptionOut
@@ -92,43 +92,44 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
     sla = _sla(params, trace)
     trace.sla = sla.kind
     _refuse_expired(server, trace, sla)
-    dispatcher, metrics = server.dispatcher, server.metrics
-    metrics.sla_requests.labels(sla.kind).inc()
-    bound_ms = sla.max_latency_ms if sla.max_latency_ms is not None else dispatcher.settings.default_deadline_ms
-    deadline = trace.arrival + bound_ms / 1000.0
-    infos = [ImageInfo(*preprocess.peek(data)) for data in images]
-    routed = dispatcher.route(sla, infos, deadline, trace.arrival, params.family, params.member)
-    if routed.member is None:
-        _refuse(server, routed, sla)
-    member = routed.member
-    trace.member = member.name
-    if params.top_k > len(member.labels):
-        raise InvalidRequest(f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
-    routed_at = time.monotonic()
-    try:
-        pictures, inputs = await dispatcher.decode(images, infos, member, deadline, hard=sla.max_latency_ms is not None and sla.on_miss == "reject")
-        decoded = time.monotonic()
-        ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(server, routed, sla, params))
-    except DeadlineMissed:
-        _count_refused(server, "refused_deadline", sla.kind)
-        dispatcher.observe_outcome(met=False)
-        raise
-    inference_done = time.monotonic()
-    trace.member = ran.member.name
-    body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
-    answered = time.monotonic()
-    dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered)
-    if sla.max_latency_ms is not None:
-        dispatcher.observe_outcome(met="latency" not in report["misses"])
-        if "latency" in report["misses"] and routed.expected is not None:
-            metrics.late_stage.labels(_overran(routed.expected, ran, routed_at, inference_done, answered)).inc()
-    metrics.routes.labels(report["route"]).inc()
-    for result in ran.results:
-        metrics.queue_seconds.labels(ran.member.name).observe(result.queue_ms / 1000.0)
-    metrics.images.labels(ran.member.name).inc(len(ran.results))
-    for cause in report["misses"]:
-        metrics.sla_misses.labels(sla.kind, cause).inc()
-    return body
+    with server.dispatcher.in_use() as dispatcher:  # a repository reloaded meanwhile lets this request finish here
+        metrics = server.metrics
+        metrics.sla_requests.labels(sla.kind).inc()
+        bound_ms = sla.max_latency_ms if sla.max_latency_ms is not None else dispatcher.settings.default_deadline_ms
+        deadline = trace.arrival + bound_ms / 1000.0
+        infos = [ImageInfo(*preprocess.peek(data)) for data in images]
+        routed = dispatcher.route(sla, infos, deadline, trace.arrival, params.family, params.member)
+        if routed.member is None:
+            _refuse(server, routed, sla)
+        member = routed.member
+        trace.member = member.name
+        if params.top_k > len(member.labels):
+            raise InvalidRequest(f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
+        routed_at = time.monotonic()
+        try:
+            pictures, inputs = await dispatcher.decode(images, infos, member, deadline, hard=sla.max_latency_ms is not None and sla.on_miss == "reject")
+            decoded = time.monotonic()
+            ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(dispatcher, routed, sla, params))
+        except DeadlineMissed:
+            _count_refused(server, "refused_deadline", sla.kind)
+            dispatcher.observe_outcome(met=False)
+            raise
+        inference_done = time.monotonic()
+        trace.member = ran.member.name
+        body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
+        answered = time.monotonic()
+        dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered)
+        if sla.max_latency_ms is not None:
+            dispatcher.observe_outcome(met="latency" not in report["misses"])
+            if "latency" in report["misses"] and routed.expected is not None:
+                metrics.late_stage.labels(_overran(routed.expected, ran, routed_at, inference_done, answered)).inc()
+        metrics.routes.labels(report["route"]).inc()
+        for result in ran.results:
+            metrics.queue_seconds.labels(ran.member.name).observe(result.queue_ms / 1000.0)
+        metrics.images.labels(ran.member.name).inc(len(ran.results))
+        for cause in report["misses"]:
+            metrics.sla_misses.labels(sla.kind, cause).inc()
+        return body
 
 
 def _overran(expected: Expectation, ran: Ran, routed_at: float, inference_done: float, answered: float) -> str:
@@ -160,14 +161,14 @@ def _refuse(server: Server, routed: Routed, sla: Sla) -> None:
                         "or send on_miss=best_effort to be served by the nearest", options)
 
 
-def _faster(server: Server, routed: Routed, sla: Sla, params: ClassifyParams) -> list[Member]:
+def _faster(dispatcher: Dispatcher, routed: Routed, sla: Sla, params: ClassifyParams) -> list[Member]:
     """Where a request may move if it can no longer make its deadline: the faster members of its family that meet its
     accuracy floor, most accurate first (none for a request that pinned its member)."""
     if params.member is not None or sla.max_latency_ms is None:
         return []
     expected = {o.name: o.expected_ms for o in routed.options}
     chosen = expected[routed.member.name]
-    faster = [server.catalog.members[name] for name, ms in expected.items() if ms < chosen and name != routed.member.name]
+    faster = [dispatcher.catalog.members[name] for name, ms in expected.items() if ms < chosen and name != routed.member.name]
     return sorted((m for m in faster if sla.accuracy_ok(m.accuracy)), key=lambda m: (-m.accuracy, m.name))
 
 

@@ -144,6 +144,8 @@ class ModelsOut(BaseModel):
     default_family: str
     families: dict[str, list[str]]
     members: list[MemberOut]
+    building: str | None = Field(None, description="set while the repository is partial: a build is still adding members, "
+                                                  "which the server serves as they arrive")
 
 
 class Problem(BaseModel):

@@ -3,6 +3,11 @@
 Built synchronously before the HTTP app starts, so a bad repository or setting ends the command with a
 one-line message; loading and warming the models then runs in the background while /healthz already
 answers and /readyz says what is still loading.
+
+With `watch_s`, the server looks at the repository's manifest that often and, when a build has swapped in
+a new one, loads and warms the new members beside the serving ones, then switches to them: requests
+already routed finish where they were routed, and a repository that fails to load leaves the current
+one serving (/readyz says why). A member-by-member build (`build-repo --demo`) is served as it grows.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+from pathlib import Path
 
 from effx_serve.core.errors import UserError
 from effx_serve.core.proc import trim_free_memory
@@ -26,6 +33,16 @@ log = logging.getLogger(__name__)
 
 RETRY_START_S = 5.0
 TIDY_EVERY_S = 5.0  # how often an idle server gives free memory back to the OS
+RETIRE_GRACE_S = 30.0  # how long a replaced repository's members keep serving the requests routed to them
+
+
+def manifest_signature(repository: Path) -> tuple[int, int, int] | None:
+    """What changes when a build swaps in a new manifest (inode, mtime, size); None while there is none."""
+    try:
+        stat = os.stat(repository / "manifest.json")
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def make_backend(settings: ServerSettings, hardware: DetectedHardware) -> tuple[Backend, str, list[str]]:
@@ -54,20 +71,25 @@ class Server:
     def __init__(self, settings: ServerSettings, hardware: DetectedHardware | None = None, backend: Backend | None = None):
         self.settings = settings
         self.hardware = hardware or detect()
+        self._makes_backends = backend is None  # a reload needs a new backend; one handed in (tests) cannot be remade
+        self.metrics = ServerMetrics()
+        self._signature = manifest_signature(settings.repository)
+        self.backend, self.catalog, self.dispatcher, self.notes = self._load(backend)
+        self.startup_error: str | None = None
+        self.reload_error: str | None = None  # the last repository change that could not be served, while it stands
+        self.in_flight = 0  # requests inside the app now (the event loop is the only writer)
+        self._tasks: list[asyncio.Task] = []
+
+    def _load(self, backend: Backend | None = None) -> tuple[Backend, catalog_io.Catalog, Dispatcher, tuple[str, ...]]:
+        """A backend, the repository's catalog and a dispatcher over them (nothing loaded into the backend yet)."""
         if backend is None:
-            backend, latency_hardware, notes = make_backend(settings, self.hardware)
+            backend, latency_hardware, notes = make_backend(self.settings, self.hardware)
         else:
             latency_hardware, notes = self.hardware.id, []
-        self.backend = backend
-        self.catalog = catalog_io.load(settings.repository, latency_hardware, backend.runtime, settings.family)
-        self.notes = tuple(notes) + self.catalog.notes
-        self.metrics = ServerMetrics()
-        self.dispatcher = Dispatcher(self.catalog, backend, settings.dispatch, self.metrics,
-                                     {"max_pixels": settings.max_pixels, "formats": settings.formats, "min_side": settings.min_side})
-        self.startup_error: str | None = None
-        self.in_flight = 0  # requests inside the app now (the event loop is the only writer)
-        self._starting: asyncio.Task | None = None
-        self._tidying: asyncio.Task | None = None
+        catalog = catalog_io.load(self.settings.repository, latency_hardware, backend.runtime, self.settings.family)
+        dispatcher = Dispatcher(catalog, backend, self.settings.dispatch, self.metrics,
+                                {"max_pixels": self.settings.max_pixels, "formats": self.settings.formats, "min_side": self.settings.min_side})
+        return backend, catalog, dispatcher, tuple(notes) + catalog.notes
 
     def problem(self) -> str | None:
         if self.startup_error is not None:
@@ -77,8 +99,43 @@ class Server:
     async def open(self) -> None:
         for note in self.notes:
             log.warning(note)
-        self._starting = asyncio.create_task(self._start())
-        self._tidying = asyncio.create_task(self._tidy_when_idle())
+        starting = asyncio.create_task(self._start())
+        self._tasks = [starting, asyncio.create_task(self._tidy_when_idle())]
+        if self.settings.watch_s > 0:
+            self._tasks.append(asyncio.create_task(self._watch(starting)))
+
+    async def reload(self) -> None:
+        """Serve the repository as it is now: its members are loaded and warmed beside the serving ones, then take over;
+        the old ones close once the requests routed to them are answered. On failure the current members go on serving."""
+        if not self._makes_backends:
+            raise UserError("this server was given its backend, so it cannot make one for a new repository")
+        backend, catalog, dispatcher, notes = self._load()  # reads the manifest: milliseconds
+        try:
+            await dispatcher.start()
+        except BaseException:
+            await dispatcher.close()
+            raise
+        old = self.dispatcher
+        self.backend, self.catalog, self.dispatcher, self.notes = backend, catalog, dispatcher, notes
+        self.startup_error = self.reload_error = None
+        log.info("reloaded %s: %d members%s", self.settings.repository, len(catalog.members),
+                 f" ({catalog.building})" if catalog.building else "")
+        await old.retire(RETIRE_GRACE_S)
+
+    async def _watch(self, starting: asyncio.Task) -> None:
+        """Reload whenever the repository's manifest changes (after the first start has finished, well or not)."""
+        await asyncio.gather(starting, return_exceptions=True)
+        while True:
+            await asyncio.sleep(self.settings.watch_s)
+            signature = manifest_signature(self.settings.repository)
+            if signature is None or signature == self._signature:
+                continue
+            self._signature = signature  # tried once per change: a broken repository is not reloaded in a loop
+            try:
+                await self.reload()
+            except Exception as error:  # noqa: BLE001 - whatever the new repository's fault, the current one goes on serving
+                self.reload_error = str(error)
+                log.error("the changed repository %s cannot be served (the previous one goes on): %s", self.settings.repository, error)
 
     async def _start(self) -> None:
         while True:
@@ -105,8 +162,7 @@ class Server:
                 await asyncio.to_thread(trim_free_memory)
 
     async def close(self) -> None:
-        for task in (self._starting, self._tidying):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await self.dispatcher.close()

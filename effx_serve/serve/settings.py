@@ -61,6 +61,7 @@ class ServerSettings:
     max_bodies_bytes: int = 256 * 2**20  # bytes of request bodies in the server at once (arriving or being served)
     body_timeout_s: float = 30.0  # a request's body must arrive within this (408 and closed otherwise)
     formats: tuple[str, ...] = SERVING_FORMATS
+    watch_s: float = 0.0  # look at the repository's manifest this often and serve a new one when it changes (0: never)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -72,5 +73,7 @@ class ServerSettings:
             raise UserError(f"the memory for bodies ({self.max_bodies_bytes} bytes) must hold one whole body ({self.max_body_bytes} bytes)")
         if not 0 < self.body_timeout_s <= 3600:
             raise UserError("body_timeout_s must be in (0, 3600] seconds")
+        if not 0 <= self.watch_s <= 3600:
+            raise UserError("watch_s must be in [0, 3600] seconds (0: never look for a new repository)")
         if self.dispatch.max_queue < self.max_images:
             raise UserError(f"the queue limit ({self.dispatch.max_queue} images) must hold a whole batch request ({self.max_images} images)")

@@ -21,6 +21,7 @@ from search.defaults import describe_estimate, estimate_seconds
 from search.evaluators import ProxyAccuracy, short_run
 from search.scaling import job as lacs_job
 from search.scaling.job import LacsSettings
+from search.scaling.lacs import Coefficients
 from training.arch.family_file import read_family
 from training.arch.presets import get_preset
 from training.arch.spec import ModelSpec
@@ -54,7 +55,8 @@ def demo_base(resolution: int) -> ModelSpec:
     return get_preset("efficientnet-x-b0", width=0.5, depth=0.34, resolution=resolution, num_classes=10).with_(name="demo-x")
 
 
-def _train_members(members: list[dict], data: Path, out: Path, epochs: int, latency_of, say, progress: bool) -> list[dict]:
+def _train_members(members: list[dict], data: Path, out: Path, epochs: int, latency_of, say, progress: bool,
+                   after_each: Callable[[], None] | None = None) -> list[dict]:
     from training import data as datasets  # torch
 
     classes = datasets.class_names(data)
@@ -71,14 +73,20 @@ def _train_members(members: list[dict], data: Path, out: Path, epochs: int, late
                      "macs": member["macs"], "latency_ms": latency_of(spec), "top1": metrics["ema_top1"], "top5": metrics["ema_top5"],
                      "checkpoint": str(checkpoints), "train_seconds": time.perf_counter() - started})
         say(f"  {spec.name}: top-1 {100 * metrics['ema_top1']:.1f}%, {rows[-1]['latency_ms']:.3f} ms")
+        if after_each is not None:
+            after_each()
     return rows
 
 
 def train_family(family_file: Path, data: Path, out: Path, epochs: int, latency_of: Callable[[ModelSpec], float],
-                 say: Callable[[str], None] = print, progress: bool = True, accuracy_only: bool = False) -> list[dict]:
-    """Train the LACS family (and, with `accuracy_only`, the accuracy-only family beside it); write results and family.png."""
+                 say: Callable[[str], None] = print, progress: bool = True, accuracy_only: bool = False,
+                 after_each: Callable[[], None] | None = None) -> list[dict]:
+    """Train the LACS family (and, with `accuracy_only`, the accuracy-only family beside it); write results and family.png.
+    `after_each` runs after each LACS member but the last is trained (a partial repository built from them, say)."""
     family = read_family(family_file)
-    rows = _train_members(family["members"], data, out, epochs, latency_of, say, progress)
+    members = family["members"]
+    rows = _train_members(members[:-1], data, out, epochs, latency_of, say, progress, after_each)
+    rows += _train_members(members[-1:], data, out, epochs, latency_of, say, progress)
     compared = []
     if accuracy_only:
         if "accuracy_only" not in family:
@@ -111,8 +119,24 @@ def _plot(rows: list[dict], compared: list[dict], family: dict, path: Path) -> N
     save_figure(plt, fig, path)
 
 
+def _first_member(base: ModelSpec, settings: DemoSettings, data: Path, out: Path, latency_of, hardware_id: str, say,
+                  progress: bool) -> Path:
+    """Train b0 before LACS runs (phi 0 is the base whatever coefficients LACS picks) into the checkpoint LACS's family
+    will reuse; its family file (coefficients 1, 1, 1 until LACS decides)."""
+    ones = Coefficients(1.0, 1.0, 1.0)
+    members = lacs_job.family_members(base, ones, settings.lacs.phis[:1], latency_of, f"{base.name}-lacs", say)
+    first = out / "first" / lacs_job.FAMILY_FILE
+    first.parent.mkdir(parents=True, exist_ok=True)
+    lacs_job.write_family(first, hardware_id, ones, members)
+    _train_members(members, data, out, settings.member_epochs, latency_of, say, progress)
+    return first
+
+
 def run_demo(out: Path, latency_of: Callable[[ModelSpec], float], hardware_id: str, settings: DemoSettings = DemoSettings(),
-             say: Callable[[str], None] = print, progress: bool = True, accuracy_only: bool = False) -> list[dict]:
+             say: Callable[[str], None] = print, progress: bool = True, accuracy_only: bool = False,
+             on_members: Callable[[Path, int], None] | None = None) -> list[dict]:
+    """The demo family, built end to end into `out`. `on_members(family_file, planned)` is called as members become ready
+    (b0 first, before LACS; then after each member), with the family file naming them and the family's planned size."""
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {out} is a file; give a folder")
     started = time.perf_counter()
@@ -122,13 +146,19 @@ def run_demo(out: Path, latency_of: Callable[[ModelSpec], float], hardware_id: s
     say(f"demo data: {summary['images']} images in {data}" + (" (reused)" if summary["reused"] else ""))
     accuracy = ProxyAccuracy(data, out / "lacs" / "trials", epochs=settings.proxy_epochs, stride=settings.proxy_stride)
     base, train, val = demo_base(settings.base_resolution), summary["train_per_class"] * len(CLASSES), summary["val_per_class"] * len(CLASSES)
+    family_file, planned = out / "lacs" / lacs_job.FAMILY_FILE, len(settings.lacs.phis)
+    if on_members is not None and settings.lacs.phis[0] == 0 and not family_file.exists():
+        seconds = estimate_seconds(base, train, val, settings.member_epochs, 1)
+        say(f"first member: training b0 (the base, phi 0) before LACS, {describe_estimate(seconds)} (timed here), to serve it while the rest build")
+        on_members(_first_member(base, settings, data, out, latency_of, hardware_id, say, progress), planned)
     runs, seconds = lacs_job.estimate_lacs(base, settings.lacs, train // settings.proxy_stride, val, settings.proxy_epochs)
     say(f"LACS: {runs} proxy runs of {settings.proxy_epochs} epochs, {describe_estimate(seconds)} (timed here; finished runs are reused)")
     lacs_job.run(base, out / "lacs", accuracy, latency_of, hardware_id, settings.lacs, say)
     say(f"LACS done after {time.perf_counter() - started:.0f} s")
-    members = read_family(out / "lacs" / "family.json")["members"]
+    members = read_family(family_file)["members"]
     seconds = sum(estimate_seconds(ModelSpec.from_dict(m["spec"]), train, val, settings.member_epochs, 1) for m in members)
     say(f"training {len(members)} members for {settings.member_epochs} epochs each: {describe_estimate(seconds)} (timed here)")
-    rows = train_family(out / "lacs" / "family.json", data, out, settings.member_epochs, latency_of, say, progress, accuracy_only)
+    after_each = None if on_members is None else lambda: on_members(family_file, planned)
+    rows = train_family(family_file, data, out, settings.member_epochs, latency_of, say, progress, accuracy_only, after_each)
     say(f"demo family built in {time.perf_counter() - started:.0f} s")
     return rows

@@ -27,6 +27,8 @@ from training.arch.plan import expand
 from training.arch.spec import ModelSpec
 from training.errors import SpecError
 
+FAMILY_FILE = "family.json"
+
 
 @dataclass(frozen=True)
 class LacsSettings:
@@ -76,12 +78,10 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
               "lacs": _trial_dict(winner, noise) | {"decision": decisions["reward"].to_dict()},
               "accuracy_only": _trial_dict(accuracy_only, noise) | {"decision": decisions["accuracy"].to_dict()}}
     write_atomic(out / "lacs.json", json.dumps(result, indent=2))
-    families = {name: _family(base, trial.coefficients, settings.phis, latency_of, f"{base.name}-{name}", say)
+    families = {name: family_members(base, trial.coefficients, settings.phis, latency_of, f"{base.name}-{name}", say)
                 for name, trial in (("lacs", winner), ("accuracy-only", accuracy_only))}
-    family_file = {"family_version": FAMILY_VERSION, "hardware": hardware_id, "coefficients": winner.coefficients.astuple(),
-                   "members": families["lacs"], "accuracy_only": {"coefficients": accuracy_only.coefficients.astuple(),
-                                                                    "members": families["accuracy-only"]}}
-    write_atomic(out / "family.json", json.dumps(family_file, indent=2))
+    write_family(out / FAMILY_FILE, hardware_id, winner.coefficients, families["lacs"],
+                 {"coefficients": accuracy_only.coefficients.astuple(), "members": families["accuracy-only"]})
     _plot(trials, winner, accuracy_only, target, noise, out / "lacs.png")
     return result | {"families": families}
 
@@ -140,7 +140,13 @@ def _trial_dict(trial: Trial, noise: float | None = None) -> dict:
             "latency_ms": trial.latency_ms, "reward": trial.reward, "stage": trial.stage}
 
 
-def _family(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float], latency_of, prefix: str, say) -> list[dict]:
+def write_family(path: Path, hardware_id: str, coefficients: Coefficients, members: list[dict], accuracy_only: dict | None = None) -> None:
+    """family.json (training.arch.family_file's format), written atomically."""
+    data = {"family_version": FAMILY_VERSION, "hardware": hardware_id, "coefficients": coefficients.astuple(), "members": members}
+    write_atomic(path, json.dumps(data | ({"accuracy_only": accuracy_only} if accuracy_only else {}), indent=2))
+
+
+def family_members(base: ModelSpec, coefficients: Coefficients, phis: Sequence[float], latency_of, prefix: str, say) -> list[dict]:
     """The members at `phis`; an invalid one and those after it are left out and said, instead of failing after the search."""
     specs, problem = lacs.valid_family(base, coefficients, phis, prefix)
     if problem:

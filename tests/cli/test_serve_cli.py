@@ -1,5 +1,6 @@
 """`effx-serve serve` as a user runs it: a real uvicorn process on a port, real HTTP, a clean stop; and its errors."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -8,7 +9,9 @@ import httpx
 import pytest
 
 from effx_serve.cli import main
-from effx_serve.core.proc import free_port, wait_ready
+from effx_serve.cli import serve as serve_cli
+from effx_serve.core.errors import UserError
+from effx_serve.core.proc import free_port, stop, wait_ready
 from tests.helpers import JPEG
 
 
@@ -28,8 +31,8 @@ def test_bad_flags_are_refused(served_repository, capsys):
 
 
 def test_serve_over_real_http(served_repository):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(served_repository), "--port", str(port)],
+    port = free_port()  # --demo on a complete repository serves it as it is: no build starts
+    process = subprocess.Popen([sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(served_repository), "--port", str(port), "--demo"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -45,4 +48,34 @@ def test_serve_over_real_http(served_repository):
         output, _ = process.communicate(timeout=30)
     # uvicorn shuts down gracefully, then re-raises the signal so that process managers see it
     assert process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
-    assert f"http://127.0.0.1:{port}/docs" in output
+    assert f"http://127.0.0.1:{port}/docs" in output and "building the demo repository" not in output
+
+
+def test_demo_builds_only_a_missing_or_partial_repository(served_repository, tmp_path):
+    assert serve_cli.needs_demo_build(tmp_path / "nowhere") and not serve_cli.needs_demo_build(served_repository)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    manifest = json.loads((served_repository / "manifest.json").read_text()) | {"partial": {"members_planned": 4}}
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    assert serve_cli.needs_demo_build(partial)
+    (partial / "manifest.json").write_text("{")
+    assert not serve_cli.needs_demo_build(partial)  # a broken manifest is reported by the server, not rebuilt over
+
+
+def test_waiting_for_the_first_member_ends_with_the_build(tmp_path):
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(UserError, match=r"the demo build stopped \(exit 3\) before its first member was ready"):
+        serve_cli.wait_for_first_member(tmp_path, failed, poll_s=0.01)
+    writes = subprocess.Popen([sys.executable, "-c", f"import time, pathlib; time.sleep(0.3); pathlib.Path({str(tmp_path)!r}, 'manifest.json').write_text('{{}}'); time.sleep(30)"])
+    try:
+        serve_cli.wait_for_first_member(tmp_path, writes, poll_s=0.01)
+        assert writes.poll() is None  # returned on the manifest, with the build still going
+    finally:
+        stop(writes)
+
+
+def test_watch_interval(capsys):
+    for value in ("-1", "3601", "soon"):
+        with pytest.raises(SystemExit):
+            main(["serve", "--watch-s", value])
+    assert "from 0 (never) to 3600" in capsys.readouterr().err

@@ -218,6 +218,19 @@ def test_bad_inputs_to_build_repo(tiny_family, built, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_a_step_of_a_larger_family_leaves_out_untrained_members_and_says_partial(tiny_family, tmp_path):
+    family, checkpoints = tiny_family
+    some = tmp_path / "checkpoints"
+    shutil.copytree(checkpoints / "tiny-f-b1", some / "tiny-f-b1")  # b1 trained, b0 not yet
+    data = build((family, some), tmp_path / "r", partial_of=2)
+    assert list(data["members"]) == ["tiny-f-b1"] and data["partial"] == {"members_planned": 2}
+    assert manifest.read(tmp_path / "r")["families"][0]["members"] == ["tiny-f-b1"]
+    assert "partial" not in build(tiny_family, tmp_path / "r", partial_of=2)  # every member planned is in: complete
+    (tmp_path / "none").mkdir()
+    with pytest.raises(UserError, match="no member of .* has a finished checkpoint"):
+        build((family, tmp_path / "none"), tmp_path / "r", partial_of=2)
+
+
 def test_an_unwritable_output_folder_is_a_clear_error(tiny_family, tmp_path, monkeypatch, capsys):
     def refuse(target):  # what mkdir raises in a folder without write permission (root, running tests here, may write anywhere)
         raise PermissionError(13, "Permission denied", str(target))

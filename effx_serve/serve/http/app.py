@@ -174,7 +174,8 @@ def create_app(server: Server) -> FastAPI:
                              profile=[{"batch": b, "p50_ms": t} for b, t in m.latency.p50_ms], correction=dispatcher.residual.factor(m.name),
                              expected_latency_ms=dispatcher.expected_now_ms(m), queued=dispatcher.queued(m.name))
                    for m in server.catalog.members.values()]
-        return ModelsOut(default_family=server.catalog.family, families={k: list(v) for k, v in server.catalog.families.items()}, members=members)
+        return ModelsOut(default_family=server.catalog.family, families={k: list(v) for k, v in server.catalog.families.items()}, members=members,
+                         building=server.catalog.building)
 
     @app.get("/v1/hardware", summary="The detected hardware, the backend and where the latency figures come from")
     async def hardware() -> dict:
@@ -191,7 +192,8 @@ def create_app(server: Server) -> FastAPI:
         problem = server.problem()
         if problem is not None:
             return JSONResponse({"detail": problem}, 503, headers={"Retry-After": "1"})
-        return {"status": "ready", "members": len(server.catalog.members)}
+        state = {"building": server.catalog.building, "reload_error": server.reload_error}
+        return {"status": "ready", "members": len(server.catalog.members)} | {k: v for k, v in state.items() if v is not None}
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

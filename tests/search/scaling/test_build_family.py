@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from effx_serve.cli import main
-from search.scaling.build_family import RESULTS_FILE
+from search.scaling import build_family
+from search.scaling.build_family import RESULTS_FILE, DemoSettings, run_demo
+from search.scaling.job import LacsSettings
+from training.arch.family_file import read_family
+from training.arch.plan import expand
 from training.arch.spec import spec_from_stage_strings
 from training.demo_data import generate_demo_data
 
@@ -76,3 +80,31 @@ def test_noise_trains_one_architecture_with_several_seeds(tmp_path, capsys):
     assert sorted(p.name.endswith("-seed1") for p in (tmp_path / "noise" / "proxy").iterdir()) == [False, True]
     assert main(argv) == 0  # a rerun reuses both trainings and says what the noise means
     assert "smaller margins are noise" in capsys.readouterr().out
+
+
+def test_the_demo_hands_over_b0_before_lacs_then_each_member_as_it_is_trained(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_family, "demo_base", lambda resolution: BASE.with_(resolution=resolution))
+    settings = DemoSettings(images_per_class=8, image_size=32, base_resolution=24, proxy_epochs=1, member_epochs=1,
+                            lacs=LacsSettings(grid_step=0.5, tolerance=0.5, fine_step=None, phis=(0.0, 1.0), noise_repeats=0))
+    out, steps = tmp_path / "demo", []
+    b0_final = out / "checkpoints" / "tiny-lacs-b0" / "final.json"
+
+    def on_members(family_file, planned):
+        names = [m["name"] for m in read_family(family_file)["members"]]
+        steps.append((family_file.relative_to(out).as_posix(), names, planned, (out / "lacs" / "family.json").exists(), b0_final.stat().st_mtime_ns))
+
+    def latency_of(spec):
+        return expand(spec).macs / 1e6
+
+    rows = run_demo(out, latency_of, "cpu-test", settings, say=lambda line: None, progress=False, on_members=on_members)
+    assert [r["name"] for r in rows] == ["tiny-lacs-b0", "tiny-lacs-b1"]
+    (first, first_names, planned, lacs_done, trained_at), (family, names, _, _, retrained_at) = steps
+    assert (first, first_names, planned, lacs_done) == ("first/family.json", ["tiny-lacs-b0"], 2, False)  # b0 before LACS ran
+    assert (family, names) == ("lacs/family.json", ["tiny-lacs-b0", "tiny-lacs-b1"])  # after b0 of LACS's family (not after the last)
+    assert retrained_at == trained_at == b0_final.stat().st_mtime_ns  # LACS's b0 is the early one, reused
+    assert read_family(out / "first" / "family.json")["members"][0]["spec"] == read_family(out / "lacs" / "family.json")["members"][0]["spec"]
+
+    (out / RESULTS_FILE).unlink()  # resumed after LACS: no early step (it would shrink a repository that has more)
+    steps.clear()
+    run_demo(out, latency_of, "cpu-test", settings, say=lambda line: None, progress=False, on_members=on_members)
+    assert [step[0] for step in steps] == ["lacs/family.json"]
