@@ -54,8 +54,9 @@ def _try_classify(base: str, photo: bytes) -> str | None:
 
 
 def _building(base: str) -> str | None:
+    """What /readyz says is still being built; None once the repository is complete."""
     try:
-        return httpx.get(f"{base}/readyz", timeout=5).json().get("building", "")
+        return httpx.get(f"{base}/readyz", timeout=5).json().get("building")
     except (httpx.HTTPError, ValueError):
         return "not ready"
 
