@@ -21,7 +21,7 @@ from search.defaults import describe_estimate, estimate_seconds
 from search.evaluators import ProxyAccuracy, short_run
 from search.scaling import job as lacs_job
 from search.scaling.job import LacsSettings
-from search.scaling.lacs import Coefficients
+from search.scaling.lacs import EFFICIENTNET_COEFFICIENTS, Coefficients, scale
 from training.arch.family_file import read_family
 from training.arch.presets import get_preset
 from training.arch.spec import ModelSpec
@@ -147,12 +147,18 @@ def run_demo(out: Path, latency_of: Callable[[ModelSpec], float], hardware_id: s
     accuracy = ProxyAccuracy(data, out / "lacs" / "trials", epochs=settings.proxy_epochs, stride=settings.proxy_stride)
     base, train, val = demo_base(settings.base_resolution), summary["train_per_class"] * len(CLASSES), summary["val_per_class"] * len(CLASSES)
     family_file, planned = out / "lacs" / lacs_job.FAMILY_FILE, len(settings.lacs.phis)
-    if on_members is not None and settings.lacs.phis[0] == 0 and not family_file.exists():
-        seconds = estimate_seconds(base, train, val, settings.member_epochs, 1)
-        say(f"first member: training b0 (the base, phi 0) before LACS, {describe_estimate(seconds)} (timed here), to serve it while the rest build")
+    early = on_members is not None and settings.lacs.phis[0] == 0 and not family_file.exists()
+    runs, lacs_seconds = lacs_job.estimate_lacs(base, settings.lacs, train // settings.proxy_stride, val, settings.proxy_epochs)
+    # The members' sizes depend on what LACS picks; EfficientNet's rule sizes them for the estimate.
+    typical = [scale(base, Coefficients(*EFFICIENTNET_COEFFICIENTS), phi) for phi in settings.lacs.phis]
+    member_seconds = [estimate_seconds(spec, train, val, settings.member_epochs, 1) for spec in typical]
+    say(f"plan, timed here (finished runs are reused): {f'b0 first, {describe_estimate(member_seconds[0])}, served once trained; ' if early else ''}"
+        f"LACS, {runs} proxy runs of {settings.proxy_epochs} epochs, {describe_estimate(lacs_seconds)}; {planned} members of "
+        f"{settings.member_epochs} epochs, {describe_estimate(sum(member_seconds))}; {describe_estimate(lacs_seconds + sum(member_seconds))} in all")
+    if early:
+        say("first member: training b0 (the base at phi 0, the same whatever LACS picks) before LACS, to serve it while the rest build")
         on_members(_first_member(base, settings, data, out, latency_of, hardware_id, say, progress), planned)
-    runs, seconds = lacs_job.estimate_lacs(base, settings.lacs, train // settings.proxy_stride, val, settings.proxy_epochs)
-    say(f"LACS: {runs} proxy runs of {settings.proxy_epochs} epochs, {describe_estimate(seconds)} (timed here; finished runs are reused)")
+    say(f"LACS: {runs} proxy runs of {settings.proxy_epochs} epochs")
     lacs_job.run(base, out / "lacs", accuracy, latency_of, hardware_id, settings.lacs, say)
     say(f"LACS done after {time.perf_counter() - started:.0f} s")
     members = read_family(family_file)["members"]

@@ -96,8 +96,11 @@ def test_the_demo_hands_over_b0_before_lacs_then_each_member_as_it_is_trained(tm
     def latency_of(spec):
         return expand(spec).macs / 1e6
 
-    rows = run_demo(out, latency_of, "cpu-test", settings, say=lambda line: None, progress=False, on_members=on_members)
+    said = []
+    rows = run_demo(out, latency_of, "cpu-test", settings, say=said.append, progress=False, on_members=on_members)
     assert [r["name"] for r in rows] == ["tiny-lacs-b0", "tiny-lacs-b1"]
+    plan = next(line for line in said if line.startswith("plan"))  # what is left, estimated before starting
+    assert "b0 first" in plan and "2 members of 1 epochs" in plan and plan.endswith("in all")
     (first, first_names, planned, lacs_done, trained_at), (family, names, _, _, retrained_at) = steps
     assert (first, first_names, planned, lacs_done) == ("first/family.json", ["tiny-lacs-b0"], 2, False)  # b0 before LACS ran
     assert (family, names) == ("lacs/family.json", ["tiny-lacs-b0", "tiny-lacs-b1"])  # after b0 of LACS's family (not after the last)
@@ -106,5 +109,6 @@ def test_the_demo_hands_over_b0_before_lacs_then_each_member_as_it_is_trained(tm
 
     (out / RESULTS_FILE).unlink()  # resumed after LACS: no early step (it would shrink a repository that has more)
     steps.clear()
-    run_demo(out, latency_of, "cpu-test", settings, say=lambda line: None, progress=False, on_members=on_members)
-    assert [step[0] for step in steps] == ["lacs/family.json"]
+    said.clear()
+    run_demo(out, latency_of, "cpu-test", settings, say=said.append, progress=False, on_members=on_members)
+    assert [step[0] for step in steps] == ["lacs/family.json"] and not any("b0 first" in line for line in said)
