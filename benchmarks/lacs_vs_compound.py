@@ -44,7 +44,7 @@ def families(run: Path) -> dict[str, list[tuple[ModelSpec, float]]]:
     if phis[0] != 0:
         raise SystemExit(f"{run}/lacs/family.json does not start at phi 0, so its base is unknown")
     rule = Coefficients(*EFFICIENTNET_COEFFICIENTS)
-    prefix = base.name.rsplit("-lacs-", 1)[0] + "-efficientnet-rule"
+    prefix = base.name.rsplit("-", 2)[0] + "-efficientnet-rule"  # demo-x-lacs-b0 -> demo-x-efficientnet-rule
     compound, problem = valid_family(base, rule, phis, prefix)
     if problem:
         print(f"EfficientNet's rule: left out {problem}")
