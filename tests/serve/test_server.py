@@ -99,3 +99,39 @@ def test_the_manifest_signature_changes_with_a_swapped_in_manifest(tmp_path):
     first = manifest_signature(tmp_path)
     write_atomic(tmp_path / "manifest.json", "{}")  # same bytes, a new file: a rebuilt repository
     assert first is not None and manifest_signature(tmp_path) != first
+
+
+def test_requests_in_flight_during_reloads_are_all_answered(tmp_path, served_repository):
+    import shutil
+
+    repository = tmp_path / "repository"
+    shutil.copytree(served_repository, repository)
+    server = make_server(repository, watch_s=0.02)
+    app = create_app(server)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+                await _until(http, "/readyz", lambda body: body.get("status") == "ready")
+                dispatchers = {id(server.dispatcher)}
+
+                async def traffic():
+                    statuses = []
+                    while len(dispatchers) < 4:  # until three reloads have switched dispatchers
+                        batch = [http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}) for _ in range(8)]
+                        statuses += [r.status_code for r in await asyncio.gather(*batch)]
+                        dispatchers.add(id(server.dispatcher))
+                    return statuses
+
+                async def rebuilds():
+                    for _ in range(3):
+                        before = id(server.dispatcher)
+                        write_atomic(repository / "manifest.json", (repository / "manifest.json").read_text())  # a rebuilt repository
+                        while id(server.dispatcher) == before:
+                            await asyncio.sleep(0.01)
+
+                statuses, _ = await asyncio.wait_for(asyncio.gather(traffic(), rebuilds()), 120)
+                return statuses
+
+    statuses = asyncio.run(scenario())
+    assert statuses and set(statuses) == {200}, statuses  # none lost, none failed, across three switches
