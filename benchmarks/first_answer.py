@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from effx_serve.core.photos import synthetic_photo
 
 TARGET_S = 600.0
-STAGES = {"set-up done, the build starts": "no demo family", "b0 trains": "first member:", "the server starts": " members of ",
+STAGES = {"set-up done, the build starts": "no demo family", "b0 trains": "first member:", "the server starts": ": http://",
           "LACS starts": "LACS:", "LACS done": "LACS done", "the LACS family trains": " members for ",
           "the repository grows": "now has", "the build is done": "the demo build finished"}  # what, and the line that says it
 
