@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -78,12 +77,11 @@ def rows_of(members: dict, top1: dict, latency_of, hardware) -> dict[str, list[d
     for label, family in members.items():
         rows[label] = []
         for spec, phi in family:
-            samples = top1[(spec.arch_hash(), spec.resolution)]
+            spread = Spread(tuple(top1[(spec.arch_hash(), spec.resolution)]))
             roofline = analyze(spec, hardware, 1)
             rows[label].append({"name": spec.name, "phi": phi, "depth": spec.depth, "width": spec.width, "resolution": spec.resolution,
                                 "params": roofline.params, "macs": roofline.macs, "intensity": roofline.intensity,
-                                "latency_ms": latency_of(spec), "top1": statistics.fmean(samples), "samples": samples,
-                                "std": statistics.stdev(samples) if len(samples) > 1 else None})
+                                "latency_ms": latency_of(spec), "top1": spread.mean, "samples": list(spread.samples), "std": spread.std})
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -80,6 +82,16 @@ async def open_ready(server: Server) -> Server:
     while server.problem() is not None:
         await asyncio.sleep(0.02)
     return server
+
+
+@contextlib.asynccontextmanager
+async def ready_client(app):
+    """An async client of `app` with its lifespan started, once /readyz answers 200 (the backend has loaded)."""
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            while (await http.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.02)
+            yield http
 
 
 def wait_ready(client, timeout=30.0) -> None:

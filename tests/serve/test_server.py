@@ -3,7 +3,6 @@
 import asyncio
 import json
 
-import httpx
 import numpy as np
 import pytest
 
@@ -12,7 +11,7 @@ from effx_serve.core.fs import write_atomic
 from effx_serve.serve.backends.base import BackendUnavailable
 from effx_serve.serve.http.app import create_app
 from effx_serve.serve.server import manifest_signature
-from tests.helpers import JPEG, build, make_server, measure_quickly
+from tests.helpers import JPEG, build, make_server, measure_quickly, ready_client
 
 
 def _build(tiny_family, out, members, planned):
@@ -44,26 +43,25 @@ def test_a_watching_server_serves_the_repository_as_it_grows_and_keeps_serving_w
 
 
 async def _grow_then_break(app, repository, tiny_family):
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-            ready = await _until(http, "/readyz", lambda body: body.get("status") == "ready")
-            assert ready["members"] == 1 and ready["building"] == "1 of 2 members so far; a build is adding the rest"
-            models = (await http.get("/v1/models")).json()
-            assert [m["name"] for m in models["members"]] == ["tiny-f-b0"] and models["building"] == ready["building"]
+    async with ready_client(app) as http:
+        ready = (await http.get("/readyz")).json()
+        assert ready["members"] == 1 and ready["building"] == "1 of 2 members so far; a build is adding the rest"
+        models = (await http.get("/v1/models")).json()
+        assert [m["name"] for m in models["members"]] == ["tiny-f-b0"] and models["building"] == ready["building"]
 
-            _build(tiny_family, repository, members=2, planned=2)  # the build's last step: complete, no longer partial
-            assert "partial" not in json.loads((repository / "manifest.json").read_text())
-            models = await _until(http, "/v1/models", lambda body: len(body["members"]) == 2)
-            assert models["building"] is None and "building" not in (await http.get("/readyz")).json()
-            answer = (await http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"member": "tiny-f-b1"})).json()
-            assert answer["member"] == "tiny-f-b1"  # the new member serves
+        _build(tiny_family, repository, members=2, planned=2)  # the build's last step: complete, no longer partial
+        assert "partial" not in json.loads((repository / "manifest.json").read_text())
+        models = await _until(http, "/v1/models", lambda body: len(body["members"]) == 2)
+        assert models["building"] is None and "building" not in (await http.get("/readyz")).json()
+        answer = (await http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"member": "tiny-f-b1"})).json()
+        assert answer["member"] == "tiny-f-b1"  # the new member serves
 
-            (repository / "tiny-f-b1" / "1" / "model.onnx").unlink()  # a repository broken by hand, then its manifest rewritten
-            write_atomic(repository / "manifest.json", (repository / "manifest.json").read_text())
-            ready = await _until(http, "/readyz", lambda body: "reload_error" in body)
-            assert ready["status"] == "ready" and "tiny-f-b1/1/model.onnx is missing" in ready["reload_error"]
-            response = await http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"member": "tiny-f-b1"})
-            assert response.status_code == 200 and response.json()["member"] == "tiny-f-b1"  # the last good repository goes on
+        (repository / "tiny-f-b1" / "1" / "model.onnx").unlink()  # a repository broken by hand, then its manifest rewritten
+        write_atomic(repository / "manifest.json", (repository / "manifest.json").read_text())
+        ready = await _until(http, "/readyz", lambda body: "reload_error" in body)
+        assert ready["status"] == "ready" and "tiny-f-b1/1/model.onnx is missing" in ready["reload_error"]
+        response = await http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"member": "tiny-f-b1"})
+        assert response.status_code == 200 and response.json()["member"] == "tiny-f-b1"  # the last good repository goes on
 
 
 def test_a_retired_dispatcher_closes_only_once_its_requests_are_answered(served_repository):
@@ -110,28 +108,26 @@ def test_requests_in_flight_during_reloads_are_all_answered(tmp_path, served_rep
     app = create_app(server)
 
     async def scenario():
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-                await _until(http, "/readyz", lambda body: body.get("status") == "ready")
-                dispatchers = {id(server.dispatcher)}
+        async with ready_client(app) as http:
+            dispatchers = {id(server.dispatcher)}
 
-                async def traffic():
-                    statuses = []
-                    while len(dispatchers) < 4:  # until three reloads have switched dispatchers
-                        batch = [http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}) for _ in range(8)]
-                        statuses += [r.status_code for r in await asyncio.gather(*batch)]
-                        dispatchers.add(id(server.dispatcher))
-                    return statuses
-
-                async def rebuilds():
-                    for _ in range(3):
-                        before = id(server.dispatcher)
-                        write_atomic(repository / "manifest.json", (repository / "manifest.json").read_text())  # a rebuilt repository
-                        while id(server.dispatcher) == before:
-                            await asyncio.sleep(0.01)
-
-                statuses, _ = await asyncio.wait_for(asyncio.gather(traffic(), rebuilds()), 120)
+            async def traffic():
+                statuses = []
+                while len(dispatchers) < 4:  # until three reloads have switched dispatchers
+                    batch = [http.post("/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}) for _ in range(8)]
+                    statuses += [r.status_code for r in await asyncio.gather(*batch)]
+                    dispatchers.add(id(server.dispatcher))
                 return statuses
+
+            async def rebuilds():
+                for _ in range(3):
+                    before = id(server.dispatcher)
+                    write_atomic(repository / "manifest.json", (repository / "manifest.json").read_text())  # a rebuilt repository
+                    while id(server.dispatcher) == before:
+                        await asyncio.sleep(0.01)
+
+            statuses, _ = await asyncio.wait_for(asyncio.gather(traffic(), rebuilds()), 120)
+            return statuses
 
     statuses = asyncio.run(scenario())
     assert statuses and set(statuses) == {200}, statuses  # none lost, none failed, across three switches

@@ -2,14 +2,12 @@
 
 import asyncio
 import base64
-import contextlib
 import json
 import struct
 import threading
 import time
 import zlib
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -24,17 +22,7 @@ from effx_serve.serve.http.app import create_app
 from effx_serve.serve.schema import ClassifyParams
 from effx_serve.serve.settings import DispatchSettings
 from loadtest.attacks import png_pixel_bomb, progressive_scan_bomb
-from tests.helpers import JPEG, image_bytes, make_server, open_ready, post_jpeg, reference_logits, wait_ready
-
-
-@contextlib.asynccontextmanager
-async def ready_client(app):
-    """An async client of `app` with its lifespan started, once /readyz answers 200 (the backend has loaded)."""
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-            while (await http.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.02)
-            yield http
+from tests.helpers import JPEG, image_bytes, make_server, open_ready, post_jpeg, ready_client, reference_logits, wait_ready
 
 
 def png_header(width, height):
