@@ -1,13 +1,14 @@
 """Latency measurement of an ONNX model under ONNX Runtime or a PyTorch module, with the protocol of docs/profiling.md.
 
-Warm-up first (at least `warmup_runs` and `warmup_seconds`), then timed runs until both `min_runs` and
-`min_seconds` are reached (at most `max_runs`); each run's wall time is read with perf_counter around a
+Warm-up first (at least `warmup_runs` and `warmup_seconds`), then measurements of timed runs until both `min_runs` and
+`min_seconds` are reached (at most `max_runs`), repeated until two measurements agree; each run's wall time is read with perf_counter around a
 synchronous `session.run` whose outputs are host arrays (or a torch call followed by a device synchronize), so
 device work is finished when the clock is read.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -29,6 +30,9 @@ class Protocol:
     min_seconds: float = 1.0
     max_runs: int = 2000
     rounds: int = 3  # the timed runs are split into rounds; p50 is the quietest round's (see time_calls)
+    measurements: int = 2  # at least this many, and more (up to max_measurements) until two p50s agree within `agreement`
+    max_measurements: int = 4
+    agreement: float = 0.10
 
 
 DEFAULT_PROTOCOL = Protocol()
@@ -41,6 +45,8 @@ class Timing:
     mean_ms: float
     runs: int
     spread: float  # interquartile range / median
+    p50_measurements: tuple[float, ...] = ()  # each measurement's p50 (ms), in the order taken
+    settled: bool = True  # two measurements agreed within the protocol's `agreement` (or only one was asked for)
 
     @classmethod
     def from_samples(cls, seconds: list[float]) -> Timing:
@@ -52,17 +58,33 @@ class Timing:
 
 
 def time_calls(call, protocol: Protocol = DEFAULT_PROTOCOL) -> Timing:
-    """Warm up, then time `call()` in `protocol.rounds` rounds that together meet the run and time minimums.
+    """Warm up, then measure `call()` until two measurements agree: p50 is the lower p50 of the closest pair that agrees.
 
-    p50 is the lowest of the rounds' medians: on a shared machine a neighbour's burst inflates whole rounds,
-    and the quietest round is the best estimate of the model's own latency. p90/p99, mean and spread come
-    from all timed runs, so the tail still shows the noise.
+    A measurement is `protocol.rounds` rounds that together meet the run and time minimums, and its p50 is the
+    lowest of the rounds' medians: on a shared machine a neighbour's burst inflates whole rounds, and the quietest
+    round is the best estimate of the model's own latency. A burst longer than a round still moves one measurement,
+    so at least `protocol.measurements` are taken, and when that is two or more, more (up to `max_measurements`) while no two p50s are within
+    `agreement` of each other; when none agree, p50 is their median and the timing says it is not settled.
+    p90/p99, mean and spread come from all timed runs, so the tail still shows the noise.
     """
     start = time.perf_counter()
     runs = 0
     while runs < protocol.warmup_runs or time.perf_counter() - start < protocol.warmup_seconds:
         call()
         runs += 1
+    measured = [_measure(call, protocol) for _ in range(max(1, protocol.measurements))]
+    while len(measured) > 1 and len(measured) < protocol.max_measurements and _agreeing(measured, protocol.agreement) is None:
+        measured.append(_measure(call, protocol))
+    p50s = [p50 for p50, _ in measured]
+    pair = _agreeing(measured, protocol.agreement)
+    p50 = min(pair) if pair else float(np.median(p50s))
+    pooled = Timing.from_samples([s for _, samples in measured for s in samples])
+    return replace(pooled, p50_ms=p50, p90_ms=max(pooled.p90_ms, p50), p99_ms=max(pooled.p99_ms, p50),
+                   p50_measurements=tuple(p50s), settled=pair is not None or len(measured) == 1)
+
+
+def _measure(call, protocol: Protocol) -> tuple[float, list[float]]:
+    """One measurement: (the quietest round's median in ms, every timed run's seconds)."""
     rounds = max(1, protocol.rounds)
     per_round = (max(1, -(-protocol.min_runs // rounds)), protocol.min_seconds / rounds, max(1, protocol.max_runs // rounds))
     samples: list[list[float]] = []
@@ -74,9 +96,17 @@ def time_calls(call, protocol: Protocol = DEFAULT_PROTOCOL) -> Timing:
             call()
             timed.append(time.perf_counter() - begin)
         samples.append(timed)
-    pooled = Timing.from_samples([s for timed in samples for s in timed])
-    quietest = min(float(np.median(timed)) for timed in samples) * 1e3
-    return replace(pooled, p50_ms=quietest, p90_ms=max(pooled.p90_ms, quietest), p99_ms=max(pooled.p99_ms, quietest))
+    return min(float(np.median(timed)) for timed in samples) * 1e3, [s for timed in samples for s in timed]
+
+
+def _agreeing(measured: list[tuple[float, list[float]]], agreement: float) -> tuple[float, float] | None:
+    """The two p50s closest to each other (relative to the lower), when within `agreement`; else None."""
+    p50s = sorted(p50 for p50, _ in measured)
+    pairs = [(high - low) / low if low > 0 else (0.0 if high == low else math.inf) for low, high in zip(p50s, p50s[1:], strict=False)]
+    if not pairs or min(pairs) > agreement:
+        return None
+    index = pairs.index(min(pairs))
+    return p50s[index], p50s[index + 1]
 
 
 def _check_batch(batch: int) -> None:
@@ -141,7 +171,7 @@ def _time_torch(torch, model, batch, resolution, device, dtype, compile, protoco
 
 def _protocol_settings(protocol: Protocol) -> dict:
     return {"warmup_runs": protocol.warmup_runs, "min_runs": protocol.min_runs, "min_seconds": protocol.min_seconds,
-            "rounds": protocol.rounds, "p50": "lowest round median"}
+            "rounds": protocol.rounds, "p50": f"lowest round median; measured until two measurements agree within {protocol.agreement:.0%}"}
 
 
 def get_or_measure(store, key, model: str, measure) -> tuple[object, bool]:
@@ -154,6 +184,7 @@ def get_or_measure(store, key, model: str, measure) -> tuple[object, bool]:
         return cached, True
     timing, settings = measure()
     record = LatencyRecord(key, "measured", timing.p50_ms, timing.p90_ms, timing.p99_ms, timing.runs, timing.spread,
-                           model=model, details=settings | {"mean_ms": timing.mean_ms})
+                           model=model, details=settings | {"mean_ms": timing.mean_ms, "p50_measurements_ms": list(timing.p50_measurements),
+                                                                   "settled": timing.settled})
     store.put(record)
     return record, False

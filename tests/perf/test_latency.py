@@ -56,7 +56,7 @@ def test_timing_statistics_on_known_samples():
 
 def test_protocol_warms_up_then_times_at_least_min_runs():
     calls = []
-    timing = time_calls(lambda: calls.append(1), Protocol(warmup_runs=3, warmup_seconds=0.0, min_runs=7, min_seconds=0.0, rounds=1))
+    timing = time_calls(lambda: calls.append(1), Protocol(warmup_runs=3, warmup_seconds=0.0, min_runs=7, min_seconds=0.0, rounds=1, measurements=1))
     assert len(calls) == 10 and timing.runs == 7
 
 
@@ -71,9 +71,44 @@ def test_p50_is_the_quietest_rounds_median_and_the_tail_keeps_the_noise(monkeypa
     def call():
         clock[0] += next(durations)
 
-    timing = time_calls(call, Protocol(warmup_runs=2, warmup_seconds=0.0, min_runs=12, min_seconds=0.0, rounds=3))
+    timing = time_calls(call, Protocol(warmup_runs=2, warmup_seconds=0.0, min_runs=12, min_seconds=0.0, rounds=3, measurements=1))
     assert timing.runs == 12 and timing.p50_ms == pytest.approx(1.0)
     assert timing.p99_ms == pytest.approx(10.0) and timing.mean_ms == pytest.approx(13 / 3)
+
+
+def _timed(monkeypatch, durations_ms: list[float], **protocol):
+    """time_calls on a fake clock: warm-up of one call, then one call per round of each measurement."""
+    from effx_serve.perf import profiler
+
+    durations, clock, calls = iter([0.0] + [ms / 1e3 for ms in durations_ms]), [0.0], []
+    monkeypatch.setattr(profiler.time, "perf_counter", lambda: clock[0])
+
+    def call():
+        calls.append(1)
+        clock[0] += next(durations)
+
+    settings = {"warmup_runs": 1, "warmup_seconds": 0.0, "min_runs": 1, "min_seconds": 0.0, "rounds": 1} | protocol
+    return time_calls(call, Protocol(**settings)), len(calls) - 1
+
+
+def test_two_measurements_that_agree_settle_the_p50(monkeypatch):
+    timing, timed = _timed(monkeypatch, [1.0, 1.05])
+    assert timed == 2 and timing.settled and timing.p50_ms == pytest.approx(1.0) and timing.p50_measurements == pytest.approx((1.0, 1.05))
+
+
+def test_measurements_that_differ_by_more_than_10_percent_are_repeated(monkeypatch):
+    """A neighbour's burst moves the second measurement by 40%: a third is taken, and it agrees with the first."""
+    timing, timed = _timed(monkeypatch, [1.0, 1.4, 1.02, 9.9])
+    assert timed == 3 and timing.settled and timing.p50_ms == pytest.approx(1.0)
+    assert timing.p50_measurements == pytest.approx((1.0, 1.4, 1.02))
+
+
+def test_measurements_that_never_agree_give_their_median_and_say_so(monkeypatch, tmp_path):
+    timing, timed = _timed(monkeypatch, [1.0, 1.5, 2.5, 4.0], max_measurements=4)
+    assert timed == 4 and not timing.settled and timing.p50_ms == pytest.approx(2.0)
+    with LatencyStore(tmp_path / "s.sqlite") as store:
+        record, _ = get_or_measure(store, KEY, "x", lambda: (timing, {}))
+    assert record.details["settled"] is False and record.details["p50_measurements_ms"] == pytest.approx([1.0, 1.5, 2.5, 4.0])
 
 
 def test_cached_results_are_never_measured_twice(tmp_path):
