@@ -7,7 +7,7 @@ import torch
 
 from effx_serve.cli import main
 from search.scaling import build_family
-from search.scaling.build_family import RESULTS_FILE, DemoSettings, run_demo
+from search.scaling.build_family import RESULTS_FILE, DemoSettings, FamilyRange, run_demo
 from search.scaling.job import LacsSettings
 from training.arch.family_file import read_family
 from training.arch.plan import expand
@@ -112,3 +112,17 @@ def test_the_demo_hands_over_b0_before_lacs_then_each_member_as_it_is_trained(tm
     said.clear()
     run_demo(out, latency_of, "cpu-test", settings, say=said.append, progress=False, on_members=on_members)
     assert [step[0] for step in steps] == ["lacs/family.json"] and not any("b0 first" in line for line in said)
+    assert any(line.startswith("demo family targets") for line in said)  # met or missed, said either way
+
+
+def _row(member, top1, latency_ms):
+    return {"name": f"demo-x-lacs-{member}", "top1": top1, "latency_ms": latency_ms}
+
+
+def test_family_range_checks_order_gain_and_latency_ratio():
+    good = FamilyRange.of([_row("b0", 0.50, 0.5), _row("b1", 0.58, 0.8), _row("b2", 0.63, 1.2), _row("b3", 0.66, 1.6)])
+    assert good.top1_gain == pytest.approx(16.0) and good.latency_ratio == pytest.approx(3.2) and good.out_of_order == ()
+    assert good.misses(15, 3) == [] and "strictly rising in both" in good.describe()
+    zigzag = FamilyRange.of([_row("b0", 0.50, 0.5), _row("b1", 0.58, 1.26), _row("b2", 0.57, 1.08), _row("b3", 0.60, 1.3)])
+    assert zigzag.out_of_order == ("b2 is not more accurate than b1 (57.0 <= 58.0%)", "b2 is not slower than b1 (1.080 <= 1.260 ms)")
+    assert zigzag.misses(15, 3) == [*zigzag.out_of_order, "top-1 gain 10.0 < 15 points", "latency ratio 2.60 < 3x"]
