@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from effx_serve.cli.common import checked, positive_int
@@ -45,11 +44,14 @@ def start_demo_build(repository: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, preexec_fn=lambda: os.nice(BUILDER_NICE))
 
 
-def wait_for_first_member(repository: Path, builder: subprocess.Popen, poll_s: float = 0.5) -> None:
+def wait_for_first_member(repository: Path, builder: subprocess.Popen, stop: threading.Event | None = None, poll_s: float = 0.5) -> None:
+    """Return once the build has written the repository's manifest; UserError when the build dies first, or `stop` is set."""
+    stop = stop or threading.Event()
     while not (repository / "manifest.json").exists():
         if builder.poll() is not None:
             raise UserError(f"the demo build stopped (exit {builder.returncode}) before its first member was ready; its output is above")
-        time.sleep(poll_s)
+        if stop.wait(poll_s):
+            raise UserError("stopped before the demo build's first member was ready")
 
 
 def _report_when_done(builder: subprocess.Popen) -> None:
@@ -84,31 +86,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The web stack is imported only here: every other command would pay half a second for it.
     import uvicorn
 
-    from effx_serve.serve.http.app import create_app
+    from effx_serve.serve.http.pending import PendingApp
     from effx_serve.serve.http.protocol import limited_protocol
-    from effx_serve.serve.server import Server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     map_large_allocations()  # memory that large images took goes back to the OS after them
     repository = Path(args.repo)
     builder = start_demo_build(repository) if args.demo and needs_demo_build(repository) else None
     try:
-        if builder is not None:
-            wait_for_first_member(repository, builder)
-            _report_when_done(builder)
-        server = Server(settings_from(args))
-        building = f"; {server.catalog.building}" if server.catalog.building else ""
-        print(f"serving {len(server.catalog.members)} members of {server.settings.repository} (family {server.catalog.family}) "
-              f"on {server.hardware.id} with {server.backend.kind}: http://{args.host}:{args.port}/docs{building}", flush=True)
-        for note in server.notes:
-            print(f"note: {note}", flush=True)
-        uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                    http=limited_protocol(args.head_timeout_s), timeout_keep_alive=args.keep_alive_s)  # limits on a head: serve/http/protocol.py
+        if builder is None:
+            app = _serving_app(args)
+        else:  # the port answers at once (503, saying what is building) and serves from the first member on
+            print(f"http://{args.host}:{args.port}/readyz answers 503 until the first member is ready", flush=True)
+            app = PendingApp(lambda stop: _serving_app(args, builder, stop), "the demo build is training its first member (b0)")
+        web = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                                            http=limited_protocol(args.head_timeout_s),  # limits on a head: serve/http/protocol.py
+                                            timeout_keep_alive=args.keep_alive_s))
+        if isinstance(app, PendingApp):
+            app.on_failure = lambda error: setattr(web, "should_exit", True)
+        web.run()
+        if isinstance(app, PendingApp) and app.error is not None:
+            raise app.error
+        if not web.started:
+            raise UserError(f"the server could not listen on {args.host}:{args.port}; its log is above")
     finally:
         if builder is not None and builder.poll() is None:
             print("stopping the demo build (the next 'serve --demo' resumes it)", flush=True)
             stop(builder)
     return 0
+
+
+def _serving_app(args: argparse.Namespace, builder: subprocess.Popen | None = None, stop: threading.Event | None = None):
+    """The HTTP app over a Server on `args.repo`, once the demo `builder` (if any) has written its first member."""
+    from effx_serve.serve.http.app import create_app
+    from effx_serve.serve.server import Server
+
+    if builder is not None:
+        wait_for_first_member(Path(args.repo), builder, stop)
+        _report_when_done(builder)
+    server = Server(settings_from(args))
+    building = f"; {server.catalog.building}" if server.catalog.building else ""
+    print(f"serving {len(server.catalog.members)} members of {server.settings.repository} (family {server.catalog.family}) "
+          f"on {server.hardware.id} with {server.backend.kind}: http://{args.host}:{args.port}/docs{building}", flush=True)
+    for note in server.notes:
+        print(f"note: {note}", flush=True)
+    return create_app(server)
 
 
 def add_parsers(sub) -> None:

@@ -4,6 +4,8 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import httpx
 import pytest
@@ -72,6 +74,36 @@ def test_waiting_for_the_first_member_ends_with_the_build(tmp_path):
         assert writes.poll() is None  # returned on the manifest, with the build still going
     finally:
         stop(writes)
+    waiting, told = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]), threading.Event()
+    try:
+        told.set()
+        with pytest.raises(UserError, match="stopped before the demo build's first member was ready"):
+            serve_cli.wait_for_first_member(tmp_path / "empty", waiting, told, poll_s=0.01)
+    finally:
+        stop(waiting)
+
+
+def test_serve_demo_answers_before_its_first_member_and_stops_with_a_failed_build(tmp_path, monkeypatch, capsys):
+    """The port answers 503 at once while b0 trains; a build that dies first ends the server with its error (exit 2)."""
+    port, answers = free_port(), []
+    monkeypatch.setattr(serve_cli, "start_demo_build", lambda repository: subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(2); raise SystemExit(3)"]))
+
+    def probe():
+        for _ in range(100):
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                answers.append((answer.status_code, answer.json()["detail"]))
+                return
+            except httpx.TransportError:
+                time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    assert main(["serve", "--repo", str(tmp_path / "repo"), "--demo", "--port", str(port)]) == 2
+    prober.join()
+    assert answers and answers[0][0] == 503 and "training its first member (b0)" in answers[0][1]
+    assert "the demo build stopped (exit 3) before its first member was ready" in capsys.readouterr().err
 
 
 def test_watch_interval(capsys):
