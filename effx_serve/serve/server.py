@@ -109,7 +109,8 @@ class Server:
         the old ones close once the requests routed to them are answered. On failure the current members go on serving."""
         if not self._makes_backends:
             raise UserError("this server was given its backend, so it cannot make one for a new repository")
-        backend, catalog, dispatcher, notes = self._load()  # reads the manifest: milliseconds
+        # Reading and validating the manifest (and, for Triton, asking for its models) stays off the event loop.
+        backend, catalog, dispatcher, notes = await asyncio.to_thread(self._load)
         try:
             await dispatcher.start()
         except BaseException:
