@@ -70,6 +70,21 @@ def default_scale(image_size: int, hardware_class: str) -> Scale:
     return Scale(1.0, 1.0, _round_resolution(image_size), f"the {hardware_class.upper()} default for {image_size} px images")
 
 
+def fill_scale(given: dict[str, float | int | None], data: str | Path, hardware_class: str) -> tuple[dict, list[str]]:
+    """`given` (width, depth, resolution; None where not given) completed from the data's image size and this hardware,
+    and the lines that say what was chosen. Nothing is read when all three are given."""
+    missing = [name for name, value in given.items() if value is None]
+    if not missing:
+        return dict(given), []
+    size, mixed = typical_image_size(data)
+    said = [f"note: the training images have mixed sizes; their median shorter side, {size} px, sets the default scale"] if mixed else []
+    scale = default_scale(size, hardware_class)
+    chosen = {name: getattr(scale, name) if value is None else value for name, value in given.items()}
+    said.append(f"candidate scale: {', '.join(f'{name} {chosen[name]:g}' for name in missing)} "
+                f"({scale.reason}; set --{' --'.join(missing)} to change)")
+    return chosen, said
+
+
 def seconds_per_image(spec: ModelSpec, batch_size: int = 16, steps: int = 3) -> float:
     """Training seconds per image of `spec` on this machine: a few timed forward + backward + update steps (after one warm-up)."""
     import torch

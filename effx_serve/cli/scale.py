@@ -7,14 +7,15 @@ import argparse
 import json
 from pathlib import Path
 
-from effx_serve.cli.common import positive_int, progress_lines, require_training, table
+from effx_serve.cli.common import positive_float, positive_int, progress_lines, require_training, table
 from effx_serve.core.errors import UserError
+from effx_serve.hardware.detect import detect
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.latency_store import LatencyStore
 from search.evaluators import MeasuredLatency, ProxyAccuracy
 from search.scaling.job import LacsSettings, run
 from search.scaling.lacs import DEFAULT_PHIS, Coefficients, family, member_row
-from training.arch.presets import load_spec
+from training.arch.presets import PRESETS, load_spec
 from training.errors import SpecError
 
 
@@ -75,14 +76,12 @@ def cmd_lacs(args: argparse.Namespace) -> int:
     machine = this_machine()
     if args.hardware not in ("auto", machine.hardware_id):
         raise UserError(f"LACS measures latency on this machine ({machine.hardware_id}); run it on {args.hardware} or pass --hardware auto")
-    base = load_spec(args.base)
-    if args.resolution:
-        base = base.with_(resolution=args.resolution)
+    say = progress_lines(quiet=args.json)
+    base = _lacs_base(args, say)
     settings = LacsSettings(grid_step=args.grid_step, tolerance=args.tolerance, fine_step=args.fine_step or None, top_k=args.top_k,
                             w=args.w, target_ms=args.target_ms, noise_repeats=args.noise_repeats)
     out = Path(args.out)
     accuracy = ProxyAccuracy(Path(args.data), out / "trials", epochs=args.epochs, stride=args.subset_stride, progress=False)
-    say = progress_lines(quiet=args.json)
     _say_lacs_estimate(base, settings, args, say)
     with LatencyStore() as store:
         result = run(base, out, accuracy, MeasuredLatency(machine, store, batch=args.batch), machine.hardware_id, settings, say)
@@ -100,6 +99,20 @@ def cmd_lacs(args: argparse.Namespace) -> int:
                         ("MMACs", "mmacs", ".1f"), ("latency ms", "expected_latency_ms", ".3f")]))
     print(f"written: {out / 'lacs.json'}, {out / 'family.json'}, {out / 'lacs.png'}")
     return 0
+
+
+def _lacs_base(args: argparse.Namespace, say):
+    """The base at the scale asked for. A preset name is an architecture at its published scale (224 px, full width and
+    depth: days of proxy training on a CPU), so what is not given comes from the data's image size and this hardware, as
+    `search` does; a spec file or JSON is trained at its own scale, but for what is given."""
+    from search.defaults import fill_scale
+
+    scale = {"width": args.width, "depth": args.depth, "resolution": args.resolution}
+    if args.base.strip() in PRESETS:
+        scale, said = fill_scale(scale, args.data, detect().hw_class)
+        for line in said:
+            say(line)
+    return load_spec(args.base).with_(**{name: value for name, value in scale.items() if value is not None})
 
 
 def _say_lacs_estimate(base, settings, args: argparse.Namespace, say) -> None:
@@ -126,7 +139,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder dataset for proxy training")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--hardware", default="auto", help="the hardware id latency is measured on: this machine's (default auto)")
-    p.add_argument("--resolution", type=positive_int, help="base resolution (default: the spec's)")
+    p.add_argument("--width", type=positive_float, help="the base's width multiplier (default: a spec's own; for a preset, from the "
+                   "data's image size and this hardware, 0.5 on a CPU)")
+    p.add_argument("--depth", type=positive_float, help="the base's depth multiplier (default: a spec's own; for a preset, 0.34 on a CPU)")
+    p.add_argument("--resolution", type=positive_int, help="base resolution (default: a spec's own; for a preset, from the data's images)")
     p.add_argument("--grid-step", type=float, default=0.1)
     p.add_argument("--tolerance", type=float, default=0.1, help="allowed |alpha beta^2 gamma^2 - 2| (default 0.1)")
     p.add_argument("--fine-step", type=float, default=0.05, help="finer grid around the best triplets (0: none)")

@@ -70,19 +70,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _default_scale(args: argparse.Namespace, overrides: dict, hardware_class: str, say) -> None:
     """Width, depth and resolution not given: from the data's image size and this hardware (full size on a CPU runs for days)."""
-    from search.defaults import default_scale, typical_image_size
+    from search.defaults import fill_scale
 
-    missing = [name for name in ("width", "depth", "resolution") if getattr(args, name) is None]
-    if not missing:
-        return
-    size, mixed = typical_image_size(args.data)
-    if mixed:
-        say(f"note: the training images have mixed sizes; their median shorter side, {size} px, sets the default scale")
-    scale = default_scale(size, hardware_class)
-    for name in missing:
-        overrides[name] = getattr(scale, name)
-    chosen = ", ".join(f"{name} {overrides[name]:g}" for name in missing)
-    say(f"candidate scale: {chosen} ({scale.reason}; set --{' --'.join(missing)} to change)")
+    chosen, said = fill_scale({name: getattr(args, name) for name in ("width", "depth", "resolution")}, args.data, hardware_class)
+    overrides.update({name: value for name, value in chosen.items() if getattr(args, name) is None})
+    for line in said:
+        say(line)
 
 
 def _say_estimate(config, args: argparse.Namespace, say) -> None:

@@ -126,3 +126,31 @@ def test_family_range_checks_order_gain_and_latency_ratio():
     zigzag = FamilyRange.of([_row("b0", 0.50, 0.5), _row("b1", 0.58, 1.26), _row("b2", 0.57, 1.08), _row("b3", 0.60, 1.3)])
     assert zigzag.out_of_order == ("b2 is not more accurate than b1 (57.0 <= 58.0%)", "b2 is not slower than b1 (1.080 <= 1.260 ms)")
     assert zigzag.misses(15, 3) == [*zigzag.out_of_order, "top-1 gain 10.0 < 15 points", "latency ratio 2.60 < 3x"]
+
+
+def test_lacs_fits_a_preset_to_the_data_and_this_hardware_and_keeps_a_specs_own_scale(tmp_path, monkeypatch, capsys):
+    """A preset is trained at the CPU default for the data's images (not 224 px at full size); a spec at its own scale."""
+    from effx_serve.cli import scale as scale_cli
+    from effx_serve.core.errors import UserError
+    from effx_serve.hardware import detect as detect_module
+
+    data = tmp_path / "data"
+    generate_demo_data(data, size=4, image_size=64)
+    bases = []
+
+    def stop_before_training(base, *args, **kwargs):
+        bases.append(base)
+        raise UserError("stopped by the test")
+
+    monkeypatch.setattr(scale_cli, "run", stop_before_training)
+    monkeypatch.setattr(scale_cli, "detect", lambda: detect_module.DetectedHardware("cpu-test", "cpu", "test CPU", "test"))
+    argv = ["lacs", "--data", str(data), "--out", str(tmp_path / "lacs")]
+    assert main([*argv, "--base", "efficientnet-x-b0"]) == 2
+    said = capsys.readouterr().err
+    assert "candidate scale: width 0.5, depth 0.34, resolution 48 (the CPU default for 64 px images" in said
+    assert "LACS trains the base at 48 px (width 0.5, depth 0.34)" in said
+    assert main([*argv, "--base", "efficientnet-x-b0", "--width", "0.75", "--resolution", "56"]) == 2
+    assert "candidate scale: depth 0.34 " in capsys.readouterr().err
+    assert main([*argv, "--base", BASE.to_json()]) == 2
+    assert "candidate scale" not in capsys.readouterr().err
+    assert [(b.width, b.depth, b.resolution) for b in bases] == [(0.5, 0.34, 48), (0.75, 0.34, 56), (BASE.width, BASE.depth, BASE.resolution)]
