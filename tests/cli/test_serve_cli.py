@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from effx_serve.cli import main
 from effx_serve.cli import serve as serve_cli
 from effx_serve.core.errors import UserError
 from effx_serve.core.proc import free_port, stop, wait_ready
+from effx_serve.core.wire import DEADLINE_HEADER
 from tests.helpers import JPEG
 
 
@@ -45,6 +47,13 @@ def test_serve_over_real_http(served_repository):
         assert "effx_requests_total" in httpx.get(f"{base}/metrics").text
         huge_header = httpx.get(f"{base}/healthz", headers={"x-pad": "a" * 100_000})  # the served protocol limits a head
         assert huge_header.status_code == 431 and "65536 bytes" in huge_header.json()["detail"]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:  # expired in transit, most of its body unsent:
+            connection.sendall(f"POST /v1/classify HTTP/1.1\r\nhost: test\r\ncontent-type: image/jpeg\r\ncontent-length: {len(JPEG)}\r\n"
+                               f"{DEADLINE_HEADER}: {time.time() - 1:.3f}\r\n\r\n".encode() + JPEG[:100])
+            refused = b""
+            while b"}" not in refused:  # answered without waiting for the body (a read would wait for its timeout)
+                refused += connection.recv(65536) or b"}"
+        assert refused.startswith(b"HTTP/1.1 429") and b"the deadline passed" in refused
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)

@@ -21,7 +21,7 @@ from effx_serve.core.wire import DEADLINE_HEADER
 from effx_serve.serve import flow
 from effx_serve.serve.errors import Overloaded
 from effx_serve.serve.http import errors
-from effx_serve.serve.http.body import BodyBudget, read_images, with_body_fields
+from effx_serve.serve.http.body import BodyBudget, may_carry_fields, read_images, with_body_fields
 from effx_serve.serve.schema import (
     BatchClassification,
     Classification,
@@ -112,6 +112,8 @@ def create_app(server: Server) -> FastAPI:
             deadline = request.headers.get(DEADLINE_HEADER)
             if deadline is not None:
                 trace.client_deadline = flow.client_deadline(deadline, trace.arrival)
+                if not may_carry_fields(request):  # nothing in the body can change the SLA: refuse before reading it
+                    flow.refuse_expired(server, trace, query)
             # A request counts against the in-flight limit once its body has arrived, so uploads that stall cannot
             # lock others out; until then it holds only the bytes it sent (of the bodies' budget), for at most body_timeout_s.
             try:

@@ -193,6 +193,11 @@ async def read_images(request: Request, limit: int, max_images: int, budget: Bod
     return taken
 
 
+def may_carry_fields(request: Request) -> bool:
+    """Whether the body can hold parameters (multipart and JSON bodies can; a raw image cannot)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() not in RAW_IMAGE_TYPES
+
+
 def with_body_fields(query: ClassifyParams, fields: dict) -> ClassifyParams:
     """The request's parameters: the query string's, with those sent as body fields (multipart or JSON) on top, checked alike."""
     if not fields:
