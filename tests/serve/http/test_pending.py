@@ -57,6 +57,15 @@ class Lifespan:
         assert self.sent[-1] == "lifespan.shutdown.complete"
 
 
+async def _opened(start):
+    """A PendingApp on `start`, its lifespan started; and the list its failures are reported to."""
+    app, failures = PendingApp(start, "b0"), []
+    app.on_failure = failures.append
+    lifespan = Lifespan(app)
+    await lifespan.start()
+    return app, failures, lifespan
+
+
 def test_answers_503_while_waiting_then_the_real_app_serves():
     async def scenario():
         ready, events = threading.Event(), []
@@ -84,10 +93,7 @@ def test_a_failed_start_is_kept_answered_and_reported():
         raise UserError("the demo build stopped (exit 3) before its first member was ready")
 
     async def scenario():
-        app, failures = PendingApp(start, "b0"), []
-        app.on_failure = failures.append
-        lifespan = Lifespan(app)
-        await lifespan.start()
+        app, failures, lifespan = await _opened(start)
         await _until(lambda: failures)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
             answer = await client.get("/readyz")
@@ -106,10 +112,7 @@ def test_a_shutdown_while_waiting_stops_the_wait_and_reports_nothing():
         raise UserError("stopped before the demo build's first member was ready")
 
     async def scenario():
-        app, failures = PendingApp(start, "b0"), []
-        app.on_failure = failures.append
-        lifespan = Lifespan(app)
-        await lifespan.start()
+        app, failures, lifespan = await _opened(start)
         await lifespan.stop()
         await _until(lambda: stopped)
         assert stopped == [True] and failures == [] and app.error is None
