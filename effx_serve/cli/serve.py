@@ -104,7 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             timeout_keep_alive=args.keep_alive_s))
         if isinstance(app, PendingApp):
             app.on_failure = lambda error: setattr(web, "should_exit", True)
-        web.run()
+        try:
+            web.run()
+        except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C, then re-raised it: done, as uvicorn.run does
+            pass
         if isinstance(app, PendingApp) and app.error is not None:
             raise app.error
         if not web.started:
