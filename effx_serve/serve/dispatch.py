@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,8 +58,7 @@ class ImageInfo:
     pixels: int
 
 
-@dataclass(frozen=True)
-class Expectation:
+class Expectation(NamedTuple):  # a NamedTuple: eight are made per request, at a third of a frozen dataclass's cost
     member: Member
     decode_ms: float
     wait_ms: float  # for the CPU and the device
@@ -90,6 +90,16 @@ class DeadlineMissed(Overloaded):
 
     def __init__(self, message: str, retry_after_s: float):
         super().__init__(message, retry_after_s, "deadline")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request's images decoded for a member; with its batch when the lane that decoded it ran that too (`decode(run_hard=...)`)."""
+
+    pictures: list  # kept for another member (a move to a faster one resizes these)
+    inputs: list[np.ndarray]
+    at: float  # time.monotonic() when the decoding ended
+    ran: list[ItemResult] | None = None
 
 
 @dataclass(frozen=True)
@@ -295,21 +305,28 @@ class Dispatcher:
             image, array = self._prepare(data, member, budget)
         finally:
             budget.charge((time.thread_time() - cpu_started) * 1000.0)
-        return image, array, (time.perf_counter() - started) * 1000.0
+        return image, array, (time.perf_counter() - started) * 1000.0, time.monotonic()
 
     async def decode(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float,
-                     hard: bool = False) -> tuple[list, list]:
-        """Every image decoded for `member` on the CPU scheduler: (pictures kept for another member, inputs).
-        UnreadableImage names the first image that cannot be decoded within the limits (the request's decoding CPU
-        budget included); DeadlineMissed when a `hard` deadline passes while decoding. Once the request fails or is
-        cancelled (its client went away), its images still decoding stop at their next block of bytes."""
+                     hard: bool = False, run_hard: bool | None = None) -> Decoded:
+        """Every image decoded for `member` on the CPU scheduler. UnreadableImage names the first image that cannot be
+        decoded within the limits (the request's decoding CPU budget included); DeadlineMissed when a `hard` deadline
+        passes while decoding. Once the request fails or is cancelled (its client went away), its images still decoding
+        stop at their next block of bytes. `run_hard` (not None): a single image's batch runs right after on the same lane
+        when nothing else would run first (`DeviceScheduler.call_then_run`, with that hardness; the embedded backend only)."""
         budget = preprocess.DecodeBudget(self.settings.decode_budget_ms, deadline if hard else None)
+        ran = None
 
         async def one(index: int, data: bytes, info: ImageInfo):
+            nonlocal ran
             expected = self.decode_times.expected_ms(info.format or "JPEG", member.name, info.pixels or DecodeTimes.REFERENCE_PIXELS)
+            prepare, large = functools.partial(self._timed_prepare, data, member, budget), info.pixels > LARGE_IMAGE_PIXELS
             try:
-                return await self.cpu.call(functools.partial(self._timed_prepare, data, member, budget), deadline, expected,
-                                           large=info.pixels > LARGE_IMAGE_PIXELS)
+                if run_hard is not None and len(images) == 1 and self.cpu is self.device and self.device.runs_in_lanes:
+                    prepared, ran = await self.cpu.call_then_run(functools.partial(_with_input, prepare), member, deadline, run_hard,
+                                                                 expected, large)
+                    return prepared
+                return await self.cpu.call(prepare, deadline, expected, large=large)
             except UserError as error:
                 raise UnreadableImage(f"image {index}: {error}" if len(images) > 1 else str(error)) from None
             except preprocess.DecodeStopped as stopped:
@@ -328,10 +345,12 @@ class Dispatcher:
                 if isinstance(task, asyncio.Future):
                     task.cancel()
             raise
-        for (_, _, ms), info in zip(outcomes, infos, strict=True):
+        for (_, _, ms, _), info in zip(outcomes, infos, strict=True):
             if info.format:
                 self.decode_times.observe(info.format, member.name, info.pixels, ms)
-        return [picture for picture, _, _ in outcomes], [array for _, array, _ in outcomes]
+        if isinstance(ran, Exception):  # decoded, then the batch failed on the lane
+            raise ran
+        return Decoded([o[0] for o in outcomes], [o[1] for o in outcomes], max(o[3] for o in outcomes), ran)
 
     async def run(self, member: Member, inputs: list[np.ndarray], deadline: float, sla: Sla, pictures: list,
                   alternatives: Sequence[Member] = ()) -> Ran:
@@ -380,6 +399,12 @@ class Dispatcher:
 def _lane_ms(expected: Expectation) -> float:
     """What serving a request on a member takes of the lanes: its decoding and its inference."""
     return expected.decode_ms + expected.inference_ms
+
+
+def _with_input(prepare: Callable[[], tuple]) -> tuple[tuple, np.ndarray]:
+    """`_timed_prepare`'s outcome and its model input, as `call_then_run` takes them."""
+    prepared = prepare()
+    return prepared, prepared[1]
 
 
 def _inputs_for(pictures: list, resolution: int) -> list[np.ndarray]:

@@ -113,9 +113,11 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
             raise InvalidRequest(f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
         routed_at = time.monotonic()
         try:
-            pictures, inputs = await dispatcher.decode(images, infos, member, deadline, hard=sla.max_latency_ms is not None and sla.on_miss == "reject")
-            decoded = time.monotonic()
-            ran = await dispatcher.run(member, inputs, deadline, sla, pictures, _faster(dispatcher, routed, sla, params))
+            bound = sla.max_latency_ms is not None
+            prepared = await dispatcher.decode(images, infos, member, deadline, hard=bound and sla.on_miss == "reject", run_hard=bound)
+            decoded = prepared.at
+            ran = Ran(member, prepared.ran, None) if prepared.ran is not None else \
+                await dispatcher.run(member, prepared.inputs, deadline, sla, prepared.pictures, _faster(dispatcher, routed, sla, params))
         except DeadlineMissed:
             _count_refused(server, "refused_deadline", sla.kind)
             dispatcher.observe_outcome(met=False)

@@ -86,6 +86,7 @@ class Job:
     expected_ms: float = 0.0  # CPU jobs: their expected run time (member jobs are costed per batch)
     call: Callable[[], object] | None = None  # CPU jobs: what a lane runs
     large: bool = False  # CPU jobs: decoding a large image (at most lanes - 1 run at once)
+    then: Member | None = None  # CPU jobs: the member whose batch of one may run right after, on the same lane (`call_then_run`)
     submitted: float = field(default_factory=time.monotonic)
 
     @property
@@ -198,6 +199,21 @@ class DeviceScheduler:
         (result,) = await self._wait([job], self._cpu)
         return result
 
+    async def call_then_run(self, function: Callable[[], tuple[object, np.ndarray]], member: Member, deadline: float = math.inf,
+                            hard: bool = False, expected_ms: float = 0.0, large: bool = False) -> tuple[object, list[ItemResult] | Exception | None]:
+        """`call` for a function that returns (value, input); then, on the same lane, the input's batch of one on `member`
+        if earliest deadline first would run it next anyway: nothing queued is due sooner, no request of `member` waits to
+        be batched with it, and (`hard`) it can still make its deadline. This saves the two hand-offs between a lane and
+        the event loop that lie between decoding and inference. (value, results), results None when the batch did not run
+        here (the caller then runs it with `run`), or the batch's error (`function`'s own error is raised, as by `call`).
+        Needs a backend that runs batches in the calling thread."""
+        if self._run_now is None:
+            raise ValueError(f"the {self.name} scheduler has no in-thread backend to run a batch right after a call")
+        job = self._submit(Job(None, None, deadline, hard, self._future(), next(self._sequence), expected_ms, function, large, member),
+                           self._cpu)
+        (outcome,) = await self._wait([job], self._cpu)
+        return outcome
+
     def work_ahead_ms(self, deadline: float, now: float | None = None) -> float:
         """The device's work that runs before something due at `deadline`, in lane-milliseconds: what is running
         (its expected remainder) and every queued job due no later, its batches costed as they would form."""
@@ -222,6 +238,11 @@ class DeviceScheduler:
     def queued(self, member: str) -> int:
         queue = self._members.get(member)
         return len(queue.jobs) if queue else 0
+
+    @property
+    def runs_in_lanes(self) -> bool:
+        """Whether batches run in the lanes' own threads (an in-process backend), so `call_then_run` can run one."""
+        return self._run_now is not None
 
     @property
     def busy(self) -> int:
@@ -366,7 +387,7 @@ class DeviceScheduler:
                 self._large_running += large
             try:
                 if member is None:
-                    self._call(jobs[0])
+                    self._call(lane, jobs[0])
                 else:
                     self._run(lane, member, jobs, started)
             finally:
@@ -378,14 +399,42 @@ class DeviceScheduler:
                 # An idle lane must not keep its last job alive: its outcome (an error's traceback) can hold a decoded image.
                 work = member = jobs = None
 
-    def _call(self, job: Job) -> None:
+    def _call(self, lane: int, job: Job) -> None:
+        observed = None
         try:
             outcome = job.call()
         except UserError as error:  # the input's fault, its message says all: without its traceback, whose frames (a
             outcome = error.with_traceback(None)  # decoded image) would stay alive in a reference cycle until a full GC
         except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
             outcome = error
-        self._post([job], [outcome])
+        else:
+            if job.then is not None:
+                value, array = outcome
+                ran, observed = self._run_next(lane, job, array)
+                outcome = (value, ran)
+        self._post([job], [outcome], first=observed)
+
+    def _run_next(self, lane: int, job: Job, array: np.ndarray) -> tuple[list[ItemResult] | Exception | None, Callable[[], None] | None]:
+        """The batch of one that `job` (a `call_then_run`) decoded, run now on this lane if earliest deadline first would
+        run it next anyway; (its results or its error, the batch's observer), or (None, None) when it is left to the caller."""
+        member = job.then
+        with self._lock:
+            head, waiting = self._head(), self._members.get(member.name)
+            started = time.monotonic()
+            expected = self._batch_ms(member, 1)
+            if (job.future.done() or (head is not None and head[0].key < job.key) or (waiting is not None and waiting.jobs)
+                    or (job.hard and started + (expected + self._after_ms()) / 1000.0 > job.deadline)):
+                return None, None
+            self._running[lane] = (member, 1, started, expected)
+        try:
+            outputs = self._run_now(member, array[None])
+            if len(outputs) != 1:
+                raise RuntimeError(f"member {member.name} returned {len(outputs)} outputs for a batch of 1")
+        except Exception as error:  # noqa: BLE001 - the failure belongs to the request
+            return error, None
+        inference_ms = (time.monotonic() - started) * 1000.0
+        observed = None if self._on_batch is None else functools.partial(self._on_batch, member, 1, inference_ms)
+        return [ItemResult(outputs[0], 0.0, inference_ms, 1)], observed
 
     def _run(self, lane: int, member: Member, jobs: list[Job], started: float) -> None:
         size = len(jobs)

@@ -155,7 +155,8 @@ def test_a_request_that_can_no_longer_make_it_moves_to_a_faster_member_or_is_ans
         await d.start()
         now = time.monotonic()
         deadline = now + 0.080
-        pictures, inputs = await d.decode([synthetic_photo(64, 48)], [ImageInfo("JPEG", 64 * 48)], large, deadline)
+        decoded = await d.decode([synthetic_photo(64, 48)], [ImageInfo("JPEG", 64 * 48)], large, deadline)
+        pictures, inputs = decoded.pictures, decoded.inputs
         blocking = asyncio.create_task(d.device.run(blocker, [np.zeros((3, 24, 24), np.float32)], now + 0.001))
         await asyncio.sleep(0.005)  # the lane runs the blocker: the large member's 40 ms will not fit before 80 ms, 4 ms will
         started = time.monotonic()

@@ -337,3 +337,89 @@ def test_random_deadlines_are_served_in_order_on_one_lane():
 
     dues, log = run(scenario())
     assert [name for name, _, _, _ in log[1:]] == [f"m{due}" for due in sorted(dues)]
+
+
+class InThreadDevice:
+    """A device whose batches run in the calling lane (as the embedded backend's): output = input * 2; `threads` records
+    where each batch ran, `fail` makes every batch fail."""
+
+    def __init__(self, fail=False):
+        self.threads, self.fail = [], fail
+
+    def __call__(self, member, batch):
+        self.threads.append(threading.current_thread().name)
+        time.sleep(service_ms(member, len(batch)) / 1000.0)
+        if self.fail:
+            raise RuntimeError("the model failed")
+        return batch * 2.0
+
+    async def run_batch(self, member, batch, deadline=math.inf):
+        raise AssertionError("an in-thread device runs batches with run_now")
+
+
+def in_thread_scheduler(device, observed=None, lanes=1):
+    s = DeviceScheduler("test", lanes, device.run_batch, service_ms, on_batch=None if observed is None else lambda *a: observed.append(a),
+                        run_now=device)
+    s.start()
+    return s
+
+
+def decoding(value):
+    """A CPU job as `call_then_run` takes it: (its value, the model input), recording the lane it ran on."""
+    def job():
+        return (value, threading.current_thread().name), np.full(1, float(value))
+    return job
+
+
+def test_a_decoded_input_runs_on_the_lane_that_decoded_it_when_nothing_else_would_run_first():
+    async def scenario():
+        device, observed = InThreadDevice(), []
+        s = in_thread_scheduler(device, observed)
+        outcome = await s.call_then_run(decoding(3), FAST, time.monotonic() + 1.0, hard=True)
+        await s.close()
+        return outcome, device.threads, observed
+
+    ((value, decoded_on), results), threads, observed = run(scenario())
+    assert value == 3 and threads == [decoded_on]  # decoded and run on the same lane, without the event loop between
+    (result,) = results
+    assert float(result.output[0]) == 6.0 and result.batch_size == 1 and result.inference_ms >= service_ms(FAST, 1) - 0.5
+    assert [(member.name, size) for member, size, _ in observed] == [("fast", 1)]  # the batch is observed as any other
+
+
+def test_a_decoded_input_is_left_to_the_queue_when_it_would_not_run_next():
+    async def scenario():
+        device = InThreadDevice()
+        s = in_thread_scheduler(device)
+        now = time.monotonic()
+        gate = threading.Event()
+        # The lane is busy with a CPU job until the gate opens; meanwhile a request of FAST queues, due sooner.
+        blocker = asyncio.create_task(s.call(lambda: gate.wait(5), now + 0.001))
+        await asyncio.sleep(0.01)
+        queued = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 0.5))
+        later = asyncio.create_task(s.call_then_run(decoding(1), FAST, now + 0.2))  # a partner waits for FAST: batch it there
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(blocker, queued)
+        left_to_queue = (await later)[1]
+        # Too late on a hard deadline: decoded, not run (the caller moves it or refuses it).
+        too_late = (await s.call_then_run(decoding(2), SLOW, time.monotonic() + 0.004, hard=True))[1]
+        await s.close()
+        return left_to_queue, too_late
+
+    left_to_queue, too_late = run(scenario())
+    assert left_to_queue is None and too_late is None
+
+
+def test_a_batch_that_fails_after_decoding_gives_its_error_and_a_scheduler_without_an_in_thread_backend_refuses():
+    async def scenario():
+        s = in_thread_scheduler(InThreadDevice(fail=True))
+        (_, error) = await s.call_then_run(decoding(1), FAST)
+        await s.close()
+        plain = running_scheduler(Device())
+        with pytest.raises(ValueError, match="in-thread"):
+            await plain.call_then_run(decoding(1), FAST)
+        await plain.close()
+        return error
+
+    error = run(scenario())
+    assert isinstance(error, RuntimeError) and "model failed" in str(error)
