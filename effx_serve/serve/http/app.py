@@ -62,6 +62,33 @@ class ArrivalClock:
         await self.app(scope, receive, send)
 
 
+class ClassifyRoutes:
+    """POST /v1/classify and /v1/classify/batch straight to their handler, past FastAPI's router, dependency solving and
+    exception middleware (about 0.1 ms of the event loop a request: `benchmarks/serving.py` counts every one). The two
+    routes stay declared on the app for the OpenAPI schema; any other method or path goes on to FastAPI."""
+
+    PATHS = {"/v1/classify": "classify", "/v1/classify/batch": "batch"}
+
+    def __init__(self, app, serve, invalid_parameter) -> None:
+        self.app, self.serve, self.invalid_parameter = app, serve, invalid_parameter
+
+    async def __call__(self, scope, receive, send) -> None:
+        endpoint = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            endpoint = self.PATHS.get(path[len(root):] if root and path.startswith(root) else path)
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await self.serve(request, endpoint)
+        except RequestValidationError as error:
+            response = await self.invalid_parameter(request, error)
+        await response(scope, receive, send)
+
+
 async def _cancel_when_gone(request: Request, handler: asyncio.Task, answered: list) -> None:
     """Cancel `handler` (a request being served, its body read) if its client disconnects before the answer: its
     queued work is dropped and its decoding stops, instead of running for nobody."""
@@ -94,7 +121,6 @@ def create_app(server: Server) -> FastAPI:
                   description="Image classification routed per request to the fastest EfficientNet-X family member that meets its SLA.")
     app.state.server = server
     bodies = BodyBudget(settings.max_bodies_bytes)
-    app.add_middleware(ArrivalClock)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -155,6 +181,10 @@ def create_app(server: Server) -> FastAPI:
         server.metrics.requests.labels(trace.member, endpoint, str(status)).inc()
         server.metrics.request_seconds.labels(trace.member).observe(time.monotonic() - trace.arrival)
         return response
+
+    # Added last, so outermost: the arrival is stamped first.
+    app.add_middleware(ClassifyRoutes, serve=serve, invalid_parameter=invalid_parameter)
+    app.add_middleware(ArrivalClock)
 
     @app.post("/v1/classify", response_model=Classification, responses=_ERRORS, openapi_extra=_REQUEST_BODY | _PARAMETERS,
               summary="Classify one image with the fastest member that meets the SLA")

@@ -265,6 +265,8 @@ def test_models_hardware_health_and_openapi(client):
         parameters = {p["name"]: p for p in paths[path]["post"]["parameters"]}
         assert set(parameters) == set(ClassifyParams.model_fields) and all(p["in"] == "query" for p in parameters.values())
         assert "end to end" in parameters["max_latency_ms"]["description"]
+    # The classify routes are served past FastAPI's router; every other method and path still goes through it.
+    assert client.get("/v1/classify").status_code == 405 and client.post("/v1/classify/other").status_code == 404
 
 
 def test_metrics(client):
