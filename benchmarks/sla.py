@@ -35,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import uvloop
 
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
 from effx_serve.serve.dispatch import Dispatcher, ImageInfo
@@ -125,7 +126,7 @@ async def _cost(requests: int) -> dict:
 
 
 def cost(requests: int = 3000) -> dict:
-    return asyncio.run(_cost(requests))
+    return uvloop.run(_cost(requests))  # the event loop the server runs on (uvicorn picks uvloop)
 
 
 # --- 2. what the scheduler and the router keep under load --------------------------------------------------------
