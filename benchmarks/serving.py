@@ -8,8 +8,8 @@ JPEG (smooth gradients, shapes, mild noise; quality 90), measured side by side i
 1. Router overhead = p50 end-to-end latency of POST /v1/classify?member=NAME (real HTTP over localhost to
    `effx-serve serve` running in its own process; a keep-alive client, one request at a time) MINUS p50 of
    ONNX Runtime session.run at batch 1 on the same model.onnx in this process, with the thread settings of the
-   server's backend (ThreadSettings.fit). Target <= 2 ms. The medians of the server's own `timing` (decode,
-   queue, inference, total) and of this process's decode + preprocessing of the same JPEG explain it.
+   server's backend (ThreadSettings.fit). Target <= 2 ms. The medians of the server's own `timing` (read,
+   decode, queue, inference, serialise, total) and of this process's decode + preprocessing of the same JPEG explain it.
 2. Served throughput at saturation = the best images/s over several in-flight counts (--concurrency) of a load
    generator in a separate process (asyncio, raw HTTP/1.1 keep-alive connections), DIVIDED BY raw ONNX Runtime
    images/s at its best batch (1, 4, 16 on pre-made tensors, in this process, same thread settings). Target
@@ -353,8 +353,9 @@ def print_details(rows: list[dict]) -> None:
         head = f"{r['member']} {r['backend']} {r['endpoint']}:"
         if t:
             outside = None if r["http_p50_ms"] is None else r["http_p50_ms"] - t["total_ms"]
-            print(f"  {head} server decode {t['decode_ms']:.2f} + queue {t['queue_ms']:.2f} + inference {t['inference_ms']:.2f} "
-                  f"-> total {t['total_ms']:.2f} in the handler; HTTP, ASGI, JSON and client outside it {fmt(outside, '.2f')}; "
+            print(f"  {head} server read {t['read_ms']:.2f} + decode {t['decode_ms']:.2f} + queue {t['queue_ms']:.2f} + inference "
+                  f"{t['inference_ms']:.2f} + serialise {t['serialize_ms']:.2f} -> total {t['total_ms']:.2f} in the handler (the rest: "
+                  f"routing, hand-offs); HTTP, ASGI, JSON and client outside it {fmt(outside, '.2f')}; "
                   f"this process decodes the JPEG in {r['decode_inprocess_p50_ms']:.2f}")
             if r["endpoint"] == "classify":
                 print(f"    decode + inference at the best raw batch alone take {r['pipeline_cpu_ms_per_image']:.2f} ms CPU per image: "

@@ -43,7 +43,7 @@ from effx_serve.serve.errors import Overloaded, UnreadableImage
 from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Decision, Option, Sla, route
-from effx_serve.serve.scheduler import DeviceScheduler, ItemResult, Late
+from effx_serve.serve.scheduler import DeviceScheduler, ItemResult, Late, Queued
 from effx_serve.serve.settings import DispatchSettings
 
 ROUTES = ("preferred", "scaled", "moved", "best_effort")  # how an answered request was placed (the answer and /metrics say)
@@ -94,12 +94,13 @@ class DeadlineMissed(Overloaded):
 
 @dataclass(frozen=True)
 class Decoded:
-    """A request's images decoded for a member; with its batch when the lane that decoded it ran that too (`decode(run_hard=...)`)."""
+    """A request's images decoded for a member; with its batch when the lane that decoded it queued or ran that too
+    (`decode(run_hard=...)`)."""
 
     pictures: list  # kept for another member (a move to a faster one resizes these)
     inputs: list[np.ndarray]
     at: float  # time.monotonic() when the decoding ended
-    ran: list[ItemResult] | None = None
+    batch: Queued | None = None
 
 
 @dataclass(frozen=True)
@@ -312,18 +313,19 @@ class Dispatcher:
         """Every image decoded for `member` on the CPU scheduler. UnreadableImage names the first image that cannot be
         decoded within the limits (the request's decoding CPU budget included); DeadlineMissed when a `hard` deadline
         passes while decoding. Once the request fails or is cancelled (its client went away), its images still decoding
-        stop at their next block of bytes. `run_hard` (not None): a single image's batch runs right after on the same lane
-        when nothing else would run first (`DeviceScheduler.call_then_run`, with that hardness; the embedded backend only)."""
+        stop at their next block of bytes. `run_hard` (not None): a single image's batch (with that hardness) goes on from
+        the lane that decoded it, queued or run at once (`DeviceScheduler.call_then_run`; the embedded backend only); `run`
+        takes it from there."""
         budget = preprocess.DecodeBudget(self.settings.decode_budget_ms, deadline if hard else None)
-        ran = None
+        batch = None
 
         async def one(index: int, data: bytes, info: ImageInfo):
-            nonlocal ran
+            nonlocal batch
             expected = self.decode_times.expected_ms(info.format or "JPEG", member.name, info.pixels or DecodeTimes.REFERENCE_PIXELS)
             prepare, large = functools.partial(self._timed_prepare, data, member, budget), info.pixels > LARGE_IMAGE_PIXELS
             try:
                 if run_hard is not None and len(images) == 1 and self.cpu is self.device and self.device.runs_in_lanes:
-                    prepared, ran = await self.cpu.call_then_run(functools.partial(_with_input, prepare), member, deadline, run_hard,
+                    prepared, batch = await self.cpu.call_then_run(functools.partial(_with_input, prepare), member, deadline, run_hard,
                                                                  expected, large)
                     return prepared
                 return await self.cpu.call(prepare, deadline, expected, large=large)
@@ -348,20 +350,21 @@ class Dispatcher:
         for (_, _, ms, _), info in zip(outcomes, infos, strict=True):
             if info.format:
                 self.decode_times.observe(info.format, member.name, info.pixels, ms)
-        if isinstance(ran, Exception):  # decoded, then the batch failed on the lane
-            raise ran
-        return Decoded([o[0] for o in outcomes], [o[1] for o in outcomes], max(o[3] for o in outcomes), ran)
+        return Decoded([o[0] for o in outcomes], [o[1] for o in outcomes], max(o[3] for o in outcomes), batch)
 
     async def run(self, member: Member, inputs: list[np.ndarray], deadline: float, sla: Sla, pictures: list,
-                  alternatives: Sequence[Member] = ()) -> Ran:
-        """Run on `member`; a request that can no longer make its (hard) deadline there moves to the most accurate
-        faster member in `alternatives` that can, else is refused (on_miss=reject) or runs late (best_effort)."""
+                  alternatives: Sequence[Member] = (), batch: Queued | None = None) -> Ran:
+        """Run on `member` (`batch`: already on its way there, from `decode`); a request that can no longer make its (hard)
+        deadline there moves to the most accurate faster member in `alternatives` that can, else is refused
+        (on_miss=reject) or runs late (best_effort)."""
         problem = self.problem()
         if problem is not None:
+            if batch is not None:
+                batch.cancel()
             raise BackendUnavailable(problem)
         hard = sla.max_latency_ms is not None
         try:
-            return Ran(member, await self.device.run(member, inputs, deadline, hard=hard), None)
+            return Ran(member, await (batch.result() if batch is not None else self.device.run(member, inputs, deadline, hard=hard)), None)
         except Late:
             pass
         for alternative in alternatives:

@@ -116,8 +116,8 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
             bound = sla.max_latency_ms is not None
             prepared = await dispatcher.decode(images, infos, member, deadline, hard=bound and sla.on_miss == "reject", run_hard=bound)
             decoded = prepared.at
-            ran = Ran(member, prepared.ran, None) if prepared.ran is not None else \
-                await dispatcher.run(member, prepared.inputs, deadline, sla, prepared.pictures, _faster(dispatcher, routed, sla, params))
+            ran = await dispatcher.run(member, prepared.inputs, deadline, sla, prepared.pictures, _faster(dispatcher, routed, sla, params),
+                                       prepared.batch)
         except DeadlineMissed:
             _count_refused(server, "refused_deadline", sla.kind)
             dispatcher.observe_outcome(met=False)

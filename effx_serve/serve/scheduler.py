@@ -86,7 +86,7 @@ class Job:
     expected_ms: float = 0.0  # CPU jobs: their expected run time (member jobs are costed per batch)
     call: Callable[[], object] | None = None  # CPU jobs: what a lane runs
     large: bool = False  # CPU jobs: decoding a large image (at most lanes - 1 run at once)
-    then: Member | None = None  # CPU jobs: the member whose batch of one may run right after, on the same lane (`call_then_run`)
+    then: Job | None = None  # CPU jobs of `call_then_run`: the batch of one that follows, queued or run by the lane itself
     submitted: float = field(default_factory=time.monotonic)
 
     @property
@@ -200,19 +200,26 @@ class DeviceScheduler:
         return result
 
     async def call_then_run(self, function: Callable[[], tuple[object, np.ndarray]], member: Member, deadline: float = math.inf,
-                            hard: bool = False, expected_ms: float = 0.0, large: bool = False) -> tuple[object, list[ItemResult] | Exception | None]:
-        """`call` for a function that returns (value, input); then, on the same lane, the input's batch of one on `member`
-        if earliest deadline first would run it next anyway: nothing queued is due sooner, no request of `member` waits to
-        be batched with it, and (`hard`) it can still make its deadline. This saves the two hand-offs between a lane and
-        the event loop that lie between decoding and inference. (value, results), results None when the batch did not run
-        here (the caller then runs it with `run`), or the batch's error (`function`'s own error is raised, as by `call`).
-        Needs a backend that runs batches in the calling thread."""
+                            hard: bool = False, expected_ms: float = 0.0, large: bool = False) -> tuple[object, Queued]:
+        """`call` for a function that returns (value, input), whose input then goes on to `member` from the lane itself,
+        without a trip through the event loop (under load the loop is busy with other requests' HTTP, and a decoded
+        request waiting for it is work no expectation sees): run at once on that lane when earliest deadline first would
+        run it next anyway (nothing queued is due sooner, no request of `member` waits to be batched with it), else queued
+        as `run` queues it. (value, the batch: await `result()` as `run`'s, or `cancel()` it). `function`'s own error is
+        raised as by `call`. Needs a backend that runs batches in the lanes' threads."""
         if self._run_now is None:
             raise ValueError(f"the {self.name} scheduler has no in-thread backend to run a batch right after a call")
-        job = self._submit(Job(None, None, deadline, hard, self._future(), next(self._sequence), expected_ms, function, large, member),
-                           self._cpu)
-        (outcome,) = await self._wait([job], self._cpu)
-        return outcome
+        batch = Queued(self, Job(member, None, deadline, hard, self._future(), next(self._sequence)), self._members.setdefault(member.name, _Queue()))
+        job = Job(None, None, deadline, False, self._future(), next(self._sequence), expected_ms, function, large, batch.job)
+        self._submit(job, self._cpu)
+        try:
+            (value,) = await self._wait([job], self._cpu)
+        except BaseException:
+            batch.cancel()
+            raise
+        if hard and not batch.job.future.done():
+            self._arm(self._latest_start(batch.job))
+        return value, batch
 
     def work_ahead_ms(self, deadline: float, now: float | None = None) -> float:
         """The device's work that runs before something due at `deadline`, in lane-milliseconds: what is running
@@ -400,41 +407,54 @@ class DeviceScheduler:
                 work = member = jobs = None
 
     def _call(self, lane: int, job: Job) -> None:
-        observed = None
         try:
             outcome = job.call()
         except UserError as error:  # the input's fault, its message says all: without its traceback, whose frames (a
             outcome = error.with_traceback(None)  # decoded image) would stay alive in a reference cycle until a full GC
         except Exception as error:  # noqa: BLE001 - the failure belongs to the caller
             outcome = error
+        if job.then is None or isinstance(outcome, BaseException):
+            self._post([job], [outcome])
+            return
+        value, array = outcome
+        batch_outcome, observed = self._then(lane, job.then, array)
+        if batch_outcome is None:  # queued (or its request gone): a lane settles it when it runs
+            self._post([job], [value])
         else:
-            if job.then is not None:
-                value, array = outcome
-                ran, observed = self._run_next(lane, job, array)
-                outcome = (value, ran)
-        self._post([job], [outcome], first=observed)
+            self._post([job, job.then], [value, batch_outcome], first=observed)
 
-    def _run_next(self, lane: int, job: Job, array: np.ndarray) -> tuple[list[ItemResult] | Exception | None, Callable[[], None] | None]:
-        """The batch of one that `job` (a `call_then_run`) decoded, run now on this lane if earliest deadline first would
-        run it next anyway; (its results or its error, the batch's observer), or (None, None) when it is left to the caller."""
-        member = job.then
-        with self._lock:
-            head, waiting = self._head(), self._members.get(member.name)
-            started = time.monotonic()
-            expected = self._batch_ms(member, 1)
-            if (job.future.done() or (head is not None and head[0].key < job.key) or (waiting is not None and waiting.jobs)
-                    or (job.hard and started + (expected + self._after_ms()) / 1000.0 > job.deadline)):
+    def _then(self, lane: int, batch: Job, array: np.ndarray) -> tuple[object, Callable[[], None] | None]:
+        """A `call_then_run`'s batch of one, from the lane that prepared its input: run here and now when earliest deadline
+        first would run it next anyway, else queued. (its outcome to settle: its result, an error, Late or QueueFull, and the
+        batch's observer), or (None, None) when queued or no longer wanted."""
+        member = batch.member
+        with self._arrived:
+            queue = self._members[member.name]
+            head, now, expected = self._head(), time.monotonic(), self._batch_ms(member, 1)
+            if batch.future.done():
                 return None, None
-            self._running[lane] = (member, 1, started, expected)
+            if batch.hard and now + (expected + self._after_ms()) / 1000.0 > batch.deadline:
+                return Late(member.name, batch.deadline, now), None
+            full = len(queue.jobs) >= self.max_queue
+            here = not full and not queue.jobs and (head is None or head[0].key > batch.key)
+            if here:
+                self._running[lane] = (member, 1, now, expected)
+            elif not full:
+                batch.input, batch.submitted = array, now
+                queue.add(batch)
+                self._arrived.notify()
+                return None, None
+        if full:
+            return QueueFull(member.name, self.max_queue, self.drain_s()), None
         try:
             outputs = self._run_now(member, array[None])
             if len(outputs) != 1:
                 raise RuntimeError(f"member {member.name} returned {len(outputs)} outputs for a batch of 1")
         except Exception as error:  # noqa: BLE001 - the failure belongs to the request
             return error, None
-        inference_ms = (time.monotonic() - started) * 1000.0
+        inference_ms = (time.monotonic() - now) * 1000.0
         observed = None if self._on_batch is None else functools.partial(self._on_batch, member, 1, inference_ms)
-        return [ItemResult(outputs[0], 0.0, inference_ms, 1)], observed
+        return ItemResult(outputs[0], 0.0, inference_ms, 1), observed
 
     def _run(self, lane: int, member: Member, jobs: list[Job], started: float) -> None:
         size = len(jobs)
@@ -466,6 +486,22 @@ class DeviceScheduler:
         self._post(jobs, [ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size) for job, output in zip(jobs, outputs, strict=True)],
                    first=observed)
 
+
+
+class Queued:
+    """The batch of one a lane runs or queues after preparing its input (`DeviceScheduler.call_then_run`)."""
+
+    def __init__(self, scheduler: DeviceScheduler, job: Job, queue: _Queue):
+        self.scheduler, self.job, self.queue = scheduler, job, queue
+
+    async def result(self) -> list[ItemResult]:
+        """As `DeviceScheduler.run`'s: the results, or Late, QueueFull or the batch's error."""
+        return await self.scheduler._wait([self.job], self.queue)
+
+    def cancel(self) -> None:
+        """Not wanted any more (its request failed or went away): dropped from the queue if it is there, never run after."""
+        self.job.future.cancel()
+        self.scheduler._forget(self.job, self.queue)
 
 
 def _settle(jobs: list[Job], outcomes: list, first: Callable[[], None] | None = None) -> None:

@@ -67,7 +67,7 @@ def test_a_request_dropped_late_after_admission_is_counted_and_backs_the_upgrade
         await open_ready(server)
         try:
             share = server.dispatcher.upgrades.share
-            monkeypatch.setattr(server.dispatcher, "decode", late)
+            monkeypatch.setattr(server.dispatcher, "run", late)
             with pytest.raises(DeadlineMissed):
                 await flow.classify(server, [JPEG], ClassifyParams(max_latency_ms=5000), False, flow.Trace(time.monotonic()))
             return share, server.dispatcher.upgrades.share, server.metrics.render().decode()

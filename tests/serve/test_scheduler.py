@@ -375,51 +375,65 @@ def test_a_decoded_input_runs_on_the_lane_that_decoded_it_when_nothing_else_woul
     async def scenario():
         device, observed = InThreadDevice(), []
         s = in_thread_scheduler(device, observed)
-        outcome = await s.call_then_run(decoding(3), FAST, time.monotonic() + 1.0, hard=True)
+        value, batch = await s.call_then_run(decoding(3), FAST, time.monotonic() + 1.0, hard=True)
+        results = await batch.result()
         await s.close()
-        return outcome, device.threads, observed
+        return value, results, device.threads, observed
 
-    ((value, decoded_on), results), threads, observed = run(scenario())
+    (value, decoded_on), results, threads, observed = run(scenario())
     assert value == 3 and threads == [decoded_on]  # decoded and run on the same lane, without the event loop between
     (result,) = results
     assert float(result.output[0]) == 6.0 and result.batch_size == 1 and result.inference_ms >= service_ms(FAST, 1) - 0.5
     assert [(member.name, size) for member, size, _ in observed] == [("fast", 1)]  # the batch is observed as any other
 
 
-def test_a_decoded_input_is_left_to_the_queue_when_it_would_not_run_next():
+def test_a_decoded_input_that_would_not_run_next_is_queued_by_its_lane_and_batched():
     async def scenario():
         device = InThreadDevice()
         s = in_thread_scheduler(device)
         now = time.monotonic()
         gate = threading.Event()
-        # The lane is busy with a CPU job until the gate opens; meanwhile a request of FAST queues, due sooner.
+        # The lane is busy until the gate opens; meanwhile a request of FAST queues: the decoded one joins its batch.
         blocker = asyncio.create_task(s.call(lambda: gate.wait(5), now + 0.001))
         await asyncio.sleep(0.01)
-        queued = asyncio.create_task(s.run(FAST, [np.zeros(1)], now + 0.5))
-        later = asyncio.create_task(s.call_then_run(decoding(1), FAST, now + 0.2))  # a partner waits for FAST: batch it there
+        partner = asyncio.create_task(s.run(FAST, [np.full(1, 5.0)], now + 0.5))
+        decoded = asyncio.create_task(s.call_then_run(decoding(1), FAST, now + 0.2))
         await asyncio.sleep(0.01)
         gate.set()
-        await asyncio.gather(blocker, queued)
-        left_to_queue = (await later)[1]
-        # Too late on a hard deadline: decoded, not run (the caller moves it or refuses it).
-        too_late = (await s.call_then_run(decoding(2), SLOW, time.monotonic() + 0.004, hard=True))[1]
+        _, batch = await decoded
+        results = await asyncio.gather(batch.result(), partner, blocker)
+        # Too late for a hard deadline once decoded: Late, as from the queue (the caller moves the request or refuses it).
+        _, late = await s.call_then_run(decoding(2), SLOW, time.monotonic() + 0.004, hard=True)
+        with pytest.raises(Late):
+            await late.result()
         await s.close()
-        return left_to_queue, too_late
+        return results
 
-    left_to_queue, too_late = run(scenario())
-    assert left_to_queue is None and too_late is None
+    (mine,), (partners,), _ = run(scenario())
+    assert float(mine.output[0]) == 2.0 and float(partners.output[0]) == 10.0 and mine.batch_size == partners.batch_size == 2
 
 
-def test_a_batch_that_fails_after_decoding_gives_its_error_and_a_scheduler_without_an_in_thread_backend_refuses():
+def test_a_batch_that_fails_after_decoding_gives_its_error_and_a_failed_decoding_runs_nothing():
     async def scenario():
-        s = in_thread_scheduler(InThreadDevice(fail=True))
-        (_, error) = await s.call_then_run(decoding(1), FAST)
+        device = InThreadDevice(fail=True)
+        s = in_thread_scheduler(device)
+        _, batch = await s.call_then_run(decoding(1), FAST)
+        with pytest.raises(RuntimeError, match="model failed"):
+            await batch.result()
+
+        def unreadable():
+            raise ValueError("not an image")
+
+        with pytest.raises(ValueError, match="not an image"):
+            await s.call_then_run(unreadable, FAST)
+        await asyncio.sleep(0.01)
+        ran = len(device.threads)
         await s.close()
         plain = running_scheduler(Device())
         with pytest.raises(ValueError, match="in-thread"):
             await plain.call_then_run(decoding(1), FAST)
         await plain.close()
-        return error
+        return ran, s.queued("fast")
 
-    error = run(scenario())
-    assert isinstance(error, RuntimeError) and "model failed" in str(error)
+    ran, queued = run(scenario())
+    assert ran == 1 and queued == 0  # only the first request's batch ran
