@@ -14,6 +14,9 @@ so light work always finds a lane and memory for decoded pixels stays bounded. A
 is never run silently late: it leaves the queue with `Late` (its caller moves it to a faster member or
 answers at once), at the latest moment it could still have started, or when a lane would take it too late.
 Requests without a bound carry a virtual deadline, so they wait behind tighter ones but never starve.
+On an in-process backend, the lane that decodes an image queues its batch itself, or runs it at once when earliest
+deadline first would run it next anyway (`call_then_run`): between decoding and inference a request never waits for the
+event loop, which under load is busy with other requests' HTTP.
 """
 
 from __future__ import annotations
