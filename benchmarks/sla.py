@@ -5,7 +5,7 @@
 1. **Cost** (in-process, no HTTP): routing plus scheduling per request, p50 and p99, with 1,000 requests
    queued across the members of a fake device (target: <= 0.2 ms p50).
 2. **Load** (real servers on the demo repository, the load generator on the same machine): the saturated
-   throughput of the fastest member gives the capacity C; then, with `effx-serve loadtest --compare`, the same
+   throughput of the fastest member gives the capacity C (the median of --rounds measurements); then, with `effx-serve loadtest --compare`, the same
    open-loop schedule (Poisson, then bursty) at 0.8 C is sent once with SLA routing, once per member pinned
    and once to a second server with the old per-member costing (`serve --costing member`); and at C and 2 C with
    routing, for goodput and the time to a refusal. Targets:
@@ -140,11 +140,12 @@ def _loadtest(url: str, report: Path, extra: list[str]) -> dict:
     return json.loads((report / "report.json").read_text())
 
 
-def capacity(url: str, member: str, duration_s: float, work: Path) -> float:
-    """Answers/s at saturation with every request pinned to `member`: locust closed loop (the client the
-    comparison uses, so the capacity is the one it can offer), 16 users."""
-    report = _loadtest(url, work / "capacity", ["--users", "16", "--duration", f"{duration_s:g}", "--member", member])
-    return report["summary"]["throughput_rps"]
+def capacity(url: str, member: str, duration_s: float, rounds: int, work: Path) -> list[float]:
+    """Answers/s at saturation with every request pinned to `member`, once per round: locust closed loop (the client the
+    comparison uses, so the capacity is the one it can offer), 16 users. One short measurement moved by a third between
+    runs on this VM; the load phases take the median."""
+    return [_loadtest(url, work / f"capacity-{index}", ["--users", "16", "--duration", f"{duration_s:g}", "--member", member])
+            ["summary"]["throughput_rps"] for index in range(rounds)]
 
 
 def compare(url: str, rate: float, arrivals: list[str], duration_s: float, rounds: int, report: Path, extra: list[str]) -> dict:
@@ -173,7 +174,8 @@ def load(repo: Path, duration_s: float, rounds: int, say) -> dict:
                 members = json.load(answer)["members"]
             fastest = min(members, key=lambda m: m["profile"][0]["p50_ms"])["name"]
             say(f"capacity: {fastest} pinned, closed loop at saturation")
-            figures["capacity_rps"] = rate = capacity(url, fastest, min(duration_s, 10.0), work)
+            figures["capacity_rounds_rps"] = rounds_rps = capacity(url, fastest, min(duration_s, 10.0), rounds, work)
+            figures["capacity_rps"] = rate = statistics.median(rounds_rps)
             figures["fastest"] = fastest
             old = ["--compare-url", old_url, "--compare-label", "routed, member costing"]
             for name, arrivals in (("poisson", ["--arrivals", "poisson"]), ("bursty", BURSTY)):
@@ -198,7 +200,9 @@ def _margin(ok: bool, by: str) -> str:
 def print_load(figures: dict) -> list[str]:
     """The comparison tables and the targets; returns the targets missed."""
     missed = []
-    print(f"\ncapacity: {figures['capacity_rps']:.0f} answers/s ({figures['fastest']} pinned, at saturation)")
+    spread = figures.get("capacity_rounds_rps", [])
+    rounds = f", the median of {len(spread)}: {min(spread):.0f}-{max(spread):.0f}" if len(spread) > 1 else ""
+    print(f"\ncapacity: {figures['capacity_rps']:.0f} answers/s ({figures['fastest']} pinned, at saturation{rounds})")
     for name in ("poisson", "bursty"):
         report = figures[name]
         print(f"\n{name} arrivals at {LOAD:g} x capacity, {report['schedule']['requests']} requests, bounds "
