@@ -12,7 +12,7 @@ MAX_TOP_K = 1000
 class ClassifyParams(BaseModel):
     """What a request may ask of the router; the same fields in the query string, the JSON body or form fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)  # frozen: one parsed query string serves many requests
 
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
                                        description="lowest acceptable top-1 accuracy of the serving member, 0..1")

@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from effx_serve.core import preprocess
 from effx_serve.core.errors import UserError
 from effx_serve.serve.backends.base import BackendUnavailable
 from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
-from effx_serve.serve.http.app import create_app
+from effx_serve.serve.http.app import create_app, query_params
 from effx_serve.serve.schema import ClassifyParams
 from effx_serve.serve.settings import DispatchSettings
 from loadtest.attacks import png_pixel_bomb, progressive_scan_bomb
@@ -584,3 +585,17 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_siz
 def test_no_body_a_client_can_send_gets_a_5xx(open_client, content_type, body, query):
     answer = open_client.post("/v1/classify", content=body, params=query, headers={"content-type": content_type})
     assert answer.status_code < 500, (answer.status_code, answer.text)
+
+
+def test_a_query_string_is_parsed_once_and_a_bad_one_fails_every_time():
+    def request(query: bytes):
+        return type("Request", (), {"scope": {"query_string": query}})()
+
+    first, again = query_params(request(b"max_latency_ms=12&top_k=3")), query_params(request(b"max_latency_ms=12&top_k=3"))
+    assert first is again and first == ClassifyParams(max_latency_ms=12, top_k=3)
+    with pytest.raises(ValueError):  # shared between requests, so it cannot be changed
+        first.top_k = 4
+    for _ in range(2):
+        with pytest.raises(RequestValidationError):
+            query_params(request(b"top_k=0"))
+
