@@ -392,6 +392,8 @@ def main() -> int:
     parser.add_argument("--demo-run", default="runs/demo", help="the demo run the Triton repository is built from (default: %(default)s)")
     parser.add_argument("--triton-repo", help="an already built python-backend repository for the Triton rows")
     parser.add_argument("--json", metavar="OUT", help="also write every figure here")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="an argument for `effx-serve serve`, e.g. --serve-arg=--switch-interval-ms=1 (repeat for several)")
     args = parser.parse_args()
     args.concurrency = [int(n) for n in args.concurrency.split(",")]
     args.batch_concurrency = [int(n) for n in args.batch_concurrency.split(",")]
@@ -433,14 +435,14 @@ def main() -> int:
         work = Path(work)
         for backend in backends:
             if backend == "onnxruntime":
-                with router(repo, [], work) as (port, process):
+                with router(repo, args.serve_arg, work) as (port, process):
                     for member in members:
                         rows += serve_rows(member, backend, port, image, references[sha256_file(member.model_path)], args, {"server": process.pid}, work, say)
                 continue
             triton_repo = build_triton_repo(args, catalog.dataset, work / "triton-repo", say)
             triton_catalog = catalog_io.load(triton_repo, hardware.id, "onnxruntime")
             say(f"starting tritonserver on {triton_repo}")
-            with triton_local.serve(triton_repo) as triton, router(triton_repo, ["--backend", "triton", "--triton-url", triton.http_url], work) as (port, process):
+            with triton_local.serve(triton_repo) as triton, router(triton_repo, ["--backend", "triton", "--triton-url", triton.http_url, *args.serve_arg], work) as (port, process):
                 for member in members:
                     served = triton_catalog.members.get(member.name)
                     if served is None:

@@ -19,9 +19,11 @@ from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
 
+SWITCH_INTERVAL_MS = 5.0
 _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of MiB", "above 0")
 _seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds", "above 0 and at most 3600")
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
+_switch_ms = checked(float, lambda value: 0.01 <= value <= 100, "a number of milliseconds", "from 0.01 to 100")
 _watch_s = checked(float, lambda value: 0 <= value <= 3600, "a number of seconds", "from 0 (never) to 3600")
 DEMO_HARDWARE = ("nvidia-h200", "tpu-v3")  # the demo repository also predicts these (the Makefile's choice before --demo)
 DEMO_WATCH_S = 2.0
@@ -90,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from effx_serve.serve.http.protocol import limited_protocol
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     map_large_allocations()  # memory that large images took goes back to the OS after them
     repository = Path(args.repo)
     builder = start_demo_build(repository) if args.demo and needs_demo_build(repository) else None
@@ -178,4 +181,7 @@ def add_parsers(sub) -> None:
                    help="an idle kept-alive connection is closed after this (default: %(default)s)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
+    p.add_argument("--switch-interval-ms", type=_switch_ms, default=SWITCH_INTERVAL_MS,
+                   help="how long a thread may keep Python's interpreter lock while another waits for it (Python's own is 5): "
+                        "the event loop and the decoding and inference lanes take turns at this pace (default: %(default)s)")
     p.set_defaults(func=cmd_serve)

@@ -27,11 +27,18 @@ def test_a_missing_repository_is_one_line(tmp_path, capsys):
 
 def test_bad_flags_are_refused(served_repository, capsys):
     for flag, value in (("--default-deadline-ms", "-1"), ("--head-timeout-s", "0"), ("--body-timeout-s", "nan"), ("--max-bodies-mb", "0"),
-                        ("--decode-budget-ms", "0")):
+                        ("--decode-budget-ms", "0"), ("--switch-interval-ms", "0")):
         with pytest.raises(SystemExit):
             main(["serve", "--repo", str(served_repository), flag, value])
     assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--port", str(free_port())]) == 2
     assert "unknown family 'nope'" in capsys.readouterr().err
+
+
+def test_the_interpreter_switch_interval_is_set_before_serving(served_repository, monkeypatch):
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: calls.append(seconds))
+    calls = []
+    assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--switch-interval-ms", "0.5", "--port", str(free_port())]) == 2
+    assert calls == [0.0005]
 
 
 def test_serve_over_real_http(served_repository):
