@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 from effx_serve.core.errors import UserError
@@ -32,17 +31,21 @@ class LatencyProfile:
     provenance: str  # measured | predicted | published
     p50_ms: tuple[tuple[int, float], ...]  # (batch, p50 ms), batch ascending
     matches_hardware: bool  # False: borrowed from another hardware id (no record for this one)
-
-    @cached_property
-    def batches(self) -> tuple[int, ...]:
-        return tuple(batch for batch, _ in self.p50_ms)
+    # service_ms by batch size, as computed: routing asks for the same few sizes a dozen times per request
+    _known: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def service_ms(self, batch: int) -> float:
         """Service time of one batch: interpolated linearly between profiled sizes; beyond the largest,
         as many full largest batches as needed (the server never forms a batch it has no figure for)."""
+        known = self._known.get(batch)
+        if known is None:
+            known = self._known[batch] = self._interpolated_ms(batch)
+        return known
+
+    def _interpolated_ms(self, batch: int) -> float:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, not {batch}")
-        sizes = self.batches
+        sizes = [size for size, _ in self.p50_ms]
         largest, largest_ms = self.p50_ms[-1]
         if batch > largest:
             full, rest = divmod(batch, largest)
@@ -78,7 +81,7 @@ class Member:
 
     @property
     def max_batch(self) -> int:
-        return self.latency.batches[-1]
+        return self.latency.p50_ms[-1][0]
 
 
 @dataclass(frozen=True)

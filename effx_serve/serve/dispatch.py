@@ -276,12 +276,12 @@ class Dispatcher:
     def _affordable(self, decision: Decision, options: Sequence[Option], loaded: dict[str, Expectation], sla: Sla) -> Decision:
         """The SLA's choice among the feasible members whose extra cost over the cheapest feasible one the upgrade
         budget affords (the cheapest always is): under load, requests that allow it go to faster members."""
-        feasible = [o for o in options if sla.accuracy_ok(o.accuracy) and sla.latency_ok(o.expected_ms)]
-        cheapest = min(_lane_ms(loaded[o.name]) for o in feasible)
-        if self.upgrades.affords(_lane_ms(loaded[decision.member]) - cheapest):
+        extra = {o.name: _lane_ms(loaded[o.name]) for o in options if sla.accuracy_ok(o.accuracy) and sla.latency_ok(o.expected_ms)}
+        cheapest = min(extra.values())
+        available = self.upgrades.available_ms()  # once: it refills with the clock
+        if extra[decision.member] - cheapest <= max(0.0, available):
             return decision
-        affordable = [o for o in feasible if self.upgrades.affords(_lane_ms(loaded[o.name]) - cheapest)]
-        return route(affordable, sla, self.settings.default_policy)
+        return route([o for o in options if o.name in extra and extra[o.name] - cheapest <= max(0.0, available)], sla, self.settings.default_policy)
 
     def observe_outcome(self, met: bool) -> None:
         """A request with a latency bound, admitted: answered in time, or late (answered late, or dropped late)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 Clock = Callable[[], float]
 
@@ -51,19 +51,19 @@ class Correction:
 
 
 class Corrections:
-    """One Correction per key (a member, an image format), made on first use."""
+    """One Correction per key (a member, or an (image format, member) pair), made on first use."""
 
     def __init__(self, **settings):
         self._settings = settings
-        self._by_key: dict[str, Correction] = {}
+        self._by_key: dict[Hashable, Correction] = {}
 
-    def __getitem__(self, key: str) -> Correction:
+    def __getitem__(self, key: Hashable) -> Correction:
         correction = self._by_key.get(key)
         if correction is None:
             correction = self._by_key[key] = Correction(**self._settings)
         return correction
 
-    def factor(self, key: str) -> float:
+    def factor(self, key: Hashable) -> float:
         correction = self._by_key.get(key)
         return correction.factor() if correction is not None else 1.0
 
@@ -102,10 +102,10 @@ class DecodeTimes:
         return reference * max(pixels, 1) / self.REFERENCE_PIXELS
 
     def expected_ms(self, image_format: str, member: str, pixels: int) -> float:
-        return self._base(image_format, member, pixels) * self.corrections.factor(f"{image_format}/{member}")
+        return self._base(image_format, member, pixels) * self.corrections.factor((image_format, member))
 
     def observe(self, image_format: str, member: str, pixels: int, observed_ms: float) -> None:
-        self.corrections[f"{image_format}/{member}"].observe(self._base(image_format, member, pixels), observed_ms)
+        self.corrections[(image_format, member)].observe(self._base(image_format, member, pixels), observed_ms)
 
 
 class UpgradeBudget:

@@ -14,10 +14,9 @@ then to the more accurate one, then by name, so decisions are deterministic.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from effx_serve.core.errors import UserError
@@ -31,6 +30,7 @@ class Sla:
     min_accuracy: float | None = None  # top-1, 0..1
     max_latency_ms: float | None = None  # end to end in the server
     on_miss: str = "reject"
+    kind: str = field(init=False, repr=False, compare=False)  # the request class: accuracy, latency, both or none (a metrics label)
 
     def __post_init__(self) -> None:
         if self.min_accuracy is not None and not (isinstance(self.min_accuracy, int | float) and 0.0 <= self.min_accuracy <= 1.0):
@@ -40,12 +40,9 @@ class Sla:
             raise UserError(f"max_latency_ms must be a finite number of milliseconds above 0, not {latency!r}")
         if self.on_miss not in ON_MISS:
             raise UserError(f"on_miss must be one of {', '.join(ON_MISS)}, not {self.on_miss!r}")
-
-    @functools.cached_property  # asked for several times per request
-    def kind(self) -> str:
-        """The request class: accuracy, latency, both or none (also a metrics label)."""
-        return {(True, True): "both", (True, False): "accuracy", (False, True): "latency"}.get(
-            (self.min_accuracy is not None, self.max_latency_ms is not None), "none")
+        # Set once (asked for several times per request): frozen, hence object.__setattr__.
+        object.__setattr__(self, "kind", {(True, True): "both", (True, False): "accuracy", (False, True): "latency"}.get(
+            (self.min_accuracy is not None, latency is not None), "none"))
 
     def accuracy_ok(self, accuracy: float) -> bool:
         return self.min_accuracy is None or accuracy >= self.min_accuracy
