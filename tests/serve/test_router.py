@@ -89,6 +89,15 @@ PROFILE = LatencyProfile("cpu-x", "onnxruntime", "measured", ((1, 1.0), (4, 2.5)
 @pytest.mark.parametrize(("batch", "ms"), [(1, 1.0), (2, 1.5), (4, 2.5), (10, 5.5), (16, 8.5), (20, 8.5 + 2.5), (33, 17.0 + 1.0)])
 def test_service_time_interpolates_and_splits_large_batches(batch, ms):
     assert PROFILE.service_ms(batch) == pytest.approx(ms)
+    assert PROFILE.service_ms(batch) == pytest.approx(ms)  # again, from the profile's own memo
+
+
+def test_a_batch_below_one_is_refused_every_time_and_profiles_compare_by_their_figures():
+    for _ in range(2):
+        with pytest.raises(ValueError, match="batch must be >= 1"):
+            PROFILE.service_ms(0)
+    assert PROFILE == LatencyProfile("cpu-x", "onnxruntime", "measured", ((1, 1.0), (4, 2.5), (16, 8.5)), True)
+    assert Sla(min_accuracy=0.5).kind == "accuracy" and Sla(max_latency_ms=5).kind == "latency" and Sla().kind == "none"
 
 
 def _record(hardware, runtime, provenance, batch, p50):
