@@ -66,8 +66,8 @@ class ArrivalClock:
 
 class ClassifyRoutes:
     """POST /v1/classify and /v1/classify/batch straight to their handler, past FastAPI's router, dependency solving and
-    exception middleware (about 0.1 ms of the event loop a request: `benchmarks/serving.py` counts every one). The two
-    routes stay declared on the app for the OpenAPI schema; any other method or path goes on to FastAPI."""
+    exception middleware, whose cost per request is event-loop time every request waits for (docs/serving.md, the
+    benchmark). The two routes stay declared on the app for the OpenAPI schema; any other method or path goes on to FastAPI."""
 
     PATHS = {"/v1/classify": "classify", "/v1/classify/batch": "batch"}
 
@@ -102,17 +102,23 @@ async def _cancel_when_gone(request: Request, handler: asyncio.Task, answered: l
 
 def query_params(request: Request) -> ClassifyParams:
     """The query string's parameters (the last value of a repeated one); RequestValidationError as FastAPI raises it."""
-    return _parsed_query(request.scope["query_string"])
+    query = request.scope["query_string"]
+    return _remembered_query(query) if len(query) <= MAX_REMEMBERED_QUERY else _parsed_query(query)
 
 
-@functools.lru_cache(maxsize=1024)
+MAX_REMEMBERED_QUERY = 512  # bytes: the cache below holds at most 1,024 of them, whatever the clients send
+
+
 def _parsed_query(query: bytes) -> ClassifyParams:
-    # Clients send the same few query strings again and again, and parsing one costs ~0.05 ms of the event loop. Nothing
-    # changes a ClassifyParams once made (frozen; body fields make a new one), so one may serve many; errors are not kept.
     try:
         return ClassifyParams.model_validate(dict(QueryParams(query)))
     except ValidationError as error:
         raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in error.errors()]) from None
+
+
+# Clients send the same few query strings again and again, and each parse is a pydantic validation on the event loop.
+# Nothing changes a ClassifyParams once made (frozen; body fields make a new one), so one may serve many; errors are not kept.
+_remembered_query = functools.lru_cache(maxsize=1024)(_parsed_query)
 
 
 def create_app(server: Server) -> FastAPI:

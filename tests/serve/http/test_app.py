@@ -598,4 +598,6 @@ def test_a_query_string_is_parsed_once_and_a_bad_one_fails_every_time():
     for _ in range(2):
         with pytest.raises(RequestValidationError):
             query_params(request(b"top_k=0"))
+    long = b"&".join([b"top_k=3"] * 100)  # beyond MAX_REMEMBERED_QUERY: parsed every time, never kept
+    assert query_params(request(long)) == query_params(request(long)) and query_params(request(long)) is not query_params(request(long))
 
