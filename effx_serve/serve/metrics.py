@@ -31,8 +31,9 @@ class ServerMetrics:
                                   ["sla", "cause"], registry=r)
         self.routes = Counter("effx_routes", "How requests were placed: preferred (the member chosen at rest), scaled (a faster one for the "
                               "load), moved (out of a queue it could no longer make it in), best_effort (served late), refused_overload "
-                              "(429 on arrival), refused_expired (429: its client deadline had passed when the server could start on it), "
-                              "refused_deadline (429 from the queue), rejected_sla (422: no member could at rest)",
+                              "(429 on arrival), refused_expired (429: its client deadline had passed, or left less time than any member "
+                              "needs at rest, when the server could start on it), refused_deadline (429 from the queue), rejected_sla "
+                              "(422: no member could at rest)",
                               ["outcome"], registry=r)
         self.late_stage = Counter("effx_late_stage", "Answers late for their latency bound, by the stage that overran its expectation the "
                                   "most: wait_decode (queues and decoding), inference, after (batch end to answer serialised)",

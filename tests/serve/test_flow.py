@@ -77,3 +77,33 @@ def test_a_request_dropped_late_after_admission_is_counted_and_backs_the_upgrade
     before, after, metrics = asyncio.run(scenario())
     assert after < before
     assert 'effx_routes_total{outcome="refused_deadline"} 1.0' in metrics and 'effx_sla_misses_total{cause="refused",sla="latency"} 1.0' in metrics
+
+
+def test_a_client_deadline_too_close_for_any_member_is_a_429_unless_the_requests_own_bound_is_impossible_too(served_repository):
+    from effx_serve.core.preprocess import peek
+    from effx_serve.serve.dispatch import DeadlineMissed, DecodeTimes
+
+    async def scenario():
+        server = make_server(served_repository)
+        await open_ready(server)
+        try:
+            # Decoding this JPEG is expected to take 500 ms on every member: no member can answer in less, even at rest.
+            pixels = peek(JPEG)[1]
+            for name in server.catalog.members:
+                server.dispatcher.decode_times.calibrate("JPEG", name, 500.0 * DecodeTimes.REFERENCE_PIXELS / pixels)
+            outcomes = []
+            for own_ms in (5000.0, 300.0):  # the request's own bound: feasible at rest, then not
+                arrival = time.monotonic()  # 50 ms of its client deadline left on arrival (the rest went in transit or a backlog)
+                try:
+                    await flow.classify(server, [JPEG], ClassifyParams(max_latency_ms=own_ms), False, flow.Trace(arrival, client_deadline=arrival + 0.05))
+                except Exception as error:  # noqa: BLE001 - collected for the assertions below
+                    outcomes.append(error)
+            return outcomes, server.metrics.render().decode()
+        finally:
+            await server.close()
+
+    (short, impossible), metrics = asyncio.run(scenario())
+    assert isinstance(short, DeadlineMissed) and short.reason == "deadline" and "left of the client deadline" in str(short)
+    assert isinstance(impossible, SlaUnmeetable)  # its own bound is below every member's time at rest: the SLA is the cause
+    assert 'effx_routes_total{outcome="refused_expired"} 1.0' in metrics and 'effx_routes_total{outcome="rejected_sla"} 1.0' in metrics
+

@@ -172,7 +172,6 @@ def test_a_request_whose_client_deadline_passed_in_transit_is_refused_at_once_un
     assert _counted(client, "effx_late_stage_total{") == late_answers + 1  # put down to the stage that overran most
 
 
-TRUNCATED = JPEG[: len(JPEG) // 2]
 
 TRUNCATED = JPEG[: len(JPEG) // 2]
 
