@@ -74,6 +74,7 @@ class Routed:
     options: tuple[Option, ...]  # every candidate with its expected end-to-end latency
     expected: Expectation | None
     route: str  # one of ROUTES, or why it was refused: "overload", "sla"
+    at_rest: tuple[Option, ...] = ()  # with a latency bound: every candidate's expected latency on an idle server
 
     @property
     def expected_ms(self) -> float | None:
@@ -264,24 +265,25 @@ class Dispatcher:
             self.upgrades.spend(_lane_ms(loaded[chosen.name]))
         if sla.max_latency_ms is None:  # only a latency bound depends on the load
             return Routed(chosen, decision, options, loaded.get(decision.member), "preferred" if chosen else "sla")
-        rest = route(tuple(Option(m.name, m.accuracy, at_rest[m.name].total_ms) for m in members), sla, self.settings.default_policy)
+        idle = tuple(Option(m.name, m.accuracy, at_rest[m.name].total_ms) for m in members)
+        rest = route(idle, sla, self.settings.default_policy)
         if decision.expected_to_meet:
             how = "preferred" if decision.member == rest.member else "scaled"
         elif decision.member is not None:
             how = "best_effort"
         else:
             how = "overload" if rest.expected_to_meet else "sla"
-        return Routed(chosen, decision, options, loaded.get(decision.member), how)
+        return Routed(chosen, decision, options, loaded.get(decision.member), how, idle)
 
     def _affordable(self, decision: Decision, options: Sequence[Option], loaded: dict[str, Expectation], sla: Sla) -> Decision:
         """The SLA's choice among the feasible members whose extra cost over the cheapest feasible one the upgrade
         budget affords (the cheapest always is): under load, requests that allow it go to faster members."""
-        extra = {o.name: _lane_ms(loaded[o.name]) for o in options if sla.accuracy_ok(o.accuracy) and sla.latency_ok(o.expected_ms)}
-        cheapest = min(extra.values())
-        available = self.upgrades.available_ms()  # once: it refills with the clock
-        if extra[decision.member] - cheapest <= max(0.0, available):
+        cost = {o.name: _lane_ms(loaded[o.name]) for o in options if sla.accuracy_ok(o.accuracy) and sla.latency_ok(o.expected_ms)}
+        cheapest = min(cost.values())
+        fits = self.upgrades.affordable({name: ms - cheapest for name, ms in cost.items()})
+        if decision.member in fits:
             return decision
-        return route([o for o in options if o.name in extra and extra[o.name] - cheapest <= max(0.0, available)], sla, self.settings.default_policy)
+        return route([o for o in options if o.name in fits], sla, self.settings.default_policy)
 
     def observe_outcome(self, met: bool) -> None:
         """A request with a latency bound, admitted: answered in time, or late (answered late, or dropped late)."""

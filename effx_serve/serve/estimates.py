@@ -141,7 +141,12 @@ class UpgradeBudget:
 
     def affords(self, extra_ms: float) -> bool:
         """Whether an upgrade costing `extra_ms` more lane-milliseconds than the cheapest feasible member fits."""
-        return extra_ms <= 0 or extra_ms <= self.available_ms()
+        return bool(self.affordable({None: extra_ms}))
+
+    def affordable(self, extra_ms: dict) -> set:
+        """The keys of `extra_ms` (upgrade costs, as for `affords`) that fit now; the bucket is read once for them all."""
+        available = max(0.0, self.available_ms())  # a cheaper member (extra <= 0) always fits
+        return {key for key, extra in extra_ms.items() if extra <= available}
 
     def spend(self, cost_ms: float) -> None:
         """A request routed: its member's expected lane-milliseconds (the bucket may go into debt, delaying upgrades)."""

@@ -106,7 +106,7 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         infos = [ImageInfo(*preprocess.peek(data)) for data in images]
         routed = dispatcher.route(sla, infos, deadline, trace.arrival, params.family, params.member)
         if routed.member is None:
-            _refuse_short_of_time(server, routed, sla, params, trace, infos, deadline)
+            _refuse_short_of_time(server, routed, sla, params, trace)
             _refuse(server, routed, sla)
         member = routed.member
         trace.member = member.name
@@ -156,8 +156,7 @@ def _count_refused(server: Server, outcome: str, sla_kind: str) -> None:
     server.metrics.sla_misses.labels(sla_kind, "refused").inc()
 
 
-def _refuse_short_of_time(server: Server, routed: Routed, sla: Sla, params: ClassifyParams, trace: Trace, infos: list[ImageInfo],
-                          deadline: float) -> None:
+def _refuse_short_of_time(server: Server, routed: Routed, sla: Sla, params: ClassifyParams, trace: Trace) -> None:
     """A request that no member can make even at rest only because its client deadline left it less time than its own bound
     (that time went in transit or waiting in the server's backlog: the load's doing) is refused as one whose deadline ran
     out, 429 `deadline` with Retry-After, not 422: a 422 would tell its client to relax an SLA that is fine at rest."""
@@ -167,15 +166,12 @@ def _refuse_short_of_time(server: Server, routed: Routed, sla: Sla, params: Clas
     own_ms = params.max_latency_ms
     if own_ms is not None and own_ms <= left_ms:  # the deadline did not shorten the bound: the request's own SLA is the cause
         return
-    dispatcher = server.dispatcher
-    floor = [m for m in dispatcher.candidates(params.family, params.member) if sla.accuracy_ok(m.accuracy)]
-    now = time.monotonic()
-    at_rest_ms = min((dispatcher.expect(m, infos, deadline, trace.arrival, now, idle=True).total_ms for m in floor), default=math.inf)
+    at_rest_ms = min((o.expected_ms for o in routed.at_rest if sla.accuracy_ok(o.accuracy)), default=math.inf)
     if own_ms is not None and at_rest_ms > own_ms:  # not even its own bound could be met at rest: a 422 says so
         return
     _count_refused(server, "refused_expired", sla.kind)
     raise DeadlineMissed(f"{max(0.0, left_ms):.1f} ms were left of the client deadline when the server could start on the request, less "
-                         f"than any member needs at rest ({at_rest_ms:.1f} ms); retry with a later deadline", dispatcher.retry_after_s())
+                         f"than any member needs at rest ({at_rest_ms:.1f} ms); retry with a later deadline", server.dispatcher.retry_after_s())
 
 
 def _refuse(server: Server, routed: Routed, sla: Sla) -> None:
