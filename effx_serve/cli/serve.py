@@ -70,7 +70,8 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     if not (repository / "manifest.json").is_file():
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
-                                default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms)
+                                default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms,
+                                cpu_lanes=args.cpu_lanes)
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
@@ -168,6 +169,8 @@ def add_parsers(sub) -> None:
                    help="largest image, width x height, read from its header before decoding (default: %(default)s, 4096 x 4096)")
     p.add_argument("--decode-budget-ms", type=_deadline_ms, default=DispatchSettings.decode_budget_ms,
                    help="CPU time a request's images may take to decode, checked as they decode; beyond it 400 (default: %(default)s)")
+    p.add_argument("--cpu-lanes", type=positive_int, default=None,
+                   help="images decoded and CPU batches run at once (default: the cores this process may use)")
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")
     p.add_argument("--max-in-flight", type=positive_int, default=256,
                    help="requests inside the server at once, counted once their body has arrived, before 429 (default: %(default)s)")

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from effx_serve.core import jpeg
 from effx_serve.core.errors import UserError
 
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -155,8 +156,10 @@ def _check_decode_arguments(max_pixels: int, formats: Iterable[str]) -> tuple[st
 
 def _check_jpeg_scans(data: bytes) -> None:
     # Entropy-coded data never holds FF DA (an FF there is followed by 00 or a restart marker), so this counts the
-    # start-of-scan markers exactly (plus one per scan of an embedded EXIF thumbnail, which is harmless).
-    scans = data.count(b"\xff\xda")
+    # start-of-scan markers exactly (plus one per scan of an embedded EXIF thumbnail, which is harmless). In numpy, which
+    # lets go of the interpreter lock while it scans: bytes.count holds it for ~80 us on a 64 KB photo.
+    octets = np.frombuffer(data, np.uint8)
+    scans = int(np.count_nonzero(octets[1:][octets[:-1] == 0xFF] == 0xDA))
     if scans > MAX_JPEG_SCANS:
         raise UserError(f"the JPEG has {scans} scans, more than the limit of {MAX_JPEG_SCANS} (encoders write about 10); "
                         "re-encode it, e.g. as a baseline JPEG")
@@ -344,12 +347,28 @@ def serving_image(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PI
     `budget` is checked while decoding and before the conversion to RGB."""
     started = time.thread_time()
     shorter = math.ceil(resolution / DEFAULT_CROP_FRACTION)
-    image = decode_image(data, max_pixels, formats, shrink_to=shorter, budget=budget)
+    image = _jpeg_fast(data, max_pixels, formats, shorter, budget)
+    if image is None:
+        image = decode_image(data, max_pixels, formats, shrink_to=shorter, budget=budget)
     if min(image.size) < min_side:
         raise UserError(f"the image is {image.size[0]}x{image.size[1]} pixels; both sides must be at least {min_side}")
     if budget is not None:
         budget.check((time.thread_time() - started) * 1000.0)
     return to_rgb(image)
+
+
+def _jpeg_fast(data: bytes, max_pixels: int, formats: Iterable[str], shrink_to: int, budget: DecodeBudget | None) -> Image.Image | None:
+    """`jpeg.decode_scaled` for an allowed JPEG within the limits (the same picture as `decode_image`, in one call that
+    releases the GIL); None for anything else, which `decode_image` decodes, or refuses with its reason."""
+    if not data.startswith(b"\xff\xd8") or "JPEG" not in _check_decode_arguments(max_pixels, formats):
+        return None
+    _, pixels = peek(data)
+    if not 0 < pixels <= max_pixels:
+        return None
+    _check_jpeg_scans(data)
+    if budget is not None:
+        budget.check()
+    return jpeg.decode_scaled(data, shrink_to)
 
 
 def serving_input(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,

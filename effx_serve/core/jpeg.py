@@ -1,0 +1,115 @@
+"""The fast JPEG path of the server's decoding: libjpeg-turbo through simplejpeg, in one call that releases the GIL.
+
+Pillow decodes the same library's output, but its JPEG plugin reads the headers in Python (about 40 reads of a few bytes
+for a camera photo) and holds the interpreter lock while it does; under load that lock is what the event loop and the
+other decoding lanes wait for. `decode_scaled` gives exactly the picture `preprocess.decode_image(data, shrink_to=...)`
+gives, pixel for pixel: the same power-of-two DCT scale Pillow's `draft` picks, the same colour conversion, the same
+EXIF orientation. Anything it cannot promise that for (CMYK, an orientation only XMP states, malformed EXIF, an error
+from libjpeg) returns None, and the caller decodes with Pillow, which gives the image or the error as before.
+
+This module is on the serving path and must never import torch.
+"""
+
+from __future__ import annotations
+
+import simplejpeg
+from PIL import Image
+
+_SOS, _EOI = 0xDA, 0xD9
+_MAX_SEGMENTS = 256  # header segments read before the first scan; beyond, Pillow decides
+_EXIF, _XMP = b"Exif\0\0", b"http://ns.adobe.com/xap/1.0/\x00"
+_ORIENTATION_TAG, _SHORT = 0x0112, 3
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_COLOUR_SPACES = ("Gray", "YCbCr", "RGB")  # what libjpeg converts to RGB itself (CMYK and YCCK it does not)
+
+
+def decode_scaled(data: bytes, shrink_to: int) -> Image.Image | None:
+    """The upright RGB picture of a JPEG, decoded at the smallest power-of-two scale (1, 1/2, 1/4, 1/8) that keeps both
+    sides at least `shrink_to`, as Pillow's `draft` scales; None when only Pillow can say (see the module's text).
+    The caller has checked the format, the pixel count and the scan count."""
+    orientation = _orientation(data)
+    if orientation is None:
+        return None
+    try:
+        height, width, colour_space, _ = simplejpeg.decode_jpeg_header(data)
+        if colour_space not in _COLOUR_SPACES:
+            return None
+        scale = _draft_scale(width, height, shrink_to)
+        size = (-(-width // scale), -(-height // scale))
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=size[0], min_height=size[1], min_factor=scale)
+    except ValueError:  # corrupt, truncated, or a JPEG variant libjpeg refuses: Pillow words the error
+        return None
+    if pixels.shape != (size[1], size[0], 3):
+        return None
+    picture = Image.fromarray(pixels, "RGB")
+    return picture.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else picture
+
+
+def _draft_scale(width: int, height: int, shrink_to: int) -> int:
+    """Pillow's `JpegImageFile.draft` choice: the largest of 8, 4, 2 that both sides divide into at least `shrink_to`."""
+    fits = min(width // shrink_to, height // shrink_to)
+    return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
+
+
+def _orientation(data: bytes) -> int | None:
+    """The EXIF orientation Pillow's `exif_transpose` would apply (1: none); None when it cannot be read as plainly."""
+    exif, xmp = _header_segments(data)
+    if exif is None:
+        return None
+    if len(exif) > 1:  # Pillow joins them; leave that to it
+        return None
+    found = _exif_orientation(exif[0]) if exif else 1
+    if found == 1 and xmp:  # Pillow reads XMP's tiff:Orientation when EXIF has none
+        return None
+    return found
+
+
+def _header_segments(data: bytes) -> tuple[list[bytes] | None, bool]:
+    """(the EXIF segments' TIFF data, whether an XMP segment is there), from the segments before the first scan;
+    (None, False) when the markers cannot be walked."""
+    exif: list[bytes] = []
+    xmp, at = False, 2
+    for _ in range(_MAX_SEGMENTS):
+        if at >= len(data) or data[at] != 0xFF:
+            return None, False
+        while at < len(data) and data[at] == 0xFF:  # a marker, after any fill bytes
+            at += 1
+        if at + 2 >= len(data):
+            return None, False
+        marker = data[at]
+        if marker in (_SOS, _EOI):
+            return exif, xmp
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            at += 1
+            continue
+        end = at + 1 + int.from_bytes(data[at + 1:at + 3], "big")
+        if marker == 0xE1:
+            if data.startswith(_EXIF, at + 3):
+                exif.append(data[at + 3 + len(_EXIF):end])
+            elif data.startswith(_XMP, at + 3):
+                xmp = True
+        at = end
+    return None, False
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag (1-8) of IFD0 in EXIF's TIFF data; 1 when there is none; None when it is malformed or odd."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8 or int.from_bytes(tiff[2:4], order) != 42:
+        return None
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd < 8 or ifd + 2 > len(tiff):
+        return None
+    count = int.from_bytes(tiff[ifd:ifd + 2], order)
+    if ifd + 2 + 12 * count > len(tiff):
+        return None
+    values = []
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if int.from_bytes(tiff[entry:entry + 2], order) == _ORIENTATION_TAG:
+            if int.from_bytes(tiff[entry + 2:entry + 4], order) != _SHORT or int.from_bytes(tiff[entry + 4:entry + 8], order) != 1:
+                return None
+            values.append(int.from_bytes(tiff[entry + 8:entry + 10], order))
+    if not values:
+        return 1
+    return values[0] if len(values) == 1 and 1 <= values[0] <= 8 else None
