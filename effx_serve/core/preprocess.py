@@ -156,10 +156,9 @@ def _check_decode_arguments(max_pixels: int, formats: Iterable[str]) -> tuple[st
 
 def _check_jpeg_scans(data: bytes) -> None:
     # Entropy-coded data never holds FF DA (an FF there is followed by 00 or a restart marker), so this counts the
-    # start-of-scan markers exactly (plus one per scan of an embedded EXIF thumbnail, which is harmless). In numpy, which
-    # lets go of the interpreter lock while it scans: bytes.count holds it for ~80 us on a 64 KB photo.
-    octets = np.frombuffer(data, np.uint8)
-    scans = int(np.count_nonzero(octets[1:][octets[:-1] == 0xFF] == 0xDA))
+    # start-of-scan markers exactly (plus one per scan of an embedded EXIF thumbnail, which is harmless). (numpy, which
+    # would let go of the interpreter lock, made two decoding threads 20% slower than this: its temporary arrays.)
+    scans = data.count(b"\xff\xda")
     if scans > MAX_JPEG_SCANS:
         raise UserError(f"the JPEG has {scans} scans, more than the limit of {MAX_JPEG_SCANS} (encoders write about 10); "
                         "re-encode it, e.g. as a baseline JPEG")
