@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/serving.py [--member NAME] [--backends onnxruntime,triton] [--duration 3] [--json OUT.json]
 
 Every member of --repo (default model_repository; or one --member) on every backend, with one 640x480 photo-like
-JPEG (smooth gradients, shapes, mild noise; quality 90), measured side by side in one run:
+JPEG (smooth gradients, shapes, mild noise; quality 90; another size with --image-size, e.g. 40x40 to see what the
+server costs with almost no decoding), measured side by side in one run:
 
 1. Router overhead = p50 end-to-end latency of POST /v1/classify?member=NAME (real HTTP over localhost to
    `effx-serve serve` running in its own process; a keep-alive client, one request at a time) MINUS p50 of
@@ -379,6 +380,13 @@ def print_details(rows: list[dict]) -> None:
                   f"(CPU ms per image: {per_image}){extra}{errors}")
 
 
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and 8 <= int(width) <= 8000 and 8 <= int(height) <= 8000):
+        raise argparse.ArgumentTypeError(f"an image size is WIDTHxHEIGHT, 8 to 8000 pixels a side, e.g. 640x480, not '{text}'")
+    return int(width), int(height)
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--load-generator":
         return load_generator(sys.argv[2])
@@ -389,6 +397,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default: %(default)s)")
     parser.add_argument("--concurrency", default="4,16,64", help="requests in flight tried on /v1/classify (default: %(default)s)")
     parser.add_argument("--batch-concurrency", default="1,2,4", help="requests in flight tried on /v1/classify/batch (default: %(default)s)")
+    parser.add_argument("--image-size", type=_size, default=(640, 480), metavar="WxH", help="the JPEG sent (default: 640x480)")
     parser.add_argument("--demo-run", default="runs/demo", help="the demo run the Triton repository is built from (default: %(default)s)")
     parser.add_argument("--triton-repo", help="an already built python-backend repository for the Triton rows")
     parser.add_argument("--json", metavar="OUT", help="also write every figure here")
@@ -419,14 +428,14 @@ def main() -> int:
         print(f"unknown member '{args.member}'; {repo} has: {', '.join(catalog.members)}", file=sys.stderr)
         return 2
     members = [catalog.members[args.member]] if args.member else sorted(catalog.members.values(), key=lambda m: m.resolution)
-    image = synthetic_photo(640, 480, "JPEG", quality=90)
+    image = synthetic_photo(*args.image_size, "JPEG", quality=90)
     references: dict[str, InProcess] = {}  # by model.onnx sha256
     for member in members:
         say(f"{member.name}: in-process ONNX Runtime at batches {', '.join(map(str, RAW_BATCHES))}")
         references[sha256_file(member.model_path)] = InProcess(member, image, args.duration)
     threads = next(iter(references.values())).threads
     print(f"{hardware.id}, {available_cpus()} CPUs; ONNX Runtime sessions as the server's: intra-op {threads.intra_op} thread(s), "
-          f"spinning off; image 640x480 JPEG q90, {len(image)} bytes; {args.duration:g} s per measurement")
+          f"spinning off; image {args.image_size[0]}x{args.image_size[1]} JPEG q90, {len(image)} bytes; {args.duration:g} s per measurement")
     print(f"load generator: a separate process (asyncio, raw HTTP/1.1 keep-alive) on the same {available_cpus()} cores as the server; "
           "latency: one blocking keep-alive connection in this process")
 

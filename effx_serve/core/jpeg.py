@@ -12,6 +12,8 @@ This module is on the serving path and must never import torch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import simplejpeg
 from PIL import Image
 
@@ -21,22 +23,22 @@ _EXIF, _XMP = b"Exif\0\0", b"http://ns.adobe.com/xap/1.0/\x00"
 _ORIENTATION_TAG, _SHORT = 0x0112, 3
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-_COLOUR_SPACES = ("Gray", "YCbCr", "RGB")  # what libjpeg converts to RGB itself (CMYK and YCCK it does not)
+_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})  # SOFn
 
 
 def decode_scaled(data: bytes, shrink_to: int) -> Image.Image | None:
     """The upright RGB picture of a JPEG, decoded at the smallest power-of-two scale (1, 1/2, 1/4, 1/8) that keeps both
     sides at least `shrink_to`, as Pillow's `draft` scales; None when only Pillow can say (see the module's text).
     The caller has checked the format, the pixel count and the scan count."""
-    orientation = _orientation(data)
+    header = _read_header(data)
+    if header is None or header.components not in (1, 3):  # 4: CMYK or YCCK, which libjpeg does not make RGB
+        return None
+    orientation = _orientation(header)
     if orientation is None:
         return None
-    try:
-        height, width, colour_space, _ = simplejpeg.decode_jpeg_header(data)
-        if colour_space not in _COLOUR_SPACES:
-            return None
-        scale = _draft_scale(width, height, shrink_to)
-        size = (-(-width // scale), -(-height // scale))
+    scale = _draft_scale(header.width, header.height, shrink_to)
+    size = (-(-header.width // scale), -(-header.height // scale))
+    try:  # the one call that lets go of the interpreter lock: under load, taking it back after each such call is a wait
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=size[0], min_height=size[1], min_factor=scale)
     except ValueError:  # corrupt, truncated, or a JPEG variant libjpeg refuses: Pillow words the error
         return None
@@ -52,45 +54,51 @@ def _draft_scale(width: int, height: int, shrink_to: int) -> int:
     return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
 
 
-def _orientation(data: bytes) -> int | None:
-    """The EXIF orientation Pillow's `exif_transpose` would apply (1: none); None when it cannot be read as plainly."""
-    exif, xmp = _header_segments(data)
-    if exif is None:
-        return None
-    if len(exif) > 1:  # Pillow joins them; leave that to it
-        return None
-    found = _exif_orientation(exif[0]) if exif else 1
-    if found == 1 and xmp:  # Pillow reads XMP's tiff:Orientation when EXIF has none
-        return None
-    return found
+class _Header(NamedTuple):
+    width: int
+    height: int
+    components: int  # 1: greyscale, 3: YCbCr or RGB, 4: CMYK or YCCK
+    exif: list[bytes]  # the EXIF segments' TIFF data
+    xmp: bool  # whether an XMP segment is there
 
 
-def _header_segments(data: bytes) -> tuple[list[bytes] | None, bool]:
-    """(the EXIF segments' TIFF data, whether an XMP segment is there), from the segments before the first scan;
-    (None, False) when the markers cannot be walked."""
+def _read_header(data: bytes) -> _Header | None:
+    """The frame header and the metadata segments before the first scan; None when the markers cannot be walked."""
     exif: list[bytes] = []
-    xmp, at = False, 2
+    xmp, frame, at = False, None, 2
     for _ in range(_MAX_SEGMENTS):
         if at >= len(data) or data[at] != 0xFF:
-            return None, False
+            return None
         while at < len(data) and data[at] == 0xFF:  # a marker, after any fill bytes
             at += 1
         if at + 2 >= len(data):
-            return None, False
+            return None
         marker = data[at]
         if marker in (_SOS, _EOI):
-            return exif, xmp
+            return None if frame is None else _Header(*frame, exif, xmp)
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
             at += 1
             continue
         end = at + 1 + int.from_bytes(data[at + 1:at + 3], "big")
-        if marker == 0xE1:
+        if marker in _FRAMES and end >= at + 9:  # precision, height, width, components
+            frame = (int.from_bytes(data[at + 6:at + 8], "big"), int.from_bytes(data[at + 4:at + 6], "big"), data[at + 8])
+        elif marker == 0xE1:
             if data.startswith(_EXIF, at + 3):
                 exif.append(data[at + 3 + len(_EXIF):end])
             elif data.startswith(_XMP, at + 3):
                 xmp = True
         at = end
-    return None, False
+    return None
+
+
+def _orientation(header: _Header) -> int | None:
+    """The EXIF orientation Pillow's `exif_transpose` would apply (1: none); None when it cannot be read as plainly."""
+    if len(header.exif) > 1:  # Pillow joins them; leave that to it
+        return None
+    found = _exif_orientation(header.exif[0]) if header.exif else 1
+    if found == 1 and header.xmp:  # Pillow reads XMP's tiff:Orientation when EXIF has none
+        return None
+    return found
 
 
 def _exif_orientation(tiff: bytes) -> int | None:
