@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.evaluators import ProxyAccuracy
-from search.noise import Margin, difference_std, pooled_std
+from search.noise import Margin, means_difference_std, pooled_std
 from search.scaling.build_family import DemoSettings, demo_base
 from training.arch.plan import expand
 from training.demo_data import CLASSES, generate_demo_data
@@ -74,7 +74,7 @@ def main() -> int:
     for name, row in rows.items():
         spec, spread = row["spec"], row["spread"]
         params = expand(spec).params
-        margin = Margin(spread.mean - base.mean, None if noise is None else difference_std(noise / args.repeats ** 0.5, noise / args.repeats ** 0.5))
+        margin = Margin(spread.mean - base.mean, None if noise is None else means_difference_std(noise, len(spread.samples), len(base.samples)))
         verdict = "" if name == "base" else ("?" if margin.inside_noise is None else "inside the noise" if margin.inside_noise else "signal")
         std = spread.std or 0.0
         print(f"{name:<12} {params / 1e6:>8.2f} {spec.resolution:>4} {100 * spread.mean:>7.1f} +- {100 * std:>4.1f} "

@@ -48,6 +48,14 @@ def difference_std(*stds: float) -> float:
     return math.hypot(*stds)
 
 
+def means_difference_std(noise: float, *draws: int, scales: Sequence[float] | None = None) -> float:
+    """The std of the difference of two means, each of `draws` independent draws with seed noise `noise` (each scaled by
+    `scales`, e.g. a reward's latency factor): noise * sqrt(1/n_a + 1/n_b). A decision taken on means of several seeds is
+    that much surer than one taken on single draws."""
+    scales = scales or [1.0] * len(draws)
+    return difference_std(*(scale * noise / math.sqrt(n) for scale, n in zip(scales, draws, strict=True)))
+
+
 @dataclass(frozen=True)
 class Margin:
     """The difference `value` between a winner and its runner-up, against `noise`, the std of that difference."""

@@ -4,7 +4,7 @@ Each trial's top-1 is one short training run. After the search, the best trial b
 architecture by reward) and every baseline are trained again with seeds 1..repeats-1 (an evaluator that can:
 `accuracy_spread(spec, repeats) -> Spread`). Their deviations pool into one seed-noise estimate (the std of one
 proxy top-1), and each comparison of the best with another finalist says whether its top-1 margin (of the means)
-is more than 2 standard deviations of the difference.
+is more than 2 standard deviations of the difference of those means.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from search.evaluators import load_evaluator
 from search.nas.report import TrialRecord, best, ranked
 from search.nas.worker import SearchConfig
-from search.noise import Margin, difference_std, pooled_std
+from search.noise import Margin, means_difference_std, pooled_std
 
 
 def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: int, say: Callable[[str], None] = print) -> dict:
@@ -38,7 +38,8 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
     noise = pooled_std(list(spreads.values()))
     comparisons = []
     for other in finalists[1:]:
-        margin = Margin(spreads[winner.number].mean - spreads[other.number].mean, None if noise is None else difference_std(noise, noise))
+        ours, theirs = spreads[winner.number], spreads[other.number]
+        margin = Margin(ours.mean - theirs.mean, None if noise is None else means_difference_std(noise, len(ours.samples), len(theirs.samples)))
         name = other.role.split(":", 1)[1] if other.role.startswith("baseline:") else f"runner-up (trial {other.number})"
         say(f"best (trial {winner.number}) over {name}: top-1 {margin.describe(' of top-1')}")
         comparisons.append({"best": winner.number, "other": other.number, "other_role": other.role} | margin.to_dict())

@@ -18,7 +18,7 @@ from pathlib import Path
 from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
 from search.defaults import estimate_seconds
-from search.noise import Margin, Spread, difference_std, pooled_std
+from search.noise import Margin, Spread, means_difference_std, pooled_std
 from search.reward import reward
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
@@ -121,14 +121,12 @@ def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats
         finalists = lacs.ranked([_with_accuracy(t, spreads[t.coefficients.astuple()].mean, latency_factor) for t in finalists], by)
     winner, runner_up = finalists
     noise = pooled_std(list(spreads.values()))
-    if by == "reward":
-        value = winner.reward - runner_up.reward
-        # The reward is accuracy times a latency factor: its seed noise is the accuracy's, scaled by that factor.
-        parts = [latency_factor(t.latency_ms) * noise for t in (winner, runner_up)] if noise is not None else None
-    else:
-        value = winner.accuracy - runner_up.accuracy
-        parts = [noise, noise] if noise is not None else None
-    return Decision(by, winner, runner_up, Margin(value, None if parts is None else difference_std(*parts)), spreads)
+    # Both are ranked by the mean of their seeds (one draw each without spreads); the reward is accuracy times a latency
+    # factor, so its seed noise is the accuracy's scaled by that factor.
+    draws = [len(spreads[t.coefficients.astuple()].samples) if spreads else 1 for t in (winner, runner_up)]
+    scales = [latency_factor(t.latency_ms) for t in (winner, runner_up)] if by == "reward" else None
+    value = winner.reward - runner_up.reward if by == "reward" else winner.accuracy - runner_up.accuracy
+    return Decision(by, winner, runner_up, Margin(value, None if noise is None else means_difference_std(noise, *draws, scales=scales)), spreads)
 
 
 def _with_accuracy(trial: Trial, accuracy: float, latency_factor: Callable[[float], float]) -> Trial:

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from search.noise import Margin, Spread, pooled_std
+from search.noise import Margin, Spread, means_difference_std, pooled_std
 from search.scaling.lacs import (
     DEFAULT_PHIS,
     Coefficients,
@@ -216,13 +216,19 @@ def test_a_finalist_at_zero_on_its_first_seed_is_still_judged_by_reward(tmp_path
 
     decision = decide(trials, "reward", X_B0, spread_of, 2, lambda latency_ms: 1.0 / latency_ms)
     assert decision.winner.coefficients == b and decision.winner.reward == pytest.approx(0.20)
-    assert decision.margin.value == pytest.approx(0.20 - 0.15) and decision.margin.noise is not None
+    assert decision.margin.value == pytest.approx(0.20 - 0.15)
+    # Pooled seed noise 0.2; each reward is a mean of 2 seeds, scaled by its latency factor (1/1 ms, 1/2 ms).
+    assert decision.margin.noise == pytest.approx(math.hypot(1.0 * 0.2 / math.sqrt(2), 0.5 * 0.2 / math.sqrt(2)))
 
 
 def test_spread_pooled_noise_and_margins():
     assert Spread((1.0,)).std is None and Spread((1.0, 3.0)).std == pytest.approx(math.sqrt(2))
     assert pooled_std([Spread((1.0, 3.0)), Spread((10.0, 10.0, 13.0))]) == pytest.approx(math.sqrt((2 + 6) / 3))
     assert pooled_std([Spread((1.0,))]) is None
+    # Means of n and m seeds differ by chance with std noise * sqrt(1/n + 1/m): four seeds each halve one draw's sqrt(2).
+    assert means_difference_std(0.1, 1, 1) == pytest.approx(0.1 * math.sqrt(2))
+    assert means_difference_std(0.1, 4, 4) == pytest.approx(0.1 * math.sqrt(2) / 2)
+    assert means_difference_std(0.1, 2, 3, scales=(2.0, 1.0)) == pytest.approx(math.hypot(0.2 / math.sqrt(2), 0.1 / math.sqrt(3)))
     assert Margin(0.05, 0.02).inside_noise is False and Margin(0.03, 0.02).inside_noise is True and Margin(0.1, None).inside_noise is None
 
 
