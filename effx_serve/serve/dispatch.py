@@ -17,6 +17,11 @@ Expected end-to-end latency of a request on member m, counted from its arrival (
 - after: serialising the answer and handing it to the server, learned online;
 - the end-to-end correction: observed / expected remainder over answered requests (what the model above misses).
 
+At rest (what an idle server would take: whether an SLA is impossible, 422, or only the load's victim, 429) is
+decode + batch + after from the start-up calibration and the profile alone, without the load's corrections,
+x an at-rest correction learned only from requests that had the server to themselves. A load's corrections (decoding
+several times slower while the lanes contend) would otherwise make tight but fine SLAs look impossible at rest.
+
 The `member` costing is the old one, kept behind `--costing member` to measure the gain: a member's own queue
 and profiled time only, as if members shared nothing and decoding and the HTTP edge took no time.
 """
@@ -75,6 +80,8 @@ class Routed:
     expected: Expectation | None
     route: str  # one of ROUTES, or why it was refused: "overload", "sla"
     at_rest: tuple[Option, ...] = ()  # with a latency bound: every candidate's expected latency on an idle server
+    at_rest_model_ms: float | None = None  # the chosen member's expected latency on an idle server, before the at-rest correction
+    alone: bool = False  # no other request was being served when it was routed (its answer teaches the at-rest correction)
 
     @property
     def expected_ms(self) -> float | None:
@@ -119,6 +126,8 @@ class Dispatcher:
         self.contention = Correction(weight=0.2, half_life_s=settings.correction_half_life_s)
         self.residual = Corrections(weight=0.1, half_life_s=settings.correction_half_life_s)
         self.end_to_end = Correction(weight=0.05, half_life_s=settings.correction_half_life_s, bounds=(0.5, 4.0))
+        # Learned from requests served alone; its evidence lasts longer (a loaded server sees none), and it stays near 1.
+        self.at_rest = Correction(weight=0.1, half_life_s=10 * settings.correction_half_life_s, bounds=(0.5, 4.0))
         self.after = Mean(start=0.3)
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
@@ -196,11 +205,14 @@ class Dispatcher:
         self.metrics.inference_seconds.labels(member.name).observe(inference_ms / 1000.0)
 
     def observe_answer(self, routed: Routed, arrival: float, routed_at: float, inference_done: float, answered: float) -> None:
-        """What an answered request teaches: the time after its batch, and how far the expectation was off."""
+        """What an answered request teaches: the time after its batch, and how far the expectation was off (and, for a
+        request that had the server to itself, how far the at-rest expectation was)."""
         self.after.observe((answered - inference_done) * 1000.0)
         if routed.expected is not None and self.settings.costing == "device":
             expected_remainder = routed.expected.total_ms - (routed_at - arrival) * 1000.0
             self.end_to_end.observe(expected_remainder / self.end_to_end.factor(), (answered - routed_at) * 1000.0)
+            if routed.alone and routed.at_rest_model_ms is not None:
+                self.at_rest.observe(routed.at_rest_model_ms, (answered - routed_at) * 1000.0)
 
     # --- expectations and routing ----------------------------------------------------------------------------
 
@@ -229,7 +241,7 @@ class Dispatcher:
         cpu_wait = self.cpu.wait_ms(deadline, now) if self.cpu is not None else 0.0
         device_wait = self.device.wait_ms(deadline, now) if self.device is not None and self.device is not self.cpu else 0.0
         lanes = self.cpu.lanes if self.cpu else self.cpu_lanes
-        after, scale = self.after.value, self.end_to_end.factor()
+        after, scale, rest_scale = self.after.value, self.end_to_end.factor(), self.at_rest.factor()
         spread = min(count, lanes)  # several images decode side by side
         for m in members:
             decode = sum([self.decode_times.expected_ms(i.format or "JPEG", m.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
@@ -237,8 +249,11 @@ class Dispatcher:
             inference = self.batch_ms(m, count)
             wait = cpu_wait + max(0.0, device_wait - cpu_wait - decode)  # the device's work goes on while this one decodes
             loaded[m.name] = Expectation(m, decode, wait, inference, after, elapsed + (wait + decode + inference + after) * scale)
-            # At rest: on an idle server, without the time this request has already spent (under load, waiting to be read).
-            at_rest[m.name] = Expectation(m, decode, 0.0, inference, after, (decode + inference + after) * scale)
+            # At rest: on an idle server (see the module's text), without the time this request has already spent.
+            rest_decode = sum([self.decode_times.calibrated_ms(i.format or "JPEG", m.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
+                               for i in images]) / spread
+            rest_inference = m.latency.service_ms(count) * self.residual.factor(m.name)
+            at_rest[m.name] = Expectation(m, rest_decode, 0.0, rest_inference, after, (rest_decode + rest_inference + after) * rest_scale)
         return loaded, at_rest
 
     def candidates(self, family: str | None, member: str | None) -> list[Member]:
@@ -263,8 +278,9 @@ class Dispatcher:
         chosen = self.catalog.members[decision.member] if decision.member else None
         if chosen is not None:
             self.upgrades.spend(_lane_ms(loaded[chosen.name]))
+        rest_ms, alone = (at_rest[chosen.name].total_ms / self.at_rest.factor() if chosen else None), self.active <= 1
         if sla.max_latency_ms is None:  # only a latency bound depends on the load
-            return Routed(chosen, decision, options, loaded.get(decision.member), "preferred" if chosen else "sla")
+            return Routed(chosen, decision, options, loaded.get(decision.member), "preferred" if chosen else "sla", (), rest_ms, alone)
         idle = tuple(Option(m.name, m.accuracy, at_rest[m.name].total_ms) for m in members)
         rest = route(idle, sla, self.settings.default_policy)
         if decision.expected_to_meet:
@@ -273,7 +289,7 @@ class Dispatcher:
             how = "best_effort"
         else:
             how = "overload" if rest.expected_to_meet else "sla"
-        return Routed(chosen, decision, options, loaded.get(decision.member), how, idle)
+        return Routed(chosen, decision, options, loaded.get(decision.member), how, idle, rest_ms, alone)
 
     def _affordable(self, decision: Decision, options: Sequence[Option], loaded: dict[str, Expectation], sla: Sla) -> Decision:
         """The SLA's choice among the feasible members whose extra cost over the cheapest feasible one the upgrade

@@ -104,6 +104,10 @@ class DecodeTimes:
     def expected_ms(self, image_format: str, member: str, pixels: int) -> float:
         return self._base(image_format, member, pixels) * self.corrections.factor((image_format, member))
 
+    def calibrated_ms(self, image_format: str, member: str, pixels: int) -> float:
+        """As measured at start on a quiet server, without what the load has taught since."""
+        return self._base(image_format, member, pixels)
+
     def observe(self, image_format: str, member: str, pixels: int, observed_ms: float) -> None:
         self.corrections[(image_format, member)].observe(self._base(image_format, member, pixels), observed_ms)
 

@@ -123,6 +123,56 @@ def test_load_scales_a_latency_bound_down_to_a_faster_member_then_refuses_early(
     assert (routes["accuracy"].member.name, routes["accuracy"].route) == ("large", "preferred")  # no bound: the load does not move it
 
 
+def test_a_loads_corrections_do_not_make_a_fine_sla_look_impossible_at_rest():
+    """Under load decoding ran 5x slower, batches 4x, answers 3x the model: the loaded expectation says so, the at-rest one
+    (is the SLA itself impossible: 422, or is it the load: 429?) stays the calibration's and the profile's."""
+    async def scenario():
+        d, _ = dispatcher()
+        await d.start()
+        now = time.monotonic()
+        before = {m.name: d.expect(m, [PHOTO], now + 1.0, now, now, idle=True) for m in (SMALL, LARGE)}
+        for _ in range(50):
+            for m in (SMALL, LARGE):
+                d.decode_times.observe("JPEG", m.name, PHOTO.pixels, 5 * before[m.name].decode_ms)
+                d.contention.observe(m.latency.service_ms(1), 4 * m.latency.service_ms(1))
+            d.end_to_end.observe(10.0, 30.0)
+        now = time.monotonic()
+        after = {m.name: d.expect(m, [PHOTO], now + 1.0, now, now, idle=True) for m in (SMALL, LARGE)}
+        loaded = d.expect(SMALL, [PHOTO], now + 1.0, now, now)
+        bound = (after["small"].total_ms + loaded.total_ms) / 2  # fine at rest, not under this load
+        routed = d.route(Sla(max_latency_ms=bound), [PHOTO], now + bound / 1000, now)
+        await d.close()
+        return before, after, loaded, routed
+
+    before, after, loaded, routed = run(scenario())
+    assert all(after[name].total_ms == pytest.approx(before[name].total_ms) for name in before)
+    assert loaded.total_ms > 5 * after["small"].total_ms
+    assert (routed.member, routed.route) == (None, "overload")  # 429 for the load, not 422 "relax your SLA"
+
+
+def test_the_at_rest_expectation_learns_only_from_requests_served_alone():
+    async def scenario():
+        d, _ = dispatcher()
+        await d.start()
+        now = time.monotonic()
+        with d.in_use():
+            alone = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
+            with d.in_use():
+                crowded = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
+        for _ in range(30):  # answered in twice the at-rest expectation, after their batches
+            d.observe_answer(crowded, now, now, now, now + 2 * crowded.at_rest_model_ms / 1000)
+        untaught = d.at_rest.factor()
+        for _ in range(30):
+            d.observe_answer(alone, now, now, now, now + 2 * alone.at_rest_model_ms / 1000)
+        taught = d.at_rest.factor()
+        await d.close()
+        return alone, crowded, untaught, taught
+
+    alone, crowded, untaught, taught = run(scenario())
+    assert alone.alone and not crowded.alone and alone.at_rest_model_ms > 0
+    assert untaught == 1.0 and 1.5 < taught <= 2.0
+
+
 def test_a_rate_the_accurate_member_cannot_sustain_sends_the_excess_to_the_faster_one_unless_costed_per_member():
     async def scenario(costing):
         d, _ = dispatcher(costing)
