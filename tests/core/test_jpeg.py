@@ -50,7 +50,7 @@ def test_same_pixels_as_pillow_at_every_scale(size, shrink_to):
 
 
 @pytest.mark.parametrize("options", [{"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2}, {"progressive": True},
-                                     {"quality": 30}, {"optimize": True}], ids=str)
+                                     {"quality": 30}, {"optimize": True}, {"keep_rgb": True}], ids=str)
 def test_same_pixels_as_pillow_for_every_encoding(options):
     data = encode(Image.open(io.BytesIO(synthetic_photo(640, 480, "JPEG"))).convert("RGB"), **options)
     for shrink_to in (37, 55, 83, 124):
