@@ -12,6 +12,7 @@ This module is on the serving path and must never import torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import simplejpeg
@@ -19,18 +20,19 @@ from PIL import Image
 
 _SOS, _EOI = 0xDA, 0xD9
 _MAX_SEGMENTS = 256  # header segments read before the first scan; beyond, Pillow decides
+_FRAME_SEGMENTS = 64  # for the size alone (read on the event loop for every request); beyond, Pillow reads the header
 _EXIF, _XMP = b"Exif\0\0", b"http://ns.adobe.com/xap/1.0/\x00"
 _ORIENTATION_TAG, _SHORT = 0x0112, 3
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})  # SOFn
+_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})  # SOFn: the size
 
 
-def decode_scaled(data: bytes, shrink_to: int) -> Image.Image | None:
+def decode_scaled(data: bytes, shrink_to: int, header: Header | None = None) -> Image.Image | None:
     """The upright RGB picture of a JPEG, decoded at the smallest power-of-two scale (1, 1/2, 1/4, 1/8) that keeps both
     sides at least `shrink_to`, as Pillow's `draft` scales; None when only Pillow can say (see the module's text).
-    The caller has checked the format, the pixel count and the scan count."""
-    header = _read_header(data)
+    The caller has checked the format, the pixel count and the scan count; `header`: `read_header(data)` if it has it."""
+    header = header or read_header(data)
     if header is None or header.components not in (1, 3):  # 4: CMYK or YCCK, which libjpeg does not make RGB
         return None
     orientation = _orientation(header)
@@ -54,7 +56,7 @@ def _draft_scale(width: int, height: int, shrink_to: int) -> int:
     return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
 
 
-class _Header(NamedTuple):
+class Header(NamedTuple):
     width: int
     height: int
     components: int  # 1: greyscale, 3: YCbCr or RGB, 4: CMYK or YCCK
@@ -62,36 +64,54 @@ class _Header(NamedTuple):
     xmp: bool  # whether an XMP segment is there
 
 
-def _read_header(data: bytes) -> _Header | None:
-    """The frame header and the metadata segments before the first scan; None when the markers cannot be walked."""
-    exif: list[bytes] = []
-    xmp, frame, at = False, None, 2
-    for _ in range(_MAX_SEGMENTS):
+def _segments(data: bytes, limit: int) -> Iterator[tuple[int, int]]:
+    """(marker, where its length field starts) of each segment with a length, up to and including the first scan's
+    (SOS) or the end of the image, at most `limit`; it stops early where the markers cannot be walked."""
+    at = 2
+    for _ in range(limit):
         if at >= len(data) or data[at] != 0xFF:
-            return None
+            return
         while at < len(data) and data[at] == 0xFF:  # a marker, after any fill bytes
             at += 1
         if at + 2 >= len(data):
-            return None
+            return
         marker = data[at]
-        if marker in (_SOS, _EOI):
-            return None if frame is None else _Header(*frame, exif, xmp)
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
             at += 1
             continue
-        end = at + 1 + int.from_bytes(data[at + 1:at + 3], "big")
-        if marker in _FRAMES and end >= at + 9:  # precision, height, width, components
-            frame = (int.from_bytes(data[at + 6:at + 8], "big"), int.from_bytes(data[at + 4:at + 6], "big"), data[at + 8])
-        elif marker == 0xE1:
-            if data.startswith(_EXIF, at + 3):
-                exif.append(data[at + 3 + len(_EXIF):end])
-            elif data.startswith(_XMP, at + 3):
-                xmp = True
-        at = end
+        yield marker, at + 1
+        if marker in (_SOS, _EOI):
+            return
+        at += 1 + int.from_bytes(data[at + 1:at + 3], "big")
+
+
+def frame_size(data: bytes) -> tuple[int, int] | None:
+    """A JPEG's (width, height) from its frame header (SOFn), the markers before it walked; None when not found there."""
+    for marker, at in _segments(data, _FRAME_SEGMENTS):
+        if marker in _FRAMES:
+            return (int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 3:at + 5], "big")) if at + 7 <= len(data) else None
     return None
 
 
-def _orientation(header: _Header) -> int | None:
+def read_header(data: bytes) -> Header | None:
+    """The frame header and the metadata segments before the first scan; None when the markers cannot be walked to it."""
+    exif: list[bytes] = []
+    xmp, frame = False, None
+    for marker, at in _segments(data, _MAX_SEGMENTS):
+        if marker in (_SOS, _EOI):
+            return None if frame is None else Header(*frame, exif, xmp)
+        end = at + int.from_bytes(data[at:at + 2], "big")
+        if marker in _FRAMES and end >= at + 8 and len(data) >= at + 8:  # length, precision, height, width, components
+            frame = (int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 3:at + 5], "big"), data[at + 7])
+        elif marker == 0xE1:
+            if data.startswith(_EXIF, at + 2):
+                exif.append(data[at + 2 + len(_EXIF):end])
+            elif data.startswith(_XMP, at + 2):
+                xmp = True
+    return None
+
+
+def _orientation(header: Header) -> int | None:
     """The EXIF orientation Pillow's `exif_transpose` would apply (1: none); None when it cannot be read as plainly."""
     if len(header.exif) > 1:  # Pillow joins them; leave that to it
         return None

@@ -296,15 +296,13 @@ def to_input(image: Image.Image, resolution: int, crop_fraction: float = DEFAULT
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})  # SOFn: the size
-_JPEG_MARKERS_READ = 64  # segments looked at before the frame header; beyond, Pillow reads the header
 
 
 def peek(data: bytes) -> tuple[str | None, int]:
     """(format, width x height) from the image's header, without decoding a pixel; (None, 0) when it is unreadable
     (decoding it then says why). What the server needs to expect the decoding time before it decodes: read on the event
     loop for every request, so JPEG and PNG headers are parsed here directly (Pillow's open costs ~0.15 ms)."""
-    size = _png_size(data) if data.startswith(_PNG_SIGNATURE) else _jpeg_size(data) if data.startswith(b"\xff\xd8") else None
+    size = _png_size(data) if data.startswith(_PNG_SIGNATURE) else jpeg.frame_size(data) if data.startswith(b"\xff\xd8") else None
     if size is not None:
         return ("PNG" if data[:1] == b"\x89" else "JPEG"), size[0] * size[1]
     try:
@@ -318,24 +316,6 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     if len(data) < 24 or data[12:16] != b"IHDR":
         return None
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """A baseline or progressive JPEG's (width, height) from its frame header; None to let Pillow read it."""
-    at = 2
-    for _ in range(_JPEG_MARKERS_READ):
-        while at < len(data) and data[at] == 0xFF:  # a marker, after any fill bytes
-            at += 1
-        if at + 7 >= len(data) or data[at - 1] != 0xFF:
-            return None
-        marker = data[at]
-        if marker in _JPEG_FRAMES:
-            return int.from_bytes(data[at + 6:at + 8], "big"), int.from_bytes(data[at + 4:at + 6], "big")
-        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # no length
-            at += 1
-            continue
-        at += 1 + int.from_bytes(data[at + 1:at + 3], "big")
-    return None
 
 
 def serving_image(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
@@ -361,13 +341,13 @@ def _jpeg_fast(data: bytes, max_pixels: int, formats: Iterable[str], shrink_to: 
     releases the GIL); None for anything else, which `decode_image` decodes, or refuses with its reason."""
     if not data.startswith(b"\xff\xd8") or "JPEG" not in _check_decode_arguments(max_pixels, formats):
         return None
-    _, pixels = peek(data)
-    if not 0 < pixels <= max_pixels:
+    header = jpeg.read_header(data)
+    if header is None or not 0 < header.width * header.height <= max_pixels:
         return None
     _check_jpeg_scans(data)
     if budget is not None:
         budget.check()
-    return jpeg.decode_scaled(data, shrink_to)
+    return jpeg.decode_scaled(data, shrink_to, header)
 
 
 def serving_input(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,

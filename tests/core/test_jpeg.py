@@ -91,6 +91,14 @@ def test_the_server_gives_what_it_gave_when_pillow_decides():
     assert str(now.value) == str(before.value)
 
 
+def test_a_jpeg_cut_anywhere_in_its_header_is_a_clear_error():
+    data = with_orientation(6, 64, 48)
+    for end in range(2, data.find(b"\xff\xda") + 4):
+        assert jpeg.decode_scaled(data[:end], 8) is None
+        with pytest.raises(UserError):
+            preprocess.serving_image(data[:end], 8)
+
+
 def test_the_limits_hold_on_the_fast_path():
     data = encode(noisy(100, 100))
     with pytest.raises(UserError, match="more than the limit of 9999"):
