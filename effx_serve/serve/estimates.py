@@ -143,12 +143,9 @@ class UpgradeBudget:
         self._at = now
         return self._tokens
 
-    def affords(self, extra_ms: float) -> bool:
-        """Whether an upgrade costing `extra_ms` more lane-milliseconds than the cheapest feasible member fits."""
-        return bool(self.affordable({None: extra_ms}))
-
     def affordable(self, extra_ms: dict) -> set:
-        """The keys of `extra_ms` (upgrade costs, as for `affords`) that fit now; the bucket is read once for them all."""
+        """The keys of `extra_ms` that fit now: each an upgrade costing that many lane-milliseconds more than the cheapest
+        feasible member; the bucket is read once for them all."""
         available = max(0.0, self.available_ms())  # a cheaper member (extra <= 0) always fits
         return {key for key, extra in extra_ms.items() if extra <= available}
 

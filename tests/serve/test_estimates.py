@@ -79,9 +79,9 @@ def test_the_upgrade_budget_refills_at_its_share_of_the_lanes_and_goes_into_debt
     clock = Clock()
     budget = UpgradeBudget(lanes=2, share=0.5, burst_ms=10.0, clock=clock)
     assert budget.available_ms() == 20.0  # full: burst x lanes
-    assert budget.affords(20.0) and not budget.affords(20.1) and budget.affords(-5.0)  # a cheaper member always fits
+    assert budget.affordable({"the bucket": 20.0, "above it": 20.1, "cheaper": -5.0}) == {"the bucket", "cheaper"}  # a cheaper member always fits
     budget.spend(30.0)
-    assert budget.available_ms() == -10.0 and not budget.affords(1.0)  # in debt: no upgrade until it is paid
+    assert budget.available_ms() == -10.0 and budget.affordable({"upgrade": 1.0, "cheaper": -5.0}) == {"cheaper"}  # in debt: no upgrade until it is paid
     clock.now += 0.015  # 15 ms x 0.5 x 2 lanes = 15 lane-ms back
     assert budget.available_ms() == pytest.approx(5.0)
     clock.now += 10.0
