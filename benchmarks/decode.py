@@ -53,13 +53,21 @@ def images_per_s(path, data: bytes, resolution: int, threads: int, duration_s: f
     return sum(counts) / (time.perf_counter() - started)
 
 
+def _resolutions(text: str) -> list[int]:
+    sides = [side.strip() for side in text.split(",")]
+    if not all(side.isdigit() and 1 <= int(side) <= preprocess.MAX_RESOLUTION for side in sides):
+        raise argparse.ArgumentTypeError(f"resolutions are comma-separated sides of 1 to {preprocess.MAX_RESOLUTION} pixels, "
+                                         f"e.g. 32,48,72,108, not '{text}'")
+    return [int(side) for side in sides]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolutions", default="32,48,72,108", help="model input sides (default: %(default)s, the demo family's)")
+    parser.add_argument("--resolutions", type=_resolutions, default="32,48,72,108", help="model input sides (default: %(default)s, the demo family's)")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="times each measurement is taken, the paths alternating (default: %(default)s)")
     args = parser.parse_args()
-    resolutions = [int(r) for r in args.resolutions.split(",")]
+    resolutions = args.resolutions
     data = synthetic_photo(640, 480, "JPEG", quality=90)
     cores = available_cpus()
     thread_counts = sorted({1, cores})

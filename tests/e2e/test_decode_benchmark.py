@@ -16,3 +16,9 @@ def test_a_short_run_prints_both_paths_and_their_ratio():
         assert int(threads) >= 1 and float(ratio) > 0
         assert all(float(figure) > 0 for figure in server.split(",") + pillow.split(","))
         assert len(server.split(",")) == len(pillow.split(",")) == 2
+
+
+def test_a_bad_resolution_list_is_a_clear_error():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--resolutions", "32,abc"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2 and "comma-separated sides" in result.stderr and "Traceback" not in result.stderr

@@ -15,6 +15,11 @@ def test_a_missing_repository_says_how_to_build_one(tmp_path):
     assert "manifest.json is missing" in result.stderr and "build-repo --demo" in result.stderr
 
 
+def test_a_bad_image_size_is_a_clear_error():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--image-size", "3x3"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "WIDTHxHEIGHT" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_short_run_measures_both_rows(tmp_path, served_repository):
     member = "tiny-f-b0"
     out = tmp_path / "serving.json"
