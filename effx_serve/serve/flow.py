@@ -212,8 +212,19 @@ def _describe(sla: Sla) -> str:
     return ", ".join(parts) or "none"
 
 
+SMALL_OUTPUT = 64  # labels up to which plain Python scores faster than numpy (whose ~3 us per call is paid ten times over)
+
+
 def _predictions(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> list[dict]:
-    """The top_k labels by softmax probability, as the answer's `predictions` (schema.Prediction)."""
+    """The top_k labels by softmax probability (float64, ties in label order), as the answer's `predictions`
+    (schema.Prediction). This runs on the event loop once per image; for a few labels Python beats numpy fourfold."""
+    if len(logits) <= SMALL_OUTPUT:
+        values = logits.tolist()
+        peak = max(values)
+        scores = [math.exp(v - peak) for v in values]
+        total = math.fsum(scores)
+        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:top_k]  # stable: ties keep label order
+        return [{"label": labels[i], "index": i, "score": scores[i] / total} for i in order]
     shifted = np.exp(logits.astype(np.float64) - np.max(logits))
     probabilities = shifted / shifted.sum()
     order = np.argsort(-probabilities, kind="stable")[:top_k].tolist()

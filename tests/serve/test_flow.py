@@ -107,3 +107,19 @@ def test_a_client_deadline_too_close_for_any_member_is_a_429_unless_the_requests
     assert isinstance(impossible, SlaUnmeetable)  # its own bound is below every member's time at rest: the SLA is the cause
     assert 'effx_routes_total{outcome="refused_expired"} 1.0' in metrics and 'effx_routes_total{outcome="rejected_sla"} 1.0' in metrics
 
+
+
+@pytest.mark.parametrize("labels", [3, flow.SMALL_OUTPUT, flow.SMALL_OUTPUT + 1, 1000])
+def test_predictions_are_the_softmax_top_k_with_ties_in_label_order_on_both_paths(labels):
+    import numpy as np
+
+    rng = np.random.default_rng(labels)
+    logits = (rng.normal(size=labels) * 4).astype(np.float32)
+    logits[[0, labels - 1]] = logits.max() + 1  # a tie at the top: the lower index first
+    names = tuple(f"c{i}" for i in range(labels))
+    top = flow._predictions(logits, names, 3)
+    reference = np.exp(logits.astype(np.float64) - logits.max())
+    reference /= reference.sum()
+    assert [p["index"] for p in top] == [0, labels - 1, *np.argsort(-reference, kind="stable")[2:3].tolist()]
+    assert [p["label"] for p in top] == [names[p["index"]] for p in top]
+    assert all(isinstance(p["score"], float) and abs(p["score"] - reference[p["index"]]) < 1e-12 for p in top)
