@@ -273,6 +273,8 @@ class DeviceScheduler:
 
     async def _wait(self, jobs: list[Job], queue: _Queue) -> list:
         try:
+            if len(jobs) == 1:  # most requests: gather's own future and callbacks would cost the event loop more than the wait
+                return [await jobs[0].future]
             return list(await asyncio.gather(*(job.future for job in jobs)))
         except BaseException:  # the caller went away, or one image failed or was late: the rest need not run
             for job in jobs:

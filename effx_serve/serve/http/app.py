@@ -65,9 +65,11 @@ class ArrivalClock:
 
 
 class ClassifyRoutes:
-    """POST /v1/classify and /v1/classify/batch straight to their handler, past FastAPI's router, dependency solving and
-    exception middleware, whose cost per request is event-loop time every request waits for (docs/serving.md, the
-    benchmark). The two routes stay declared on the app for the OpenAPI schema; any other method or path goes on to FastAPI."""
+    """POST /v1/classify and /v1/classify/batch straight to their handler, ahead of every middleware of FastAPI's (error
+    pages, telemetry, body limit, exceptions) and its router and dependency solving: their cost per request is
+    event-loop time every request waits for (docs/serving.md, the benchmark). The two routes stay declared on the app
+    for the OpenAPI schema; any other method or path goes on to FastAPI. An error nothing else handled is logged and
+    answered 500, as FastAPI's outermost middleware would."""
 
     PATHS = {"/v1/classify": "classify", "/v1/classify/batch": "batch"}
 
@@ -88,7 +90,21 @@ class ClassifyRoutes:
             response = await self.serve(request, endpoint)
         except RequestValidationError as error:
             response = await self.invalid_parameter(request, error)
+        except Exception:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            response = JSONResponse({"detail": "the server failed on this request (a bug: its log says where); retry, or report it"}, 500)
         await response(scope, receive, send)
+
+
+class ServingApp(FastAPI):
+    """FastAPI whose outermost layers are the arrival clock and the classify routes, given as `outermost(stack)`."""
+
+    def __init__(self, outermost, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.outermost = outermost
+
+    def build_middleware_stack(self):
+        return self.outermost(super().build_middleware_stack())
 
 
 async def _cancel_when_gone(request: Request, handler: asyncio.Task, answered: list) -> None:
@@ -132,8 +148,9 @@ def create_app(server: Server) -> FastAPI:
         finally:
             await server.close()
 
-    app = FastAPI(title="effx-serve", version=__version__, lifespan=lifespan,
-                  description="Image classification routed per request to the fastest EfficientNet-X family member that meets its SLA.")
+    app = ServingApp(lambda stack: ArrivalClock(ClassifyRoutes(stack, serve, invalid_parameter)), title="effx-serve",
+                     version=__version__, lifespan=lifespan,
+                     description="Image classification routed per request to the fastest EfficientNet-X family member that meets its SLA.")
     app.state.server = server
     bodies = BodyBudget(settings.max_bodies_bytes)
 
@@ -196,10 +213,6 @@ def create_app(server: Server) -> FastAPI:
         server.metrics.requests.labels(trace.member, endpoint, str(status)).inc()
         server.metrics.request_seconds.labels(trace.member).observe(time.monotonic() - trace.arrival)
         return response
-
-    # Added last, so outermost: the arrival is stamped first.
-    app.add_middleware(ClassifyRoutes, serve=serve, invalid_parameter=invalid_parameter)
-    app.add_middleware(ArrivalClock)
 
     @app.post("/v1/classify", response_model=Classification, responses=_ERRORS, openapi_extra=_REQUEST_BODY | _PARAMETERS,
               summary="Classify one image with the fastest member that meets the SLA")

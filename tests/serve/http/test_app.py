@@ -600,3 +600,25 @@ def test_a_query_string_is_parsed_once_and_a_bad_one_fails_every_time():
     long = b"&".join([b"top_k=3"] * 100)  # beyond MAX_REMEMBERED_QUERY: parsed every time, never kept
     assert query_params(request(long)) == query_params(request(long)) and query_params(request(long)) is not query_params(request(long))
 
+
+
+def test_a_bug_in_the_request_flow_is_logged_and_answered_500_and_the_server_goes_on(served_repository, monkeypatch, caplog):
+    from effx_serve.serve import flow
+
+    real = flow.classify
+    calls = []
+
+    async def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return await real(*args)
+
+    monkeypatch.setattr(flow, "classify", failing_once)
+    with TestClient(create_app(make_server(served_repository)), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        failed = post_jpeg(client)
+        served = post_jpeg(client)
+    assert failed.status_code == 500 and "bug" in failed.json()["detail"]
+    assert any("POST /v1/classify failed" in record.message and record.exc_info for record in caplog.records)
+    assert served.status_code == 200 and served.json()["predictions"]
