@@ -96,9 +96,10 @@ def _busy_ticks() -> int:
 
 
 def _cpu_snapshot(watch: dict[str, list[int]]) -> dict:
-    # The router's main thread runs its event loop (HTTP, parsing, routing, answers): the one part that cannot spread
-    # over cores, so it is counted apart ("loop"; decoding and inference run on other threads).
-    loop = {"loop": _ticks(watch["server"][0], watch["server"][0]) or 0} if "server" in watch else {}
+    # A router process's main thread runs its event loop (HTTP, parsing, routing, answers): the one part that cannot spread
+    # over cores, so it is counted apart ("loop": summed over the processes, one per --workers; decoding and inference
+    # run on other threads).
+    loop = {"loop": sum(_ticks(pid, pid) or 0 for pid in watch["server"])} if "server" in watch else {}
     return {"t": time.perf_counter(), "system": _busy_ticks(), "client": _ticks(os.getpid()) or 0,
             **{name: sum(_ticks(pid) or 0 for pid in pids) for name, pids in watch.items()}, **loop}
 
@@ -351,7 +352,7 @@ def print_table(rows: list[dict]) -> None:
 
 def print_details(rows: list[dict]) -> None:
     print("\nwhere the time goes (medians, ms) and the load levels (img/s, p50 ms, CPU in cores: "
-          "server = the router process, loop = its event-loop thread (a part of server), triton = tritonserver and its stubs, "
+          "server = the router process(es), loop = their event-loop threads (a part of server), triton = tritonserver and its stubs, "
           "client = the load generator, all = the whole machine)")
     for r in rows:
         t = r["server_timing_p50_ms"]

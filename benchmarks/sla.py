@@ -1,6 +1,7 @@
 """Latency SLAs under load: what the scheduler and the router cost, and what they keep, side by side in one run.
 
     .venv/bin/python benchmarks/sla.py [--repo model_repository] [--duration 20] [--rounds 3] [--json sla.json] [--only cost|load]
+                                       [--serve-arg=--workers=2 ...]
 
 1. **Cost** (in-process, no HTTP): routing plus scheduling per request, p50 and p99, with 1,000 requests
    queued across the members of a fake device (target: <= 0.2 ms p50).
@@ -162,13 +163,13 @@ def server_attainment(phase: dict) -> float | None:
     return 1.0 - late / answered if answered else None
 
 
-def load(repo: Path, duration_s: float, rounds: int, say) -> dict:
+def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str]) -> dict:
     import serving
 
     figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="effx-bench-sla-") as folder:
         work = Path(folder)
-        with serving.router(repo, [], work) as (port, _), serving.router(repo, ["--costing", "member"], work) as (old_port, _):
+        with serving.router(repo, serve_args, work) as (port, _), serving.router(repo, [*serve_args, "--costing", "member"], work) as (old_port, _):
             url, old_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
             with urllib.request.urlopen(f"{url}/v1/models") as answer:
                 members = json.load(answer)["members"]
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every comparison, each in another phase order (default 3)")
     parser.add_argument("--only", choices=("cost", "load"))
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="an argument for both servers' `effx-serve serve`, e.g. --serve-arg=--workers=2 (repeat for several)")
     args = parser.parse_args(argv)
     figures: dict = {}
     if args.only in (None, "cost"):
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (repo / "manifest.json").is_file():
             print(f"{repo} has no manifest.json: build the demo repository first (effx-serve build-repo --demo)", file=sys.stderr)
             return 2
-        figures["load"] = load(repo, args.duration, max(1, args.rounds), lambda line: print(line, file=sys.stderr, flush=True))
+        figures["load"] = load(repo, args.duration, max(1, args.rounds), lambda line: print(line, file=sys.stderr, flush=True), args.serve_arg)
         print_load(figures["load"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

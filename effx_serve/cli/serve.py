@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -13,11 +14,12 @@ from pathlib import Path
 from effx_serve.cli.common import checked, positive_int
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
-from effx_serve.core.proc import map_large_allocations, stop
+from effx_serve.core.proc import available_cpus, map_large_allocations, stop
 from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
+from effx_serve.serve.workers import WorkerLink, WorkerSpec, listen, supervise
 
 SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serving.md, the benchmark)
 _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of MiB", "above 0")
@@ -71,7 +73,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
                                 default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms,
-                                cpu_lanes=args.cpu_lanes)
+                                cpu_lanes=args.cpu_lanes or (max(1, available_cpus() // args.workers) if args.workers > 1 else None))
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
@@ -93,13 +95,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from effx_serve.serve.http.protocol import limited_protocol
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers > 1 and args.worker is None:
+        return _supervise(args)
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     map_large_allocations()  # memory that large images took goes back to the OS after them
     repository = Path(args.repo)
-    builder = start_demo_build(repository) if args.demo and needs_demo_build(repository) else None
+    builder = start_demo_build(repository) if args.demo and needs_demo_build(repository) and args.worker is None else None
+    worker = None if args.worker is None else WorkerLink(WorkerSpec.parse(args.worker))
     try:
         if builder is None:
-            app = _serving_app(args)
+            app = _serving_app(args, worker=worker)
         else:  # the port answers at once (503, saying what is building) and serves from the first member on
             print(f"http://{args.host}:{args.port}/readyz answers 503 until the first member is ready", flush=True)
             app = PendingApp(lambda stop: _serving_app(args, builder, stop), "the demo build is training its first member (b0)")
@@ -109,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if isinstance(app, PendingApp):
             app.on_failure = lambda error: setattr(web, "should_exit", True)
         try:
-            web.run()
+            web.run(sockets=None if worker is None else [socket.socket(fileno=worker.spec.fd)])
         except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C, then re-raised it: done, as uvicorn.run does
             pass
         if isinstance(app, PendingApp) and app.error is not None:
@@ -123,7 +128,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serving_app(args: argparse.Namespace, builder: subprocess.Popen | None = None, stop: threading.Event | None = None):
+def _supervise(args: argparse.Namespace) -> int:
+    """`--workers N`: listen here and run N worker processes of this same command on the socket (serve/workers.py)."""
+    repository = Path(args.repo)
+    if args.demo and needs_demo_build(repository):
+        raise UserError(f"{repository} is not built yet, and --workers needs it built; run `effx-serve serve --demo` once "
+                        "(one process), or `effx-serve build-repo --demo`, then --workers")
+    lanes = settings_from(args).dispatch.cpu_lanes  # a bad repository or option is reported once, here, not by every worker
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as error:
+        raise UserError(f"the server could not listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    print(f"{args.workers} workers on http://{args.host}:{args.port} (each with its own event loop and "
+          f"{lanes} lane(s)); /metrics counts them all", flush=True)
+    with sock:
+        return supervise(lambda spec: [sys.executable, "-m", "effx_serve.cli", *args.argv, "--worker", str(spec)], args.workers, sock)
+
+
+def _serving_app(args: argparse.Namespace, builder: subprocess.Popen | None = None, stop: threading.Event | None = None,
+                 worker: WorkerLink | None = None):
     """The HTTP app over a Server on `args.repo`, once the demo `builder` (if any) has written its first member."""
     from effx_serve.serve.http.app import create_app
     from effx_serve.serve.server import Server
@@ -137,7 +160,7 @@ def _serving_app(args: argparse.Namespace, builder: subprocess.Popen | None = No
           f"on {server.hardware.id} with {server.backend.kind}: http://{args.host}:{args.port}/docs{building}", flush=True)
     for note in server.notes:
         print(f"note: {note}", flush=True)
-    return create_app(server)
+    return create_app(server, worker)
 
 
 def add_parsers(sub) -> None:
@@ -171,6 +194,11 @@ def add_parsers(sub) -> None:
                    help="CPU time a request's images may take to decode, checked as they decode; beyond it 400 (default: %(default)s)")
     p.add_argument("--cpu-lanes", type=positive_int, default=None,
                    help="images decoded and CPU batches run at once (default: the cores this process may use)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
+                        "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "
+                        "apply per worker (default: %(default)s)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # set by the supervisor for its workers: FD,INDEX,SUPERVISOR_PID,FOLDER
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")
     p.add_argument("--max-in-flight", type=positive_int, default=256,
                    help="requests inside the server at once, counted once their body has arrived, before 429 (default: %(default)s)")

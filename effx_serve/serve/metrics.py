@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 # Latency buckets from 0.25 ms to 10 s: small CPU members answer in about a millisecond.
@@ -46,12 +46,13 @@ class _Family:
     """A labelled counter (`inc`) or histogram (`observe`, with `buckets`), registered in `registry`; `labels(*values)`
     as prometheus_client's, event loop only."""
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry,
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry | None,
                  buckets: Sequence[float] | None = None) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self.bounds = None if buckets is None else (*buckets, float("inf"))
         self._children: dict[tuple[str, ...], _Count | _Spread] = {}
-        registry.register(self)
+        if registry is not None:
+            registry.register(self)
 
     def labels(self, *values: str) -> _Count | _Spread:
         child = self._children.get(values)
@@ -61,6 +62,28 @@ class _Family:
             key = tuple(map(str, values))
             child = self._children.get(key) or self._children.setdefault(key, _Count() if self.bounds is None else _Spread(self.bounds))
         return child
+
+    def dump(self) -> list[list]:
+        """Every label set's values as JSON-able lists [labels, value (a counter) or bucket counts (a histogram), sum, created]."""
+        return [[list(values), child.value, 0.0, child.created] if isinstance(child, _Count) else [list(values), child.counts, child.sum, child.created]
+                for values, child in list(self._children.items())]
+
+    def merged(self, dumps: Sequence[list[list]]) -> _Family:
+        """A copy, unregistered, with the values of `dumps` (other workers') added to this one's."""
+        total = _Family(self.name, self.documentation, self.labelnames, None, None if self.bounds is None else self.bounds[:-1])
+        for dump in (self.dump(), *dumps):
+            for values, numbers, summed, created in dump:
+                total._add(tuple(values), numbers, summed, created)
+        return total
+
+    def _add(self, values: tuple[str, ...], value: float | list[int], total: float, created: float) -> None:
+        child = self.labels(*values)
+        if isinstance(child, _Count):
+            child.value += value
+        else:
+            child.counts = [a + b for a, b in zip(child.counts, value, strict=True)]
+            child.sum += total
+        child.created = min(child.created, created)
 
     def describe(self) -> list[Metric]:  # what the registry checks names against, without reading the values
         return [self._family()]
@@ -130,5 +153,41 @@ class ServerMetrics:
                                 registry=r)
         self.ready = Gauge("effx_ready", "1 when every member is loaded and warm and the backend is healthy", registry=r)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def snapshot(self) -> dict:
+        """This server's samples as JSON-able data, which a worker publishes for the one that answers a scrape (serve/workers.py):
+        its counters and histograms, and its gauges (refreshed first by the caller)."""
+        return {"families": {family.name: family.dump() for family in self._families()},
+                "gauges": {metric.name: [[sample.labels, sample.value] for sample in metric.samples] for metric in self._gauges()}}
+
+    def render(self, peers: Sequence[dict] = (), worker: str = "") -> bytes:
+        """The exposition text; with `peers` (other workers' snapshots, each with its `worker` name and whether it is `live`),
+        the server's as a whole: counters and histograms summed over every worker that ever ran (so totals never go back
+        when one restarts), gauges one series per live worker (label `worker`: `worker` for this one)."""
+        if not peers:
+            return generate_latest(self.registry)
+        return generate_latest(_Merged(self, peers, worker))
+
+    def _families(self) -> list[_Family]:
+        return [value for value in vars(self).values() if isinstance(value, _Family)]
+
+    def _gauges(self) -> list[Metric]:
+        return [metric for value in vars(self).values() if isinstance(value, Gauge) for metric in value.collect()]
+
+
+class _Merged:
+    """What `render` exposes for a server of several workers."""
+
+    def __init__(self, metrics: ServerMetrics, peers: Sequence[dict], worker: str) -> None:
+        self.metrics, self.peers, self.worker = metrics, peers, worker
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.metrics._families():
+            yield from family.merged([peer["families"].get(family.name, []) for peer in self.peers]).collect()
+        live = [peer for peer in self.peers if peer["live"]]
+        for metric in self.metrics._gauges():
+            merged = GaugeMetricFamily(metric.name, metric.documentation)
+            for worker, samples in ((self.worker, [[s.labels, s.value] for s in metric.samples]),
+                                    *((peer["worker"], peer["gauges"].get(metric.name, [])) for peer in live)):
+                for labels, value in samples:
+                    merged.add_sample(metric.name, {**labels, "worker": worker}, value)
+            yield merged

@@ -127,3 +127,17 @@ def test_watch_interval(capsys):
         with pytest.raises(SystemExit):
             main(["serve", "--watch-s", value])
     assert "from 0 (never) to 3600" in capsys.readouterr().err
+
+
+def test_workers_report_a_busy_port_a_missing_repository_and_an_unbuilt_demo_once(served_repository, tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--repo", str(served_repository), "--workers", "2", "--port", str(port)]) == 2
+    assert f"could not listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", "--repo", str(tmp_path / "nowhere"), "--workers", "2", "--port", str(free_port())]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert main(["serve", "--demo", "--repo", str(tmp_path / "nowhere"), "--workers", "2", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert "--workers needs it built" in err and len(err.strip().splitlines()) == 1

@@ -35,6 +35,7 @@ from effx_serve.serve.schema import (
     Rejection,
 )
 from effx_serve.serve.server import Server
+from effx_serve.serve.workers import WorkerLink
 
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
 _REQUEST_BODY = {"requestBody": {"required": True, "content": {
@@ -137,15 +138,23 @@ def _parsed_query(query: bytes) -> ClassifyParams:
 _remembered_query = functools.lru_cache(maxsize=1024)(_parsed_query)
 
 
-def create_app(server: Server) -> FastAPI:
+def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
+    """The app over `server`; `worker`: one of several processes on its port (serve/workers.py), whose /metrics counts them all."""
     settings = server.settings
+
+    def snapshot() -> dict:
+        server.dispatcher.refresh_gauges()
+        return server.metrics.snapshot()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await server.open()
+        publishing = None if worker is None else asyncio.create_task(worker.run(snapshot))
         try:
             yield
         finally:
+            if publishing is not None:
+                publishing.cancel()
             await server.close()
 
     app = ServingApp(lambda stack: ArrivalClock(ClassifyRoutes(stack, serve, invalid_parameter)), title="effx-serve",
@@ -258,6 +267,7 @@ def create_app(server: Server) -> FastAPI:
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
         server.dispatcher.refresh_gauges()
-        return Response(server.metrics.render(), media_type=server.metrics.content_type)
+        peers = [] if worker is None else worker.peers()
+        return Response(server.metrics.render(peers, worker.name if worker else ""), media_type=server.metrics.content_type)
 
     return app

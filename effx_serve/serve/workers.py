@@ -1,0 +1,187 @@
+"""Several server processes on one port (`serve --workers N`): each its own event loop, lanes and interpreter lock.
+
+Why: one process serves at most what its interpreter lock lets through. On 2 cores, 40x40 JPEGs to b0 used 1.3 of
+the cores at ~490 img/s; two processes used both and served ~680 (docs/serving.md, benchmarks/serving.py with
+--serve-arg=--workers=2). Each worker schedules its own share of the cores (cores / workers lanes) and learns its
+corrections from what it observes, the other workers' load included.
+
+The supervisor (`supervise`, the process the user started) listens, starts the workers with the socket, and restarts
+one that dies or stops answering. A worker (`WorkerLink`) publishes its metrics every PUBLISH_S into a folder the
+supervisor owns, atomically; that file is also its heartbeat. The worker that answers a scrape adds up everyone's.
+A worker whose supervisor is gone stops itself, so no worker outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+PUBLISH_S = 1.0
+HANG_S = 30.0  # a worker that has not published for this long is stuck (its event loop blocked): killed and restarted
+STOP_GRACE_S = 15.0  # what a worker has to finish its requests at shutdown before it is killed
+EARLY_DEATHS = 3  # a worker that dies this many times in a row within EARLY_S of starting stops the server
+EARLY_S = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker is told on its command line (`--worker FD,INDEX,SUPERVISOR_PID,FOLDER`)."""
+
+    fd: int
+    index: int
+    supervisor: int
+    folder: Path
+
+    def __str__(self) -> str:
+        return f"{self.fd},{self.index},{self.supervisor},{self.folder}"
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerSpec:
+        fd, index, supervisor, folder = text.split(",", 3)
+        return cls(int(fd), int(index), int(supervisor), Path(folder))
+
+
+class WorkerLink:
+    """A worker's side: its metrics published (its heartbeat), its peers' read, its supervisor watched."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec, self.name = spec, str(spec.index)
+        self._file = spec.folder / f"worker-{os.getpid()}.json"
+
+    def publish(self, snapshot: dict) -> None:
+        """Replace this worker's file (readers see the old or the new one; no fsync: the folder lives as long as the server)."""
+        partial = self._file.with_name(f".{self._file.name}.tmp")
+        partial.write_text(json.dumps({"worker": self.name, "pid": os.getpid(), **snapshot}))
+        os.replace(partial, self._file)
+
+    def peers(self) -> list[dict]:
+        """Every other worker's last snapshot (those of workers that have died too: their counts stay in the totals), each
+        with `live`: published within the last few periods."""
+        now, found = time.time(), []
+        for path in self.spec.folder.glob("worker-*.json"):
+            if path == self._file:
+                continue
+            try:
+                snapshot = json.loads(path.read_text())
+                snapshot["live"] = now - path.stat().st_mtime < 3 * PUBLISH_S
+            except (OSError, ValueError):  # gone, or being replaced: the next scrape has it
+                continue
+            found.append(snapshot)
+        return found
+
+    def orphaned(self) -> bool:
+        return os.getppid() != self.spec.supervisor
+
+    async def run(self, snapshot: Callable[[], dict]) -> None:
+        """Publish every PUBLISH_S on the event loop (a blocked loop stops publishing: the supervisor sees it); stop the
+        process (SIGTERM, uvicorn's graceful shutdown) once the supervisor is gone."""
+        while True:
+            self.publish(snapshot())
+            if self.orphaned():
+                log.error("worker %s: the supervisor has gone; stopping", self.name)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            await asyncio.sleep(PUBLISH_S)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket the workers share."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index, self.process, self.started, self.early_deaths = index, None, 0.0, 0
+
+    def heartbeat(self, folder: Path) -> float | None:
+        try:
+            return (folder / f"worker-{self.process.pid}.json").stat().st_mtime
+        except OSError:
+            return None
+
+
+def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: socket.socket, hang_s: float = HANG_S,
+              stop: threading.Event | None = None) -> int:
+    """Run `workers` processes (`argv(spec)`) on `sock` until SIGTERM or SIGINT (or `stop`), restarting one that exits or stops
+    publishing for `hang_s`; 0, or a failing worker's exit status when one cannot start (dies before its first heartbeat,
+    or EARLY_DEATHS times in a row soon after starting)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="effx-workers-") as folder_name:
+        folder = Path(folder_name)
+        pool = [_Worker(index) for index in range(workers)]
+
+        def start(worker: _Worker) -> None:
+            spec = WorkerSpec(sock.fileno(), worker.index, os.getpid(), folder)
+            worker.process = subprocess.Popen(list(argv(spec)), pass_fds=(sock.fileno(),), start_new_session=True)
+            worker.started = time.monotonic()
+
+        for worker in pool:
+            start(worker)
+        failed = 0
+        try:
+            while not stop.wait(PUBLISH_S / 2):
+                for worker in pool:
+                    failed = _check(worker, folder, hang_s)
+                    if failed:
+                        return failed
+                    if worker.process.poll() is not None:
+                        start(worker)
+        finally:
+            _stop_all([worker.process for worker in pool])
+    return 0
+
+
+def _check(worker: _Worker, folder: Path, hang_s: float) -> int:
+    """Kill `worker` if stuck; the exit status to stop the server with when it cannot start, else 0 (restart it if it ended)."""
+    process, beat = worker.process, worker.heartbeat(folder)
+    code = process.poll()
+    if code is None:
+        if beat is not None and time.time() - beat > hang_s:
+            log.error("worker %d (pid %d) has not answered for %.0f s; killing and restarting it", worker.index, process.pid, hang_s)
+            process.kill()
+            process.wait()
+        return 0
+    if beat is None:
+        log.error("worker %d exited (status %s) before it served; stopping", worker.index, code)
+        return code or 1
+    worker.early_deaths = worker.early_deaths + 1 if time.monotonic() - worker.started < EARLY_S else 0
+    if worker.early_deaths >= EARLY_DEATHS:
+        log.error("worker %d died %d times in a row within %.0f s of starting (status %s); stopping", worker.index, EARLY_DEATHS, EARLY_S, code)
+        return code or 1
+    log.error("worker %d (pid %d) exited (status %s); restarting it", worker.index, process.pid, code)
+    return 0
+
+
+def _stop_all(processes: list[subprocess.Popen | None]) -> None:
+    """SIGTERM to every worker (each finishes its requests), SIGKILL to those still running after STOP_GRACE_S."""
+    running = [p for p in processes if p is not None and p.poll() is None]
+    for process in running:
+        process.terminate()
+    until = time.monotonic() + STOP_GRACE_S
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
