@@ -101,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     map_large_allocations()  # memory that large images took goes back to the OS after them
     repository = Path(args.repo)
     builder = start_demo_build(repository) if args.demo and needs_demo_build(repository) and args.worker is None else None
-    worker = None if args.worker is None else WorkerLink(WorkerSpec.parse(args.worker))
+    worker = None if args.worker is None else WorkerLink(args.worker)
     try:
         if builder is None:
             app = _serving_app(args, worker=worker)
@@ -198,7 +198,7 @@ def add_parsers(sub) -> None:
                    help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
                         "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "
                         "apply per worker (default: %(default)s)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # set by the supervisor for its workers: FD,INDEX,SUPERVISOR_PID,FOLDER
+    p.add_argument("--worker", type=WorkerSpec.parse, help=argparse.SUPPRESS)  # set by the supervisor: FD,INDEX,SUPERVISOR_PID,FOLDER
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")
     p.add_argument("--max-in-flight", type=positive_int, default=256,
                    help="requests inside the server at once, counted once their body has arrived, before 429 (default: %(default)s)")

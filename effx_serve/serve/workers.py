@@ -109,7 +109,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 class _Worker:
     def __init__(self, index: int) -> None:
-        self.index, self.process, self.started, self.early_deaths = index, None, 0.0, 0
+        self.index, self.process, self.started, self.early_deaths, self.served = index, None, 0.0, 0, False
 
     def heartbeat(self, folder: Path) -> float | None:
         try:
@@ -138,7 +138,6 @@ def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: s
 
         for worker in pool:
             start(worker)
-        failed = 0
         try:
             while not stop.wait(PUBLISH_S / 2):
                 for worker in pool:
@@ -155,6 +154,7 @@ def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: s
 def _check(worker: _Worker, folder: Path, hang_s: float) -> int:
     """Kill `worker` if stuck; the exit status to stop the server with when it cannot start, else 0 (restart it if it ended)."""
     process, beat = worker.process, worker.heartbeat(folder)
+    worker.served = worker.served or beat is not None
     code = process.poll()
     if code is None:
         if beat is not None and time.time() - beat > hang_s:
@@ -162,13 +162,14 @@ def _check(worker: _Worker, folder: Path, hang_s: float) -> int:
             process.kill()
             process.wait()
         return 0
-    if beat is None:
-        log.error("worker %d exited (status %s) before it served; stopping", worker.index, code)
-        return code or 1
+    status = code if code > 0 else 128 - code if code < 0 else 1  # killed by signal N: 128 + N, as a shell says it
+    if not worker.served:
+        log.error("worker %d exited (status %s) before it ever served; stopping", worker.index, code)
+        return status
     worker.early_deaths = worker.early_deaths + 1 if time.monotonic() - worker.started < EARLY_S else 0
     if worker.early_deaths >= EARLY_DEATHS:
         log.error("worker %d died %d times in a row within %.0f s of starting (status %s); stopping", worker.index, EARLY_DEATHS, EARLY_S, code)
-        return code or 1
+        return status
     log.error("worker %d (pid %d) exited (status %s); restarting it", worker.index, process.pid, code)
     return 0
 

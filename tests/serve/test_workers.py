@@ -28,6 +28,10 @@ with open(os.environ["FAKE_LOG"], "a") as log:
 plan = os.environ.get(f"FAKE_PLAN_{link.name}", "serve")
 if plan == "fail":
     sys.exit(5)
+if plan == "crashloop":  # serves, then dies at once, every time
+    link.publish({"families": {}, "gauges": {}})
+    time.sleep(0.2)
+    sys.exit(3)
 started = time.monotonic()
 while True:
     if plan in ("hang", "crash") and time.monotonic() - started > 0.6 and os.environ.get("FAKE_ONCE") not in open(os.environ["FAKE_LOG"]).read():
@@ -107,6 +111,15 @@ def test_a_worker_that_cannot_start_stops_the_server_with_its_status(tmp_path, m
     thread.join(30)
     sock.close()
     assert result == [5] and not thread.is_alive()
+    assert not [pid for pids in _pids(log).values() for pid in pids if _alive(pid)]
+
+
+@pytest.mark.slow
+def test_a_worker_that_keeps_dying_soon_after_starting_stops_the_server(tmp_path, monkeypatch):
+    stop, thread, result, log, sock = _supervised(tmp_path, monkeypatch, {0: "crashloop"})
+    thread.join(60)
+    sock.close()
+    assert result == [3] and len(_pids(log)["0"]) == workers.EARLY_DEATHS  # each served, then died within EARLY_S: stopped at the last
     assert not [pid for pids in _pids(log).values() for pid in pids if _alive(pid)]
 
 
