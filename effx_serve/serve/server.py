@@ -104,6 +104,10 @@ class Server:
         if self.settings.watch_s > 0:
             self._tasks.append(asyncio.create_task(self._watch(starting)))
 
+    async def started(self, timeout_s: float) -> None:
+        """Return once the first start (loading and warming every member) has finished, well or not, or after `timeout_s`."""
+        await asyncio.wait(self._tasks[:1], timeout=timeout_s)
+
     async def reload(self) -> None:
         """Serve the repository as it is now: its members are loaded and warmed beside the serving ones, then take over;
         the old ones close once the requests routed to them are answered. On failure the current members go on serving."""

@@ -71,6 +71,10 @@ def _pids(log: Path) -> dict[str, list[int]]:
     return found
 
 
+def _left_alive(log: Path) -> list[int]:
+    return [pid for pids in _pids(log).values() for pid in pids if _alive(pid)]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -102,25 +106,21 @@ def test_a_worker_that_crashes_or_hangs_is_replaced_and_shutdown_leaves_no_proce
         thread.join(30)
         sock.close()
     assert result == [0]
-    assert not [pid for pids in _pids(log).values() for pid in pids if _alive(pid)]
+    assert not _left_alive(log)
 
 
 @pytest.mark.slow
-def test_a_worker_that_cannot_start_stops_the_server_with_its_status(tmp_path, monkeypatch):
-    stop, thread, result, log, sock = _supervised(tmp_path, monkeypatch, {1: "fail"})
-    thread.join(30)
-    sock.close()
-    assert result == [5] and not thread.is_alive()
-    assert not [pid for pids in _pids(log).values() for pid in pids if _alive(pid)]
-
-
-@pytest.mark.slow
-def test_a_worker_that_keeps_dying_soon_after_starting_stops_the_server(tmp_path, monkeypatch):
-    stop, thread, result, log, sock = _supervised(tmp_path, monkeypatch, {0: "crashloop"})
+@pytest.mark.parametrize(("plans", "status", "worker_0_starts"), [
+    ({1: "fail"}, 5, None),  # worker 1 exits before it ever served: a start that cannot work
+    ({0: "crashloop"}, 3, workers.EARLY_DEATHS),  # worker 0 serves, then dies within EARLY_S, each time: stopped at the last
+])
+def test_a_worker_that_cannot_start_or_keeps_dying_stops_the_server_with_its_status(tmp_path, monkeypatch, plans, status, worker_0_starts):
+    stop, thread, result, log, sock = _supervised(tmp_path, monkeypatch, plans)
     thread.join(60)
     sock.close()
-    assert result == [3] and len(_pids(log)["0"]) == workers.EARLY_DEATHS  # each served, then died within EARLY_S: stopped at the last
-    assert not [pid for pids in _pids(log).values() for pid in pids if _alive(pid)]
+    assert result == [status] and not thread.is_alive()
+    assert worker_0_starts is None or len(_pids(log)["0"]) == worker_0_starts
+    assert not _left_alive(log)
 
 
 def test_a_worker_whose_supervisor_is_gone_stops_itself(tmp_path):

@@ -49,6 +49,7 @@ _REQUEST_BODY = {"requestBody": {"required": True, "content": {
 _PARAMETERS = {"parameters": [{"name": name, "in": "query", "required": False, "schema": schema, "description": schema.get("description", "")}
                               for name, schema in ClassifyParams.model_json_schema()["properties"].items()]}
 _ERRORS = {status: {"model": Problem} for status in (400, 404, 413, 415, 503)} | {422: {"model": Rejection}, 429: {"model": Refusal}}
+WORKER_START_S = 120.0  # the longest a worker keeps its members' loading from the port (then it answers 503s while they load)
 CLIENT_GONE = 499  # as nginx counts a request whose client closed the connection first (never sent: nobody is there)
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,10 @@ def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await server.open()
-        publishing = None if worker is None else asyncio.create_task(worker.run(snapshot))
+        publishing = None
+        if worker is not None:  # a worker takes connections from the shared port once it can serve them; the others serve meanwhile
+            await server.started(WORKER_START_S)
+            publishing = asyncio.create_task(worker.run(snapshot))
         try:
             yield
         finally:
