@@ -178,7 +178,9 @@ def test_bad_urls_and_worker_options_are_refused(tmp_path, capsys):
 def test_ctrl_c_stops_the_load_and_still_writes_theread_report(fake_server, tmp_path):
     folder = tmp_path / "interrupted"
     run = subprocess.Popen([sys.executable, "-m", "effx_serve.cli", "loadtest", "--url", fake_server, "--scenario", "photos",
-                            "--users", "2", "--duration", "60", "--report", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            "--users", "2", "--duration", "60", "--report", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           # as from a terminal: a shell's background job (a CI runner's, say) starts with Ctrl-C ignored
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".interrupted.build-*/raw/locust.log")) and time.monotonic() < deadline:
         time.sleep(0.2)
