@@ -307,6 +307,8 @@ def serve_rows(member, backend: str, port: int, image: bytes, reference: InProce
                      "of_ceiling": best["images_per_s"] / ceiling, "of_ceiling_ok": best["images_per_s"] / ceiling >= CEILING_TARGET,
                      "server_timing_p50_ms": timing,
                      "decode_inprocess_p50_ms": reference.decode_p50_ms, "levels": measured,
+                     # what no server of this JPEG and model can avoid is decoding it: the router's own share is the rest
+                     "overhead_beyond_decode_ms": overhead - reference.decode_p50_ms if endpoint == "classify" and overhead is not None else None,
                      "latency_requests": single["requests"] if endpoint == "classify" else None, "cpus": available_cpus(),
                      "pipeline_cpu_ms_per_image": pipeline_ms, "pipeline_ceiling_images_per_s": ceiling})
     return rows
@@ -364,6 +366,8 @@ def print_details(rows: list[dict]) -> None:
                   f"routing, hand-offs); HTTP, ASGI, JSON and client outside it {fmt(outside, '.2f')}; "
                   f"this process decodes the JPEG in {r['decode_inprocess_p50_ms']:.2f}")
             if r["endpoint"] == "classify":
+                print(f"    overhead beyond decoding the JPEG as this process does (HTTP p50 - in-process decode p50 - inference p50): "
+                      f"{fmt(r['overhead_beyond_decode_ms'], '.2f')} ms")
                 print(f"    decode + inference at the best raw batch alone take {r['pipeline_cpu_ms_per_image']:.2f} ms CPU per image: "
                       f"at most {r['pipeline_ceiling_images_per_s']:.0f} img/s on {r['cpus']} cores even with zero HTTP cost "
                       f"({r['pipeline_ceiling_images_per_s'] / r['raw_images_per_s']:.2f} x raw)")

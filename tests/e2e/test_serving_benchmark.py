@@ -38,3 +38,5 @@ def test_a_short_run_measures_both_rows(tmp_path, served_repository):
         assert row["served_images_per_s"] > 0 and row["raw_images_per_s"] > 0 and row["ratio"] > 0 and row["of_ceiling"] > 0
         assert all(not level["errors"] for level in row["levels"])
     assert classify["server_timing_p50_ms"]["total_ms"] > 0 and classify["overhead_ms"] is not None
+    assert abs(classify["overhead_beyond_decode_ms"] - (classify["overhead_ms"] - classify["decode_inprocess_p50_ms"])) < 1e-9
+    assert batch["overhead_beyond_decode_ms"] is None and "overhead beyond decoding the JPEG" in result.stdout
