@@ -85,11 +85,16 @@ def _segments(data: bytes, limit: int) -> Iterator[tuple[int, int]]:
         at += 1 + int.from_bytes(data[at + 1:at + 3], "big")
 
 
+def _size(data: bytes, at: int) -> tuple[int, int]:
+    """(width, height) of the frame header (SOFn) whose length field starts at `at`: length, precision, height, width."""
+    return int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 3:at + 5], "big")
+
+
 def frame_size(data: bytes) -> tuple[int, int] | None:
     """A JPEG's (width, height) from its frame header (SOFn), the markers before it walked; None when not found there."""
     for marker, at in _segments(data, _FRAME_SEGMENTS):
         if marker in _FRAMES:
-            return (int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 3:at + 5], "big")) if at + 7 <= len(data) else None
+            return _size(data, at) if at + 7 <= len(data) else None
     return None
 
 
@@ -102,7 +107,7 @@ def read_header(data: bytes) -> Header | None:
             return None if frame is None else Header(*frame, exif, xmp)
         end = at + int.from_bytes(data[at:at + 2], "big")
         if marker in _FRAMES and end >= at + 8 and len(data) >= at + 8:  # length, precision, height, width, components
-            frame = (int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 3:at + 5], "big"), data[at + 7])
+            frame = (*_size(data, at), data[at + 7])
         elif marker == 0xE1:
             if data.startswith(_EXIF, at + 2):
                 exif.append(data[at + 2 + len(_EXIF):end])

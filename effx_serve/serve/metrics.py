@@ -157,7 +157,7 @@ class ServerMetrics:
         """This server's samples as JSON-able data, which a worker publishes for the one that answers a scrape (serve/workers.py):
         its counters and histograms, and its gauges (refreshed first by the caller)."""
         return {"families": {family.name: family.dump() for family in self._families()},
-                "gauges": {metric.name: [[sample.labels, sample.value] for sample in metric.samples] for metric in self._gauges()}}
+                "gauges": {metric.name: _samples(metric) for metric in self._gauges()}}
 
     def render(self, peers: Sequence[dict] = (), worker: str = "") -> bytes:
         """The exposition text; with `peers` (other workers' snapshots, each with its `worker` name and whether it is `live`),
@@ -174,6 +174,11 @@ class ServerMetrics:
         return [metric for value in vars(self).values() if isinstance(value, Gauge) for metric in value.collect()]
 
 
+def _samples(gauge: Metric) -> list[list]:
+    """A gauge's samples as JSON-able [labels, value] pairs: what a worker publishes of it, and reads back from its peers."""
+    return [[sample.labels, sample.value] for sample in gauge.samples]
+
+
 class _Merged:
     """What `render` exposes for a server of several workers."""
 
@@ -186,7 +191,7 @@ class _Merged:
         live = [peer for peer in self.peers if peer["live"]]
         for metric in self.metrics._gauges():
             merged = GaugeMetricFamily(metric.name, metric.documentation)
-            for worker, samples in ((self.worker, [[s.labels, s.value] for s in metric.samples]),
+            for worker, samples in ((self.worker, _samples(metric)),
                                     *((peer["worker"], peer["gauges"].get(metric.name, [])) for peer in live)):
                 for labels, value in samples:
                     merged.add_sample(metric.name, {**labels, "worker": worker}, value)

@@ -53,12 +53,17 @@ class WorkerSpec:
         return cls(int(fd), int(index), int(supervisor), Path(folder))
 
 
+def _published(folder: Path, pid: int) -> Path:
+    """The file the worker `pid` publishes its metrics (and so its heartbeat) into."""
+    return folder / f"worker-{pid}.json"
+
+
 class WorkerLink:
     """A worker's side: its metrics published (its heartbeat), its peers' read, its supervisor watched."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec, self.name = spec, str(spec.index)
-        self._file = spec.folder / f"worker-{os.getpid()}.json"
+        self._file = _published(spec.folder, os.getpid())
 
     def publish(self, snapshot: dict) -> None:
         """Replace this worker's file (readers see the old or the new one; no fsync: the folder lives as long as the server)."""
@@ -113,7 +118,7 @@ class _Worker:
 
     def heartbeat(self, folder: Path) -> float | None:
         try:
-            return (folder / f"worker-{self.process.pid}.json").stat().st_mtime
+            return _published(folder, self.process.pid).stat().st_mtime
         except OSError:
             return None
 
