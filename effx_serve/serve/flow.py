@@ -212,12 +212,12 @@ def _describe(sla: Sla) -> str:
     return ", ".join(parts) or "none"
 
 
-SMALL_OUTPUT = 64  # labels up to which plain Python scores faster than numpy (whose ~3 us per call is paid ten times over)
+SMALL_OUTPUT = 64  # labels up to which plain Python scores faster than numpy, whose fixed cost per call is paid ten times over
 
 
 def _predictions(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> list[dict]:
     """The top_k labels by softmax probability (float64, ties in label order), as the answer's `predictions`
-    (schema.Prediction). This runs on the event loop once per image; for a few labels Python beats numpy fourfold."""
+    (schema.Prediction). This runs on the event loop once per image; for a few labels Python beats numpy (docs/serving.md)."""
     if len(logits) <= SMALL_OUTPUT:
         values = logits.tolist()
         peak = max(values)
