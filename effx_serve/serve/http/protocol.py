@@ -6,11 +6,17 @@ before the blank line that ends a head are counted as they arrive, and the heade
 limit the client gets 431 and the connection closes, before the parser has stored much. A head must also arrive
 whole within a time limit from its first byte (408 and closed), so clients trickling headers cannot hold
 connections open for ever.
+
+An idle kept-alive connection is closed when its timer falls due, unless a request's bytes are already waiting in
+its socket: a busy event loop reads milliseconds after they arrive, and uvloop runs due timers before it next reads,
+so closing then dropped a request unanswered (the client saw "connection closed", a few per minute at twice the
+capacity, more the shorter `--keep-alive-s`).
 """
 
 from __future__ import annotations
 
 import json
+import select
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -82,6 +88,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._head_bytes, self._tail, self._in_head = 0, b"", True  # the next request on this connection
 
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing() and _unread(self.transport):  # read it: data_received stops this timer
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            return
+        super().timeout_keep_alive_handler()
+
     def _refuse(self, why: str, status: int = 431) -> None:
         self._stop_head_timer()
         if self.transport.is_closing():
@@ -90,6 +102,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(_STATUS_LINES[status] + b"content-type: application/json\r\nconnection: close\r\n"
                              b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         self.transport.close()
+
+
+def _unread(transport) -> bool:
+    """Whether the connection's socket has bytes (or its end) waiting to be read; False where there is no socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def limited_protocol(head_timeout_s: float = HEAD_TIMEOUT_S) -> type[LimitedHttpToolsProtocol]:

@@ -2,8 +2,12 @@
 the packets; normal requests, pipelined ones and bodies of any size pass."""
 
 import asyncio
+import socket
+import threading
+import time
 
 import pytest
+import uvloop
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -111,3 +115,44 @@ def test_the_head_timer_starts_with_a_head_not_with_an_idle_connection():
     # Each head arrives at once; the pauses between requests on the kept-alive connection are longer than the limit.
     transport = _exchange([_request(), _request()], 0.15, head_timeout_s=0.1)
     assert transport.written.count(b"HTTP/1.1 200") == 2 and b"408" not in transport.written
+
+
+class _Stall(asyncio.Protocol):
+    """A connection whose bytes hold the event loop for 0.3 s while it reads them, as a busy server's reads do."""
+
+    held = threading.Event()
+
+    def data_received(self, data):
+        self.held.set()
+        time.sleep(0.3)
+
+
+def test_a_request_waiting_unread_when_the_keep_alive_expires_is_answered_not_dropped():
+    # Under load the event loop reads a socket milliseconds after its bytes arrive. When a kept-alive connection's
+    # timer falls due in that gap, uvloop runs the due timers before it next reads: closing then dropped the request
+    # unanswered (the client saw "connection closed"). Here the loop is held busy past the timer while a request arrives.
+    loop = uvloop.new_event_loop()
+    config = Config(app=_app, log_level="warning", timeout_keep_alive=0.05)
+    server = loop.run_until_complete(loop.create_server(lambda: LimitedHttpToolsProtocol(config, ServerState(), {}), "127.0.0.1", 0))
+    stall = loop.run_until_complete(loop.create_server(_Stall, "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(server.sockets[0].getsockname(), timeout=5) as client, \
+                socket.create_connection(stall.sockets[0].getsockname(), timeout=5) as staller:
+            reader = client.makefile("rb")
+            for index in range(3):
+                _Stall.held.clear()
+                staller.sendall(b"x")  # the loop busy for 0.3 s from now; the kept-alive timer falls due meanwhile
+                assert _Stall.held.wait(5)
+                client.sendall(_request(body=b"n%d" % index))
+                assert reader.readline().startswith(b"HTTP/1.1 200"), f"request {index} was dropped"
+                while reader.readline() != b"\r\n":
+                    pass
+                assert reader.read(2) == b"n%d" % index
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        server.close()
+        stall.close()
+        loop.close()
