@@ -25,7 +25,6 @@ SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serv
 _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of MiB", "above 0")
 _seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds", "above 0 and at most 3600")
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
-_admission_quantile = checked(float, lambda value: 0 <= value < 1, "a number", "at least 0 and below 1")
 _switch_ms = checked(float, lambda value: 0.01 <= value <= 100, "a number of milliseconds", "from 0.01 to 100")
 _watch_s = checked(float, lambda value: 0 <= value <= 3600, "a number of seconds", "from 0 (never) to 3600")
 DEMO_HARDWARE = ("nvidia-h200", "tpu-v3")  # the demo repository also predicts these (the Makefile's choice before --demo)
@@ -74,7 +73,6 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
                                 default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms,
-                                admission_quantile=args.admission_quantile,
                                 cpu_lanes=args.cpu_lanes or (max(1, available_cpus() // args.workers) if args.workers > 1 else None))
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
@@ -189,9 +187,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--costing", choices=COSTINGS, default="device",
                    help="device: expected latency counts every member's work on the device, decoding and the HTTP edge (default); "
                         "member: the member's own queue and profile only (the old costing, to measure the difference)")
-    p.add_argument("--admission-quantile", type=_admission_quantile, default=DispatchSettings.admission_quantile,
-                   help="a latency bound counts as met when the expected time plus this quantile of recent overruns meets it; "
-                        "0: the mean expectation alone (default: %(default)s)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=ServerSettings.max_pixels,
                    help="largest image, width x height, read from its header before decoding (default: %(default)s, 4096 x 4096)")

@@ -45,7 +45,7 @@ from effx_serve.core.proc import available_cpus
 from effx_serve.serve.backends.base import Backend, BackendUnavailable
 from effx_serve.serve.catalog import Catalog, Member
 from effx_serve.serve.errors import Overloaded, UnreadableImage
-from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, Overrun, UpgradeBudget
+from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Decision, Option, Sla, route
 from effx_serve.serve.scheduler import DeviceScheduler, ItemResult, Late, Queued
@@ -129,8 +129,6 @@ class Dispatcher:
         # Learned from requests served alone; its evidence lasts longer (a loaded server sees none), and it stays near 1.
         self.at_rest = Correction(weight=0.1, half_life_s=10 * settings.correction_half_life_s, bounds=(0.5, 4.0))
         self.after = Mean(start=0.3)
-        quantile = settings.admission_quantile
-        self.overrun = Overrun(quantile, max_age_s=3 * settings.correction_half_life_s) if quantile and settings.costing == "device" else None
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
         self.upgrades = UpgradeBudget(self.cpu_lanes)  # sized again for the device's lanes at start
@@ -206,14 +204,10 @@ class Dispatcher:
         self.metrics.batch_size.labels(member.name).observe(size)
         self.metrics.inference_seconds.labels(member.name).observe(inference_ms / 1000.0)
 
-    def observe_answer(self, routed: Routed, arrival: float, routed_at: float, inference_done: float, answered: float,
-                       bounded: bool = False) -> None:
+    def observe_answer(self, routed: Routed, arrival: float, routed_at: float, inference_done: float, answered: float) -> None:
         """What an answered request teaches: the time after its batch, and how far the expectation was off (and, for a
-        request that had the server to itself, how far the at-rest expectation was; for one with a latency bound, by how
-        many milliseconds it overran)."""
+        request that had the server to itself, how far the at-rest expectation was)."""
         self.after.observe((answered - inference_done) * 1000.0)
-        if bounded and self.overrun is not None and routed.expected is not None:
-            self.overrun.observe(routed.expected.total_ms, (answered - arrival) * 1000.0)
         if routed.expected is not None and self.settings.costing == "device":
             expected_remainder = routed.expected.total_ms - (routed_at - arrival) * 1000.0
             self.end_to_end.observe(expected_remainder / self.end_to_end.factor(), (answered - routed_at) * 1000.0)
@@ -277,9 +271,7 @@ class Dispatcher:
         members = self.candidates(family, member)
         now = time.monotonic()
         loaded, at_rest = self._expectations(members, images, deadline, arrival, now)
-        # A latency bound must be met with the admission quantile's confidence, not only on average (estimates.Overrun).
-        margin = self.overrun.margin_ms() if self.overrun is not None and sla.max_latency_ms is not None else 0.0
-        options = tuple(Option(m.name, m.accuracy, loaded[m.name].total_ms + margin) for m in members)
+        options = tuple(Option(m.name, m.accuracy, loaded[m.name].total_ms) for m in members)
         decision = route(options, sla, self.settings.default_policy)
         if decision.expected_to_meet and self.settings.costing == "device":
             decision = self._affordable(decision, options, loaded, sla)

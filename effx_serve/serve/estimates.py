@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Hashable
 
 Clock = Callable[[], float]
@@ -163,40 +162,3 @@ class UpgradeBudget:
         if now - self._backed_off >= self._backoff_s:
             self.share = max(self.floor, self.share * self._decrease)
             self._backed_off = now
-
-
-class Overrun:
-    """How far answers overran their expectation, in milliseconds: the `quantile` of (observed - expected) over the
-    answers of the last `max_age_s`, 0 with fewer than `min_samples` of them (and never below 0).
-
-    The expectations are means; a request admitted because its mean meets its bound is late about as often as not
-    when its slack is small (measured: a quarter of the admitted requests with under 2 ms of slack were late at twice
-    the capacity, one in twenty with over 10 ms). The error is about the same in milliseconds whatever the expected
-    time (the scheduling jitter of shared cores, not a factor of the work), so it is kept additive. Answers older than
-    `max_age_s` are forgotten: after a burst the margin falls back to 0 instead of refusing tight bounds at idle."""
-
-    def __init__(self, quantile: float, max_age_s: float = 30.0, min_samples: int = 20, keep: int = 256,
-                 refresh_every: int = 16, clock: Clock = time.monotonic):
-        if not 0 < quantile < 1 or max_age_s <= 0 or not 1 <= min_samples <= keep:
-            raise ValueError("quantile must be in (0, 1), max_age_s above 0 and 1 <= min_samples <= keep")
-        self.quantile, self._max_age, self._min, self._every, self._clock = quantile, max_age_s, min_samples, refresh_every, clock
-        self._samples: deque[tuple[float, float]] = deque(maxlen=keep)  # (when, overrun ms)
-        self._margin, self._fresh_until, self._unseen = 0.0, -math.inf, 0
-
-    def observe(self, expected_ms: float, observed_ms: float) -> None:
-        if math.isfinite(expected_ms) and math.isfinite(observed_ms):
-            self._samples.append((self._clock(), observed_ms - expected_ms))
-            self._unseen += 1
-
-    def margin_ms(self) -> float:
-        """Milliseconds to add to a mean expectation for it to be met with probability `quantile`. Sorting the kept
-        answers is done at most once per `refresh_every` new ones or per second, not per request."""
-        now = self._clock()
-        if self._unseen < self._every and now < self._fresh_until:
-            return self._margin
-        while self._samples and now - self._samples[0][0] > self._max_age:
-            self._samples.popleft()
-        recent = sorted(overrun for _, overrun in self._samples)
-        self._margin = max(0.0, recent[min(len(recent) - 1, int(self.quantile * len(recent)))]) if len(recent) >= self._min else 0.0
-        self._fresh_until, self._unseen = now + 1.0, 0
-        return self._margin

@@ -127,7 +127,7 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         trace.member = ran.member.name
         body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
         answered = time.monotonic()
-        dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered, bounded=sla.max_latency_ms is not None)
+        dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered)
         if sla.max_latency_ms is not None:
             dispatcher.observe_outcome(met="latency" not in report["misses"])
             if "latency" in report["misses"] and routed.expected is not None:

@@ -25,9 +25,6 @@ class DispatchSettings:
     correction_half_life_s: float = 10.0  # online corrections decay back to the profile when evidence is this old
     cpu_lanes: int | None = None  # decodes and CPU batches at once (default: the cores this process may use)
     decode_budget_ms: float = 1000.0  # CPU time one request's images may take to decode (400 beyond): bounds a bomb's cost
-    # A latency bound is taken as met when the expected time plus this quantile of recent overruns meets it
-    # (estimates.Overrun; 0: the mean alone, the behaviour before).
-    admission_quantile: float = 0.9
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -42,8 +39,6 @@ class DispatchSettings:
             raise ValueError("cpu_lanes must be >= 1")
         if not 0 < self.decode_budget_ms <= 3_600_000:
             raise ValueError("decode_budget_ms must be in (0, 3600000]")
-        if not 0 <= self.admission_quantile < 1:
-            raise ValueError("admission_quantile must be in [0, 1) (0: admit on the mean expectation alone)")
 
 
 SERVING_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
