@@ -10,6 +10,7 @@ through the latency store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from effx_serve.core.errors import UserError
 from effx_serve.hardware.machine import Machine, this_machine
 from effx_serve.perf.latency_model import predictor
 from effx_serve.perf.latency_store import LatencyStore
-from effx_serve.perf.measure import measure_spec
+from effx_serve.perf.measure import measure_spec, time_spec
+from effx_serve.perf.profiler import Protocol
 from search.noise import Spread
 from training.arch.spec import ModelSpec
 from training.recipe import Recipe
 
 SHORT_RUN_CROP_SCALE = (0.5, 1.0)
+SIDE_BY_SIDE_PROTOCOL = Protocol(measurements=1, max_measurements=1)  # one p50 per turn: the rounds are the repeats
 
 
 def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerprint: str, batch_size: int = 64, stride: int = 1,
@@ -92,6 +95,17 @@ class MeasuredLatency:
     def __call__(self, spec: ModelSpec) -> float:
         record, _ = measure_spec(spec, spec.resolution, self.batch, self.runtime, self.machine, self.store)
         return record.p50_ms
+
+    def side_by_side(self, specs: Sequence[ModelSpec], rounds: int) -> list[Spread]:
+        """Each spec's p50 (ms) timed once per round, the specs in turn within every round (A B A B ...), not stored. The
+        store's records may be minutes apart, and a shared machine's load changes in minutes: a decision between two
+        close candidates rests on timings taken under the same conditions."""
+        samples: list[list[float]] = [[] for _ in specs]
+        for _ in range(rounds):
+            for spec, taken in zip(specs, samples, strict=True):
+                timing, _ = time_spec(spec, spec.resolution, self.batch, self.runtime, self.machine, protocol=SIDE_BY_SIDE_PROTOCOL)
+                taken.append(timing.p50_ms)
+        return [Spread(tuple(taken)) for taken in samples]
 
 
 @dataclass

@@ -15,7 +15,7 @@ from effx_serve.core.fs import cache_dir
 from effx_serve.hardware.machine import Machine
 from effx_serve.perf.latency_model import predictor
 from effx_serve.perf.latency_store import LatencyKey, LatencyRecord, LatencyStore
-from effx_serve.perf.profiler import DEFAULT_PROTOCOL, Protocol, get_or_measure, profile_onnx, profile_torch
+from effx_serve.perf.profiler import DEFAULT_PROTOCOL, Protocol, Timing, get_or_measure, profile_onnx, profile_torch
 from effx_serve.perf.roofline import analyze
 from effx_serve.perf.session import CPU_THREADS
 from training.arch.spec import ModelSpec
@@ -53,18 +53,21 @@ def measure_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, mac
     if runtime in ORT_PROVIDERS and precision != "fp32":
         raise UserError(f"runtime {runtime} profiles the exported fp32 model; use --runtime torch for {precision}")
     key = LatencyKey(spec.arch_hash(), machine.hardware_id, runtime, precision, batch, resolution)
+    return get_or_measure(store, key, spec.name, lambda: time_spec(spec, resolution, batch, runtime, machine, precision, protocol, threads,
+                                                                    onnx_path))
+
+
+def time_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, machine: Machine, precision: str = "fp32",
+              protocol: Protocol = DEFAULT_PROTOCOL, threads: int | None = None, onnx_path: Path | None = None) -> tuple[Timing, dict]:
+    """Time `spec` now, without the store: (timing, the settings it ran with)."""
     if threads is None and machine.device == "cpu":
         threads = CPU_THREADS
+    if runtime in ORT_PROVIDERS:
+        return profile_onnx(onnx_path or onnx_file(spec, resolution), batch, resolution, ORT_PROVIDERS[runtime], threads, protocol)
+    from training.arch.model import build_model
 
-    def run():
-        if runtime in ORT_PROVIDERS:
-            return profile_onnx(onnx_path or onnx_file(spec, resolution), batch, resolution, ORT_PROVIDERS[runtime], threads, protocol)
-        from training.arch.model import build_model
-
-        model = build_model(spec.with_(resolution=resolution))
-        return profile_torch(model, batch, resolution, machine.device, precision, runtime == "torch-compile", threads, protocol)
-
-    return get_or_measure(store, key, spec.name, run)
+    model = build_model(spec.with_(resolution=resolution))
+    return profile_torch(model, batch, resolution, machine.device, precision, runtime == "torch-compile", threads, protocol)
 
 
 def measured_vs_predicted(specs: Sequence[ModelSpec], batches: Sequence[int], runtime: str, precision: str, machine: Machine,

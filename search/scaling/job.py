@@ -3,7 +3,10 @@
 lacs.json holds every trial (coefficients, proxy accuracy, latency, reward), the LACS winner and the
 accuracy-only winner, and each decision's margin against the seed noise: with `noise_repeats` >= 2 the two best
 triplets of each ranking are trained again with other seeds, the winner is the better mean, and the margin is
-judged against the pooled seed noise (search.noise); every trial's accuracy carries that noise. family.json holds every member of the LACS family (spec, phi, expected latency on
+judged against the pooled seed noise (search.noise); every trial's accuracy carries that noise. The reward's two
+finalists are also timed again side by side (in turn, `noise_repeats` rounds, at least 3), ranked with those timings,
+and the timings' spread joins the margin's noise: their first timings may be minutes apart on a machine whose load
+changed meanwhile. family.json holds every member of the LACS family (spec, phi, expected latency on
 this machine) and, for comparison, the accuracy-only family built from the accuracy-only winner.
 Trials are cached (proxy-training checkpoints and the latency store), so a killed run resumes.
 """
@@ -11,14 +14,15 @@ Trials are cached (proxy-training checkpoints and the latency store), so a kille
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
 from search.defaults import estimate_seconds
-from search.noise import Margin, Spread, means_difference_std, pooled_std
+from search.noise import Margin, Spread, difference_std, means_difference_std, pooled_std
 from search.reward import reward
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
@@ -65,10 +69,11 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
 
     trials = lacs.search(base, accuracy_of, latency_of, target, grid, settings.fine_step, settings.top_k, settings.w, report)
     spread_of = getattr(accuracy_of, "spread", None) if settings.noise_repeats >= 2 else None
+    latencies_of = getattr(latency_of, "side_by_side", None) if settings.noise_repeats >= 2 else None
     def latency_factor(latency_ms: float) -> float:  # a trial's reward per unit of accuracy
         return reward(1.0, latency_ms, target, settings.w, settings.w)
 
-    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, latency_factor) for by in ("reward", "accuracy")}
+    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, latency_factor, latencies_of) for by in ("reward", "accuracy")}
     noise = pooled_std([spread for decision in decisions.values() for spread in decision.spreads.values()])
     for by, label in (("reward", "LACS"), ("accuracy", "accuracy-only")):
         say(f"{label} winner {decisions[by].winner.coefficients.astuple()} beats the runner-up {decisions[by].describe()}")
@@ -88,13 +93,15 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
 
 @dataclass
 class Decision:
-    """A ranking's winner over its runner-up (`by` reward or accuracy), with the margin against the seed noise."""
+    """A ranking's winner over its runner-up (`by` reward or accuracy), with the margin against the noise of the seeds
+    and, for the reward, of the finalists' timings side by side."""
 
     by: str
     winner: Trial
     runner_up: Trial | None
     margin: Margin | None
     spreads: dict[tuple, Spread]  # coefficients -> accuracy over seeds, for the finalists retrained
+    timings: dict[tuple, Spread] = field(default_factory=dict)  # coefficients -> latency (ms) over side-by-side rounds
 
     def describe(self) -> str:
         if self.runner_up is None or self.margin is None:
@@ -105,32 +112,60 @@ class Decision:
     def to_dict(self) -> dict:
         return {"by": self.by, "runner_up": None if self.runner_up is None else list(self.runner_up.coefficients.astuple()),
                 "margin": None if self.margin is None else self.margin.to_dict(),
-                "finalists": [{"coefficients": list(key), "accuracy": spread.to_dict()} for key, spread in self.spreads.items()]}
+                "finalists": [{"coefficients": list(key), "accuracy": spread.to_dict()}
+                              | ({"latency_ms": self.timings[key].to_dict()} if key in self.timings else {})
+                              for key, spread in self.spreads.items()]}
 
 
-def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int, latency_factor: Callable[[float], float]) -> Decision:
-    """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means.
-    `latency_factor(latency_ms)` is the reward of a trial per unit of accuracy."""
+MIN_TIMING_ROUNDS = 3
+
+
+def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int, latency_factor: Callable[[float], float],
+           latencies_of=None) -> Decision:
+    """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means; with
+    `latencies_of` (a reward ranking), both timed again side by side (MeasuredLatency.side_by_side) and ranked with those
+    means. `latency_factor(latency_ms)` is the reward of a trial per unit of accuracy."""
     order = lacs.ranked(trials, by)
     if len(order) < 2:
         return Decision(by, order[0], None, None, {})
-    finalists, spreads = order[:2], {}
+    finalists, spreads, timings = order[:2], {}, {}
+    keys = [t.coefficients.astuple() for t in finalists]
+    specs = [lacs.scale(base, t.coefficients, 1.0) for t in finalists]
     if spread_of is not None:
-        for trial in finalists:
-            spreads[trial.coefficients.astuple()] = spread_of(lacs.scale(base, trial.coefficients, 1.0), repeats)
-        finalists = lacs.ranked([_with_accuracy(t, spreads[t.coefficients.astuple()].mean, latency_factor) for t in finalists], by)
+        spreads = {key: spread_of(spec, repeats) for key, spec in zip(keys, specs, strict=True)}
+    if latencies_of is not None and by == "reward":
+        timings = dict(zip(keys, latencies_of(specs, max(repeats, MIN_TIMING_ROUNDS)), strict=True))
+    if spreads or timings:
+        finalists = lacs.ranked([_remeasured(t, spreads.get(key), timings.get(key), latency_factor)
+                                 for t, key in zip(finalists, keys, strict=True)], by)
     winner, runner_up = finalists
     noise = pooled_std(list(spreads.values()))
     # Both are ranked by the mean of their seeds (one draw each without spreads); the reward is accuracy times a latency
-    # factor, so its seed noise is the accuracy's scaled by that factor.
+    # factor, so its seed noise is the accuracy's scaled by that factor, and its timing noise that of the factor.
     draws = [len(spreads[t.coefficients.astuple()].samples) if spreads else 1 for t in (winner, runner_up)]
     scales = [latency_factor(t.latency_ms) for t in (winner, runner_up)] if by == "reward" else None
     value = winner.reward - runner_up.reward if by == "reward" else winner.accuracy - runner_up.accuracy
-    return Decision(by, winner, runner_up, Margin(value, None if noise is None else means_difference_std(noise, *draws, scales=scales)), spreads)
+    margin_noise = None if noise is None else difference_std(means_difference_std(noise, *draws, scales=scales),
+                                                              _timing_noise(winner, runner_up, timings, latency_factor))
+    return Decision(by, winner, runner_up, Margin(value, margin_noise), spreads, timings)
 
 
-def _with_accuracy(trial: Trial, accuracy: float, latency_factor: Callable[[float], float]) -> Trial:
-    return Trial(trial.coefficients, accuracy, trial.latency_ms, accuracy * latency_factor(trial.latency_ms), trial.stage)
+def _remeasured(trial: Trial, accuracy: Spread | None, latency: Spread | None, latency_factor: Callable[[float], float]) -> Trial:
+    """`trial` with the mean of its seeds and of its side-by-side timings where measured, and the reward they make."""
+    top1 = accuracy.mean if accuracy is not None else trial.accuracy
+    latency_ms = latency.mean if latency is not None else trial.latency_ms
+    return Trial(trial.coefficients, top1, latency_ms, top1 * latency_factor(latency_ms), trial.stage)
+
+
+def _timing_noise(winner: Trial, runner_up: Trial, timings: dict[tuple, Spread], latency_factor: Callable[[float], float]) -> float:
+    """The std of the mean reward difference from the timings alone: the rounds are paired (each timed both under the same
+    conditions), so it is the spread of the per-round differences over sqrt(rounds); 0 without timings."""
+    pairs = [timings.get(t.coefficients.astuple()) for t in (winner, runner_up)]
+    if any(p is None for p in pairs) or len(pairs[0].samples) < 2:
+        return 0.0
+    differences = Spread(tuple(winner.accuracy * latency_factor(a) - runner_up.accuracy * latency_factor(b)
+                               for a, b in zip(pairs[0].samples, pairs[1].samples, strict=True)))
+    return differences.std / math.sqrt(len(differences.samples))
 
 
 def _trial_dict(trial: Trial, noise: float | None = None) -> dict:

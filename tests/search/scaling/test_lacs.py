@@ -221,6 +221,60 @@ def test_a_finalist_at_zero_on_its_first_seed_is_still_judged_by_reward(tmp_path
     assert decision.margin.noise == pytest.approx(math.hypot(1.0 * 0.2 / math.sqrt(2), 0.5 * 0.2 / math.sqrt(2)))
 
 
+def test_the_reward_finalists_are_timed_again_side_by_side_and_ranked_with_those_timings(tmp_path):
+    """The same network at 40 and 48 px, timed minutes apart on a busy machine: the 40 px one measured slower (0.877
+    against 0.758 ms in a demo build) and lost on latency alone. Timed in turn, the smaller input is faster and wins, and
+    the margin carries the timings' spread beside the seeds'."""
+    from search.scaling.job import decide
+    from search.scaling.lacs import Trial
+
+    small, large = Coefficients(1.25, 1.0, 1.25), Coefficients(1.0, 1.0, 1.5)
+    trials = [Trial(large, 0.50, 0.758, 0.50 / 0.758, "coarse"), Trial(small, 0.50, 0.877, 0.50 / 0.877, "coarse")]
+    accuracy = {large.astuple(): (0.50, 0.52), small.astuple(): (0.52, 0.50)}
+    timed = {large.astuple(): (0.80, 0.84, 0.82), small.astuple(): (0.70, 0.73, 0.70)}
+    calls = []
+
+    def key(spec):
+        return next(k for k in accuracy if scale(X_B0, Coefficients(*k), 1.0) == spec)
+
+    def latencies_of(specs, rounds):
+        calls.append(([key(s) for s in specs], rounds))
+        return [Spread(timed[key(s)][:rounds]) for s in specs]
+
+    decision = decide(trials, "reward", X_B0, lambda spec, repeats: Spread(accuracy[key(spec)]), 2, lambda ms: 1.0 / ms, latencies_of)
+    assert calls == [([large.astuple(), small.astuple()], 3)]  # both finalists in one call, at least 3 rounds
+    assert decision.winner.coefficients == small and decision.winner.latency_ms == pytest.approx(0.71)
+    assert decision.margin.value == pytest.approx(0.51 / 0.71 - 0.51 / 0.82)
+    seeds = math.hypot(0.01 / 0.71, 0.01 / 0.82)  # pooled seed noise 0.02 / sqrt(2); a mean of 2 draws: 0.01, times each factor
+    per_round = [0.51 / a - 0.51 / b for a, b in zip(timed[small.astuple()], timed[large.astuple()], strict=True)]
+    timing = Spread(tuple(per_round)).std / math.sqrt(3)
+    assert decision.margin.noise == pytest.approx(math.hypot(seeds, timing), rel=1e-3)
+    finalists = {tuple(f["coefficients"]): f for f in decision.to_dict()["finalists"]}
+    assert finalists[small.astuple()]["latency_ms"]["samples"] == [0.70, 0.73, 0.70]
+    # An accuracy ranking does not time anything.
+    calls.clear()
+    decide(trials, "accuracy", X_B0, lambda spec, repeats: Spread(accuracy[key(spec)]), 2, lambda ms: 1.0, latencies_of)
+    assert calls == []
+
+
+def test_side_by_side_timing_alternates_the_specs_every_round_and_stores_nothing(monkeypatch):
+    from effx_serve.perf.profiler import Timing
+    from search import evaluators
+
+    order = []
+
+    def time_spec(spec, resolution, batch, runtime, machine, protocol):
+        order.append(spec.name)
+        return Timing(len(order), 0, 0, 0, 30, 0.0), {}
+
+    monkeypatch.setattr(evaluators, "time_spec", time_spec)
+    latency = evaluators.MeasuredLatency(machine=None, store=None)
+    a, b = X_B0.with_(name="a"), X_B0.with_(name="b", resolution=240)
+    spreads = latency.side_by_side([a, b], 3)
+    assert order == ["a", "b"] * 3
+    assert [s.samples for s in spreads] == [(1, 3, 5), (2, 4, 6)]
+
+
 def test_spread_pooled_noise_and_margins():
     assert Spread((1.0,)).std is None and Spread((1.0, 3.0)).std == pytest.approx(math.sqrt(2))
     assert pooled_std([Spread((1.0, 3.0)), Spread((10.0, 10.0, 13.0))]) == pytest.approx(math.sqrt((2 + 6) / 3))
