@@ -65,7 +65,10 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
 
     def report(trial: Trial) -> None:
         a, b, g = trial.coefficients.astuple()
-        say(f"  {trial.stage:6s} ({a:.3g}, {b:.3g}, {g:.3g}): top-1 {100 * trial.accuracy:.1f}%, {trial.latency_ms:.3f} ms, reward {trial.reward:.4f}")
+        # What the triplet built at phi = 1: from a shallow base a small depth step rounds to the same blocks.
+        row = lacs.member_row(lacs.scale(base, trial.coefficients, 1.0))
+        say(f"  {trial.stage:6s} ({a:.3g}, {b:.3g}, {g:.3g}): {row['blocks']} blocks, {row['resolution']} px, {row['macs'] / 1e6:.1f} MMACs: "
+            f"top-1 {100 * trial.accuracy:.1f}%, {trial.latency_ms:.3f} ms, reward {trial.reward:.4f}")
 
     trials = lacs.search(base, accuracy_of, latency_of, target, grid, settings.fine_step, settings.top_k, settings.w, report)
     spread_of = getattr(accuracy_of, "spread", None) if settings.noise_repeats >= 2 else None

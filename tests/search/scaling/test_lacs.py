@@ -183,6 +183,8 @@ def test_without_repeats_the_noise_is_said_to_be_unknown(tmp_path):
     result = run(X_B0, tmp_path / "lacs", _noisy_accuracy(0.1), _latency, "cpu-test", settings, say=lines.append)
     assert result["accuracy_noise_std"] is None and result["lacs"]["decision"]["margin"]["inside_noise"] is None
     assert any("seed noise unknown" in line for line in lines)
+    # Each trial says what it built at phi = 1, so triplets that round to the same network can be seen as such.
+    assert sum(" blocks, " in line and " px, " in line for line in lines) == len(result["trials"])
 
 
 def test_finalists_are_ranked_by_their_mean_over_seeds(tmp_path):
