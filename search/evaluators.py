@@ -26,6 +26,7 @@ from training.recipe import Recipe
 
 SHORT_RUN_CROP_SCALE = (0.5, 1.0)
 SIDE_BY_SIDE_PROTOCOL = Protocol(measurements=1, max_measurements=1)  # one p50 per turn: the rounds are the repeats
+MIN_TIMING_ROUNDS = 3  # side-by-side rounds at the least, whatever the seeds
 
 
 def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerprint: str, batch_size: int = 64, stride: int = 1,
@@ -142,6 +143,11 @@ class ProxyEvaluator:
 
     def latency(self, spec: ModelSpec) -> float:
         return self._latency(spec)
+
+    def latency_spread(self, specs: Sequence[ModelSpec], rounds: int) -> list[Spread] | None:
+        """The specs timed side by side (MeasuredLatency.side_by_side); None where latency is predicted, not measured."""
+        side_by_side = getattr(self._latency, "side_by_side", None)
+        return side_by_side(specs, rounds) if side_by_side is not None else None
 
     def accuracy_spread(self, spec: ModelSpec, repeats: int) -> Spread:
         """Top-1 over seeds 0..repeats-1 (seed 0: the search's own run, cached): what search/nas/verdict.py judges with."""

@@ -109,7 +109,9 @@ def _print_result(result: dict, out: Path) -> None:
         print(f"seed noise: top-1 +- {100 * noise['accuracy_std']:.1f} points (1 std, {noise['repeats']} seeds per finalist)")
         for row in noise["comparisons"]:
             verdict = "inside the seed noise: may be chance" if row["inside_noise"] else "more than the seed noise"
-            print(f"  best over {row['other_role']}: {100 * row['value']:+.1f} points, {verdict}")
+            ratio = row.get("latency_ratio")
+            latency = f"; latency {ratio['mean']:.3f}x theirs side by side" if ratio else ""
+            print(f"  best over {row['other_role']}: {100 * row['value']:+.1f} points, {verdict}{latency}")
     print(f"Pareto front: {len(result['pareto_front'])} architectures")
     print(f"written: {out / 'search.json'}, {out / 'pareto.json'}, {out / 'pareto.png'}, {out / 'trials.csv'}" +
           (f", {out / 'best-spec.json'} (effx-serve lacs --base {out / 'best-spec.json'})" if result["best"] else ""))

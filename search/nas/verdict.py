@@ -4,17 +4,18 @@ Each trial's top-1 is one short training run. After the search, the best trial b
 architecture by reward) and every baseline are trained again with seeds 1..repeats-1 (an evaluator that can:
 `accuracy_spread(spec, repeats) -> Spread`). Their deviations pool into one seed-noise estimate (the std of one
 proxy top-1), and each comparison of the best with another finalist says whether its top-1 margin (of the means)
-is more than 2 standard deviations of the difference of those means.
+is more than 2 standard deviations of the difference of those means. Where latency is measured, the finalists are also
+timed side by side (in turn, every round), and each comparison gives the best's latency over the other's per round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from search.evaluators import load_evaluator
+from search.evaluators import MIN_TIMING_ROUNDS, load_evaluator
 from search.nas.report import TrialRecord, best, ranked
 from search.nas.worker import SearchConfig
-from search.noise import Margin, means_difference_std, pooled_std
+from search.noise import Margin, Spread, means_difference_std, pooled_std
 
 
 def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: int, say: Callable[[str], None] = print) -> dict:
@@ -34,15 +35,36 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
     finalists = [winner] + [r for r in done if r is not winner and (r is runner_up or r.role.startswith("baseline:"))]
     space = config.search_space()
     say(f"measuring the seed noise: {len(finalists)} finalists x {repeats} seeds")
-    spreads = {r.number: spread_of(config.spec(r.point, space), repeats) for r in finalists}
+    specs = {r.number: config.spec(r.point, space) for r in finalists}
+    spreads = {number: spread_of(spec, repeats) for number, spec in specs.items()}
     noise = pooled_std(list(spreads.values()))
+    timings = _side_by_side(evaluator, specs, repeats)
     comparisons = []
     for other in finalists[1:]:
         ours, theirs = spreads[winner.number], spreads[other.number]
         margin = Margin(ours.mean - theirs.mean, None if noise is None else means_difference_std(noise, len(ours.samples), len(theirs.samples)))
         name = other.role.split(":", 1)[1] if other.role.startswith("baseline:") else f"runner-up (trial {other.number})"
-        say(f"best (trial {winner.number}) over {name}: top-1 {margin.describe(' of top-1')}")
-        comparisons.append({"best": winner.number, "other": other.number, "other_role": other.role} | margin.to_dict())
+        ratio = _ratio(timings, winner.number, other.number)
+        latency = "" if ratio is None else (f"; latency {ratio.mean:.3f}x theirs +- {ratio.std:.3f} "
+                                            f"({len(ratio.samples)} rounds side by side)")
+        say(f"best (trial {winner.number}) over {name}: top-1 {margin.describe(' of top-1')}{latency}")
+        comparisons.append({"best": winner.number, "other": other.number, "other_role": other.role} | margin.to_dict()
+                           | ({"latency_ratio": ratio.to_dict()} if ratio is not None else {}))
     return {"repeats": repeats, "accuracy_std": noise,
             "finalists": [{"number": r.number, "role": r.role} | spreads[r.number].to_dict() for r in finalists],
             "comparisons": comparisons}
+
+
+def _side_by_side(evaluator, specs: dict, repeats: int) -> dict:
+    """Each finalist's latency (ms) over rounds timed in turn with the others, by trial number; {} where the evaluator
+    cannot (no `latency_spread`, or latency predicted rather than measured)."""
+    latency_spread = getattr(evaluator, "latency_spread", None)
+    spreads = latency_spread(list(specs.values()), max(repeats, MIN_TIMING_ROUNDS)) if latency_spread is not None else None
+    return dict(zip(specs, spreads, strict=True)) if spreads is not None else {}
+
+
+def _ratio(timings: dict, ours: int, theirs: int) -> Spread | None:
+    """Our latency over theirs, round by round (both timed under the same conditions in each)."""
+    if ours not in timings or theirs not in timings:
+        return None
+    return Spread(tuple(a / b for a, b in zip(timings[ours].samples, timings[theirs].samples, strict=True)))

@@ -22,6 +22,7 @@ from pathlib import Path
 from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
 from search.defaults import estimate_seconds
+from search.evaluators import MIN_TIMING_ROUNDS
 from search.noise import Margin, Spread, difference_std, means_difference_std, pooled_std
 from search.reward import reward
 from search.scaling import lacs
@@ -119,8 +120,6 @@ class Decision:
                               | ({"latency_ms": self.timings[key].to_dict()} if key in self.timings else {})
                               for key, spread in self.spreads.items()]}
 
-
-MIN_TIMING_ROUNDS = 3
 
 
 def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int, latency_factor: Callable[[float], float],

@@ -53,3 +53,9 @@ class NoisyStubEvaluator(StubEvaluator):
 
         base = StubEvaluator.accuracy(self, spec)
         return Spread(tuple(base + self.NOISE * (0, 1, -1, 2, -2)[seed % 5] for seed in range(repeats)))
+
+    def latency_spread(self, specs, rounds: int):
+        """Side-by-side timings: each spec's latency, 1% slower in every second round (the machine's load moving)."""
+        from search.noise import Spread
+
+        return [Spread(tuple(self.latency(spec) * (1.0 + 0.01 * (r % 2)) for r in range(rounds))) for spec in specs]

@@ -365,7 +365,8 @@ def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, ca
     argv = ["search", "--out", str(out), "--evaluator", "tests.search.nas.nas_stubs:NoisyStubEvaluator", "--resolution", "32",
             "--width", "0.25", "--population", "4", "--budget-trials", "6", "--noise-repeats", "3"]
     assert main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     saved = json.loads((out / "search.json").read_text())["noise"]
     assert saved["repeats"] == 3 and saved["accuracy_std"] > 0
     roles = [f["role"] for f in saved["finalists"]]
@@ -373,6 +374,12 @@ def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, ca
     assert all(len(f["samples"]) == 3 for f in saved["finalists"])
     assert saved["comparisons"] and all(c["inside_noise"] is inside for c in saved["comparisons"])
     assert "seed noise: top-1 +-" in printed and ("may be chance" in printed) is inside
+    # The finalists timed side by side: per round the best's latency over the other's, the same in every round here.
+    for comparison in saved["comparisons"]:
+        samples = comparison["latency_ratio"]["samples"]
+        assert len(samples) == 3 and max(samples) == pytest.approx(min(samples)) and comparison["latency_ratio"]["std"] < 1e-9
+    assert captured.err.count("rounds side by side") == len(saved["comparisons"])
+    assert printed.count("x theirs side by side") == len(saved["comparisons"])
 
 
 def test_without_a_spread_the_noise_is_not_measured(tmp_path):
