@@ -355,6 +355,7 @@ def test_a_real_search_trains_and_measures_candidates(tmp_path, capsys):
     folders = sorted(path.name for path in (out / "proxy").iterdir())  # one proxy-training folder per candidate and seed, resumable
     assert len(folders) == 6 and sum(name.endswith("-seed1") for name in folders) == 3  # 3 finalists (all 3 trials) x 1 more seed
     assert result["noise"]["accuracy_std"] is not None and len(result["noise"]["comparisons"]) == 2
+    assert all(len(c["latency_ratio"]["samples"]) == 3 and c["latency_ratio"]["mean"] > 0 for c in result["noise"]["comparisons"])
 
 
 @pytest.mark.parametrize(("noise", "inside"), [("0.5", True), ("0.000001", False)])
