@@ -43,6 +43,7 @@ from effx_serve.serve.dispatch import Dispatcher, ImageInfo
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Sla
 from effx_serve.serve.settings import DispatchSettings
+from loadtest.prom import quantile_bounds
 from loadtest.render import round_range
 
 COST_TARGET_MS = 0.2
@@ -247,10 +248,12 @@ def print_load(figures: dict) -> list[str]:
     at_capacity, overload = figures["at_capacity"]["phases"][0], figures["overload"]["phases"][0]
     kept = overload["goodput_rps"] / at_capacity["goodput_rps"] if at_capacity["goodput_rps"] else 0.0
     refusal_p99 = (overload.get("refusal_latency_ms") or {}).get("p99")
+    in_server = quantile_bounds((overload.get("server_metrics") or {}).get("refusal_buckets") or {})
     print(f"\nrouted at capacity: goodput {at_capacity['goodput_rps']:.1f}/s, attainment {at_capacity['attainment']:.1%}; "
           f"at {OVERLOAD:g} x capacity: goodput {overload['goodput_rps']:.1f}/s, attainment {overload['attainment']:.1%}, "
           f"refused {overload['refused_429']} (429) + {overload['refused_422']} (422), refusal p99 "
-          f"{refusal_p99 if refusal_p99 is not None else float('nan'):.2f} ms")
+          f"{refusal_p99 if refusal_p99 is not None else float('nan'):.2f} ms as the client saw it"
+          + (f", <= {in_server['p99_le_ms']:g} ms in the server (arrival to refusal)" if in_server.get("p99_le_ms") is not None else ""))
     refusal = refusal_p99 if refusal_p99 is not None else math.inf
     for label, ok, value, by in (
             (f"goodput at {OVERLOAD:g} x capacity >= {GOODPUT_KEPT:.0%} of goodput at capacity", kept >= GOODPUT_KEPT, f"{kept:.1%}",

@@ -42,4 +42,26 @@ def delta(before: str, after: str) -> dict:
     routes = {dict(labels)["outcome"]: n for labels, n in change("effx_routes_total").items() if n}
     late = {dict(labels)["stage"]: n for labels, n in change("effx_late_stage_total").items() if n}
     return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses), "routes": routes,
-            "late_stage": late}
+            "late_stage": late, "refusal_buckets": _cumulative(change("effx_refusal_seconds_bucket"))}
+
+
+def _cumulative(buckets: dict[tuple, float]) -> dict[str, float]:
+    """A histogram's bucket counts over the run, every label but `le` summed: {le: cumulative count} (summable over rounds)."""
+    total: dict[str, float] = defaultdict(float)
+    for labels, n in buckets.items():
+        total[dict(labels)["le"]] += n
+    return dict(total)
+
+
+def quantile_bounds(cumulative: dict[str, float], shares: tuple[float, ...] = (0.5, 0.99)) -> dict:
+    """From {le: cumulative count}: the count and, per share (p50, p99...), the upper bound in ms of the bucket holding that
+    quantile (a bound, not a value: the server's buckets double from 0.25 ms; None beyond the last finite bound)."""
+    bounds = sorted(cumulative, key=float)
+    count = cumulative[bounds[-1]] if bounds else 0.0
+    if not count:
+        return {"count": 0}
+    figures: dict = {"count": int(count)}
+    for share in shares:
+        edge = float(next(b for b in bounds if cumulative[b] >= share * count))
+        figures[f"p{share * 100:g}_le_ms"] = None if edge == float("inf") else edge * 1000.0
+    return figures

@@ -127,6 +127,9 @@ class ServerMetrics:
         self.images = Counter("effx_images", "Images classified, by member", ["member"], registry=r)
         self.request_seconds = Histogram("effx_request_seconds", "Request time in the server, end to end (read to answer), by member",
                                          ["member"], buckets=_SECONDS, registry=r)
+        self.refusal_seconds = Histogram("effx_refusal_seconds", "Time in the server from a request's arrival to its refusal (422: sla; 429: "
+                                         "overload, deadline or limit), by reason: a refusal should be quick", ["reason"], buckets=_SECONDS,
+                                         registry=r)
         self.queue_seconds = Histogram("effx_queue_seconds", "Time an image waited for its batch, by member", ["member"],
                                        buckets=_SECONDS, registry=r)
         self.inference_seconds = Histogram("effx_inference_seconds", "Run time of one batch, by member", ["member"],

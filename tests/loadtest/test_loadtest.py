@@ -234,6 +234,15 @@ effx_sla_misses_total{cause="rejected",sla="latency"} 2.0
 effx_routes_total{outcome="scaled"} 3.0
 # TYPE effx_late_stage_total counter
 effx_late_stage_total{stage="after"} 2.0
+# TYPE effx_refusal_seconds histogram
+effx_refusal_seconds_bucket{le="0.001",reason="overload"} 90.0
+effx_refusal_seconds_bucket{le="0.002",reason="overload"} 99.0
+effx_refusal_seconds_bucket{le="0.004",reason="overload"} 100.0
+effx_refusal_seconds_bucket{le="+Inf",reason="overload"} 100.0
+effx_refusal_seconds_bucket{le="0.001",reason="sla"} 0.0
+effx_refusal_seconds_bucket{le="0.002",reason="sla"} 0.0
+effx_refusal_seconds_bucket{le="0.004",reason="sla"} 0.0
+effx_refusal_seconds_bucket{le="+Inf",reason="sla"} 1.0
 """
 
 
@@ -243,6 +252,11 @@ def test_metrics_delta():
     assert change["images"] == {"b0": 10.0} and change["mean_batch_size"] == {"b0": 2.0}
     assert change["sla_misses"] == {"latency rejected": 2.0} and change["routes"] == {"scaled": 3.0}
     assert change["late_stage"] == {"after": 2.0}
+    # 101 refusals over both reasons: half within 1 ms, the 99th percentile in the 4 ms bucket (the sla one beyond 10 s)
+    assert change["refusal_buckets"] == {"0.001": 90.0, "0.002": 99.0, "0.004": 100.0, "+Inf": 101.0}
+    assert prom.quantile_bounds(change["refusal_buckets"]) == {"count": 101, "p50_le_ms": 1.0, "p99_le_ms": 4.0}
+    assert prom.quantile_bounds({"0.001": 1.0, "+Inf": 10.0}) == {"count": 10, "p50_le_ms": None, "p99_le_ms": None}
+    assert prom.quantile_bounds(prom.delta(AFTER, AFTER)["refusal_buckets"]) == {"count": 0}
 
 
 def test_durations():

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from effx_serve.cli import main
+from loadtest import prom
 from tests.conftest import SERVED_ACCURACY
 from tests.loadtest.conftest import read_report
 
@@ -91,3 +92,6 @@ def test_a_comparison_in_rounds_runs_every_phase_in_each_round_in_a_rotated_orde
     assert finished["raw/r1-1-routed"] < finished["raw/r1-2-pinned-tiny-f-b0"]
     assert finished["raw/r2-2-pinned-tiny-f-b0"] < finished["raw/r2-3-pinned-tiny-f-b1"] < finished["raw/r2-1-routed"]  # round 2 starts with phase 2
     assert "(rounds " in (folder / "report.md").read_text()
+    for phase in phases.values():  # the server's refusal times, summed over the rounds: one per refusal the client got
+        refusals = prom.quantile_bounds(phase["server_metrics"]["refusal_buckets"])["count"]
+        assert refusals == phase["refused_422"] + phase["refused_429"], phase["name"]

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from effx_serve import __version__
 from effx_serve.core.wire import DEADLINE_HEADER
 from effx_serve.serve import flow
-from effx_serve.serve.errors import Overloaded
+from effx_serve.serve.errors import Overloaded, SlaUnmeetable
 from effx_serve.serve.http import errors
 from effx_serve.serve.http.body import BodyBudget, may_carry_fields, read_images, with_body_fields
 from effx_serve.serve.schema import (
@@ -116,6 +116,13 @@ async def _cancel_when_gone(request: Request, handler: asyncio.Task, answered: l
         pass
     if not answered:
         handler.cancel()
+
+
+def _refusal_reason(error: Exception) -> str | None:
+    """Why a request was refused for its SLA or the load (`sla`, or an Overloaded reason); None for any other error."""
+    if isinstance(error, SlaUnmeetable):
+        return "sla"
+    return error.reason if isinstance(error, Overloaded) else None
 
 
 def query_params(request: Request) -> ClassifyParams:
@@ -213,6 +220,9 @@ def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
         except errors.HANDLED as error:
             response = errors.response(error)
             status = response.status_code
+            reason = _refusal_reason(error)
+            if reason is not None:
+                server.metrics.refusal_seconds.labels(reason).observe(time.monotonic() - trace.arrival)
         except ClientDisconnect:  # gone before its answer: nobody reads it; counted, one line at debug level
             log.debug("%s %s: the client went away before its answer", request.method, request.url.path)
             response, status = Response(status_code=CLIENT_GONE), CLIENT_GONE

@@ -137,8 +137,10 @@ def test_an_sla_nobody_meets_is_rejected_with_options_or_served_flagged(client):
     fast = post_jpeg(client, max_latency_ms=1e-6, on_miss="best_effort").json()
     assert fast["member"] == "tiny-f-b0" and "latency" in fast["sla"]["misses"] and not fast["sla"]["expected_to_meet"]
     assert fast["sla"]["route"] == "best_effort" and fast["sla"]["met"] is False
+    timed = _counted(client, 'effx_refusal_seconds_count{reason="sla"}')
     impossible = post_jpeg(client, max_latency_ms=1e-6)  # below any member's service time, even at rest
     assert impossible.status_code == 422 and impossible.json()["options"][0]["misses"] == ["latency"]
+    assert _counted(client, 'effx_refusal_seconds_count{reason="sla"}') == timed + 1
 
 
 def _deadline(client, when, **params):
@@ -163,10 +165,12 @@ def _counted(client, prefix: str) -> float:
 
 def test_a_request_whose_client_deadline_passed_in_transit_is_refused_at_once_unless_best_effort(client):
     expired, late_answers = _counted(client, 'effx_routes_total{outcome="refused_expired"}'), _counted(client, "effx_late_stage_total{")
+    timed = _counted(client, 'effx_refusal_seconds_count{reason="deadline"}')
     refused = _deadline(client, f"{time.time() - 0.2:.3f}")
     assert refused.status_code == 429 and refused.json()["reason"] == "deadline" and "passed" in refused.json()["detail"]
     assert "Retry-After" in refused.headers
     assert _counted(client, 'effx_routes_total{outcome="refused_expired"}') == expired + 1
+    assert _counted(client, 'effx_refusal_seconds_count{reason="deadline"}') == timed + 1  # how long it took, on the server's clock
     late = _deadline(client, f"{time.time() - 0.2:.3f}", on_miss="best_effort")
     assert late.status_code == 200 and late.json()["sla"]["met"] is False and late.json()["sla"]["misses"] == ["latency"]
     assert _counted(client, "effx_late_stage_total{") == late_answers + 1  # put down to the stage that overran most
