@@ -14,7 +14,7 @@ from pathlib import Path
 from effx_serve.cli.common import checked, positive_int
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
-from effx_serve.core.proc import map_large_allocations, stop
+from effx_serve.core.proc import available_cpus, map_large_allocations, stop
 from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
@@ -73,7 +73,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
                                 default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms,
-                                cpu_lanes=args.cpu_lanes)  # None: the cores, in every worker (docs/serving.md: workers)
+                                cpu_lanes=args.cpu_lanes or (max(1, available_cpus() // args.workers) if args.workers > 1 else None))
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
@@ -195,7 +195,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--cpu-lanes", type=positive_int, default=None,
                    help="images decoded and CPU batches run at once (default: the cores this process may use)")
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="server processes on the port, each with its own event loop and as many lanes as cores: more throughput "
+                   help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
                         "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "
                         "apply per worker (default: %(default)s)")
     p.add_argument("--worker", type=WorkerSpec.parse, help=argparse.SUPPRESS)  # set by the supervisor: FD,INDEX,SUPERVISOR_PID,FOLDER

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from effx_serve.cli import build_parser, main
+from effx_serve.cli import main
 from effx_serve.cli import serve as serve_cli
 from effx_serve.core.errors import UserError
 from effx_serve.core.proc import free_port, stop, wait_ready
@@ -39,13 +39,6 @@ def test_the_interpreter_switch_interval_is_set_before_serving(served_repository
     calls = []
     assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--switch-interval-ms", "0.5", "--port", str(free_port())]) == 2
     assert calls == [0.0005]
-
-
-def test_every_worker_gets_the_cores_lanes_unless_told(served_repository):
-    # Split lanes (cores / workers) left a worker with more than its share of the connections one lane, and a core idle.
-    for argv, lanes in ((["--workers", "2"], None), (["--workers", "2", "--cpu-lanes", "1"], 1), ([], None)):
-        args = build_parser().parse_args(["serve", "--repo", str(served_repository), *argv])
-        assert serve_cli.settings_from(args).dispatch.cpu_lanes == lanes, argv  # None: the cores this process may use
 
 
 def test_serve_over_real_http(served_repository):
