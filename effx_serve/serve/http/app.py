@@ -185,7 +185,7 @@ def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
     async def serve(request: Request, endpoint: str) -> Response:
         trace = flow.Trace(arrival=request.scope.get("state", {}).get("arrival") or time.monotonic())
         query = query_params(request)
-        admitted, held, watcher, answered = False, 0, None, []
+        admitted, held, watcher, answered, refused = False, 0, None, [], None
         try:
             deadline = request.headers.get(DEADLINE_HEADER)
             if deadline is not None:
@@ -219,10 +219,7 @@ def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
             status, response = 200, Response(answer, media_type="application/json")
         except errors.HANDLED as error:
             response = errors.response(error)
-            status = response.status_code
-            reason = _refusal_reason(error)
-            if reason is not None:
-                server.metrics.refusal_seconds.labels(reason).observe(time.monotonic() - trace.arrival)
+            status, refused = response.status_code, _refusal_reason(error)
         except ClientDisconnect:  # gone before its answer: nobody reads it; counted, one line at debug level
             log.debug("%s %s: the client went away before its answer", request.method, request.url.path)
             response, status = Response(status_code=CLIENT_GONE), CLIENT_GONE
@@ -234,7 +231,10 @@ def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
             if admitted:
                 server.in_flight -= 1
         server.metrics.requests.labels(trace.member, endpoint, str(status)).inc()
-        server.metrics.request_seconds.labels(trace.member).observe(time.monotonic() - trace.arrival)
+        elapsed = time.monotonic() - trace.arrival
+        server.metrics.request_seconds.labels(trace.member).observe(elapsed)
+        if refused is not None:
+            server.metrics.refusal_seconds.labels(refused).observe(elapsed)
         return response
 
     @app.post("/v1/classify", response_model=Classification, responses=_ERRORS, openapi_extra=_REQUEST_BODY | _PARAMETERS,
