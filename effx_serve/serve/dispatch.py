@@ -330,8 +330,8 @@ class Dispatcher:
                      hard: bool = False, run_hard: bool | None = None) -> Decoded:
         """Every image decoded for `member` on the CPU scheduler. UnreadableImage names the first image that cannot be
         decoded within the limits (the request's decoding CPU budget included); DeadlineMissed when a `hard` deadline
-        passes while decoding. Once the request fails or is cancelled (its client went away), its images still decoding
-        stop at their next block of bytes. `run_hard` (not None): a single image's batch (with that hardness) goes on from
+        passes while decoding, or when no lane is free in time to decode the image and run it by then (not decoded). Once
+        the request fails or is cancelled (its client went away), its images still decoding stop at their next block of bytes. `run_hard` (not None): a single image's batch (with that hardness) goes on from
         the lane that decoded it, queued or run at once (`DeviceScheduler.call_then_run`; the embedded backend only); `run`
         takes it from there."""
         budget = preprocess.DecodeBudget(self.settings.decode_budget_ms, deadline if hard else None)
@@ -344,13 +344,13 @@ class Dispatcher:
             try:
                 if run_hard is not None and len(images) == 1 and self.cpu is self.device and self.device.runs_in_lanes:
                     prepared, batch = await self.cpu.call_then_run(functools.partial(_with_input, prepare), member, deadline, run_hard,
-                                                                 expected, large)
+                                                                 expected, large, skip_late=hard)
                     return prepared
                 return await self.cpu.call(prepare, deadline, expected, large=large)
             except UserError as error:
                 raise UnreadableImage(f"image {index}: {error}" if len(images) > 1 else str(error)) from None
-            except preprocess.DecodeStopped as stopped:
-                if stopped.reason != "deadline":
+            except (preprocess.DecodeStopped, Late) as stopped:  # Late: a lane was free too late to decode and run it in time
+                if isinstance(stopped, preprocess.DecodeStopped) and stopped.reason != "deadline":
                     raise
                 raise DeadlineMissed("the server could not decode the image(s) within the latency bound under its current load; "
                                      "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s()) from None

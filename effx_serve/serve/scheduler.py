@@ -83,7 +83,7 @@ class Job:
     member: Member | None
     input: np.ndarray | None
     deadline: float  # time.monotonic() seconds; the order of the queue
-    hard: bool  # the client's bound: leave the queue (Late) rather than run late
+    hard: bool  # the client's bound: leave the queue (Late) rather than run late (a CPU job: only one with a `then` batch)
     future: asyncio.Future
     seq: int
     expected_ms: float = 0.0  # CPU jobs: their expected run time (member jobs are costed per batch)
@@ -203,17 +203,19 @@ class DeviceScheduler:
         return result
 
     async def call_then_run(self, function: Callable[[], tuple[object, np.ndarray]], member: Member, deadline: float = math.inf,
-                            hard: bool = False, expected_ms: float = 0.0, large: bool = False) -> tuple[object, Queued]:
+                            hard: bool = False, expected_ms: float = 0.0, large: bool = False, skip_late: bool = False) -> tuple[object, Queued]:
         """`call` for a function that returns (value, input), whose input then goes on to `member` from the lane itself,
         without a trip through the event loop (under load the loop is busy with other requests' HTTP, and a decoded
         request waiting for it is work no expectation sees): run at once on that lane when earliest deadline first would
         run it next anyway (nothing queued is due sooner, no request of `member` waits to be batched with it), else queued
         as `run` queues it. (value, the batch: await `result()` as `run`'s, or `cancel()` it). `function`'s own error is
-        raised as by `call`. Needs a backend that runs batches in the lanes' threads."""
+        raised as by `call`. `skip_late`: Late instead of `function` run when a lane is free too late for the batch to make
+        `deadline` after it (the request refuses rather than run late: its CPU goes to requests that can still make theirs).
+        Needs a backend that runs batches in the lanes' threads."""
         if self._run_now is None:
             raise ValueError(f"the {self.name} scheduler has no in-thread backend to run a batch right after a call")
         batch = Queued(self, Job(member, None, deadline, hard, self._future(), next(self._sequence)), self._members.setdefault(member.name, _Queue()))
-        job = Job(None, None, deadline, False, self._future(), next(self._sequence), expected_ms, function, large, batch.job)
+        job = Job(None, None, deadline, skip_late, self._future(), next(self._sequence), expected_ms, function, large, batch.job)
         self._submit(job, self._cpu)
         try:
             (value,) = await self._wait([job], self._cpu)
@@ -294,7 +296,10 @@ class DeviceScheduler:
         return full * self._batch_ms(member, member.max_batch) + (self._batch_ms(member, rest) if rest else 0.0)
 
     def _latest_start(self, job: Job) -> float:
-        return job.deadline - (self._batch_ms(job.member, 1) + self._after_ms()) / 1000.0
+        """The latest a hard job can start for its request to be answered in time: its batch of one (after a CPU job's own
+        expected run, for the batch that follows it), then what follows the batch."""
+        batch = job if job.member is not None else job.then
+        return job.deadline - (job.expected_ms + self._batch_ms(batch.member, 1) + self._after_ms()) / 1000.0
 
     def _arm(self, when: float) -> None:
         """Wake at `when` (time.monotonic()) to take out hard requests that can no longer start in time, unless already due sooner."""
@@ -348,14 +353,14 @@ class DeviceScheduler:
             if head is None:
                 return None
             first, queue = head
+            now = time.monotonic()
+            if first.hard and self._latest_start(first) < now:  # a lane is free, but too late for it: its work would be wasted
+                queue.remove(first)
+                self._post([first], [Late((first.member or first.then.member).name, first.deadline, now)])
+                continue
             if first.member is None:
                 queue.remove(first)
                 return None, [first]
-            now = time.monotonic()
-            if first.hard and self._latest_start(first) < now:  # a lane is free, but too late for it
-                queue.remove(first)
-                self._post([first], [Late(first.member.name, first.deadline, now)])
-                continue
             batch: list[Job] = []
             due = math.inf  # the earliest hard deadline in the batch
             for job in queue.jobs:

@@ -289,3 +289,45 @@ def test_decoding_stops_when_a_hard_deadline_passes_and_a_failed_image_stops_the
 
     run(scenario())
     assert stopped == ["deadline", "the request ended"]
+
+
+class InLaneBackend(FakeBackend):
+    """Runs batches in the lane that asks (as the embedded backend does), so a decoded image's batch follows on its lane."""
+
+    def run_now(self, member, batch):
+        time.sleep(member.latency.service_ms(len(batch)) / 1000.0)
+        return np.zeros((len(batch), 10), np.float32)
+
+
+def test_an_image_no_lane_can_decode_and_run_in_time_is_refused_undecoded(monkeypatch):
+    import threading
+
+    decoded = []
+
+    async def scenario():
+        catalog = Catalog(Path("."), "cpu-test", "cpu", "fake", {"fake": ("small", "large")}, {"small": SMALL, "large": LARGE}, "test")
+        d = Dispatcher(catalog, InLaneBackend(), DispatchSettings(cpu_lanes=1), ServerMetrics())
+        await d.start()
+        original = d._prepare
+        monkeypatch.setattr(d, "_prepare", lambda *args, **kwargs: decoded.append(args[1].name) or original(*args, **kwargs))
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(d.cpu.call(lambda: gate.wait(5), time.monotonic()))
+        await asyncio.sleep(0.01)
+        photo = synthetic_photo(640, 480, "JPEG")
+        due = time.monotonic() + 0.03  # the lane frees after 0.1 s
+        refused = asyncio.ensure_future(d.decode([photo], [PHOTO], SMALL, due, hard=True, run_hard=True))
+        served = asyncio.ensure_future(d.decode([photo], [PHOTO], SMALL, time.monotonic() + 2.0, hard=True, run_hard=True))
+        await asyncio.sleep(0.1)
+        gate.set()
+        try:
+            with pytest.raises(DeadlineMissed, match="latency bound"):
+                await refused
+            prepared = await served
+            (result,) = await prepared.batch.result()
+        finally:
+            await blocker
+            await d.close()
+        return result
+
+    result = run(scenario())
+    assert decoded == ["small"] and result.batch_size == 1  # only the request with time left was decoded (and then ran)

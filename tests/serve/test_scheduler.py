@@ -437,3 +437,37 @@ def test_a_batch_that_fails_after_decoding_gives_its_error_and_a_failed_decoding
 
     ran, queued = run(scenario())
     assert ran == 1 and queued == 0  # only the first request's batch ran
+
+
+def test_a_decoding_that_could_no_longer_finish_in_time_is_skipped_when_asked():
+    async def scenario():
+        s = in_thread_scheduler(InThreadDevice())
+        gate, ran = threading.Event(), []
+
+        def decode(value):
+            def job():
+                ran.append(value)
+                return value, np.full(1, float(value))
+            return job
+
+        blocker = asyncio.create_task(s.call(lambda: gate.wait(5), time.monotonic()))
+        await asyncio.sleep(0.01)
+        due = time.monotonic() + 0.05  # the lane frees after 0.1 s: too late for 10 ms of decoding and FAST's 2 ms batch
+        skipped = asyncio.create_task(s.call_then_run(decode(1), FAST, due, hard=True, expected_ms=10.0, skip_late=True))
+        decoded_anyway = asyncio.create_task(s.call_then_run(decode(2), FAST, due, hard=True, expected_ms=10.0))
+        in_time = asyncio.create_task(s.call_then_run(decode(3), FAST, time.monotonic() + 1.0, hard=True, expected_ms=10.0, skip_late=True))
+        await asyncio.sleep(0.1)
+        gate.set()
+        with pytest.raises(Late):
+            await skipped
+        _, late_batch = await decoded_anyway
+        with pytest.raises(Late):  # decoded, then found too late for its batch (the old way: the decoding was wasted)
+            await late_batch.result()
+        _, batch = await in_time
+        (result,) = await batch.result()
+        await blocker
+        await s.close()
+        return ran, float(result.output[0])
+
+    ran, output = run(scenario())
+    assert ran == [2, 3] and output == 6.0  # the skipped decoding never ran; the one with time left did, and its batch
