@@ -131,7 +131,7 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         if sla.max_latency_ms is not None:
             dispatcher.observe_outcome(met="latency" not in report["misses"])
             if "latency" in report["misses"] and routed.expected is not None:
-                metrics.late_stage.labels(_overran(routed.expected, ran, routed_at, inference_done, answered)).inc()
+                metrics.late_stage.labels(_overran(routed.expected, ran, routed_at, decoded, inference_done, answered)).inc()
         metrics.routes.labels(report["route"]).inc()
         for result in ran.results:
             metrics.queue_seconds.labels(ran.member.name).observe(result.queue_ms / 1000.0)
@@ -141,12 +141,15 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         return body
 
 
-def _overran(expected: Expectation, ran: Ran, routed_at: float, inference_done: float, answered: float) -> str:
+def _overran(expected: Expectation, ran: Ran, routed_at: float, decoded: float, inference_done: float, answered: float) -> str:
     """Where a late answer lost the most time against its expectation: `wait_decode` (the CPU and device queues and the
-    decoding), `inference` (the batch) or `after` (from the batch's end to the answer serialised: the event loop)."""
+    decoding), `inference` (the batch), `handback` (from the batch's end in its lane to the event loop taking its result up:
+    the loop's backlog, which the expectation has no term for) or `after` (from there to the answer serialised)."""
     inference_ms = max(r.inference_ms for r in ran.results)
-    overruns = {"wait_decode": (inference_done - routed_at) * 1000.0 - inference_ms - expected.wait_ms - expected.decode_ms,
+    queue_ms = max(r.queue_ms for r in ran.results)
+    overruns = {"wait_decode": (decoded - routed_at) * 1000.0 + queue_ms - expected.wait_ms - expected.decode_ms,
                 "inference": inference_ms - expected.inference_ms,
+                "handback": (inference_done - decoded) * 1000.0 - queue_ms - inference_ms,
                 "after": (answered - inference_done) * 1000.0 - expected.after_ms}
     return max(overruns, key=overruns.__getitem__)
 

@@ -145,7 +145,8 @@ class ServerMetrics:
                               "(422: no member could at rest)",
                               ["outcome"], registry=r)
         self.late_stage = Counter("effx_late_stage", "Answers late for their latency bound, by the stage that overran its expectation the "
-                                  "most: wait_decode (queues and decoding), inference, after (batch end to answer serialised)",
+                                  "most: wait_decode (queues and decoding), inference, handback (batch end to the event loop taking its result), after "
+                                  "(from there to the answer serialised)",
                                   ["stage"], registry=r)
         self.queue_depth = Gauge("effx_queue_depth", "Images waiting for a batch, by member", ["member"], registry=r)
         self.expected_ms = Gauge("effx_expected_latency_ms", "Expected end-to-end latency of a new one-image 640x480 JPEG request, by member",

@@ -123,3 +123,24 @@ def test_predictions_are_the_softmax_top_k_with_ties_in_label_order_on_both_path
     assert [p["index"] for p in top] == [0, labels - 1, *np.argsort(-reference, kind="stable")[2:3].tolist()]
     assert [p["label"] for p in top] == [names[p["index"]] for p in top]
     assert all(isinstance(p["score"], float) and abs(p["score"] - reference[p["index"]]) < 1e-12 for p in top)
+
+
+def test_a_late_answer_is_put_down_to_the_stage_that_overran_its_expectation_most():
+    import numpy as np
+
+    from effx_serve.serve.dispatch import Expectation, Ran
+    from effx_serve.serve.scheduler import ItemResult
+    from tests.helpers import fake_member
+
+    member = fake_member("m", 0.5, {1: 1.0})
+    expected = Expectation(member, decode_ms=2.0, wait_ms=1.0, inference_ms=1.0, after_ms=0.2, total_ms=4.2)
+    ran = Ran(member, [ItemResult(np.zeros(3), queue_ms=0.5, inference_ms=1.0, batch_size=1)], None)
+
+    def stage(to_decoded_ms, to_result_ms, after_ms):  # each from the step before, in ms
+        decoded = 0.001 * to_decoded_ms
+        done = decoded + 0.001 * to_result_ms
+        return flow._overran(expected, ran, 0.0, decoded, done, done + 0.001 * after_ms)
+
+    assert stage(9.0, 1.5, 0.2) == "wait_decode"  # 8.5 ms beyond waiting and decoding (its batch's queue counted there)
+    assert stage(3.0, 9.5, 0.2) == "handback"  # the batch ran on time, the event loop took its result up 8 ms later
+    assert stage(3.0, 1.5, 6.0) == "after"
