@@ -1,7 +1,7 @@
 """Latency SLAs under load: what the scheduler and the router cost, and what they keep, side by side in one run.
 
     .venv/bin/python benchmarks/sla.py [--repo model_repository] [--duration 20] [--rounds 3] [--json sla.json] [--only cost|load]
-                                       [--serve-arg=--workers=2 ...]
+                                       [--serve-arg=--workers=2 ...] [--isolate]
 
 1. **Cost** (in-process, no HTTP): routing plus scheduling per request, p50 and p99, with 1,000 requests
    queued across the members of a fake device (target: <= 0.2 ms p50).
@@ -15,7 +15,9 @@
    - routing's effective accuracy above every pinned member's, its attainment within 2 points of the best
      pinned one (Poisson and bursty);
    - at 2 C: goodput >= 90% of goodput at C; refusals answered with p99 < 5 ms.
-   Each missed target is printed with the margin it missed by.
+   Each missed target is printed with the margin it missed by. With `--isolate` the servers run on the first half of the
+   CPUs and the load generator on the rest: on a small machine a generator sharing the servers' cores takes them at
+   the moments it sends most, and what is measured at 2 C is then the machine as much as the server.
    Every comparison runs in --rounds rounds (`loadtest --compare-rounds`: each round in another phase order, since
    this machine's speed drifts over minutes); the tables give the pooled figures and each round's range, and a target
    is only met when the pooled figures meet it.
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -38,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import uvloop
 
+from effx_serve.core import proc
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
 from effx_serve.serve.dispatch import Dispatcher, ImageInfo
 from effx_serve.serve.metrics import ServerMetrics
@@ -133,27 +137,28 @@ def cost(requests: int = 3000) -> dict:
 
 # --- 2. what the scheduler and the router keep under load --------------------------------------------------------
 
-def _loadtest(url: str, report: Path, extra: list[str]) -> dict:
-    """`effx-serve loadtest` (locust, photos) with `extra`; its report.json."""
+def _loadtest(url: str, report: Path, extra: list[str], cpus: set[int] | None) -> dict:
+    """`effx-serve loadtest` (locust, photos) with `extra` (on `cpus` only, if given); its report.json."""
     argv = [sys.executable, "-m", "effx_serve.cli", "loadtest", "--url", url, "--scenario", "photos", "--report", str(report), *extra]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, preexec_fn=proc.pinned(cpus))
     if not (report / "report.json").exists():
         raise RuntimeError(f"the load test wrote no report:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return json.loads((report / "report.json").read_text())
 
 
-def capacity(url: str, member: str, duration_s: float, rounds: int, work: Path) -> list[float]:
+def capacity(url: str, member: str, duration_s: float, rounds: int, work: Path, cpus: set[int] | None) -> list[float]:
     """Answers/s at saturation with every request pinned to `member`, once per round: locust closed loop (the client the
     comparison uses, so the capacity is the one it can offer), 16 users. One short measurement moved by a third between
     runs on this VM; the load phases take the median."""
-    return [_loadtest(url, work / f"capacity-{index}", ["--users", "16", "--duration", f"{duration_s:g}", "--member", member])
+    return [_loadtest(url, work / f"capacity-{index}", ["--users", "16", "--duration", f"{duration_s:g}", "--member", member], cpus)
             ["summary"]["throughput_rps"] for index in range(rounds)]
 
 
-def compare(url: str, rate: float, arrivals: list[str], duration_s: float, rounds: int, report: Path, extra: list[str]) -> dict:
+def compare(url: str, rate: float, arrivals: list[str], duration_s: float, rounds: int, report: Path, extra: list[str],
+            cpus: set[int] | None) -> dict:
     """`effx-serve loadtest --compare`: the same open-loop schedule in every phase, in `rounds` rounds."""
     return _loadtest(url, report, ["--compare", "--rate", f"{rate:.1f}", *arrivals, "--duration", f"{duration_s:g}",
-                                   "--compare-rounds", str(rounds), *extra])
+                                   "--compare-rounds", str(rounds), *extra], cpus)
 
 
 def server_attainment(phase: dict) -> float | None:
@@ -164,29 +169,42 @@ def server_attainment(phase: dict) -> float | None:
     return 1.0 - late / answered if answered else None
 
 
-def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str]) -> dict:
+def isolation() -> tuple[set[int], set[int]]:
+    """(the servers' CPUs, the load generator's): the first half of this process's CPUs and the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--isolate needs at least 2 CPUs: one for the servers, one for the load generator")
+    return set(cpus[: len(cpus) // 2]), set(cpus[len(cpus) // 2:])
+
+
+def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str], isolate: bool = False) -> dict:
     import serving
 
     figures: dict = {}
+    server_cpus, generator_cpus = isolation() if isolate else (None, None)
+    if isolate:
+        say(f"the servers on CPUs {sorted(server_cpus)}, the load generator on {sorted(generator_cpus)}")
+        figures["cpus"] = {"servers": sorted(server_cpus), "generator": sorted(generator_cpus)}
     with tempfile.TemporaryDirectory(prefix="effx-bench-sla-") as folder:
         work = Path(folder)
-        with serving.router(repo, serve_args, work) as (port, _), serving.router(repo, [*serve_args, "--costing", "member"], work) as (old_port, _):
+        with serving.router(repo, serve_args, work, cpus=server_cpus) as (port, _), \
+                serving.router(repo, [*serve_args, "--costing", "member"], work, cpus=server_cpus) as (old_port, _):
             url, old_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
             with urllib.request.urlopen(f"{url}/v1/models") as answer:
                 members = json.load(answer)["members"]
             fastest = min(members, key=lambda m: m["profile"][0]["p50_ms"])["name"]
             say(f"capacity: {fastest} pinned, closed loop at saturation")
-            figures["capacity_rounds_rps"] = rounds_rps = capacity(url, fastest, min(duration_s, 10.0), rounds, work)
+            figures["capacity_rounds_rps"] = rounds_rps = capacity(url, fastest, min(duration_s, 10.0), rounds, work, generator_cpus)
             figures["capacity_rps"] = rate = statistics.median(rounds_rps)
             figures["fastest"] = fastest
             old = ["--compare-url", old_url, "--compare-label", "routed, member costing"]
             for name, arrivals in (("poisson", ["--arrivals", "poisson"]), ("bursty", BURSTY)):
                 say(f"{name} at {LOAD:g} x capacity ({LOAD * rate:.0f} req/s): routed, each member pinned, the old costing")
-                figures[name] = compare(url, LOAD * rate, arrivals, duration_s, rounds, work / name, old)
+                figures[name] = compare(url, LOAD * rate, arrivals, duration_s, rounds, work / name, old, generator_cpus)
             for name, factor in (("at_capacity", 1.0), ("overload", OVERLOAD)):
                 say(f"routed at {factor:g} x capacity ({factor * rate:.0f} req/s)")
                 figures[name] = compare(url, factor * rate, ["--arrivals", "poisson"], duration_s, rounds, work / name,
-                                        ["--compare-phases", "routed"])
+                                        ["--compare-phases", "routed"], generator_cpus)
     return figures
 
 
@@ -272,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every comparison, each in another phase order (default 3)")
     parser.add_argument("--only", choices=("cost", "load"))
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--isolate", action="store_true",
+                        help="the servers on the first half of the CPUs, the load generator on the rest (else they share them all)")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="an argument for both servers' `effx-serve serve`, e.g. --serve-arg=--workers=2 (repeat for several)")
     args = parser.parse_args(argv)
@@ -289,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (repo / "manifest.json").is_file():
             print(f"{repo} has no manifest.json: build the demo repository first (effx-serve build-repo --demo)", file=sys.stderr)
             return 2
-        figures["load"] = load(repo, args.duration, max(1, args.rounds), lambda line: print(line, file=sys.stderr, flush=True), args.serve_arg)
+        figures["load"] = load(repo, args.duration, max(1, args.rounds), lambda line: print(line, file=sys.stderr, flush=True), args.serve_arg,
+                               args.isolate)
         print_load(figures["load"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

@@ -8,13 +8,14 @@ readiness URL answers 200, or raises with the log's tail when it exits or is not
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -103,15 +104,23 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def pinned(cpus: Collection[int] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that keeps a child process (and its threads) on `cpus`; None for no limit."""
+    if not cpus:
+        return None
+    return functools.partial(os.sched_setaffinity, 0, set(cpus))
+
+
 @contextmanager
 def running(argv: Sequence[str], ready_url: str, log: Path, timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
-            cwd: Path | None = None, grace_s: float = 15.0) -> Iterator[subprocess.Popen]:
-    """Run `argv` (output to `log`) until the block ends; yields the process once `ready_url` answers 200.
+            cwd: Path | None = None, grace_s: float = 15.0, cpus: Collection[int] | None = None) -> Iterator[subprocess.Popen]:
+    """Run `argv` (output to `log`; on `cpus` only, if given) until the block ends; yields the process once `ready_url` answers 200.
 
     A UserError with the log's last lines when it exits or is not ready within `timeout_s`.
     """
     with open(log, "wb") as output:
-        process = subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, env=None if env is None else dict(env), cwd=cwd)
+        process = subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, env=None if env is None else dict(env), cwd=cwd,
+                                   preexec_fn=pinned(cpus))
     try:
         problem = wait_ready(ready_url, timeout_s, process)
         if problem is not None:

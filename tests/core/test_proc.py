@@ -52,6 +52,17 @@ def test_running_yields_a_ready_process_and_stops_it(tmp_path):
     assert process.returncode is not None  # stopped and reaped when the block ended
 
 
+def test_running_keeps_a_process_on_the_cpus_it_is_given(tmp_path):
+    import os
+
+    cpu = max(os.sched_getaffinity(0))
+    port = proc.free_port()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    with proc.running(argv, f"http://127.0.0.1:{port}/", tmp_path / "server.log", timeout_s=30, cpus={cpu}) as process:
+        assert os.sched_getaffinity(process.pid) == {cpu}
+    assert proc.pinned(None) is None and proc.pinned(set()) is None
+
+
 def test_a_process_that_exits_early_is_one_error_with_its_log(tmp_path):
     argv = [sys.executable, "-c", "import sys; print('bad config: no models'); sys.exit(3)"]
     with pytest.raises(UserError, match=r"(?s)exited with code 3 before .* answered:.*bad config: no models"):
