@@ -274,8 +274,8 @@ def print_load(figures: dict) -> list[str]:
           + (f", <= {in_server['p99_le_ms']:g} ms in the server (arrival to refusal)" if in_server.get("p99_le_ms") is not None else ""))
     refusal = refusal_p99 if refusal_p99 is not None else math.inf
     for label, ok, value, by in (
-            (f"goodput at {OVERLOAD:g} x capacity >= {GOODPUT_KEPT:.0%} of goodput at capacity", kept >= GOODPUT_KEPT, f"{kept:.1%}",
-             f"{(GOODPUT_KEPT - kept) * 100:.1f} points"),
+            (f"goodput at {OVERLOAD:g} x capacity >= {GOODPUT_KEPT:.0%} of goodput at capacity", kept >= GOODPUT_KEPT, f"{kept:.2%}",
+             f"{(GOODPUT_KEPT - kept) * 100:.2f} points"),
             (f"refusals p99 < {REFUSAL_P99_MS:g} ms", refusal < REFUSAL_P99_MS, f"{refusal:.2f} ms", f"{refusal - REFUSAL_P99_MS:.2f} ms")):
         print(f"target: {label}: {value} {_margin(ok, by)}")
         if not ok:
