@@ -14,7 +14,8 @@ Expected end-to-end latency of a request on member m, counted from its arrival (
   corrected online;
 - batch(m): the member's profiled service time x the device's contention factor (observed / profiled over every
   member's batches) x the member's own residual factor; each correction decays back to 1 when its evidence ages;
-- after: serialising the answer and handing it to the server, learned online;
+- after: from the batch's end in its lane to the answer out, learned online: the hand-back (until the event loop,
+  busy with other requests' HTTP, takes the result up) and serialising;
 - the end-to-end correction: observed / expected remainder over answered requests (what the model above misses).
 
 At rest (what an idle server would take: whether an SLA is impossible, 422, or only the load's victim, 429) is
@@ -68,8 +69,9 @@ class Expectation(NamedTuple):  # a NamedTuple: eight are made per request, at a
     decode_ms: float
     wait_ms: float  # for the CPU and the device
     inference_ms: float
-    after_ms: float
+    after_ms: float  # from the batch's end to the answer serialised: the hand-back below, then serialising
     total_ms: float  # from the request's arrival to its answer
+    handback_ms: float = 0.0  # from the batch's end in its lane to the event loop taking its result up (part of after_ms)
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ class Dispatcher:
         self.end_to_end = Correction(weight=0.05, half_life_s=settings.correction_half_life_s, bounds=(0.5, 4.0))
         # Learned from requests served alone; its evidence lasts longer (a loaded server sees none), and it stays near 1.
         self.at_rest = Correction(weight=0.1, half_life_s=10 * settings.correction_half_life_s, bounds=(0.5, 4.0))
-        self.after = Mean(start=0.3)
+        self.after = Mean(start=0.3)  # serialising the answer, once the event loop has the result
+        self.handback = Mean(start=0.0, weight=0.1)  # the batch's end to the event loop taking its result up: its backlog
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
         self.upgrades = UpgradeBudget(self.cpu_lanes)  # sized again for the device's lanes at start
@@ -144,7 +147,7 @@ class Dispatcher:
         await self.backend.start(members)
         await asyncio.to_thread(self._calibrate_decoding, members)
         device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.settings.max_queue,
-                                 after_ms=lambda: self.after.value, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None))
+                                 after_ms=self.after_ms, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None))
         cpu = device if self.backend.on_host_cpu else DeviceScheduler("cpu", self.cpu_lanes, self.backend.infer, self.batch_ms,
                                                                       self.settings.max_queue)
         for scheduler in {id(device): device, id(cpu): cpu}.values():
@@ -193,6 +196,10 @@ class Dispatcher:
 
     # --- what the server has learned -------------------------------------------------------------------------
 
+    def after_ms(self) -> float:
+        """Expected time from a batch's end to its answer out, under the current load: the hand-back, then serialising."""
+        return self.after.value + self.handback.value
+
     def batch_ms(self, member: Member, images: int) -> float:
         """Expected run time of a batch of `images` on `member` now: profile x contention x the member's residual."""
         return member.latency.service_ms(images) * self.contention.factor() * self.residual.factor(member.name)
@@ -204,9 +211,11 @@ class Dispatcher:
         self.metrics.batch_size.labels(member.name).observe(size)
         self.metrics.inference_seconds.labels(member.name).observe(inference_ms / 1000.0)
 
-    def observe_answer(self, routed: Routed, arrival: float, routed_at: float, inference_done: float, answered: float) -> None:
-        """What an answered request teaches: the time after its batch, and how far the expectation was off (and, for a
-        request that had the server to itself, how far the at-rest expectation was)."""
+    def observe_answer(self, routed: Routed, arrival: float, routed_at: float, handback_ms: float, inference_done: float,
+                       answered: float) -> None:
+        """What an answered request teaches: the time after its batch (the hand-back, then serialising), and how far the
+        expectation was off (and, for a request that had the server to itself, how far the at-rest expectation was)."""
+        self.handback.observe(handback_ms)
         self.after.observe((answered - inference_done) * 1000.0)
         if routed.expected is not None and self.settings.costing == "device":
             expected_remainder = routed.expected.total_ms - (routed_at - arrival) * 1000.0
@@ -241,19 +250,21 @@ class Dispatcher:
         cpu_wait = self.cpu.wait_ms(deadline, now) if self.cpu is not None else 0.0
         device_wait = self.device.wait_ms(deadline, now) if self.device is not None and self.device is not self.cpu else 0.0
         lanes = self.cpu.lanes if self.cpu else self.cpu_lanes
-        after, scale, rest_scale = self.after.value, self.end_to_end.factor(), self.at_rest.factor()
+        # At rest the event loop has no backlog: no hand-back there.
+        handback, rest_after, scale, rest_scale = self.handback.value, self.after.value, self.end_to_end.factor(), self.at_rest.factor()
+        after = rest_after + handback
         spread = min(count, lanes)  # several images decode side by side
         for m in members:
             decode = sum([self.decode_times.expected_ms(i.format or "JPEG", m.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
                           for i in images]) / spread
             inference = self.batch_ms(m, count)
             wait = cpu_wait + max(0.0, device_wait - cpu_wait - decode)  # the device's work goes on while this one decodes
-            loaded[m.name] = Expectation(m, decode, wait, inference, after, elapsed + (wait + decode + inference + after) * scale)
+            loaded[m.name] = Expectation(m, decode, wait, inference, after, elapsed + (wait + decode + inference + after) * scale, handback)
             # At rest: on an idle server (see the module's text), without the time this request has already spent.
             rest_decode = sum([self.decode_times.calibrated_ms(i.format or "JPEG", m.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
                                for i in images]) / spread
             rest_inference = m.latency.service_ms(count) * self.residual.factor(m.name)
-            at_rest[m.name] = Expectation(m, rest_decode, 0.0, rest_inference, after, (rest_decode + rest_inference + after) * rest_scale)
+            at_rest[m.name] = Expectation(m, rest_decode, 0.0, rest_inference, rest_after, (rest_decode + rest_inference + rest_after) * rest_scale)
         return loaded, at_rest
 
     def candidates(self, family: str | None, member: str | None) -> list[Member]:
@@ -387,7 +398,7 @@ class Dispatcher:
             pass
         for alternative in alternatives:
             now = time.monotonic()
-            if now + (self.batch_ms(alternative, len(inputs)) + self.after.value) / 1000.0 > deadline:
+            if now + (self.batch_ms(alternative, len(inputs)) + self.after_ms()) / 1000.0 > deadline:
                 continue
             moved = _inputs_for(pictures, alternative.resolution)  # a resize of kept pictures: inline, no lane to wait for
             try:

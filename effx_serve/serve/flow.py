@@ -127,11 +127,12 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         trace.member = ran.member.name
         body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
         answered = time.monotonic()
-        dispatcher.observe_answer(routed, trace.arrival, routed_at, inference_done, answered)
+        handback_ms = _handback_ms(ran, decoded, inference_done)
+        dispatcher.observe_answer(routed, trace.arrival, routed_at, handback_ms, inference_done, answered)
         if sla.max_latency_ms is not None:
             dispatcher.observe_outcome(met="latency" not in report["misses"])
             if "latency" in report["misses"] and routed.expected is not None:
-                metrics.late_stage.labels(_overran(routed.expected, ran, routed_at, decoded, inference_done, answered)).inc()
+                metrics.late_stage.labels(_overran(routed.expected, ran, routed_at, decoded, handback_ms, inference_done, answered)).inc()
         metrics.routes.labels(report["route"]).inc()
         for result in ran.results:
             metrics.queue_seconds.labels(ran.member.name).observe(result.queue_ms / 1000.0)
@@ -141,16 +142,21 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
         return body
 
 
-def _overran(expected: Expectation, ran: Ran, routed_at: float, decoded: float, inference_done: float, answered: float) -> str:
+def _handback_ms(ran: Ran, decoded: float, inference_done: float) -> float:
+    """From the batch's end in its lane to the event loop taking its result up (the loop's backlog): what the time from the
+    decoding's end to the result in hand holds beyond the batch's queue and run."""
+    return (inference_done - decoded) * 1000.0 - max(r.queue_ms for r in ran.results) - max(r.inference_ms for r in ran.results)
+
+
+def _overran(expected: Expectation, ran: Ran, routed_at: float, decoded: float, handback_ms: float, inference_done: float,
+             answered: float) -> str:
     """Where a late answer lost the most time against its expectation: `wait_decode` (the CPU and device queues and the
-    decoding), `inference` (the batch), `handback` (from the batch's end in its lane to the event loop taking its result up:
-    the loop's backlog, which the expectation has no term for) or `after` (from there to the answer serialised)."""
+    decoding), `inference` (the batch), `handback` (`_handback_ms`) or `after` (from there to the answer serialised)."""
     inference_ms = max(r.inference_ms for r in ran.results)
-    queue_ms = max(r.queue_ms for r in ran.results)
-    overruns = {"wait_decode": (decoded - routed_at) * 1000.0 + queue_ms - expected.wait_ms - expected.decode_ms,
+    overruns = {"wait_decode": (decoded - routed_at) * 1000.0 + max(r.queue_ms for r in ran.results) - expected.wait_ms - expected.decode_ms,
                 "inference": inference_ms - expected.inference_ms,
-                "handback": (inference_done - decoded) * 1000.0 - queue_ms - inference_ms,
-                "after": (answered - inference_done) * 1000.0 - expected.after_ms}
+                "handback": handback_ms - expected.handback_ms,
+                "after": (answered - inference_done) * 1000.0 - (expected.after_ms - expected.handback_ms)}
     return max(overruns, key=overruns.__getitem__)
 
 

@@ -124,8 +124,9 @@ def test_load_scales_a_latency_bound_down_to_a_faster_member_then_refuses_early(
 
 
 def test_a_loads_corrections_do_not_make_a_fine_sla_look_impossible_at_rest():
-    """Under load decoding ran 5x slower, batches 4x, answers 3x the model: the loaded expectation says so, the at-rest one
-    (is the SLA itself impossible: 422, or is it the load: 429?) stays the calibration's and the profile's."""
+    """Under load decoding ran 5x slower, batches 4x, answers 3x the model and batches' results waited 8 ms for the event
+    loop: the loaded expectation says so, the at-rest one (is the SLA itself impossible: 422, or is it the load: 429?) stays
+    the calibration's and the profile's."""
     async def scenario():
         d, _ = dispatcher()
         await d.start()
@@ -136,6 +137,7 @@ def test_a_loads_corrections_do_not_make_a_fine_sla_look_impossible_at_rest():
                 d.decode_times.observe("JPEG", m.name, PHOTO.pixels, 5 * before[m.name].decode_ms)
                 d.contention.observe(m.latency.service_ms(1), 4 * m.latency.service_ms(1))
             d.end_to_end.observe(10.0, 30.0)
+            d.handback.observe(8.0)
         now = time.monotonic()
         after = {m.name: d.expect(m, [PHOTO], now + 1.0, now, now, idle=True) for m in (SMALL, LARGE)}
         loaded = d.expect(SMALL, [PHOTO], now + 1.0, now, now)
@@ -147,6 +149,7 @@ def test_a_loads_corrections_do_not_make_a_fine_sla_look_impossible_at_rest():
     before, after, loaded, routed = run(scenario())
     assert all(after[name].total_ms == pytest.approx(before[name].total_ms) for name in before)
     assert loaded.total_ms > 5 * after["small"].total_ms
+    assert loaded.handback_ms == pytest.approx(8.0) and loaded.after_ms > 8.0 > after["small"].after_ms  # no backlog at rest
     assert (routed.member, routed.route) == (None, "overload")  # 429 for the load, not 422 "relax your SLA"
 
 
@@ -160,10 +163,10 @@ def test_the_at_rest_expectation_learns_only_from_requests_served_alone():
             with d.in_use():
                 crowded = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
         for _ in range(30):  # answered in twice the at-rest expectation, after their batches
-            d.observe_answer(crowded, now, now, now, now + 2 * crowded.at_rest_model_ms / 1000)
+            d.observe_answer(crowded, now, now, 0.0, now, now + 2 * crowded.at_rest_model_ms / 1000)
         untaught = d.at_rest.factor()
         for _ in range(30):
-            d.observe_answer(alone, now, now, now, now + 2 * alone.at_rest_model_ms / 1000)
+            d.observe_answer(alone, now, now, 0.0, now, now + 2 * alone.at_rest_model_ms / 1000)
         taught = d.at_rest.factor()
         await d.close()
         return alone, crowded, untaught, taught

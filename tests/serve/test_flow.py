@@ -139,7 +139,7 @@ def test_a_late_answer_is_put_down_to_the_stage_that_overran_its_expectation_mos
     def stage(to_decoded_ms, to_result_ms, after_ms):  # each from the step before, in ms
         decoded = 0.001 * to_decoded_ms
         done = decoded + 0.001 * to_result_ms
-        return flow._overran(expected, ran, 0.0, decoded, done, done + 0.001 * after_ms)
+        return flow._overran(expected, ran, 0.0, decoded, flow._handback_ms(ran, decoded, done), done, done + 0.001 * after_ms)
 
     assert stage(9.0, 1.5, 0.2) == "wait_decode"  # 8.5 ms beyond waiting and decoding (its batch's queue counted there)
     assert stage(3.0, 9.5, 0.2) == "handback"  # the batch ran on time, the event loop took its result up 8 ms later
