@@ -342,9 +342,9 @@ class Dispatcher:
         """Every image decoded for `member` on the CPU scheduler. UnreadableImage names the first image that cannot be
         decoded within the limits (the request's decoding CPU budget included); DeadlineMissed when a `hard` deadline
         passes while decoding, or when no lane is free in time to decode the image and run it by then (not decoded). Once
-        the request fails or is cancelled (its client went away), its images still decoding stop at their next block of bytes. `run_hard` (not None): a single image's batch (with that hardness) goes on from
-        the lane that decoded it, queued or run at once (`DeviceScheduler.call_then_run`; the embedded backend only); `run`
-        takes it from there."""
+        the request fails or is cancelled (its client went away), its images still decoding stop at their next block of
+        bytes. `run_hard` (not None): a single image's batch (with that hardness) goes on from the lane that decoded it,
+        queued or run at once (`DeviceScheduler.call_then_run`; the embedded backend only); `run` takes it from there."""
         budget = preprocess.DecodeBudget(self.settings.decode_budget_ms, deadline if hard else None)
         batch = None
 

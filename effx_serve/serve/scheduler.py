@@ -129,7 +129,7 @@ class DeviceScheduler:
             raise ValueError("lanes and max_queue must be at least 1")
         self.name, self.lanes, self.max_queue = name, lanes, max_queue
         self._run_batch, self._run_now, self._batch_ms = run_batch, run_now, batch_ms
-        self._after_ms = after_ms  # what follows the batch before the answer is out (serialising): counted against deadlines
+        self._after_ms = after_ms  # what follows the batch before the answer is out (the hand-back, serialising): counted against deadlines
         self._on_batch = on_batch
         self._members: dict[str, _Queue] = {}
         self._cpu = _Queue()
