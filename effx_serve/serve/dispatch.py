@@ -119,6 +119,16 @@ class Ran:
     results: list[ItemResult]
     route_change: str | None  # "moved" or "best_effort" when the request did not run as routed
 
+    @property
+    def queue_ms(self) -> float:
+        """The longest wait for a batch among its images."""
+        return max(r.queue_ms for r in self.results)
+
+    @property
+    def inference_ms(self) -> float:
+        """The longest batch run among its images."""
+        return max(r.inference_ms for r in self.results)
+
 
 class Dispatcher:
     def __init__(self, catalog: Catalog, backend: Backend, settings: DispatchSettings, metrics: ServerMetrics,

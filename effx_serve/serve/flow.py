@@ -145,16 +145,15 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
 def _handback_ms(ran: Ran, decoded: float, inference_done: float) -> float:
     """From the batch's end in its lane to the event loop taking its result up (the loop's backlog): what the time from the
     decoding's end to the result in hand holds beyond the batch's queue and run."""
-    return (inference_done - decoded) * 1000.0 - max(r.queue_ms for r in ran.results) - max(r.inference_ms for r in ran.results)
+    return (inference_done - decoded) * 1000.0 - ran.queue_ms - ran.inference_ms
 
 
 def _overran(expected: Expectation, ran: Ran, routed_at: float, decoded: float, handback_ms: float, inference_done: float,
              answered: float) -> str:
     """Where a late answer lost the most time against its expectation: `wait_decode` (the CPU and device queues and the
     decoding), `inference` (the batch), `handback` (`_handback_ms`) or `after` (from there to the answer serialised)."""
-    inference_ms = max(r.inference_ms for r in ran.results)
-    overruns = {"wait_decode": (decoded - routed_at) * 1000.0 + max(r.queue_ms for r in ran.results) - expected.wait_ms - expected.decode_ms,
-                "inference": inference_ms - expected.inference_ms,
+    overruns = {"wait_decode": (decoded - routed_at) * 1000.0 + ran.queue_ms - expected.wait_ms - expected.decode_ms,
+                "inference": ran.inference_ms - expected.inference_ms,
                 "handback": handback_ms - expected.handback_ms,
                 "after": (answered - inference_done) * 1000.0 - (expected.after_ms - expected.handback_ms)}
     return max(overruns, key=overruns.__getitem__)
@@ -265,7 +264,7 @@ def _answer(ran: Ran, routed: Routed, sla: Sla, top_k: int, trace: Trace, routed
               "expected_to_meet": ran.route_change is None and routed.decision.expected_to_meet, "met": not misses, "misses": misses,
               "route": ran.route_change or routed.route}
     timing = {"read_ms": ((trace.read or routed_at) - trace.arrival) * 1000.0, "decode_ms": (decoded - routed_at) * 1000.0,
-              "queue_ms": max(r.queue_ms for r in results), "inference_ms": max(r.inference_ms for r in results),
+              "queue_ms": ran.queue_ms, "inference_ms": ran.inference_ms,
               "serialize_ms": (finished - started) * 1000.0, "total_ms": total_ms}
     tail = json.dumps({"observed_latency_ms": total_ms, "sla": report, "timing": timing}, separators=(",", ":"))
     return f"{text[:-1]},{tail[1:]}".encode(), report

@@ -4,6 +4,7 @@ deadline moves to a faster member or is answered at once."""
 
 import asyncio
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -54,9 +55,9 @@ class FakeBackend:
         pass
 
 
-def dispatcher(costing="device", lanes=1, max_queue=2000, small=SMALL, large=LARGE, **settings):
+def dispatcher(costing="device", lanes=1, max_queue=2000, small=SMALL, large=LARGE, backend=None, **settings):
     catalog = Catalog(Path("."), "cpu-test", "cpu", "fake", {"fake": ("small", "large")}, {"small": small, "large": large}, "test")
-    backend = FakeBackend(lanes)
+    backend = backend or FakeBackend(lanes)
     return Dispatcher(catalog, backend, DispatchSettings(costing=costing, cpu_lanes=lanes, max_queue=max_queue, **settings), ServerMetrics()), backend
 
 
@@ -303,13 +304,10 @@ class InLaneBackend(FakeBackend):
 
 
 def test_an_image_no_lane_can_decode_and_run_in_time_is_refused_undecoded(monkeypatch):
-    import threading
-
     decoded = []
 
     async def scenario():
-        catalog = Catalog(Path("."), "cpu-test", "cpu", "fake", {"fake": ("small", "large")}, {"small": SMALL, "large": LARGE}, "test")
-        d = Dispatcher(catalog, InLaneBackend(), DispatchSettings(cpu_lanes=1), ServerMetrics())
+        d, _ = dispatcher(backend=InLaneBackend())
         await d.start()
         original = d._prepare
         monkeypatch.setattr(d, "_prepare", lambda *args, **kwargs: decoded.append(args[1].name) or original(*args, **kwargs))

@@ -4,12 +4,15 @@ import asyncio
 import json
 import time
 
+import numpy as np
 import pytest
 
 from effx_serve.serve import flow
+from effx_serve.serve.dispatch import Expectation, Ran
 from effx_serve.serve.errors import InvalidRequest, SlaUnmeetable, UnknownName, UnreadableImage
+from effx_serve.serve.scheduler import ItemResult
 from effx_serve.serve.schema import BatchClassification, Classification, ClassifyParams
-from tests.helpers import JPEG, make_server, open_ready
+from tests.helpers import JPEG, fake_member, make_server, open_ready
 
 
 def test_the_flow_routes_decodes_runs_and_answers_with_a_trace(served_repository):
@@ -126,12 +129,6 @@ def test_predictions_are_the_softmax_top_k_with_ties_in_label_order_on_both_path
 
 
 def test_a_late_answer_is_put_down_to_the_stage_that_overran_its_expectation_most():
-    import numpy as np
-
-    from effx_serve.serve.dispatch import Expectation, Ran
-    from effx_serve.serve.scheduler import ItemResult
-    from tests.helpers import fake_member
-
     member = fake_member("m", 0.5, {1: 1.0})
     expected = Expectation(member, decode_ms=2.0, wait_ms=1.0, inference_ms=1.0, after_ms=0.2, total_ms=4.2)
     ran = Ran(member, [ItemResult(np.zeros(3), queue_ms=0.5, inference_ms=1.0, batch_size=1)], None)
