@@ -74,8 +74,7 @@ class Expectation(NamedTuple):  # a NamedTuple: eight are made per request, at a
     handback_ms: float = 0.0  # from the batch's end in its lane to the event loop taking its result up (part of after_ms)
 
 
-@dataclass(frozen=True)
-class Routed:
+class Routed(NamedTuple):  # a NamedTuple, as Expectation: one per request
     member: Member | None  # None: refused
     decision: Decision
     options: tuple[Option, ...]  # every candidate with its expected end-to-end latency
@@ -264,16 +263,16 @@ class Dispatcher:
         handback, rest_after, scale, rest_scale = self.handback.value, self.after.value, self.end_to_end.factor(), self.at_rest.factor()
         after = rest_after + handback
         spread = min(count, lanes)  # several images decode side by side
+        shapes = [(i.format or "JPEG", i.pixels or DecodeTimes.REFERENCE_PIXELS) for i in images]
+        contention = self.contention.factor()  # the factors once per request, not once per member and term
         for m in members:
-            decode = sum([self.decode_times.expected_ms(i.format or "JPEG", m.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
-                          for i in images]) / spread
-            inference = self.batch_ms(m, count)
+            # At rest: on an idle server (see the module's text), without the time this request has already spent.
+            decode, rest_decode = self.decode_times.loaded_and_calibrated_ms(shapes, m.name)
+            decode, rest_decode = decode / spread, rest_decode / spread
+            rest_inference = m.latency.service_ms(count) * self.residual.factor(m.name)
+            inference = rest_inference * contention
             wait = cpu_wait + max(0.0, device_wait - cpu_wait - decode)  # the device's work goes on while this one decodes
             loaded[m.name] = Expectation(m, decode, wait, inference, after, elapsed + (wait + decode + inference + after) * scale, handback)
-            # At rest: on an idle server (see the module's text), without the time this request has already spent.
-            rest_decode = sum([self.decode_times.calibrated_ms(i.format or "JPEG", m.name, i.pixels or DecodeTimes.REFERENCE_PIXELS)
-                               for i in images]) / spread
-            rest_inference = m.latency.service_ms(count) * self.residual.factor(m.name)
             at_rest[m.name] = Expectation(m, rest_decode, 0.0, rest_inference, rest_after, (rest_decode + rest_inference + rest_after) * rest_scale)
         return loaded, at_rest
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 
 Clock = Callable[[], float]
 
@@ -107,6 +107,15 @@ class DecodeTimes:
     def calibrated_ms(self, image_format: str, member: str, pixels: int) -> float:
         """As measured at start on a quiet server, without what the load has taught since."""
         return self._base(image_format, member, pixels)
+
+    def loaded_and_calibrated_ms(self, shapes: Iterable[tuple[str, int]], member: str) -> tuple[float, float]:
+        """(`expected_ms`, `calibrated_ms`) summed over images of (format, pixels): what routing asks for every member."""
+        expected = calibrated = 0.0
+        for image_format, pixels in shapes:
+            base = self._base(image_format, member, pixels)
+            expected += base * self.corrections.factor((image_format, member))
+            calibrated += base
+        return expected, calibrated
 
     def observe(self, image_format: str, member: str, pixels: int, observed_ms: float) -> None:
         self.corrections[(image_format, member)].observe(self._base(image_format, member, pixels), observed_ms)

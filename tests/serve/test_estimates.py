@@ -56,6 +56,9 @@ def test_decode_times_scale_with_pixels_fall_back_for_unknown_formats_and_learn(
     times.observe("JPEG", "m", DecodeTimes.REFERENCE_PIXELS, 3.0)
     assert times.expected_ms("JPEG", "m", DecodeTimes.REFERENCE_PIXELS) == pytest.approx(3.0)
     assert times.expected_ms("PNG", "m", DecodeTimes.REFERENCE_PIXELS) == pytest.approx(6.0)
+    # Routing asks for both at once, summed over a request's images: only the loaded figure carries what serving taught.
+    shapes = [("JPEG", DecodeTimes.REFERENCE_PIXELS), ("PNG", DecodeTimes.REFERENCE_PIXELS // 2)]
+    assert times.loaded_and_calibrated_ms(shapes, "m") == pytest.approx((3.0 + 3.0, 2.0 + 3.0))
 
 
 def test_a_mean_starts_from_its_guess_and_ignores_nonsense():
