@@ -25,6 +25,7 @@ _EXIF, _XMP = b"Exif\0\0", b"http://ns.adobe.com/xap/1.0/\x00"
 _ORIENTATION_TAG, _SHORT = 0x0112, 3
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_SEQUENTIAL = frozenset({0xC0, 0xC1})  # SOF0, SOF1: baseline and extended sequential, Huffman-coded
 _FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})  # SOFn: the size
 
 
@@ -62,6 +63,9 @@ class Header(NamedTuple):
     components: int  # 1: greyscale, 3: YCbCr or RGB, 4: CMYK or YCCK
     exif: list[bytes]  # the EXIF segments' TIFF data
     xmp: bool  # whether an XMP segment is there
+    # Sequential (baseline or extended) with every component in its first scan: libjpeg refuses a second scan of such a file
+    # at once ("Didn't expect more than one scan"), so it cannot be a bomb of repeated scans and they need not be counted.
+    single_scan: bool = False
 
 
 def _segments(data: bytes, limit: int) -> Iterator[tuple[int, int]]:
@@ -101,13 +105,16 @@ def frame_size(data: bytes) -> tuple[int, int] | None:
 def read_header(data: bytes) -> Header | None:
     """The frame header and the metadata segments before the first scan; None when the markers cannot be walked to it."""
     exif: list[bytes] = []
-    xmp, frame = False, None
+    xmp, frame, sequential = False, None, False
     for marker, at in _segments(data, _MAX_SEGMENTS):
         if marker in (_SOS, _EOI):
-            return None if frame is None else Header(*frame, exif, xmp)
+            if frame is None:
+                return None
+            single_scan = sequential and marker == _SOS and at + 2 < len(data) and data[at + 2] == frame[2]  # the scan's components
+            return Header(*frame, exif, xmp, single_scan)
         end = at + int.from_bytes(data[at:at + 2], "big")
         if marker in _FRAMES and end >= at + 8 and len(data) >= at + 8:  # length, precision, height, width, components
-            frame = (*_size(data, at), data[at + 7])
+            frame, sequential = (*_size(data, at), data[at + 7]), marker in _SEQUENTIAL
         elif marker == 0xE1:
             if data.startswith(_EXIF, at + 2):
                 exif.append(data[at + 2 + len(_EXIF):end])

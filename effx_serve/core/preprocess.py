@@ -344,7 +344,8 @@ def _jpeg_fast(data: bytes, max_pixels: int, formats: Iterable[str], shrink_to: 
     header = jpeg.read_header(data)
     if header is None or not 0 < header.width * header.height <= max_pixels:
         return None
-    _check_jpeg_scans(data)
+    if not header.single_scan:  # (a single-scan file's extra scans libjpeg refuses itself, and Pillow then counts them)
+        _check_jpeg_scans(data)
     if budget is not None:
         budget.check()
     return jpeg.decode_scaled(data, shrink_to, header)

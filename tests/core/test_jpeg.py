@@ -99,6 +99,20 @@ def test_a_jpeg_cut_anywhere_in_its_header_is_a_clear_error():
             preprocess.serving_image(data[:end], 8)
 
 
+def test_only_a_sequential_jpeg_with_every_component_in_its_first_scan_skips_the_scan_count():
+    baseline = encode(noisy(64, 48))
+    assert jpeg.read_header(baseline).single_scan
+    assert not jpeg.read_header(encode(noisy(64, 48), progressive=True)).single_scan
+    assert not jpeg.read_header(progressive_scan_bomb(64, 48, repeats=0)).single_scan
+    # A baseline file with its scan repeated: libjpeg refuses the second scan, and the Pillow path then counts them.
+    scan = baseline[baseline.find(b"\xff\xda"):-2]
+    repeated = baseline[:-2] + scan * (preprocess.MAX_JPEG_SCANS + 1) + b"\xff\xd9"
+    assert jpeg.read_header(repeated).single_scan
+    assert jpeg.decode_scaled(repeated, 8) is None
+    with pytest.raises(UserError, match=rf"\d+ scans, more than the limit of {preprocess.MAX_JPEG_SCANS}"):
+        preprocess.serving_image(repeated, 8)
+
+
 def test_the_limits_hold_on_the_fast_path():
     data = encode(noisy(100, 100))
     with pytest.raises(UserError, match="more than the limit of 9999"):
