@@ -51,6 +51,10 @@ RESAMPLE = Image.Resampling.BICUBIC
 # Precomputed so normalisation is one multiply-add per value: (x / 255 - mean) / std.
 _SCALE = (1.0 / (255.0 * np.asarray(STD, dtype=np.float32))).astype(np.float32)
 _OFFSET = (np.asarray(MEAN, dtype=np.float32) / np.asarray(STD, dtype=np.float32)).astype(np.float32)
+# Every 8-bit value's normalised float per channel, computed as the formula computes it (float32 x * scale - offset): a
+# lookup writes the CHW input in one pass per channel, where the formula makes four temporary arrays (a 108 px input in
+# 0.15 against 0.35 ms, on the lane that holds the interpreter lock meanwhile).
+_NORMALISED = np.ascontiguousarray((np.arange(256, dtype=np.float32)[:, None] * _SCALE - _OFFSET).T)
 _WHITE = (255, 255, 255, 255)
 
 
@@ -284,9 +288,11 @@ def normalize(image: Image.Image) -> np.ndarray:
     """An RGB image as float32 CHW, each channel (x / 255 - MEAN) / STD."""
     if image.mode != "RGB":
         image = to_rgb(image)
-    pixels = np.asarray(image, dtype=np.float32)
-    chw = (pixels * _SCALE - _OFFSET).transpose(2, 0, 1)
-    return np.ascontiguousarray(chw, dtype=np.float32)
+    pixels = np.asarray(image)
+    chw = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    for channel in range(3):
+        np.take(_NORMALISED[channel], pixels[:, :, channel], out=chw[channel])
+    return chw
 
 
 def to_input(image: Image.Image, resolution: int, crop_fraction: float = DEFAULT_CROP_FRACTION) -> np.ndarray:

@@ -314,6 +314,15 @@ def test_to_input_normalises_per_channel():
         assert np.allclose(x[channel], expected[channel], atol=1e-5)
 
 
+def test_normalisation_gives_the_formulas_float32_for_every_value_of_every_channel():
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    pixels = np.stack([values, values[::-1], values.T], axis=-1)
+    formula = (pixels.astype(np.float32) * preprocess._SCALE - preprocess._OFFSET).transpose(2, 0, 1)
+    x = preprocess.normalize(Image.fromarray(pixels, "RGB"))
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    assert x.tobytes() == np.ascontiguousarray(formula, dtype=np.float32).tobytes()
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "I", "F", "1", "LA"])
 def test_to_input_accepts_every_mode(mode):
     x = to_input(Image.new(mode, (9, 5)), 4)
