@@ -223,13 +223,14 @@ class InProcess:
 
 
 @contextmanager
-def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0, cpus: set[int] | None = None):
-    """`effx-serve serve` on `repo` in its own process (on `cpus` only, if given) until the block ends; yields (port, process)
-    once /readyz is 200."""
+def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0, cpus: set[int] | None = None,
+           env: dict[str, str] | None = None):
+    """`effx-serve serve` on `repo` in its own process (on `cpus` only, if given; with `env` instead of this one's) until the
+    block ends; yields (port, process) once /readyz is 200."""
     port = proc.free_port()
     argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repo), "--host", HOST, "--port", str(port),
             "--log-level", "warning", *extra]
-    with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s, cpus=cpus) as process:
+    with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s, env=env, cpus=cpus) as process:
         yield port, process
 
 
