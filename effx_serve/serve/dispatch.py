@@ -266,7 +266,7 @@ class Dispatcher:
         shapes = [(i.format or "JPEG", i.pixels or DecodeTimes.REFERENCE_PIXELS) for i in images]
         contention = self.contention.factor()  # the factors once per request, not once per member and term
         for m in members:
-            # At rest: on an idle server (see the module's text), without the time this request has already spent.
+            # Loaded, and at rest: on an idle server (see the module's text), without the time this request has already spent.
             decode, rest_decode = self.decode_times.loaded_and_calibrated_ms(shapes, m.name)
             decode, rest_decode = decode / spread, rest_decode / spread
             rest_inference = m.latency.service_ms(count) * self.residual.factor(m.name)
