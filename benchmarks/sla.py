@@ -169,6 +169,16 @@ def server_attainment(phase: dict) -> float | None:
     return 1.0 - late / answered if answered else None
 
 
+def expectation_errors(phase: dict) -> str:
+    """How far the server's expectations were off for the phase's answered bounded requests: quantile bounds of observed minus
+    expected, from its /metrics (the margin an admission would need to keep that share of them in bound)."""
+    errors = quantile_bounds((phase.get("server_metrics") or {}).get("expectation_error_buckets") or {}, (0.5, 0.9, 0.99))
+    if not errors["count"]:
+        return "expectation error: no answered request with a bound"
+    shares = ", ".join(f"{key[:-6]} {'> 256' if value is None else f'<= {value:g}'} ms" for key, value in errors.items() if key != "count")
+    return f"expectation error (observed - expected, routing to answer) of {errors['count']} answered bounded requests: {shares}"
+
+
 def isolation() -> tuple[set[int], set[int]]:
     """(the servers' CPUs, the load generator's): the first half of this process's CPUs and the rest."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -241,6 +251,7 @@ def print_load(figures: dict) -> list[str]:
         late = (routed.get("server_metrics") or {}).get("late_stage") or {}
         print("  routed, as the server placed them: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(routes.items(), key=lambda kv: -kv[1]))
               + "; late answers by the stage that overran most: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(late.items())) or "none"))
+        print("  " + expectation_errors(routed))
         pinned = [p for p in report["phases"] if p["kind"] == "pinned"]
         on_server = server_attainment(routed)
         on_client = routed["within_bound"] / routed["answered"] if routed["answered"] else 0.0

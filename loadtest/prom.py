@@ -42,7 +42,8 @@ def delta(before: str, after: str) -> dict:
     routes = {dict(labels)["outcome"]: n for labels, n in change("effx_routes_total").items() if n}
     late = {dict(labels)["stage"]: n for labels, n in change("effx_late_stage_total").items() if n}
     return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses), "routes": routes,
-            "late_stage": late, "refusal_buckets": _cumulative(change("effx_refusal_seconds_bucket"))}
+            "late_stage": late, "refusal_buckets": _cumulative(change("effx_refusal_seconds_bucket")),
+            "expectation_error_buckets": _cumulative(change("effx_expectation_error_seconds_bucket"))}
 
 
 def _cumulative(buckets: dict[tuple, float]) -> dict[str, float]:

@@ -88,6 +88,11 @@ class Routed(NamedTuple):  # a NamedTuple, as Expectation: one per request
     def expected_ms(self) -> float | None:
         return self.expected.total_ms if self.expected else None
 
+    @property
+    def bounded(self) -> bool:
+        """Whether the request has a latency bound (those are costed at rest too)."""
+        return bool(self.at_rest)
+
 
 LARGE_IMAGE_PIXELS = 2048 * 2048
 """Images above this decode on at most lanes - 1 CPU lanes at once: a lane stays free for normal photos, and the memory
@@ -223,7 +228,8 @@ class Dispatcher:
     def observe_answer(self, routed: Routed, arrival: float, routed_at: float, handback_ms: float, inference_done: float,
                        answered: float) -> None:
         """What an answered request teaches: the time after its batch (the hand-back, then serialising), and how far the
-        expectation was off (and, for a request that had the server to itself, how far the at-rest expectation was)."""
+        expectation was off (and, for a request that had the server to itself, how far the at-rest expectation was); for one
+        with a latency bound, by how many milliseconds (/metrics)."""
         self.handback.observe(handback_ms)
         self.after.observe((answered - inference_done) * 1000.0)
         if routed.expected is not None and self.settings.costing == "device":
@@ -231,6 +237,9 @@ class Dispatcher:
             self.end_to_end.observe(expected_remainder / self.end_to_end.factor(), (answered - routed_at) * 1000.0)
             if routed.alone and routed.at_rest_model_ms is not None:
                 self.at_rest.observe(routed.at_rest_model_ms, (answered - routed_at) * 1000.0)
+            if routed.bounded:
+                error_s = answered - routed_at - expected_remainder / 1000.0
+                self.metrics.expectation_error.labels("alone" if routed.alone else "shared").observe(error_s)
 
     # --- expectations and routing ----------------------------------------------------------------------------
 

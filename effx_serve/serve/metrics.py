@@ -19,6 +19,8 @@ from prometheus_client.utils import floatToGoString
 # Latency buckets from 0.25 ms to 10 s: small CPU members answer in about a millisecond.
 _SECONDS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5, 5.0, 10.0)
 _BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+# Observed minus expected, both ways from 0 to 256 ms (a negative error is an answer sooner than expected).
+_ERRORS = (-0.016, -0.008, -0.004, -0.002, -0.001, 0.0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256)
 
 
 class _Count:
@@ -148,6 +150,10 @@ class ServerMetrics:
                                   "most: wait_decode (queues and decoding), inference, handback (batch end to the event loop taking its result), after "
                                   "(from there to the answer serialised)",
                                   ["stage"], registry=r)
+        self.expectation_error = Histogram("effx_expectation_error_seconds", "Answered requests with a latency bound: the time from "
+                                           "routing to the answer, observed minus expected (negative: sooner), by whether other requests "
+                                           "were being served (shared) or not (alone): what an admission must leave as margin",
+                                           ["load"], buckets=_ERRORS, registry=r)
         self.queue_depth = Gauge("effx_queue_depth", "Images waiting for a batch, by member", ["member"], registry=r)
         self.expected_ms = Gauge("effx_expected_latency_ms", "Expected end-to-end latency of a new one-image 640x480 JPEG request, by member",
                                  ["member"], registry=r)

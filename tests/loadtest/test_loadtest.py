@@ -243,6 +243,13 @@ effx_refusal_seconds_bucket{le="0.001",reason="sla"} 0.0
 effx_refusal_seconds_bucket{le="0.002",reason="sla"} 0.0
 effx_refusal_seconds_bucket{le="0.004",reason="sla"} 0.0
 effx_refusal_seconds_bucket{le="+Inf",reason="sla"} 1.0
+# TYPE effx_expectation_error_seconds histogram
+effx_expectation_error_seconds_bucket{le="0.0",load="shared"} 6.0
+effx_expectation_error_seconds_bucket{le="0.008",load="shared"} 9.0
+effx_expectation_error_seconds_bucket{le="+Inf",load="shared"} 10.0
+effx_expectation_error_seconds_bucket{le="0.0",load="alone"} 2.0
+effx_expectation_error_seconds_bucket{le="0.008",load="alone"} 2.0
+effx_expectation_error_seconds_bucket{le="+Inf",load="alone"} 2.0
 """
 
 
@@ -257,6 +264,9 @@ def test_metrics_delta():
     assert prom.quantile_bounds(change["refusal_buckets"]) == {"count": 101, "p50_le_ms": 1.0, "p99_le_ms": 4.0}
     assert prom.quantile_bounds({"0.001": 1.0, "+Inf": 10.0}) == {"count": 10, "p50_le_ms": None, "p99_le_ms": None}
     assert prom.quantile_bounds(prom.delta(AFTER, AFTER)["refusal_buckets"]) == {"count": 0}
+    # The expectations' errors over both loads: 8 of 12 at or before the expected time, 11 within 8 ms late
+    assert change["expectation_error_buckets"] == {"0.0": 8.0, "0.008": 11.0, "+Inf": 12.0}
+    assert prom.quantile_bounds(change["expectation_error_buckets"], (0.5, 0.9)) == {"count": 12, "p50_le_ms": 0.0, "p90_le_ms": 8.0}
 
 
 def test_durations():

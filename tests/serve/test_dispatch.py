@@ -177,6 +177,31 @@ def test_the_at_rest_expectation_learns_only_from_requests_served_alone():
     assert untaught == 1.0 and 1.5 < taught <= 2.0
 
 
+def test_an_answered_bounded_request_records_how_far_its_expectation_was_off_by_whether_it_was_alone():
+    async def scenario():
+        d, _ = dispatcher()
+        await d.start()
+        now = time.monotonic()
+        with d.in_use():
+            alone = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
+            unbounded = d.route(Sla(), [PHOTO], now + 1.0, now)
+            with d.in_use():
+                crowded = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
+        d.observe_answer(alone, now, now, 0.0, now, now + alone.expected_ms / 1000 - 0.0015)  # 1.5 ms sooner than expected
+        d.observe_answer(crowded, now, now, 0.0, now, now + crowded.expected_ms / 1000 + 0.006)  # 6 ms late
+        d.observe_answer(unbounded, now, now, 0.0, now, now + 1.0)  # no bound: not counted
+        errors = {values[0]: (counts, total) for values, counts, total, _ in d.metrics.expectation_error.dump()}
+        await d.close()
+        return errors
+
+    errors = run(scenario())
+    bounds = (-0.016, -0.008, -0.004, -0.002, -0.001, 0.0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, math.inf)
+    assert set(errors) == {"alone", "shared"}
+    for load, (error_s, bucket) in {"alone": (-0.0015, -0.001), "shared": (0.006, 0.008)}.items():
+        counts, total = errors[load]
+        assert counts == [int(bound == bucket) for bound in bounds] and total == pytest.approx(error_s, abs=1e-6)
+
+
 def test_a_rate_the_accurate_member_cannot_sustain_sends_the_excess_to_the_faster_one_unless_costed_per_member():
     async def scenario(costing):
         d, _ = dispatcher(costing)

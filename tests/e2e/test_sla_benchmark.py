@@ -1,0 +1,30 @@
+"""benchmarks/sla.py's figures from a load test's report (the load runs themselves take minutes: docs/serving.md)."""
+
+import importlib.util
+
+from tests.helpers import ROOT
+
+
+def _sla():
+    spec = importlib.util.spec_from_file_location("sla_benchmark", ROOT / "benchmarks" / "sla.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_expectations_errors_are_printed_as_quantile_bounds_from_the_servers_metrics():
+    sla = _sla()
+    phase = {"server_metrics": {"expectation_error_buckets": {"-0.001": 10.0, "0.0": 50.0, "0.008": 90.0, "0.016": 99.0, "+Inf": 100.0}}}
+    assert sla.expectation_errors(phase) == ("expectation error (observed - expected, routing to answer) of 100 answered bounded "
+                                             "requests: p50 <= 0 ms, p90 <= 8 ms, p99 <= 16 ms")
+    beyond = {"server_metrics": {"expectation_error_buckets": {"0.256": 97.0, "+Inf": 100.0}}}
+    assert sla.expectation_errors(beyond).endswith("p50 <= 256 ms, p90 <= 256 ms, p99 > 256 ms")
+    assert sla.expectation_errors({}) == "expectation error: no answered request with a bound"
+
+
+def test_in_bound_on_the_servers_clock_counts_admitted_answers_only():
+    sla = _sla()
+    phase = {"server_metrics": {"routes": {"preferred": 60.0, "scaled": 30.0, "refused_overload": 500.0},
+                                "sla_misses": {"latency latency": 9.0, "latency refused": 500.0}}}
+    assert sla.server_attainment(phase) == 0.9
+    assert sla.server_attainment({}) is None
