@@ -68,8 +68,16 @@ def run(coroutine):
 async def hold(d, backend, member, count, deadline):
     """Fill the device: the lane holds one batch at the gate, `count` images of `member` queue behind it."""
     backend.gate.clear()
-    tasks = [asyncio.create_task(d.device.run(member, [np.zeros((3, member.resolution, member.resolution), np.float32)], deadline))
-             for _ in range(count + 1)]
+
+    def one() -> asyncio.Task:
+        return asyncio.create_task(d.device.run(member, [np.zeros((3, member.resolution, member.resolution), np.float32)], deadline))
+
+    tasks = [one()]
+    for _ in range(1000):  # the lane takes the first alone before the rest queue (on a busy machine it may wake late)
+        await asyncio.sleep(0.001)
+        if d.device.busy:
+            break
+    tasks += [one() for _ in range(count)]
     await asyncio.sleep(0.01)
     return tasks
 
