@@ -162,15 +162,21 @@ def test_a_loads_corrections_do_not_make_a_fine_sla_look_impossible_at_rest():
     assert (routed.member, routed.route) == (None, "overload")  # 429 for the load, not 422 "relax your SLA"
 
 
+def alone_and_crowded(d, now: float):
+    """Two requests with a 500 ms bound routed on `d`: one while no other was being served, one while another was."""
+    with d.in_use():
+        alone = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
+        with d.in_use():
+            crowded = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
+    return alone, crowded
+
+
 def test_the_at_rest_expectation_learns_only_from_requests_served_alone():
     async def scenario():
         d, _ = dispatcher()
         await d.start()
         now = time.monotonic()
-        with d.in_use():
-            alone = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
-            with d.in_use():
-                crowded = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
+        alone, crowded = alone_and_crowded(d, now)
         for _ in range(30):  # answered in twice the at-rest expectation, after their batches
             d.observe_answer(crowded, now, now, 0.0, now, now + 2 * crowded.at_rest_model_ms / 1000)
         untaught = d.at_rest.factor()
@@ -190,11 +196,8 @@ def test_an_answered_bounded_request_records_how_far_its_expectation_was_off_by_
         d, _ = dispatcher()
         await d.start()
         now = time.monotonic()
-        with d.in_use():
-            alone = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
-            unbounded = d.route(Sla(), [PHOTO], now + 1.0, now)
-            with d.in_use():
-                crowded = d.route(Sla(max_latency_ms=500.0), [PHOTO], now + 0.5, now)
+        alone, crowded = alone_and_crowded(d, now)
+        unbounded = d.route(Sla(), [PHOTO], now + 1.0, now)
         d.observe_answer(alone, now, now, 0.0, now, now + alone.expected_ms / 1000 - 0.0015)  # 1.5 ms sooner than expected
         d.observe_answer(crowded, now, now, 0.0, now, now + crowded.expected_ms / 1000 + 0.006)  # 6 ms late
         d.observe_answer(unbounded, now, now, 0.0, now, now + 1.0)  # no bound: not counted
