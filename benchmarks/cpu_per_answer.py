@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,11 +70,6 @@ async def _round(ports: list[int], pids: list[int], request: dict[int, bytes], r
     return result
 
 
-def _fastest(port: int) -> str:
-    with urllib.request.urlopen(f"http://{serving.HOST}:{port}/v1/models") as answer:
-        return min(json.load(answer)["members"], key=lambda m: m["profile"][0]["p50_ms"])["name"]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", required=True, type=Path, help="a checkout of the code to compare with (its effx_serve/)")
@@ -100,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(folder)
         with serving.router(args.repo, [], work, cpus=server_cpus) as (this, this_process), \
                 serving.router(args.repo, [], work, cpus=server_cpus, env=against_env) as (other, other_process):
-            member = args.member or _fastest(this)
+            member = args.member or serving.fastest_member(this)
             request = {port: serving.http_request(port, f"/v1/classify?member={member}", image, "image/jpeg") for port in (this, other)}
             print(f"{member}, {args.rate:g} requests/s to each server for {args.duration:g} s, both servers on CPU {cpus[0]}; "
                   f"this checkout against {args.against}")

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -232,6 +233,12 @@ def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0
             "--log-level", "warning", *extra]
     with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s, env=env, cpus=cpus) as process:
         yield port, process
+
+
+def fastest_member(port: int) -> str:
+    """The member of the server on `port` with the shortest profiled batch-1 latency (its /v1/models)."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/v1/models") as answer:
+        return min(json.load(answer)["members"], key=lambda m: m["profile"][0]["p50_ms"])["name"]
 
 
 def latency(port: int, path: str, image: bytes, duration_s: float) -> dict:

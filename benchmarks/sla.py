@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -200,9 +199,7 @@ def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str],
         with serving.router(repo, serve_args, work, cpus=server_cpus) as (port, _), \
                 serving.router(repo, [*serve_args, "--costing", "member"], work, cpus=server_cpus) as (old_port, _):
             url, old_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
-            with urllib.request.urlopen(f"{url}/v1/models") as answer:
-                members = json.load(answer)["members"]
-            fastest = min(members, key=lambda m: m["profile"][0]["p50_ms"])["name"]
+            fastest = serving.fastest_member(port)
             say(f"capacity: {fastest} pinned, closed loop at saturation")
             figures["capacity_rounds_rps"] = rounds_rps = capacity(url, fastest, min(duration_s, 10.0), rounds, work, generator_cpus)
             figures["capacity_rps"] = rate = statistics.median(rounds_rps)

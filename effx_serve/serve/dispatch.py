@@ -233,13 +233,12 @@ class Dispatcher:
         self.handback.observe(handback_ms)
         self.after.observe((answered - inference_done) * 1000.0)
         if routed.expected is not None and self.settings.costing == "device":
-            expected_remainder = routed.expected.total_ms - (routed_at - arrival) * 1000.0
-            self.end_to_end.observe(expected_remainder / self.end_to_end.factor(), (answered - routed_at) * 1000.0)
+            expected_remainder, observed = routed.expected.total_ms - (routed_at - arrival) * 1000.0, (answered - routed_at) * 1000.0
+            self.end_to_end.observe(expected_remainder / self.end_to_end.factor(), observed)
             if routed.alone and routed.at_rest_model_ms is not None:
-                self.at_rest.observe(routed.at_rest_model_ms, (answered - routed_at) * 1000.0)
+                self.at_rest.observe(routed.at_rest_model_ms, observed)
             if routed.bounded:
-                error_s = answered - routed_at - expected_remainder / 1000.0
-                self.metrics.expectation_error.labels("alone" if routed.alone else "shared").observe(error_s)
+                self.metrics.expectation_error.labels("alone" if routed.alone else "shared").observe((observed - expected_remainder) / 1000.0)
 
     # --- expectations and routing ----------------------------------------------------------------------------
 

@@ -104,12 +104,9 @@ class DecodeTimes:
     def expected_ms(self, image_format: str, member: str, pixels: int) -> float:
         return self._base(image_format, member, pixels) * self.corrections.factor((image_format, member))
 
-    def calibrated_ms(self, image_format: str, member: str, pixels: int) -> float:
-        """As measured at start on a quiet server, without what the load has taught since."""
-        return self._base(image_format, member, pixels)
-
     def loaded_and_calibrated_ms(self, shapes: Iterable[tuple[str, int]], member: str) -> tuple[float, float]:
-        """(`expected_ms`, `calibrated_ms`) summed over images of (format, pixels): what routing asks for every member."""
+        """(`expected_ms`, and as calibrated at start on a quiet server, without what the load has taught since) summed over
+        images of (format, pixels): what routing asks for every member."""
         expected = calibrated = 0.0
         for image_format, pixels in shapes:
             base = self._base(image_format, member, pixels)
