@@ -1,15 +1,16 @@
 """Latency SLAs under load: what the scheduler and the router cost, and what they keep, side by side in one run.
 
     .venv/bin/python benchmarks/sla.py [--repo model_repository] [--duration 20] [--rounds 3] [--json sla.json] [--only cost|load]
-                                       [--serve-arg=--workers=2 ...] [--isolate]
+                                       [--serve-arg=--workers=2 ...] [--baseline-arg=--lane-nice=0 ...] [--isolate]
 
 1. **Cost** (in-process, no HTTP): routing plus scheduling per request, p50 and p99, with 1,000 requests
    queued across the members of a fake device (target: <= 0.2 ms p50).
 2. **Load** (real servers on the demo repository, the load generator on the same machine): the saturated
    throughput of the fastest member gives the capacity C (the median of --rounds measurements); then, with `effx-serve loadtest --compare`, the same
    open-loop schedule (Poisson, then bursty) at 0.8 C is sent once with SLA routing, once per member pinned
-   and once to a second server with the old per-member costing (`serve --costing member`); and at C and 2 C with
-   routing, for goodput and the time to a refusal. Targets:
+   and once to a second server, the baseline: by default the old per-member costing (`serve --costing member`),
+   or any other settings (`--baseline-arg`, e.g. `--baseline-arg=--lane-nice=0`); and at C and 2 C with routing, to
+   both, for goodput and the time to a refusal. Targets (on the first server):
    - at 0.8 C: >= 99% of admitted latency-bound requests within their bound on the server's clock, >= 95% as
      the client measures;
    - routing's effective accuracy above every pinned member's, its attainment within 2 points of the best
@@ -168,6 +169,11 @@ def server_attainment(phase: dict) -> float | None:
     return 1.0 - late / answered if answered else None
 
 
+def client_attainment(phase: dict) -> float:
+    """On the client's clock: answered requests within their bound over answered ones."""
+    return phase["within_bound"] / phase["answered"] if phase["answered"] else 0.0
+
+
 def expectation_errors(phase: dict) -> str:
     """How far the server's expectations were off for the phase's answered bounded requests: quantile bounds of observed minus
     expected, from its /metrics (the margin an admission would need to keep that share of them in bound)."""
@@ -186,7 +192,11 @@ def isolation() -> tuple[set[int], set[int]]:
     return set(cpus[: len(cpus) // 2]), set(cpus[len(cpus) // 2:])
 
 
-def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str], isolate: bool = False) -> dict:
+BASELINE = ["--costing", "member"]
+
+
+def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str], isolate: bool = False,
+         baseline: list[str] = BASELINE) -> dict:
     import serving
 
     figures: dict = {}
@@ -197,22 +207,28 @@ def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str],
     with tempfile.TemporaryDirectory(prefix="effx-bench-sla-") as folder:
         work = Path(folder)
         with serving.router(repo, serve_args, work, cpus=server_cpus) as (port, _), \
-                serving.router(repo, [*serve_args, "--costing", "member"], work, cpus=server_cpus) as (old_port, _):
+                serving.router(repo, [*serve_args, *baseline], work, cpus=server_cpus) as (old_port, _):
             url, old_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
             fastest = serving.fastest_member(port)
             say(f"capacity: {fastest} pinned, closed loop at saturation")
             figures["capacity_rounds_rps"] = rounds_rps = capacity(url, fastest, min(duration_s, 10.0), rounds, work, generator_cpus)
             figures["capacity_rps"] = rate = statistics.median(rounds_rps)
             figures["fastest"] = fastest
-            old = ["--compare-url", old_url, "--compare-label", "routed, member costing"]
+            figures["baseline"] = label = baseline_label(baseline)
+            old = ["--compare-url", old_url, "--compare-label", label]
             for name, arrivals in (("poisson", ["--arrivals", "poisson"]), ("bursty", BURSTY)):
-                say(f"{name} at {LOAD:g} x capacity ({LOAD * rate:.0f} req/s): routed, each member pinned, the old costing")
+                say(f"{name} at {LOAD:g} x capacity ({LOAD * rate:.0f} req/s): routed, each member pinned, {label}")
                 figures[name] = compare(url, LOAD * rate, arrivals, duration_s, rounds, work / name, old, generator_cpus)
             for name, factor in (("at_capacity", 1.0), ("overload", OVERLOAD)):
-                say(f"routed at {factor:g} x capacity ({factor * rate:.0f} req/s)")
+                say(f"routed at {factor:g} x capacity ({factor * rate:.0f} req/s), and {label}")
                 figures[name] = compare(url, factor * rate, ["--arrivals", "poisson"], duration_s, rounds, work / name,
-                                        ["--compare-phases", "routed"], generator_cpus)
+                                        ["--compare-phases", "routed,other", *old], generator_cpus)
     return figures
+
+
+def baseline_label(baseline: list[str]) -> str:
+    """The baseline server's phase name: the old costing by its name, other settings by their arguments."""
+    return "routed, member costing" if baseline == BASELINE else "routed, " + " ".join(baseline)
 
 
 def _range(phase: dict, key: str, spec: str) -> str:
@@ -236,13 +252,15 @@ def print_load(figures: dict) -> list[str]:
               f"{report['schedule']['bounds_ms']['min']:.1f}-{report['schedule']['bounds_ms']['max']:.1f} ms "
               f"({report['schedule']['latency_bounds'][0]:g}-{report['schedule']['latency_bounds'][1]:g} x a member's unloaded latency)")
         print(f"  {'phase':28s} {'attain':>7s} {'(rounds)':>13s} {'eff.acc':>8s} {'(rounds)':>13s} {'goodput':>8s} {'p50 ms':>7s} "
-              f"{'p99 ms':>7s} {'429':>5s} {'422':>5s} {'err':>4s}")
+              f"{'p99 ms':>7s} {'429':>5s} {'422':>5s} {'err':>4s} {'in bound, server / client':>26s}")
         for phase in report["phases"]:
             latency = phase.get("latency_ms") or {}
+            on_server = server_attainment(phase)
             print(f"  {phase['name']:28s} {phase['attainment']:7.1%} {_range(phase, 'attainment', '.1%'):>13s} "
                   f"{phase['effective_accuracy']:8.3f} {_range(phase, 'effective_accuracy', '.3f'):>13s} {phase['goodput_rps']:8.1f} "
                   f"{latency.get('p50') or float('nan'):7.1f} {latency.get('p99') or float('nan'):7.1f} {phase['refused_429']:5d} "
-                  f"{phase['refused_422']:5d} {phase['errors']:4d}")
+                  f"{phase['refused_422']:5d} {phase['errors']:4d} {on_server if on_server is not None else float('nan'):14.2%} / "
+                  f"{client_attainment(phase):.2%}")
         routed = report["phases"][0]
         routes = (routed.get("server_metrics") or {}).get("routes") or {}
         late = (routed.get("server_metrics") or {}).get("late_stage") or {}
@@ -251,7 +269,7 @@ def print_load(figures: dict) -> list[str]:
         print("  " + expectation_errors(routed))
         pinned = [p for p in report["phases"] if p["kind"] == "pinned"]
         on_server = server_attainment(routed)
-        on_client = routed["within_bound"] / routed["answered"] if routed["answered"] else 0.0
+        on_client = client_attainment(routed)
         best = max(pinned, key=lambda p: p["attainment"])
         accurate = max(pinned, key=lambda p: p["effective_accuracy"])
         server_value = on_server if on_server is not None else 0.0
@@ -271,16 +289,8 @@ def print_load(figures: dict) -> list[str]:
             print(f"  target: {label}: {value} {_margin(ok, by)}")
             if not ok:
                 missed.append(f"{name}: {label}: {value}")
-    at_capacity, overload = figures["at_capacity"]["phases"][0], figures["overload"]["phases"][0]
-    kept = overload["goodput_rps"] / at_capacity["goodput_rps"] if at_capacity["goodput_rps"] else 0.0
-    refusal_p99 = (overload.get("refusal_latency_ms") or {}).get("p99")
-    in_server = quantile_bounds((overload.get("server_metrics") or {}).get("refusal_buckets") or {})
-    print(f"\nrouted at capacity: goodput {at_capacity['goodput_rps']:.1f}/s, attainment {at_capacity['attainment']:.1%}; "
-          f"at {OVERLOAD:g} x capacity: goodput {overload['goodput_rps']:.1f}/s, attainment {overload['attainment']:.1%}, "
-          f"refused {overload['refused_429']} (429) + {overload['refused_422']} (422), refusal p99 "
-          f"{refusal_p99 if refusal_p99 is not None else float('nan'):.2f} ms as the client saw it"
-          + (f", <= {in_server['p99_le_ms']:g} ms in the server (arrival to refusal)" if in_server.get("p99_le_ms") is not None else ""))
-    refusal = refusal_p99 if refusal_p99 is not None else math.inf
+    print()
+    kept, refusal = [overload_line(*phases) for phases in zip(figures["at_capacity"]["phases"], figures["overload"]["phases"], strict=True)][0]
     for label, ok, value, by in (
             (f"goodput at {OVERLOAD:g} x capacity >= {GOODPUT_KEPT:.0%} of goodput at capacity", kept >= GOODPUT_KEPT, f"{kept:.2%}",
              f"{(GOODPUT_KEPT - kept) * 100:.2f} points"),
@@ -289,6 +299,21 @@ def print_load(figures: dict) -> list[str]:
         if not ok:
             missed.append(f"{label}: {value}")
     return missed
+
+
+def overload_line(at_capacity: dict, overload: dict) -> tuple[float, float]:
+    """Print one server's goodput at capacity and at overload, and its refusals there; (goodput kept, refusal p99 ms)."""
+    kept = overload["goodput_rps"] / at_capacity["goodput_rps"] if at_capacity["goodput_rps"] else 0.0
+    refusal_p99 = (overload.get("refusal_latency_ms") or {}).get("p99")
+    in_server = quantile_bounds((overload.get("server_metrics") or {}).get("refusal_buckets") or {})
+    print(f"{overload['name']} at capacity: goodput {at_capacity['goodput_rps']:.1f}/s, attainment {at_capacity['attainment']:.1%}; "
+          f"at {OVERLOAD:g} x capacity: goodput {overload['goodput_rps']:.1f}/s ({kept:.1%} of it), attainment {overload['attainment']:.1%}, "
+          f"in bound {server_attainment(overload) if server_attainment(overload) is not None else float('nan'):.1%} / "
+          f"{client_attainment(overload):.1%} (server / client clock), "
+          f"refused {overload['refused_429']} (429) + {overload['refused_422']} (422), refusal p99 "
+          f"{refusal_p99 if refusal_p99 is not None else float('nan'):.2f} ms as the client saw it"
+          + (f", <= {in_server['p99_le_ms']:g} ms in the server (arrival to refusal)" if in_server.get("p99_le_ms") is not None else ""))
+    return kept, refusal_p99 if refusal_p99 is not None else math.inf
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the servers on the first half of the CPUs, the load generator on the rest (else they share them all)")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="an argument for both servers' `effx-serve serve`, e.g. --serve-arg=--workers=2 (repeat for several)")
+    parser.add_argument("--baseline-arg", action="append", metavar="ARG",
+                        help="the baseline server's own arguments, e.g. --baseline-arg=--lane-nice=0 (repeat for several; "
+                             "default: --costing member, the old per-member costing)")
     args = parser.parse_args(argv)
     figures: dict = {}
     if args.only in (None, "cost"):
@@ -318,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{repo} has no manifest.json: build the demo repository first (effx-serve build-repo --demo)", file=sys.stderr)
             return 2
         figures["load"] = load(repo, args.duration, max(1, args.rounds), lambda line: print(line, file=sys.stderr, flush=True), args.serve_arg,
-                               args.isolate)
+                               args.isolate, args.baseline_arg or BASELINE)
         print_load(figures["load"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

@@ -26,6 +26,7 @@ _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of M
 _seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds", "above 0 and at most 3600")
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
 _switch_ms = checked(float, lambda value: 0.01 <= value <= 100, "a number of milliseconds", "from 0.01 to 100")
+_nice = checked(int, lambda value: 0 <= value <= 19, "a number of nice levels", "from 0 to 19")
 _watch_s = checked(float, lambda value: 0 <= value <= 3600, "a number of seconds", "from 0 (never) to 3600")
 DEMO_HARDWARE = ("nvidia-h200", "tpu-v3")  # the demo repository also predicts these (the Makefile's choice before --demo)
 DEMO_WATCH_S = 2.0
@@ -72,7 +73,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     if not (repository / "manifest.json").is_file():
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
-                                default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms,
+                                default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms, lane_nice=args.lane_nice,
                                 cpu_lanes=args.cpu_lanes or (max(1, available_cpus() // args.workers) if args.workers > 1 else None))
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
@@ -194,6 +195,9 @@ def add_parsers(sub) -> None:
                    help="CPU time a request's images may take to decode, checked as they decode; beyond it 400 (default: %(default)s)")
     p.add_argument("--cpu-lanes", type=positive_int, default=None,
                    help="images decoded and CPU batches run at once (default: the cores this process may use)")
+    p.add_argument("--lane-nice", type=_nice, default=DispatchSettings.lane_nice,
+                   help="nice levels the decoding and inference lanes run below the event loop: when every core is busy, answers, "
+                        "refusals and routing go first; 0: the same priority (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
                         "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "

@@ -12,6 +12,7 @@ import functools
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +29,24 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+MAX_NICE = 19
+
+
+def lower_thread_priority(levels: int) -> int | None:
+    """Lower the calling thread's CPU priority by `levels` nice steps (at most to 19): when the cores are all busy, the
+    process's other threads run first. Linux keeps a nice value per thread (setpriority on the thread's id); the new
+    value, or None where the OS cannot do it for one thread (nothing changes)."""
+    if levels <= 0 or not hasattr(os, "setpriority") or not hasattr(os, "getpriority"):
+        return None
+    thread = threading.get_native_id()
+    try:
+        value = min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, thread) + levels)
+        os.setpriority(os.PRIO_PROCESS, thread, value)
+    except OSError:
+        return None
+    return value
 
 
 def map_large_allocations(threshold_bytes: int = 4 * 2**20) -> bool:

@@ -161,9 +161,10 @@ class Dispatcher:
         await self.backend.start(members)
         await asyncio.to_thread(self._calibrate_decoding, members)
         device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.settings.max_queue,
-                                 after_ms=self.after_ms, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None))
+                                 after_ms=self.after_ms, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None),
+                                 lane_nice=self.settings.lane_nice)
         cpu = device if self.backend.on_host_cpu else DeviceScheduler("cpu", self.cpu_lanes, self.backend.infer, self.batch_ms,
-                                                                      self.settings.max_queue)
+                                                                      self.settings.max_queue, lane_nice=self.settings.lane_nice)
         for scheduler in {id(device): device, id(cpu): cpu}.values():
             scheduler.start()
         self.upgrades = UpgradeBudget(cpu.lanes if self.backend.on_host_cpu else device.lanes)

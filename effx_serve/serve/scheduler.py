@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from effx_serve.core.errors import UserError
+from effx_serve.core.proc import lower_thread_priority
 from effx_serve.serve.backends.base import BackendLate
 from effx_serve.serve.catalog import Member
 from effx_serve.serve.errors import Overloaded, Unavailable
@@ -124,11 +125,12 @@ class _Queue:
 class DeviceScheduler:
     def __init__(self, name: str, lanes: int, run_batch: RunBatch, batch_ms: BatchMs, max_queue: int = 256,
                  after_ms: Callable[[], float] = lambda: 0.0, on_batch: Callable[[Member, int, float], None] | None = None,
-                 run_now: RunNow | None = None):
+                 run_now: RunNow | None = None, lane_nice: int = 0):
         if lanes < 1 or max_queue < 1:
             raise ValueError("lanes and max_queue must be at least 1")
         self.name, self.lanes, self.max_queue = name, lanes, max_queue
         self._run_batch, self._run_now, self._batch_ms = run_batch, run_now, batch_ms
+        self._lane_nice = lane_nice  # nice levels below the event loop's (`_lane`)
         self._after_ms = after_ms  # what follows the batch before the answer is out (the hand-back, serialising): counted against deadlines
         self._on_batch = on_batch
         self._members: dict[str, _Queue] = {}
@@ -385,6 +387,9 @@ class DeviceScheduler:
             self._loop.call_soon_threadsafe(_settle, jobs, outcomes, first)
 
     def _lane(self, lane: int) -> None:
+        # Below the event loop's priority: with every core busy, its short turns (an answer written, a refusal, a request
+        # routed) go first instead of waiting out a lane's time slice, a wait no expectation can predict (docs/serving.md).
+        lower_thread_priority(self._lane_nice)
         while True:
             with self._arrived:
                 work = None

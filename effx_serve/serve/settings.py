@@ -25,6 +25,9 @@ class DispatchSettings:
     correction_half_life_s: float = 10.0  # online corrections decay back to the profile when evidence is this old
     cpu_lanes: int | None = None  # decodes and CPU batches at once (default: the cores this process may use)
     decode_budget_ms: float = 1000.0  # CPU time one request's images may take to decode (400 beyond): bounds a bomb's cost
+    # Nice levels the decoding and inference lanes run below the event loop: with every core busy, the loop's answers,
+    # refusals and routing go first (docs/serving.md measures it against 0, the same priority).
+    lane_nice: int = 10
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -39,6 +42,8 @@ class DispatchSettings:
             raise ValueError("cpu_lanes must be >= 1")
         if not 0 < self.decode_budget_ms <= 3_600_000:
             raise ValueError("decode_budget_ms must be in (0, 3600000]")
+        if not 0 <= self.lane_nice <= 19:
+            raise ValueError("lane_nice must be from 0 to 19")
 
 
 SERVING_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")

@@ -77,3 +77,27 @@ def test_stop_kills_a_process_that_ignores_sigterm():
     started = time.monotonic()
     proc.stop(stubborn, grace_s=0.5)
     assert stubborn.returncode == -9 and time.monotonic() - started < 10
+
+
+def _nice(thread_id=0):
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, thread_id)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's")
+def test_lower_thread_priority_lowers_the_calling_thread_only_and_stops_at_19():
+    own = _nice(threading.get_native_id())
+    seen = {}
+
+    def lowered(levels):
+        seen[levels] = (proc.lower_thread_priority(levels), _nice(threading.get_native_id()))
+
+    for levels in (3, 40, 0):
+        thread = threading.Thread(target=lowered, args=(levels,))
+        thread.start()
+        thread.join()
+    assert seen[3] == (min(19, own + 3), min(19, own + 3))
+    assert seen[40] == (19, 19)
+    assert seen[0] == (None, own)  # nothing asked, nothing changed
+    assert _nice(threading.get_native_id()) == own  # the caller's own thread is untouched

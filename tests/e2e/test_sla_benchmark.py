@@ -28,3 +28,18 @@ def test_in_bound_on_the_servers_clock_counts_admitted_answers_only():
                                 "sla_misses": {"latency latency": 9.0, "latency refused": 500.0}}}
     assert sla.server_attainment(phase) == 0.9
     assert sla.server_attainment({}) is None
+
+
+def test_the_baseline_is_named_by_its_arguments_and_each_server_gets_its_overload_line(capsys):
+    sla = _sla()
+    assert sla.baseline_label(sla.BASELINE) == "routed, member costing"
+    assert sla.baseline_label(["--lane-nice=0"]) == "routed, --lane-nice=0"
+    at_capacity = {"name": "routed", "goodput_rps": 200.0, "attainment": 0.8}
+    overload = {"name": "routed", "goodput_rps": 150.0, "attainment": 0.3, "refused_429": 40, "refused_422": 0, "answered": 100, "within_bound": 90,
+                "refusal_latency_ms": {"p99": 12.5}, "server_metrics": {"refusal_buckets": {"0.004": 10.0, "0.016": 40.0, "+Inf": 40.0}}}
+    assert sla.overload_line(at_capacity, overload) == (0.75, 12.5)
+    line = capsys.readouterr().out
+    assert line.startswith("routed at capacity: goodput 200.0/s") and "goodput 150.0/s (75.0% of it)" in line
+    assert "in bound nan% / 90.0% (server / client clock)" in line  # (no server metrics of answers here)
+    assert "refusal p99 12.50 ms as the client saw it, <= 16 ms in the server" in line
+    assert sla.overload_line(at_capacity, overload | {"refusal_latency_ms": None})[1] == float("inf")

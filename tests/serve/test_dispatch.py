@@ -300,9 +300,12 @@ def test_routing_and_scheduling_need_no_member_file_and_survive_1000_queued_requ
     assert routed.member is not None and math.isfinite(routed.expected.total_ms) and len(results) == 1000
 
 
-def test_the_costing_must_be_known():
+def test_the_costing_and_the_lanes_nice_must_be_known():
     with pytest.raises(ValueError):
         DispatchSettings(costing="guess")
+    for nice in (-1, 20):
+        with pytest.raises(ValueError):
+            DispatchSettings(lane_nice=nice)
 
 
 def test_decoding_stops_when_a_hard_deadline_passes_and_a_failed_image_stops_the_rest(monkeypatch):

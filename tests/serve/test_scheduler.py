@@ -4,7 +4,9 @@ to its own request."""
 
 import asyncio
 import math
+import os
 import random
+import sys
 import threading
 import time
 
@@ -310,6 +312,24 @@ def test_large_cpu_jobs_leave_a_lane_for_the_rest():
     light, events = run(scenario())
     assert light == 1
     assert events == [("start", 0), ("light",), ("end", 0), ("start", 1), ("end", 1)]  # one large at a time on two lanes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's")
+def test_the_lanes_run_below_the_event_loops_priority_by_lane_nice():
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def scenario(lane_nice):
+        s = DeviceScheduler("test", 1, Device(), service_ms, lane_nice=lane_nice)
+        s.start()
+        lane = await s.call(nice, time.monotonic() + 5.0, expected_ms=1.0)
+        await s.close()
+        return lane
+
+    loop = nice()
+    assert run(scenario(4)) == min(19, loop + 4)
+    assert run(scenario(0)) == loop
+    assert nice() == loop
 
 
 def test_bad_settings_are_refused():
