@@ -290,7 +290,8 @@ def print_load(figures: dict) -> list[str]:
             if not ok:
                 missed.append(f"{name}: {label}: {value}")
     print()
-    kept, refusal = [overload_line(*phases) for phases in zip(figures["at_capacity"]["phases"], figures["overload"]["phases"], strict=True)][0]
+    servers = [overload_line(*phases) for phases in zip(figures["at_capacity"]["phases"], figures["overload"]["phases"], strict=True)]
+    kept, refusal = servers[0]  # the targets are the first server's
     for label, ok, value, by in (
             (f"goodput at {OVERLOAD:g} x capacity >= {GOODPUT_KEPT:.0%} of goodput at capacity", kept >= GOODPUT_KEPT, f"{kept:.2%}",
              f"{(GOODPUT_KEPT - kept) * 100:.2f} points"),
