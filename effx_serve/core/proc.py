@@ -12,6 +12,7 @@ import functools
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -36,9 +37,9 @@ MAX_NICE = 19
 
 def lower_thread_priority(levels: int) -> int | None:
     """Lower the calling thread's CPU priority by `levels` nice steps (at most to 19): when the cores are all busy, the
-    process's other threads run first. Linux keeps a nice value per thread (setpriority on the thread's id); the new
-    value, or None where the OS cannot do it for one thread (nothing changes)."""
-    if levels <= 0 or not hasattr(os, "setpriority") or not hasattr(os, "getpriority"):
+    process's other threads run first. Linux keeps a nice value per thread (setpriority on the thread's id); elsewhere a
+    thread's id may name another process, so nothing is done there. The new value, or None when nothing changed."""
+    if levels <= 0 or not sys.platform.startswith("linux"):
         return None
     thread = threading.get_native_id()
     try:

@@ -101,3 +101,9 @@ def test_lower_thread_priority_lowers_the_calling_thread_only_and_stops_at_19():
     assert seen[40] == (19, 19)
     assert seen[0] == (None, own)  # nothing asked, nothing changed
     assert _nice(threading.get_native_id()) == own  # the caller's own thread is untouched
+
+
+def test_lower_thread_priority_does_nothing_where_a_thread_id_is_not_linuxs(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")  # a thread's id there may be another process's: never renice it
+    before = _nice()
+    assert proc.lower_thread_priority(5) is None and _nice() == before
