@@ -197,7 +197,7 @@ def add_parsers(sub) -> None:
                    help="images decoded and CPU batches run at once (default: the cores this process may use)")
     p.add_argument("--lane-nice", type=_nice, default=DispatchSettings.lane_nice,
                    help="nice levels the decoding and inference lanes run below the event loop: when every core is busy, answers, "
-                        "refusals and routing go first; 0: the same priority (default: %(default)s)")
+                        "refusals and routing go first; 0: the same priority; Linux only (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
                         "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "
