@@ -307,9 +307,10 @@ def overload_line(at_capacity: dict, overload: dict) -> tuple[float, float]:
     kept = overload["goodput_rps"] / at_capacity["goodput_rps"] if at_capacity["goodput_rps"] else 0.0
     refusal_p99 = (overload.get("refusal_latency_ms") or {}).get("p99")
     in_server = quantile_bounds((overload.get("server_metrics") or {}).get("refusal_buckets") or {})
+    on_server = server_attainment(overload)
     print(f"{overload['name']} at capacity: goodput {at_capacity['goodput_rps']:.1f}/s, attainment {at_capacity['attainment']:.1%}; "
           f"at {OVERLOAD:g} x capacity: goodput {overload['goodput_rps']:.1f}/s ({kept:.1%} of it), attainment {overload['attainment']:.1%}, "
-          f"in bound {server_attainment(overload) if server_attainment(overload) is not None else float('nan'):.1%} / "
+          f"in bound {on_server if on_server is not None else float('nan'):.1%} / "
           f"{client_attainment(overload):.1%} (server / client clock), "
           f"refused {overload['refused_429']} (429) + {overload['refused_422']} (422), refusal p99 "
           f"{refusal_p99 if refusal_p99 is not None else float('nan'):.2f} ms as the client saw it"

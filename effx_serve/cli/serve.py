@@ -14,7 +14,7 @@ from pathlib import Path
 from effx_serve.cli.common import checked, positive_int
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
-from effx_serve.core.proc import available_cpus, map_large_allocations, stop
+from effx_serve.core.proc import MAX_NICE, available_cpus, map_large_allocations, stop
 from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
@@ -26,7 +26,7 @@ _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of M
 _seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds", "above 0 and at most 3600")
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
 _switch_ms = checked(float, lambda value: 0.01 <= value <= 100, "a number of milliseconds", "from 0.01 to 100")
-_nice = checked(int, lambda value: 0 <= value <= 19, "a number of nice levels", "from 0 to 19")
+_nice = checked(int, lambda value: 0 <= value <= MAX_NICE, "a number of nice levels", f"from 0 to {MAX_NICE}")
 _watch_s = checked(float, lambda value: 0 <= value <= 3600, "a number of seconds", "from 0 (never) to 3600")
 DEMO_HARDWARE = ("nvidia-h200", "tpu-v3")  # the demo repository also predicts these (the Makefile's choice before --demo)
 DEMO_WATCH_S = 2.0

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from effx_serve.core.errors import UserError
+from effx_serve.core.proc import MAX_NICE
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 
@@ -42,8 +43,8 @@ class DispatchSettings:
             raise ValueError("cpu_lanes must be >= 1")
         if not 0 < self.decode_budget_ms <= 3_600_000:
             raise ValueError("decode_budget_ms must be in (0, 3600000]")
-        if not 0 <= self.lane_nice <= 19:
-            raise ValueError("lane_nice must be from 0 to 19")
+        if not 0 <= self.lane_nice <= MAX_NICE:
+            raise ValueError(f"lane_nice must be from 0 to {MAX_NICE}")
 
 
 SERVING_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")

@@ -2,6 +2,7 @@
 started, awaited and always stopped."""
 
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -80,8 +81,6 @@ def test_stop_kills_a_process_that_ignores_sigterm():
 
 
 def _nice(thread_id=0):
-    import os
-
     return os.getpriority(os.PRIO_PROCESS, thread_id)
 
 
