@@ -410,7 +410,9 @@ class Dispatcher:
         tasks = [one(0, images[0], infos[0])] if len(images) == 1 else \
             [asyncio.ensure_future(one(i, data, info)) for i, (data, info) in enumerate(zip(images, infos, strict=True))]
         try:
-            outcomes = await asyncio.gather(*tasks)
+            # One image: awaited here, so its work is queued before the event loop routes another request. (gather would
+            # queue it a turn later, and requests routed in this turn, a burst's, would each expect the lanes free of the others.)
+            outcomes = [await tasks[0]] if len(tasks) == 1 else await asyncio.gather(*tasks)
         except BaseException:
             budget.stop("the request ended")  # failed, late or its client gone: the other images need not finish
             for task in tasks:

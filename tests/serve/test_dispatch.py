@@ -403,3 +403,32 @@ def test_an_image_no_lane_can_decode_and_run_in_time_is_refused_undecoded(monkey
 
     result = run(scenario())
     assert decoded == ["small"] and result.batch_size == 1  # only the request with time left was decoded (and then ran)
+
+
+def test_a_request_routed_in_the_same_turn_of_the_loop_as_another_expects_that_ones_decoding_ahead():
+    async def scenario():
+        d, _ = dispatcher()
+        await d.start()
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(d.cpu.call(lambda: gate.wait(5), time.monotonic() + 10))  # the lane busy, expected done
+        await asyncio.sleep(0.01)
+        photo, now, expected = synthetic_photo(640, 480, "JPEG"), time.monotonic(), []
+
+        async def request():
+            routed = d.route(Sla(max_latency_ms=1000.0), [PHOTO], now + 1.0, now)
+            expected.append(routed.expected)
+            await d.decode([photo], [PHOTO], routed.member, now + 1.0)
+
+        both = asyncio.gather(request(), request())  # both start in one turn of the loop, as a burst's requests do
+        await asyncio.sleep(0.05)
+        gate.set()
+        try:
+            await both
+        finally:
+            await blocker
+            await d.close()
+        return expected
+
+    first, second = run(scenario())
+    assert first.wait_ms == pytest.approx(0.0, abs=0.01)
+    assert second.wait_ms >= 0.5 * first.decode_ms > 0  # the first one's decoding was queued before the second was routed
