@@ -1,7 +1,8 @@
 """Latency SLAs under load: what the scheduler and the router cost, and what they keep, side by side in one run.
 
     .venv/bin/python benchmarks/sla.py [--repo model_repository] [--duration 20] [--rounds 3] [--json sla.json] [--only cost|load]
-                                       [--serve-arg=--workers=2 ...] [--baseline-arg=--lane-nice=0 ...] [--isolate]
+                                       [--serve-arg=--workers=2 ...] [--baseline-arg=--lane-nice=0 ...] [--baseline-code DIR]
+                                       [--isolate]
 
 1. **Cost** (in-process, no HTTP): routing plus scheduling per request, p50 and p99, with 1,000 requests
    queued across the members of a fake device (target: <= 0.2 ms p50).
@@ -9,7 +10,8 @@
    throughput of the fastest member gives the capacity C (the median of --rounds measurements); then, with `effx-serve loadtest --compare`, the same
    open-loop schedule (Poisson, then bursty) at 0.8 C is sent once with SLA routing, once per member pinned
    and once to a second server, the baseline: by default the old per-member costing (`serve --costing member`),
-   or any other settings (`--baseline-arg`, e.g. `--baseline-arg=--lane-nice=0`); and at C and 2 C with routing, to
+   or any other settings (`--baseline-arg`, e.g. `--baseline-arg=--lane-nice=0`), or other code (`--baseline-code`, a
+   worktree of another commit); and at C and 2 C with routing, to
    both, for goodput and the time to a refusal. Targets (on the first server):
    - at 0.8 C: >= 99% of admitted latency-bound requests within their bound on the server's clock, >= 95% as
      the client measures;
@@ -196,7 +198,7 @@ BASELINE = ["--costing", "member"]
 
 
 def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str], isolate: bool = False,
-         baseline: list[str] = BASELINE) -> dict:
+         baseline: list[str] = BASELINE, baseline_code: Path | None = None) -> dict:
     import serving
 
     figures: dict = {}
@@ -207,14 +209,14 @@ def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str],
     with tempfile.TemporaryDirectory(prefix="effx-bench-sla-") as folder:
         work = Path(folder)
         with serving.router(repo, serve_args, work, cpus=server_cpus) as (port, _), \
-                serving.router(repo, [*serve_args, *baseline], work, cpus=server_cpus) as (old_port, _):
+                serving.router(repo, [*serve_args, *baseline], work, cpus=server_cpus, env=_code_env(baseline_code)) as (old_port, _):
             url, old_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
             fastest = serving.fastest_member(port)
             say(f"capacity: {fastest} pinned, closed loop at saturation")
             figures["capacity_rounds_rps"] = rounds_rps = capacity(url, fastest, min(duration_s, 10.0), rounds, work, generator_cpus)
             figures["capacity_rps"] = rate = statistics.median(rounds_rps)
             figures["fastest"] = fastest
-            figures["baseline"] = label = baseline_label(baseline)
+            figures["baseline"] = label = baseline_label(baseline, baseline_code)
             old = ["--compare-url", old_url, "--compare-label", label]
             for name, arrivals in (("poisson", ["--arrivals", "poisson"]), ("bursty", BURSTY)):
                 say(f"{name} at {LOAD:g} x capacity ({LOAD * rate:.0f} req/s): routed, each member pinned, {label}")
@@ -226,9 +228,17 @@ def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str],
     return figures
 
 
-def baseline_label(baseline: list[str]) -> str:
-    """The baseline server's phase name: the old costing by its name, other settings by their arguments."""
-    return "routed, member costing" if baseline == BASELINE else "routed, " + " ".join(baseline)
+def baseline_label(baseline: list[str], code: Path | None = None) -> str:
+    """The baseline server's phase name: other code by its folder's name, the old costing by its name, other settings by
+    their arguments."""
+    parts = [f"code of {code.name}"] if code is not None else []
+    parts += ["member costing"] if baseline == BASELINE else [" ".join(baseline)] if baseline else []
+    return ", ".join(["routed", *parts])
+
+
+def _code_env(code: Path | None) -> dict[str, str] | None:
+    """The environment that runs the code at `code` (a checkout, first on PYTHONPATH) instead of this one; None: this code."""
+    return None if code is None else {**os.environ, "PYTHONPATH": str(code.resolve())}
 
 
 def _range(phase: dict, key: str, spec: str) -> str:
@@ -331,8 +341,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="an argument for both servers' `effx-serve serve`, e.g. --serve-arg=--workers=2 (repeat for several)")
     parser.add_argument("--baseline-arg", action="append", metavar="ARG",
                         help="the baseline server's own arguments, e.g. --baseline-arg=--lane-nice=0 (repeat for several; "
-                             "default: --costing member, the old per-member costing)")
+                             "default: --costing member, the old per-member costing, unless --baseline-code is given)")
+    parser.add_argument("--baseline-code", type=Path, metavar="DIR",
+                        help="the baseline server runs the code in DIR (a checkout or worktree of another commit, first on its "
+                             "PYTHONPATH) with the same settings unless --baseline-arg is given")
     args = parser.parse_args(argv)
+    if args.baseline_code is not None and not (args.baseline_code / "effx_serve").is_dir():
+        parser.error(f"{args.baseline_code} has no effx_serve/: give a checkout (e.g. git worktree add /tmp/old <commit>)")
     figures: dict = {}
     if args.only in (None, "cost"):
         figures["cost"] = result = cost()
@@ -348,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{repo} has no manifest.json: build the demo repository first (effx-serve build-repo --demo)", file=sys.stderr)
             return 2
         figures["load"] = load(repo, args.duration, max(1, args.rounds), lambda line: print(line, file=sys.stderr, flush=True), args.serve_arg,
-                               args.isolate, args.baseline_arg or BASELINE)
+                               args.isolate, args.baseline_arg or ([] if args.baseline_code else BASELINE), args.baseline_code)
         print_load(figures["load"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
