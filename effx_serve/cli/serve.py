@@ -18,7 +18,7 @@ from effx_serve.core.proc import MAX_NICE, available_cpus, map_large_allocations
 from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
-from effx_serve.serve.settings import ADMISSIONS, COSTINGS, DispatchSettings, ServerSettings
+from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
 from effx_serve.serve.workers import WorkerLink, WorkerSpec, listen, supervise
 
 SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serving.md, the benchmark)
@@ -72,7 +72,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     repository = Path(args.repo)
     if not (repository / "manifest.json").is_file():
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
-    dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing, admission=args.admission,
+    dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
                                 default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms, lane_nice=args.lane_nice,
                                 cpu_lanes=args.cpu_lanes or (max(1, available_cpus() // args.workers) if args.workers > 1 else None))
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
@@ -188,10 +188,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--costing", choices=COSTINGS, default="device",
                    help="device: expected latency counts every member's work on the device, decoding and the HTTP edge (default); "
                         "member: the member's own queue and profile only (the old costing, to measure the difference)")
-    p.add_argument("--admission", choices=ADMISSIONS, default=DispatchSettings.admission,
-                   help="slack: a request with a latency bound is admitted when it can make its bound and its work leaves every admitted "
-                        "request time to make its own, else refused at once (default); own: its own bound only (the old rule, to "
-                        "measure the difference)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=ServerSettings.max_pixels,
                    help="largest image, width x height, read from its header before decoding (default: %(default)s, 4096 x 4096)")

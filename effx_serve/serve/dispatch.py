@@ -23,11 +23,6 @@ decode + batch + after from the start-up calibration and the profile alone, with
 x an at-rest correction learned only from requests that had the server to themselves. A load's corrections (decoding
 several times slower while the lanes contend) would otherwise make tight but fine SLAs look impossible at rest.
 
-Admission (`slack`, the default): a request with a latency bound goes to a member only when its decoding and inference
-also fit in the room the admitted requests due after it leave (earliest deadline first runs it before them:
-`DeviceScheduler.slack_ms`); when no feasible member's work fits, it is refused on arrival (429 `overload`) rather than
-admitted and dropped late, or made to drop another, long after arrival. `own` (the old rule): its own bound alone.
-
 The `member` costing is the old one, kept behind `--costing member` to measure the gain: a member's own queue
 and profiled time only, as if members shared nothing and decoding and the HTTP edge took no time.
 """
@@ -308,7 +303,7 @@ class Dispatcher:
         options = tuple(Option(m.name, m.accuracy, loaded[m.name].total_ms) for m in members)
         decision = route(options, sla, self.settings.default_policy)
         if decision.expected_to_meet and self.settings.costing == "device":
-            decision = self._admitted(decision, options, loaded, sla, deadline, now)
+            decision = self._affordable(decision, options, loaded, sla)
         chosen = self.catalog.members[decision.member] if decision.member else None
         if chosen is not None:
             self.upgrades.spend(_lane_ms(loaded[chosen.name]))
@@ -325,33 +320,15 @@ class Dispatcher:
             how = "overload" if rest.expected_to_meet else "sla"
         return Routed(chosen, decision, options, loaded.get(decision.member), how, idle, rest_ms, alone)
 
-    def _admitted(self, decision: Decision, options: Sequence[Option], loaded: dict[str, Expectation], sla: Sla, deadline: float,
-                  now: float) -> Decision:
-        """The SLA's choice among the feasible members whose work leaves every admitted request time to make its bound
-        (`admission` slack, for a request with a bound: earliest deadline first runs it before those due later) and whose
-        extra cost over the cheapest such one the upgrade budget affords (the cheapest always is): under load, requests that
-        allow it go to faster members. When every feasible member's work would make an admitted request late: refused
-        (member None) or, for best_effort, served as routed but not expected to meet its bound."""
+    def _affordable(self, decision: Decision, options: Sequence[Option], loaded: dict[str, Expectation], sla: Sla) -> Decision:
+        """The SLA's choice among the feasible members whose extra cost over the cheapest feasible one the upgrade
+        budget affords (the cheapest always is): under load, requests that allow it go to faster members."""
         cost = {o.name: _lane_ms(loaded[o.name]) for o in options if sla.accuracy_ok(o.accuracy) and sla.latency_ok(o.expected_ms)}
-        if self.settings.admission == "slack" and sla.max_latency_ms is not None:
-            cost = self._leaving_room(cost, loaded, deadline, now)
-            if not cost:
-                return Decision(decision.member if sla.on_miss == "best_effort" else None, False,
-                                tuple(sorted(options, key=lambda o: o.expected_ms)))
         cheapest = min(cost.values())
         fits = self.upgrades.affordable({name: ms - cheapest for name, ms in cost.items()})
         if decision.member in fits:
             return decision
         return route([o for o in options if o.name in fits], sla, self.settings.default_policy)
-
-    def _leaving_room(self, cost: dict[str, float], loaded: dict[str, Expectation], deadline: float, now: float) -> dict[str, float]:
-        """The members of `cost` whose decoding and inference fit in the room the admitted requests due after `deadline`
-        leave on their schedulers (`DeviceScheduler.slack_ms`): one room when the device is the CPU that decodes."""
-        cpu_room = self.cpu.slack_ms(deadline, now)
-        if self.device is self.cpu:
-            return {name: ms for name, ms in cost.items() if ms <= cpu_room}
-        device_room = self.device.slack_ms(deadline, now)
-        return {name: ms for name, ms in cost.items() if loaded[name].decode_ms <= cpu_room and loaded[name].inference_ms <= device_room}
 
     def observe_outcome(self, met: bool) -> None:
         """A request with a latency bound, admitted: answered in time, or late (answered late, or dropped late)."""

@@ -233,49 +233,13 @@ class DeviceScheduler:
         (its expected remainder) and every queued job due no later, its batches costed as they would form."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            return self._work_ahead_ms(deadline, now)
-
-    def _work_ahead_ms(self, deadline: float, now: float) -> float:
-        """`work_ahead_ms` with the lock held."""
-        total = sum(max(0.0, expected - 1000.0 * (now - started)) for _, _, started, expected in self._running.values())
-        total += sum(job.expected_ms for job in self._cpu.jobs[: self._cpu.ahead(deadline)])
-        for queue in self._members.values():
-            images = queue.ahead(deadline)
-            if images:
-                total += self.cost_ms(queue.jobs[0].member, images)
+            total = sum(max(0.0, expected - 1000.0 * (now - started)) for _, _, started, expected in self._running.values())
+            total += sum(job.expected_ms for job in self._cpu.jobs[: self._cpu.ahead(deadline)])
+            for queue in self._members.values():
+                images = queue.ahead(deadline)
+                if images:
+                    total += self.cost_ms(queue.jobs[0].member, images)
         return total
-
-    def slack_ms(self, deadline: float, now: float | None = None, limit: int = 64) -> float:
-        """How much work due at `deadline` (lane-milliseconds) the device can take now without making late a queued hard
-        request that earliest deadline first runs after it: the least room among those (the first `limit` of them) that
-        can still make their deadlines; math.inf when there are none. Admitting more than this makes an admitted request
-        late, to be dropped (Late) long after it arrived, where refusing the newcomer costs it a millisecond."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            later = []  # (key, job, its work): the queued jobs due after `deadline`, the first `limit` of each queue
-            for queue in (self._cpu, *self._members.values()):
-                start = queue.ahead(deadline)
-                for index in range(start, min(len(queue.jobs), start + limit)):
-                    job = queue.jobs[index]
-                    if job.future.done():  # cancelled or expired, not taken out yet
-                        continue
-                    if job.member is None:
-                        work = job.expected_ms
-                    else:  # what this image adds to its member's batches, with those due before it
-                        work = self.cost_ms(job.member, index + 1) - self.cost_ms(job.member, index)
-                    later.append((job.key, job, work))
-            if not any(job.hard for _, job, _ in later):
-                return math.inf
-            ahead = self._work_ahead_ms(deadline, now)
-        later.sort(key=lambda entry: entry[0])
-        least, lanes = math.inf, self.lanes
-        for _, job, work in later[:limit]:
-            if job.hard:
-                room = (self._latest_start(job) - now) * 1000.0 * lanes - ahead
-                if room >= 0.0:  # one that is late already is not saved by refusing the newcomer
-                    least = min(least, room)
-            ahead += work
-        return least
 
     def wait_ms(self, deadline: float, now: float | None = None) -> float:
         """Expected wait, before a lane starts something due at `deadline`: the work ahead spread over the lanes."""

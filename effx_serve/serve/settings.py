@@ -11,7 +11,6 @@ from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 
 COSTINGS = ("device", "member")
-ADMISSIONS = ("slack", "own")
 
 
 @dataclass(frozen=True)
@@ -30,9 +29,6 @@ class DispatchSettings:
     # Nice levels the decoding and inference lanes run below the event loop: with every core busy, the loop's answers,
     # refusals and routing go first (docs/serving.md measures it against 0, the same priority).
     lane_nice: int = 10
-    # Which requests with a latency bound are admitted: `slack` (those that can make their bound and whose work leaves every
-    # admitted request time to make its own; the default) or `own` (their own bound only: the old rule, to measure the gain).
-    admission: str = "slack"
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -41,8 +37,6 @@ class DispatchSettings:
             raise ValueError(f"default_policy must be one of {POLICIES}")
         if self.costing not in COSTINGS:
             raise ValueError(f"costing must be one of {COSTINGS}")
-        if self.admission not in ADMISSIONS:
-            raise ValueError(f"admission must be one of {ADMISSIONS}")
         if not 0 < self.default_deadline_ms <= 3_600_000 or not 0 < self.correction_half_life_s <= 3600:
             raise ValueError("default_deadline_ms must be in (0, 3600000] and correction_half_life_s in (0, 3600]")
         if self.cpu_lanes is not None and self.cpu_lanes < 1:

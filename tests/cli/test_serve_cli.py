@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from effx_serve.cli import build_parser, main
+from effx_serve.cli import main
 from effx_serve.cli import serve as serve_cli
 from effx_serve.core.errors import UserError
 from effx_serve.core.proc import free_port, stop, wait_ready
@@ -28,19 +28,11 @@ def test_a_missing_repository_is_one_line(tmp_path, capsys):
 def test_bad_flags_are_refused(served_repository, capsys):
     for flag, value in (("--default-deadline-ms", "-1"), ("--head-timeout-s", "0"), ("--body-timeout-s", "nan"), ("--max-bodies-mb", "0"),
                         ("--decode-budget-ms", "0"), ("--switch-interval-ms", "0"), ("--workers", "0"), ("--worker", "junk"),
-                        ("--lane-nice", "20"), ("--lane-nice", "-1"), ("--admission", "all")):
+                        ("--lane-nice", "20"), ("--lane-nice", "-1")):
         with pytest.raises(SystemExit):
             main(["serve", "--repo", str(served_repository), flag, value])
     assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--port", str(free_port())]) == 2
     assert "unknown family 'nope'" in capsys.readouterr().err
-
-
-def test_the_dispatch_flags_reach_the_settings(served_repository):
-    def dispatch(*flags):
-        return serve_cli.settings_from(build_parser().parse_args(["serve", "--repo", str(served_repository), *flags])).dispatch
-
-    assert (dispatch().admission, dispatch().lane_nice, dispatch().costing) == ("slack", 10, "device")
-    assert (dispatch("--admission", "own", "--costing", "member").admission, dispatch("--lane-nice", "3").lane_nice) == ("own", 3)
 
 
 def test_the_interpreter_switch_interval_is_set_before_serving(served_repository, monkeypatch):

@@ -15,7 +15,6 @@ from effx_serve.core.photos import synthetic_photo
 from effx_serve.serve.catalog import Catalog
 from effx_serve.serve.dispatch import DeadlineMissed, Dispatcher, ImageInfo
 from effx_serve.serve.errors import UnreadableImage
-from effx_serve.serve.estimates import UpgradeBudget
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Sla
 from effx_serve.serve.settings import DispatchSettings
@@ -131,35 +130,6 @@ def test_load_scales_a_latency_bound_down_to_a_faster_member_then_refuses_early(
     assert (routes["impossible"].member, routes["impossible"].route) == (None, "sla")  # not even at rest
     assert (routes["best_effort"].member.name, routes["best_effort"].route) == ("small", "best_effort")
     assert (routes["accuracy"].member.name, routes["accuracy"].route) == ("large", "preferred")  # no bound: the load does not move it
-
-
-@pytest.mark.parametrize("admission", ["slack", "own"])
-def test_a_request_whose_work_would_make_an_admitted_one_late_goes_to_a_faster_member_or_is_refused_at_once(admission):
-    async def scenario():
-        d, _ = dispatcher(admission=admission)
-        await d.start()
-        now = time.monotonic()
-        bound = 10 * d.expect(LARGE, [PHOTO], now + 1.0, now, now, idle=True).total_ms  # both members make it easily
-        cost = {m.name: (lambda e: e.decode_ms + e.inference_ms)(d.expect(m, [PHOTO], now + bound / 1000, now, now)) for m in (SMALL, LARGE)}
-        routes = {}
-        # The room the requests admitted before, due later, leave (DeviceScheduler.slack_ms; its own test has the arithmetic).
-        for name, room in (("ample", math.inf), ("for_small", (cost["small"] + cost["large"]) / 2), ("none", 0.0)):
-            d.device.slack_ms = lambda deadline, now, room=room: room
-            routes[name] = {}
-            for on_miss in ("reject", "best_effort"):
-                d.upgrades = UpgradeBudget(1)  # full: each route spends it, and its emptying sends requests to the faster member too
-                routes[name][on_miss] = d.route(Sla(max_latency_ms=bound, on_miss=on_miss), [PHOTO], now + bound / 1000, now)
-        await d.close()
-        return routes
-
-    routes = run(scenario())
-    chosen = {name: {on_miss: (r.member.name if r.member else None, r.route) for on_miss, r in by.items()} for name, by in routes.items()}
-    assert chosen["ample"]["reject"] == ("large", "preferred")
-    if admission == "own":  # the old rule: the request's own bound alone
-        assert chosen["for_small"]["reject"] == chosen["none"]["reject"] == ("large", "preferred")
-        return
-    assert chosen["for_small"]["reject"] == ("small", "scaled")  # the accurate member's work would not leave the room
-    assert chosen["none"] == {"reject": (None, "overload"), "best_effort": ("large", "best_effort")}  # refused on arrival, 429
 
 
 def test_a_loads_corrections_do_not_make_a_fine_sla_look_impossible_at_rest():
@@ -330,11 +300,9 @@ def test_routing_and_scheduling_need_no_member_file_and_survive_1000_queued_requ
     assert routed.member is not None and math.isfinite(routed.expected.total_ms) and len(results) == 1000
 
 
-def test_the_costing_the_admission_and_the_lanes_nice_must_be_known():
+def test_the_costing_and_the_lanes_nice_must_be_known():
     with pytest.raises(ValueError):
         DispatchSettings(costing="guess")
-    with pytest.raises(ValueError):
-        DispatchSettings(admission="all")
     for nice in (-1, 20):
         with pytest.raises(ValueError):
             DispatchSettings(lane_nice=nice)

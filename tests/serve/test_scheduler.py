@@ -269,30 +269,6 @@ def test_the_work_ahead_counts_every_member_due_earlier_and_what_runs():
     assert wait == pytest.approx(everything / 2, abs=0.5)
 
 
-def test_the_slack_is_the_least_room_a_later_hard_request_has_left_and_ignores_soft_and_doomed_ones():
-    async def scenario():
-        s = scheduler(Device())  # not started: everything stays queued, at the times given
-        now = time.monotonic()
-        queued = [asyncio.create_task(s.run(member, [np.zeros(1)], now + due_ms / 1000.0, hard=hard)) for member, due_ms, hard in (
-            (SLOW, 30.0, True),  # may start until 22 ms from now
-            (FAST, 40.0, False),
-            (FAST, 50.0, True),  # may start until 48 ms
-            (SLOW, 5.0, True))]  # should have started 3 ms ago: late already
-        await asyncio.sleep(0)
-        figures = {due_ms: s.slack_ms(now + due_ms / 1000.0, now) for due_ms in (1.0, 20.0, 35.0, 60.0)}
-        await s.close()
-        await asyncio.gather(*queued, return_exceptions=True)
-        return figures
-
-    slack = run(scenario())
-    # Due at 1 ms: the doomed one (8 ms) runs first; then the 30 ms one has 22 - 8 ms of room, the 50 ms one 48 - (8 + 4 + 2 + 1)
-    # (each image adds what its member's batches grow by: SLOW's second image 4 ms, FAST's 2 ms then 1 ms).
-    assert slack[1.0] == pytest.approx(14.0)
-    assert slack[20.0] == pytest.approx(22.0 - 8.0)  # the doomed one is due sooner, so it is ahead of the newcomer too
-    assert slack[35.0] == pytest.approx(48.0 - 12.0 - 2.0)  # the 30 ms one is ahead now; the soft 40 ms one is not protected
-    assert slack[60.0] == math.inf  # nothing due later
-
-
 def test_cpu_jobs_and_batches_share_the_lanes_in_deadline_order():
     async def scenario():
         device = Device()
