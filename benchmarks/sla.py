@@ -178,12 +178,24 @@ def client_attainment(phase: dict) -> float:
 
 def expectation_errors(phase: dict) -> str:
     """How far the server's expectations were off for the phase's answered bounded requests: quantile bounds of observed minus
-    expected, from its /metrics (the margin an admission would need to keep that share of them in bound)."""
-    errors = quantile_bounds((phase.get("server_metrics") or {}).get("expectation_error_buckets") or {}, (0.5, 0.9, 0.99))
+    expected, from its /metrics (the margin an admission would need to keep that share of them in bound); and the same for
+    the decodings' wait for a lane, those a lane ran and those it found too late."""
+    metrics = phase.get("server_metrics") or {}
+    answers = _error_bounds(metrics.get("expectation_error_buckets"), "answered bounded requests")
+    line = (f"expectation error (observed - expected, routing to answer) of {answers}" if answers else
+            "expectation error: no answered request with a bound")
+    waits = [bounds for outcome, what in (("ran", "run"), ("late", "found too late")) if
+             (bounds := _error_bounds(metrics.get(f"decode_wait_{outcome}_buckets"), f"decodings {what}"))]
+    return line + ("; a lane's wait, observed - expected, of " + " and ".join(waits) if waits else "")
+
+
+def _error_bounds(buckets: dict | None, what: str) -> str | None:
+    """'N what: p50 <= a ms, p90 <= b ms, p99 <= c ms' from an error histogram's cumulative buckets; None when empty."""
+    errors = quantile_bounds(buckets or {}, (0.5, 0.9, 0.99))
     if not errors["count"]:
-        return "expectation error: no answered request with a bound"
+        return None
     shares = ", ".join(f"{key[:-6]} {'> 256' if value is None else f'<= {value:g}'} ms" for key, value in errors.items() if key != "count")
-    return f"expectation error (observed - expected, routing to answer) of {errors['count']} answered bounded requests: {shares}"
+    return f"{errors['count']} {what}: {shares}"
 
 
 def isolation() -> tuple[set[int], set[int]]:

@@ -43,14 +43,19 @@ def delta(before: str, after: str) -> dict:
     late = {dict(labels)["stage"]: n for labels, n in change("effx_late_stage_total").items() if n}
     return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses), "routes": routes,
             "late_stage": late, "refusal_buckets": _cumulative(change("effx_refusal_seconds_bucket")),
-            "expectation_error_buckets": _cumulative(change("effx_expectation_error_seconds_bucket"))}
+            "expectation_error_buckets": _cumulative(change("effx_expectation_error_seconds_bucket")),
+            **{f"decode_wait_{outcome}_buckets": _cumulative(change("effx_decode_wait_error_seconds_bucket"), outcome=outcome)
+               for outcome in ("ran", "late")}}
 
 
-def _cumulative(buckets: dict[tuple, float]) -> dict[str, float]:
-    """A histogram's bucket counts over the run, every label but `le` summed: {le: cumulative count} (summable over rounds)."""
+def _cumulative(buckets: dict[tuple, float], **only: str) -> dict[str, float]:
+    """A histogram's bucket counts over the run (of the samples whose labels include `only`), every other label but `le`
+    summed: {le: cumulative count} (summable over rounds)."""
     total: dict[str, float] = defaultdict(float)
     for labels, n in buckets.items():
-        total[dict(labels)["le"]] += n
+        labels = dict(labels)
+        if all(labels.get(key) == value for key, value in only.items()):
+            total[labels["le"]] += n
     return dict(total)
 
 

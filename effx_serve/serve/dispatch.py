@@ -162,9 +162,10 @@ class Dispatcher:
         await asyncio.to_thread(self._calibrate_decoding, members)
         device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.settings.max_queue,
                                  after_ms=self.after_ms, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None),
-                                 lane_nice=self.settings.lane_nice)
+                                 lane_nice=self.settings.lane_nice, on_wait=self._waited)
         cpu = device if self.backend.on_host_cpu else DeviceScheduler("cpu", self.cpu_lanes, self.backend.infer, self.batch_ms,
-                                                                      self.settings.max_queue, lane_nice=self.settings.lane_nice)
+                                                                      self.settings.max_queue, lane_nice=self.settings.lane_nice,
+                                                                      on_wait=self._waited)
         for scheduler in {id(device): device, id(cpu): cpu}.values():
             scheduler.start()
         self.upgrades = UpgradeBudget(cpu.lanes if self.backend.on_host_cpu else device.lanes)
@@ -225,6 +226,10 @@ class Dispatcher:
         self.residual[member.name].observe(profiled * self.contention.factor(), inference_ms)
         self.metrics.batch_size.labels(member.name).observe(size)
         self.metrics.inference_seconds.labels(member.name).observe(inference_ms / 1000.0)
+
+    def _waited(self, expected_ms: float, observed_ms: float, late: bool) -> None:
+        """A decoding's wait for a lane against the wait expected when it was queued (`late`: found too late to run): /metrics."""
+        self.metrics.decode_wait_error.labels("late" if late else "ran").observe((observed_ms - expected_ms) / 1000.0)
 
     def observe_answer(self, routed: Routed, arrival: float, routed_at: float, handback_ms: float, inference_done: float,
                        answered: float) -> None:

@@ -154,6 +154,9 @@ class ServerMetrics:
                                            "routing to the answer, observed minus expected (negative: sooner), by whether other requests "
                                            "were being served (shared) or not (alone): what an admission must leave as margin",
                                            ["load"], buckets=_ERRORS, registry=r)
+        self.decode_wait_error = Histogram("effx_decode_wait_error_seconds", "Decodings: their wait for a lane, observed minus expected "
+                                           "when queued (negative: sooner), by whether a lane then took them (ran) or found them too late "
+                                           "to make their deadline (late)", ["outcome"], buckets=_ERRORS, registry=r)
         self.queue_depth = Gauge("effx_queue_depth", "Images waiting for a batch, by member", ["member"], registry=r)
         self.expected_ms = Gauge("effx_expected_latency_ms", "Expected end-to-end latency of a new one-image 640x480 JPEG request, by member",
                                  ["member"], registry=r)

@@ -49,6 +49,7 @@ RunBatch = Callable[[Member, np.ndarray, float], Awaitable[np.ndarray]]
 CANCELLED = object()  # the outcome of a job whose batch was cancelled (the scheduler closing)
 RunNow = Callable[[Member, np.ndarray], np.ndarray]  # runs a batch in the calling thread (an in-process backend)
 BatchMs = Callable[[Member, int], float]  # expected run time of a batch of n images of a member, corrected
+WaitObserver = Callable[[float, float, bool], None]  # a CPU job's (expected, observed) wait for a lane in ms, and whether it was then late
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Job:
     large: bool = False  # CPU jobs: decoding a large image (at most lanes - 1 run at once)
     then: Job | None = None  # CPU jobs of `call_then_run`: the batch of one that follows, queued or run by the lane itself
     submitted: float = field(default_factory=time.monotonic)
+    expected_wait_ms: float | None = None  # CPU jobs, when the scheduler has a wait observer: the wait expected at submission
+    waited_ms: float | None = None  # CPU jobs: how long it waited for a lane (set when a lane took it, or found it late)
 
     @property
     def key(self) -> tuple[float, int]:
@@ -125,7 +128,7 @@ class _Queue:
 class DeviceScheduler:
     def __init__(self, name: str, lanes: int, run_batch: RunBatch, batch_ms: BatchMs, max_queue: int = 256,
                  after_ms: Callable[[], float] = lambda: 0.0, on_batch: Callable[[Member, int, float], None] | None = None,
-                 run_now: RunNow | None = None, lane_nice: int = 0):
+                 run_now: RunNow | None = None, lane_nice: int = 0, on_wait: WaitObserver | None = None):
         if lanes < 1 or max_queue < 1:
             raise ValueError("lanes and max_queue must be at least 1")
         self.name, self.lanes, self.max_queue = name, lanes, max_queue
@@ -133,6 +136,7 @@ class DeviceScheduler:
         self._lane_nice = lane_nice  # nice levels below the event loop's (`_lane`)
         self._after_ms = after_ms  # what follows the batch before the answer is out (the hand-back, serialising): counted against deadlines
         self._on_batch = on_batch
+        self._on_wait = on_wait  # told, on the event loop, how long each CPU job waited for a lane against its expected wait
         self._members: dict[str, _Queue] = {}
         self._cpu = _Queue()
         self._running: dict[int, tuple[Member | None, int, float, float]] = {}  # lane -> (member, images, started, expected ms)
@@ -270,6 +274,8 @@ class DeviceScheduler:
         return asyncio.get_running_loop().create_future()
 
     def _submit(self, job: Job, queue: _Queue) -> Job:
+        if job.member is None and self._on_wait is not None:
+            job.expected_wait_ms = self.wait_ms(job.deadline)
         with self._arrived:
             queue.add(job)
             self._arrived.notify()
@@ -328,7 +334,7 @@ class DeviceScheduler:
                         break
                     queue.remove(job)
                     late.append(job)
-        _settle(late, [Late(job.member.name, job.deadline, now) for job in late])
+        self._settle(late, [Late(job.member.name, job.deadline, now) for job in late])
         if following < math.inf:
             self._arm(following)
 
@@ -356,6 +362,8 @@ class DeviceScheduler:
                 return None
             first, queue = head
             now = time.monotonic()
+            if first.member is None:
+                first.waited_ms = (now - first.submitted) * 1000.0
             if first.hard and self._latest_start(first) < now:  # a lane is free, but too late for it: its work would be wasted
                 queue.remove(first)
                 self._post([first], [Late((first.member or first.then.member).name, first.deadline, now)])
@@ -384,7 +392,7 @@ class DeviceScheduler:
         """Settle the futures of `jobs` with their `outcomes` on the event loop (asyncio futures are not thread-safe), in
         one wake-up of it, after calling `first` there; nothing if the loop is gone."""
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for the answers any more
-            self._loop.call_soon_threadsafe(_settle, jobs, outcomes, first)
+            self._loop.call_soon_threadsafe(self._settle, jobs, outcomes, first)
 
     def _lane(self, lane: int) -> None:
         # Below the event loop's priority: with every core busy, its short turns (an answer written, a refusal, a request
@@ -502,6 +510,23 @@ class DeviceScheduler:
                    first=observed)
 
 
+    def _settle(self, jobs: list[Job], outcomes: list, first: Callable[[], None] | None = None) -> None:
+        """On the event loop: each job's future gets its outcome (a result, an exception, or CANCELLED), unless its caller
+        went away or it was late already; the wait observer hears of each CPU job's wait for a lane."""
+        if first is not None:
+            first()
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if job.waited_ms is not None and job.expected_wait_ms is not None:
+                self._on_wait(job.expected_wait_ms, job.waited_ms, isinstance(outcome, Late))
+            if job.future.done():
+                continue
+            if outcome is CANCELLED:
+                job.future.cancel()
+            elif isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
 
 class Queued:
     """The batch of one a lane runs or queues after preparing its input (`DeviceScheduler.call_then_run`)."""
@@ -519,17 +544,3 @@ class Queued:
         self.scheduler._forget(self.job, self.queue)
 
 
-def _settle(jobs: list[Job], outcomes: list, first: Callable[[], None] | None = None) -> None:
-    """On the event loop: each job's future gets its outcome (a result, an exception, or CANCELLED), unless its caller
-    went away or it was late already."""
-    if first is not None:
-        first()
-    for job, outcome in zip(jobs, outcomes, strict=True):
-        if job.future.done():
-            continue
-        if outcome is CANCELLED:
-            job.future.cancel()
-        elif isinstance(outcome, BaseException):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)

@@ -21,6 +21,10 @@ def test_the_expectations_errors_are_printed_as_quantile_bounds_from_the_servers
     beyond = {"server_metrics": {"expectation_error_buckets": {"0.256": 97.0, "+Inf": 100.0}}}
     assert sla.expectation_errors(beyond).endswith("p50 <= 256 ms, p90 <= 256 ms, p99 > 256 ms")
     assert sla.expectation_errors({}) == "expectation error: no answered request with a bound"
+    waits = {"decode_wait_ran_buckets": {"0.001": 60.0, "0.004": 95.0, "0.008": 100.0, "+Inf": 100.0}, "decode_wait_late_buckets": {"0.008": 7.0, "+Inf": 7.0}}
+    assert sla.expectation_errors({"server_metrics": phase["server_metrics"] | waits}).endswith(
+        "p99 <= 16 ms; a lane's wait, observed - expected, of 100 decodings run: p50 <= 1 ms, p90 <= 4 ms, p99 <= 8 ms and "
+        "7 decodings found too late: p50 <= 8 ms, p90 <= 8 ms, p99 <= 8 ms")
 
 
 def test_in_bound_on_the_servers_clock_counts_admitted_answers_only():

@@ -250,6 +250,11 @@ effx_expectation_error_seconds_bucket{le="+Inf",load="shared"} 10.0
 effx_expectation_error_seconds_bucket{le="0.0",load="alone"} 2.0
 effx_expectation_error_seconds_bucket{le="0.008",load="alone"} 2.0
 effx_expectation_error_seconds_bucket{le="+Inf",load="alone"} 2.0
+# TYPE effx_decode_wait_error_seconds histogram
+effx_decode_wait_error_seconds_bucket{le="0.001",outcome="ran"} 5.0
+effx_decode_wait_error_seconds_bucket{le="+Inf",outcome="ran"} 6.0
+effx_decode_wait_error_seconds_bucket{le="0.001",outcome="late"} 0.0
+effx_decode_wait_error_seconds_bucket{le="+Inf",outcome="late"} 3.0
 """
 
 
@@ -267,6 +272,8 @@ def test_metrics_delta():
     # The expectations' errors over both loads: 8 of 12 at or before the expected time, 11 within 8 ms late
     assert change["expectation_error_buckets"] == {"0.0": 8.0, "0.008": 11.0, "+Inf": 12.0}
     assert prom.quantile_bounds(change["expectation_error_buckets"], (0.5, 0.9)) == {"count": 12, "p50_le_ms": 0.0, "p90_le_ms": 8.0}
+    # The decodings' waits for a lane, apart by outcome: 5 of the 6 run within 1 ms of their expected wait, the 3 late ones beyond
+    assert change["decode_wait_ran_buckets"] == {"0.001": 5.0, "+Inf": 6.0} and change["decode_wait_late_buckets"] == {"0.001": 0.0, "+Inf": 3.0}
 
 
 def test_durations():

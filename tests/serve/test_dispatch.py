@@ -395,8 +395,10 @@ def test_a_request_routed_in_the_same_turn_of_the_loop_as_another_expects_that_o
         finally:
             await blocker
             await d.close()
-        return expected
+        return expected, d.metrics.render().decode()
 
-    first, second = run(scenario())
+    (first, second), metrics = run(scenario())
     assert first.wait_ms == pytest.approx(0.0, abs=0.01)
     assert second.wait_ms >= 0.5 * first.decode_ms > 0  # the first one's decoding was queued before the second was routed
+    # Every decoding's wait against the expected one is in /metrics (the blocker's and both requests')
+    assert 'effx_decode_wait_error_seconds_bucket{le="+Inf",outcome="ran"} 3.0' in metrics

@@ -377,9 +377,9 @@ class InThreadDevice:
         raise AssertionError("an in-thread device runs batches with run_now")
 
 
-def in_thread_scheduler(device, observed=None, lanes=1):
+def in_thread_scheduler(device, observed=None, lanes=1, waits=None):
     s = DeviceScheduler("test", lanes, device.run_batch, service_ms, on_batch=None if observed is None else lambda *a: observed.append(a),
-                        run_now=device)
+                        run_now=device, on_wait=None if waits is None else lambda *a: waits.append(a))
     s.start()
     return s
 
@@ -491,3 +491,28 @@ def test_a_decoding_that_could_no_longer_finish_in_time_is_skipped_when_asked():
 
     ran, output = run(scenario())
     assert ran == [2, 3] and output == 6.0  # the skipped decoding never ran; the one with time left did, and its batch
+
+
+def test_each_decodings_wait_for_a_lane_is_reported_with_the_wait_expected_when_it_was_queued():
+    async def scenario():
+        waits, gate = [], threading.Event()
+        s = in_thread_scheduler(InThreadDevice(), waits=waits)
+        blocker = asyncio.create_task(s.call(lambda: gate.wait(5), time.monotonic() + 1.0, expected_ms=30.0))
+        await asyncio.sleep(0.01)
+        due = time.monotonic() + 0.05  # the lane frees after 0.1 s: too late for this one's 10 ms decoding and 2 ms batch
+        late = asyncio.create_task(s.call_then_run(decoding(1), FAST, due, hard=True, expected_ms=10.0, skip_late=True))
+        runs = asyncio.create_task(s.call(lambda: None, time.monotonic() + 1.0, expected_ms=5.0))  # behind the late one's 10 ms
+        await asyncio.sleep(0.1)
+        gate.set()
+        await asyncio.gather(blocker, runs)
+        with pytest.raises(Late):
+            await late
+        await s.close()
+        return waits
+
+    waits = run(scenario())
+    assert len(waits) == 3 and waits[0][0] == 0.0 and not waits[0][2]  # the blocker: an idle lane
+    (late_expected, late_waited, late), (expected, waited, was_late) = waits[1:]
+    assert late and not was_late
+    assert 10.0 < late_expected <= 20.0 and late_waited >= 85.0  # expected: the blocker's 30 ms less the 10 ms it had run
+    assert expected == pytest.approx(late_expected + 10.0, abs=1.0) and waited >= late_waited
