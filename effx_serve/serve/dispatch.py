@@ -144,8 +144,9 @@ class Dispatcher:
         self.end_to_end = Correction(weight=0.05, half_life_s=settings.correction_half_life_s, bounds=(0.5, 4.0))
         # Learned from requests served alone; its evidence lasts longer (a loaded server sees none), and it stays near 1.
         self.at_rest = Correction(weight=0.1, half_life_s=10 * settings.correction_half_life_s, bounds=(0.5, 4.0))
-        self.after = Mean(start=0.3)  # serialising the answer, once the event loop has the result
-        self.handback = Mean(start=0.0, weight=0.1)  # the batch's end to the event loop taking its result up: its backlog
+        self.after = Mean(start=0.3, half_life_s=settings.correction_half_life_s)  # serialising the answer, once the loop has the result
+        # The batch's end to the event loop taking its result up: its backlog (0 at rest).
+        self.handback = Mean(start=0.0, weight=0.1, half_life_s=settings.correction_half_life_s)
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
         self.upgrades = UpgradeBudget(self.cpu_lanes)  # sized again for the device's lanes at start

@@ -69,16 +69,28 @@ class Corrections:
 
 
 class Mean:
-    """An exponentially weighted mean of a duration (ms), with a starting value until the first observation."""
+    """An exponentially weighted mean of a duration (ms), with a starting value until the first observation, that decays
+    back to it as its evidence ages (a half-life in seconds). Without the decay a mean learned in a stall could lock a
+    server out: a hand-back of tens of milliseconds makes every bound look unmeetable, every request is refused, and
+    no answer comes to teach it otherwise (measured: a server refused every request for over a minute, docs/serving.md)."""
 
-    def __init__(self, start: float, weight: float = 0.05):
-        self.value, self._weight, self._seen = start, weight, False
+    def __init__(self, start: float, weight: float = 0.05, half_life_s: float = 10.0, clock: Clock = time.monotonic):
+        if not 0 < weight <= 1 or half_life_s <= 0:
+            raise ValueError("weight must be in (0, 1] and half_life_s above 0")
+        self._start, self._weight, self._half_life, self._clock = start, weight, half_life_s, clock
+        self._learned, self._at = start, None  # None: no evidence yet
+
+    @property
+    def value(self) -> float:
+        if self._at is None:
+            return self._start
+        return self._start + (self._learned - self._start) * 0.5 ** (max(0.0, self._clock() - self._at) / self._half_life)
 
     def observe(self, value: float) -> None:
         if not math.isfinite(value) or value < 0:
             return
-        self.value = value if not self._seen else self.value + self._weight * (value - self.value)
-        self._seen = True
+        self._learned = value if self._at is None else self.value + self._weight * (value - self.value)
+        self._at = self._clock()
 
 
 class DecodeTimes:

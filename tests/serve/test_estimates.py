@@ -62,13 +62,29 @@ def test_decode_times_scale_with_pixels_fall_back_for_unknown_formats_and_learn(
 
 
 def test_a_mean_starts_from_its_guess_and_ignores_nonsense():
-    mean = Mean(start=0.3, weight=0.5)
+    mean = Mean(start=0.3, weight=0.5, clock=Clock())
     assert mean.value == 0.3
     mean.observe(1.0)
     assert mean.value == 1.0
     mean.observe(3.0)
     mean.observe(-1.0)
     assert mean.value == 2.0
+
+
+def test_a_mean_decays_back_to_its_start_as_its_evidence_ages():
+    clock = Clock()
+    mean = Mean(start=0.0, weight=0.1, half_life_s=10.0, clock=clock)
+    mean.observe(40.0)  # a stall's hand-back
+    assert mean.value == 40.0
+    clock.now += 10.0
+    assert mean.value == pytest.approx(20.0)  # half of it after a half-life without evidence
+    clock.now += 60.0
+    assert mean.value < 0.7
+    mean.observe(1.0)  # new evidence is weighed against the decayed value, not the stall's
+    decayed = 40.0 * 0.5**7
+    assert mean.value == pytest.approx(decayed + 0.1 * (1.0 - decayed))
+    with pytest.raises(ValueError):
+        Mean(start=0.0, half_life_s=0.0)
 
 
 def test_bad_settings_are_refused():

@@ -514,5 +514,5 @@ def test_each_decodings_wait_for_a_lane_is_reported_with_the_wait_expected_when_
     assert len(waits) == 3 and waits[0][0] == 0.0 and not waits[0][2]  # the blocker: an idle lane
     (late_expected, late_waited, late), (expected, waited, was_late) = waits[1:]
     assert late and not was_late
-    assert 10.0 < late_expected <= 20.0 and late_waited >= 85.0  # expected: the blocker's 30 ms less the 10 ms it had run
-    assert expected == pytest.approx(late_expected + 10.0, abs=1.0) and waited >= late_waited
+    assert late_expected <= 20.0 and late_waited >= 85.0  # expected: the blocker's 30 ms less the 10 ms or more it had run
+    assert expected == pytest.approx(late_expected + 10.0, abs=1.0) and waited >= 85.0
