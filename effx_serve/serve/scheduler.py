@@ -509,15 +509,12 @@ class DeviceScheduler:
         self._post(jobs, [ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size) for job, output in zip(jobs, outputs, strict=True)],
                    first=observed)
 
-
     def _settle(self, jobs: list[Job], outcomes: list, first: Callable[[], None] | None = None) -> None:
         """On the event loop: each job's future gets its outcome (a result, an exception, or CANCELLED), unless its caller
-        went away or it was late already; the wait observer hears of each CPU job's wait for a lane."""
+        went away or it was late already; then the wait observer hears of each CPU job's wait for a lane."""
         if first is not None:
             first()
         for job, outcome in zip(jobs, outcomes, strict=True):
-            if job.waited_ms is not None and job.expected_wait_ms is not None:
-                self._on_wait(job.expected_wait_ms, job.waited_ms, isinstance(outcome, Late))
             if job.future.done():
                 continue
             if outcome is CANCELLED:
@@ -526,6 +523,9 @@ class DeviceScheduler:
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if job.waited_ms is not None and job.expected_wait_ms is not None:
+                self._on_wait(job.expected_wait_ms, job.waited_ms, isinstance(outcome, Late))
 
 
 class Queued:
@@ -542,5 +542,3 @@ class Queued:
         """Not wanted any more (its request failed or went away): dropped from the queue if it is there, never run after."""
         self.job.future.cancel()
         self.scheduler._forget(self.job, self.queue)
-
-
