@@ -16,22 +16,29 @@ from collections.abc import Callable, Hashable, Iterable
 Clock = Callable[[], float]
 
 
+def _check(weight: float, half_life_s: float) -> None:
+    if not 0 < weight <= 1 or half_life_s <= 0:
+        raise ValueError("weight must be in (0, 1] and half_life_s above 0")
+
+
+def _kept(since: float | None, now: float, half_life_s: float) -> float:
+    """The share of what was learned at `since` that is left at `now` (0 with no evidence): it halves every half-life."""
+    return 0.0 if since is None else 0.5 ** (max(0.0, now - since) / half_life_s)
+
+
 class Correction:
     """A factor learned from (predicted, observed) pairs: exp of a decaying, weighted mean of their log ratio."""
 
     def __init__(self, weight: float = 0.1, half_life_s: float = 10.0, bounds: tuple[float, float] = (0.05, 50.0),
                  clock: Clock = time.monotonic):
-        if not 0 < weight <= 1 or half_life_s <= 0:
-            raise ValueError("weight must be in (0, 1] and half_life_s above 0")
+        _check(weight, half_life_s)
         self._weight, self._half_life, self._clock = weight, half_life_s, clock
         self._low, self._high = math.log(bounds[0]), math.log(bounds[1])
         self._log_ratio, self._at = 0.0, None  # None: no evidence yet
         self._cached = (-math.inf, 1.0)  # (when, factor)
 
     def _current(self, now: float) -> float:
-        if self._at is None:
-            return 0.0
-        return self._log_ratio * 0.5 ** (max(0.0, now - self._at) / self._half_life)
+        return self._log_ratio * _kept(self._at, now, self._half_life)
 
     def observe(self, predicted: float, observed: float) -> None:
         if not (predicted > 0 and observed > 0 and math.isfinite(predicted) and math.isfinite(observed)):
@@ -75,21 +82,19 @@ class Mean:
     no answer comes to teach it otherwise (measured: a server refused every request for over a minute, docs/serving.md)."""
 
     def __init__(self, start: float, weight: float = 0.05, half_life_s: float = 10.0, clock: Clock = time.monotonic):
-        if not 0 < weight <= 1 or half_life_s <= 0:
-            raise ValueError("weight must be in (0, 1] and half_life_s above 0")
+        _check(weight, half_life_s)
         self._start, self._weight, self._half_life, self._clock = start, weight, half_life_s, clock
         self._learned, self._at = start, None  # None: no evidence yet
 
     @property
     def value(self) -> float:
-        if self._at is None:
-            return self._start
-        return self._start + (self._learned - self._start) * 0.5 ** (max(0.0, self._clock() - self._at) / self._half_life)
+        return self._start + (self._learned - self._start) * _kept(self._at, self._clock(), self._half_life)
 
     def observe(self, value: float) -> None:
         if not math.isfinite(value) or value < 0:
             return
-        self._learned = value if self._at is None else self.value + self._weight * (value - self.value)
+        current = self.value
+        self._learned = value if self._at is None else current + self._weight * (value - current)
         self._at = self._clock()
 
 
