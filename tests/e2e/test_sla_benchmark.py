@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
 
 
@@ -51,3 +53,10 @@ def test_the_baseline_is_named_by_its_arguments_and_each_server_gets_its_overloa
     assert "in bound nan% / 90.0% (server / client clock)" in line  # (no server metrics of answers here)
     assert "refusal p99 12.50 ms as the client saw it, <= 16 ms in the server" in line
     assert sla.overload_line(at_capacity, overload | {"refusal_latency_ms": None})[1] == float("inf")
+
+
+def test_a_baseline_code_folder_without_the_package_is_refused_in_one_line(tmp_path, capsys):
+    sla = _sla()
+    with pytest.raises(SystemExit) as stopped:
+        sla.main(["--baseline-code", str(tmp_path), "--only", "cost"])
+    assert stopped.value.code == 2 and f"{tmp_path} has no effx_serve/" in capsys.readouterr().err
