@@ -40,3 +40,5 @@ def test_a_short_run_measures_both_rows(tmp_path, served_repository):
     assert classify["server_timing_p50_ms"]["total_ms"] > 0 and classify["overhead_ms"] is not None
     assert abs(classify["overhead_beyond_decode_ms"] - (classify["overhead_ms"] - classify["decode_inprocess_p50_ms"])) < 1e-9
     assert batch["overhead_beyond_decode_ms"] is None and "overhead beyond decoding the JPEG" in result.stdout
+    assert classify["idle_decode_p50_ms"] > 0 and classify["idle_inference_p50_ms"] > 0 and batch["idle_decode_p50_ms"] is None
+    assert "from idle" in result.stdout
