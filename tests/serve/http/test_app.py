@@ -166,10 +166,14 @@ def _counted(client, prefix: str) -> float:
 def test_a_request_whose_client_deadline_passed_in_transit_is_refused_at_once_unless_best_effort(client):
     expired, late_answers = _counted(client, 'effx_routes_total{outcome="refused_expired"}'), _counted(client, "effx_late_stage_total{")
     timed = _counted(client, 'effx_refusal_seconds_count{reason="deadline"}')
+    requests, misses = _counted(client, 'effx_sla_requests_total{sla="latency"}'), _counted(client, 'effx_sla_misses_total{cause="refused",sla="latency"}')
     refused = _deadline(client, f"{time.time() - 0.2:.3f}")
     assert refused.status_code == 429 and refused.json()["reason"] == "deadline" and "passed" in refused.json()["detail"]
     assert "Retry-After" in refused.headers
     assert _counted(client, 'effx_routes_total{outcome="refused_expired"}') == expired + 1
+    # one request, one miss: misses over requests stays a share
+    assert (_counted(client, 'effx_sla_requests_total{sla="latency"}'), _counted(client, 'effx_sla_misses_total{cause="refused",sla="latency"}')) == (
+        requests + 1, misses + 1)
     assert _counted(client, 'effx_refusal_seconds_count{reason="deadline"}') == timed + 1  # how long it took, on the server's clock
     late = _deadline(client, f"{time.time() - 0.2:.3f}", on_miss="best_effort")
     assert late.status_code == 200 and late.json()["sla"]["met"] is False and late.json()["sla"]["misses"] == ["latency"]
