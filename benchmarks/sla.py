@@ -328,6 +328,7 @@ def overload_line(at_capacity: dict, overload: dict) -> tuple[float, float]:
     """Print one server's goodput at capacity and at overload, and its refusals there; (goodput kept, refusal p99 ms)."""
     kept = overload["goodput_rps"] / at_capacity["goodput_rps"] if at_capacity["goodput_rps"] else 0.0
     refusal_p99 = (overload.get("refusal_latency_ms") or {}).get("p99")
+    after_send = (overload.get("refusal_after_send_ms") or {}).get("p99")
     in_server = quantile_bounds((overload.get("server_metrics") or {}).get("refusal_buckets") or {})
     on_server = server_attainment(overload)
     print(f"{overload['name']} at capacity: goodput {at_capacity['goodput_rps']:.1f}/s, attainment {at_capacity['attainment']:.1%}; "
@@ -336,6 +337,7 @@ def overload_line(at_capacity: dict, overload: dict) -> tuple[float, float]:
           f"{client_attainment(overload):.1%} (server / client clock), "
           f"refused {overload['refused_429']} (429) + {overload['refused_422']} (422), refusal p99 "
           f"{refusal_p99 if refusal_p99 is not None else float('nan'):.2f} ms as the client saw it"
+          + (f" ({after_send:.2f} ms from its actual send: the rest is the generator's lag)" if after_send is not None else "")
           + (f", <= {in_server['p99_le_ms']:g} ms in the server (arrival to refusal)" if in_server.get("p99_le_ms") is not None else ""))
     return kept, refusal_p99 if refusal_p99 is not None else math.inf
 

@@ -214,7 +214,10 @@ def phase_figures(results: list[list], bounds: list[float], seconds: float | Non
     served = Counter(r[4] for r in answered)
     reasons = Counter(str(r[6]) if len(r) > 6 and r[6] else "no reason given" for r in results if r[1] in ("overloaded", SLA_REFUSED))
     latencies = sorted(r[3] for r in answered)
-    refusals = sorted(r[3] for r in results if r[1] in (SLA_REJECTED, SLA_REFUSED) or (r[1] == "overloaded" and r[2] == 429))
+    refused = [r for r in results if r[1] in (SLA_REJECTED, SLA_REFUSED) or (r[1] == "overloaded" and r[2] == 429)]
+    refusals = sorted(r[3] for r in refused)
+    # From the request's actual send: without the generator's own lag (its overload, not the server's), where it was recorded.
+    after_send = sorted(r[3] - r[5] for r in refused if len(r) > 5 and r[5] is not None)
     return {
         "requests": scheduled, "answered": len(answered), "answered_share": len(answered) / scheduled if scheduled else None,
         "within_bound": len(within), "attainment": len(within) / scheduled if scheduled else None,
@@ -224,6 +227,7 @@ def phase_figures(results: list[list], bounds: list[float], seconds: float | Non
         "refused_422": kinds[SLA_REJECTED], "refused_429": kinds["overloaded"] + kinds[SLA_REFUSED],
         "refused_429_reasons": dict(sorted(reasons.items())),
         "refusal_latency_ms": {"p50": _rank(refusals, 50), "p99": _rank(refusals, 99), "max": refusals[-1] if refusals else None},
+        "refusal_after_send_ms": {"p50": _rank(after_send, 50), "p99": _rank(after_send, 99), "max": after_send[-1] if after_send else None},
         "errors": sum(error_kinds.values()),
         "error_kinds": error_kinds, "members": {m: n / len(answered) for m, n in sorted(served.items())},
         "member_requests": dict(sorted(served.items())), "unknown_members": sorted(set(served) - set(accuracy)),

@@ -51,7 +51,9 @@ def test_the_baseline_is_named_by_its_arguments_and_each_server_gets_its_overloa
     line = capsys.readouterr().out
     assert line.startswith("routed at capacity: goodput 200.0/s") and "goodput 150.0/s (75.0% of it)" in line
     assert "in bound nan% / 90.0% (server / client clock)" in line  # (no server metrics of answers here)
-    assert "refusal p99 12.50 ms as the client saw it, <= 16 ms in the server" in line
+    assert "refusal p99 12.50 ms as the client saw it, <= 16 ms in the server" in line and "actual send" not in line
+    sla.overload_line(at_capacity, overload | {"refusal_after_send_ms": {"p99": 4.25}})
+    assert "12.50 ms as the client saw it (4.25 ms from its actual send: the rest is the generator's lag)" in capsys.readouterr().out
     assert sla.overload_line(at_capacity, overload | {"refusal_latency_ms": None})[1] == float("inf")
 
 

@@ -212,6 +212,8 @@ def test_phase_figures_count_every_scheduled_request():
     assert figures["error_kinds"] == {"server_error": 1, "connection": 1, "dropped": 1, "unfinished": 1}
     assert figures["members"] == {"b0": 0.5, "b1": 0.5} and figures["latency_ms"]["p50"] == 5.0 and figures["latency_ms"]["p99"] == 11.0
     assert figures["refusal_latency_ms"] == {"p50": 1.0, "p99": 1.0, "max": 1.0}  # 422 and 429s, however the server refused
+    # without the send lag, where the generator recorded one (the 422's row has none)
+    assert figures["refusal_after_send_ms"] == {"p50": pytest.approx(0.8), "p99": pytest.approx(0.9), "max": pytest.approx(0.9)}
     assert compare.phase_figures([], bounds, 2.0, {})["attainment"] == 0.0
 
 
