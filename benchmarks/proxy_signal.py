@@ -1,13 +1,14 @@
 """Does the proxy task separate architectures? Seed noise and the response to depth, width and resolution.
 
-    .venv/bin/python benchmarks/proxy_signal.py [--repeats 3] [--epochs 8] [--stride 1] [--out runs/proxy-signal] [--json F]
+    .venv/bin/python benchmarks/proxy_signal.py [--repeats 3] [--epochs 8] [--stride 1] [--init identity|reference|both] [--out runs/proxy-signal] [--json F]
 
 Trains the demo base at 48 px (the demo family's b0 architecture, between the 32 and 64 px variants) and four variants, each scaled in one dimension
 only (depth x2, width x1.5, resolution 64 and 32 px), under the proxy recipe that LACS and NAS use
 (`search.evaluators.ProxyAccuracy`: the same code), each with `--repeats` seeds, on the generated demo
 data. Prints per model the top-1 mean +- std, how many times chance it is, and its margin over the base
 against the seed noise of that difference, with the verdict LACS and NAS print (signal beyond 2 std, or
-inside the noise). Re-running with the same --out reuses the finished runs. Targets (issue 18): the base
+inside the noise). `--init both` measures it twice, with residual blocks starting as the identity (the proxy's)
+and as the reference initialises them, side by side. Re-running with the same --out reuses the finished runs. Targets (issue 18): the base
 >= 5x chance; margins over 2 std of the noise.
 """
 
@@ -42,35 +43,27 @@ def variants(resolution: int) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="seeds per model (default 3)")
-    parser.add_argument("--epochs", type=int, default=DemoSettings.proxy_epochs, help="proxy epochs (default: the demo's)")
-    parser.add_argument("--stride", type=int, default=DemoSettings.proxy_stride, help="train on every n-th image (default: the demo's)")
-    parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+INITS = {"identity": True, "reference": False}  # zero_init_residual: the proxy's, or as the reference initialises them
+DESCRIBED = {"identity": "residual blocks starting as the identity", "reference": "residual blocks as the reference initialises them"}
 
-    demo = DemoSettings()
-    out = Path(args.out)
-    data = generate_demo_data(out / "data", size=demo.images_per_class, image_size=demo.image_size, val_fraction=demo.val_fraction)
-    print(f"demo data: {data['images']} images ({data['train_per_class']} train + {data['val_per_class']} val per class)")
-    accuracy = ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.epochs, stride=args.stride)
-    chance = 1.0 / len(CLASSES)
+
+def measure(accuracy: ProxyAccuracy, repeats: int) -> dict:
     rows = {}
     for name, spec in variants(BASE_RESOLUTION).items():
         started = time.perf_counter()
-        spread = accuracy.spread(spec, args.repeats)
-        rows[name] = {"spec": spec, "spread": spread, "seconds": (time.perf_counter() - started) / args.repeats}
+        spread = accuracy.spread(spec, repeats)
+        rows[name] = {"spec": spec, "spread": spread, "seconds": (time.perf_counter() - started) / repeats}
         print(f"  {name}: {', '.join(f'{100 * x:.1f}' for x in spread.samples)} % ({rows[name]['seconds']:.0f} s a run)", flush=True)
+    return rows
 
+
+def table(rows: dict, chance: float) -> dict:
+    """Print the models' top-1 and margins over the base against the pooled seed noise; the figures."""
     noise = pooled_std([row["spread"] for row in rows.values()])
     base = rows["base"]["spread"]
-    images = "every training image" if args.stride == 1 else f"every {args.stride}th training image"
-    pooled = "unknown (one seed)" if noise is None else f"{100 * noise:.2f} points (1 std)"
-    print(f"\nproxy: {args.epochs} epochs on {images}, {args.repeats} seeds each; pooled seed noise of one run: {pooled}")
+    print(f"pooled seed noise of one run: {'unknown (one seed)' if noise is None else f'{100 * noise:.2f} points (1 std)'}")
     print(f"{'model':<12} {'params M':>8} {'res':>4} {'top-1 %':>14} {'x chance':>8} {'vs base':>8} {'noise':>6}  verdict")
-    report = {"epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "pooled_std": noise, "models": {}}
+    figures = {"pooled_std": noise, "models": {}}
     for name, row in rows.items():
         spec, spread = row["spec"], row["spread"]
         params = expand(spec).params
@@ -79,10 +72,41 @@ def main() -> int:
         std = spread.std or 0.0
         print(f"{name:<12} {params / 1e6:>8.2f} {spec.resolution:>4} {100 * spread.mean:>7.1f} +- {100 * std:>4.1f} "
               f"{spread.mean / chance:>8.1f} {100 * margin.value:>+8.1f} {100 * (margin.noise or 0):>6.1f}  {verdict}")
-        report["models"][name] = {"params": params, "resolution": spec.resolution, "top1": spread.to_dict(),
-                                  "x_chance": spread.mean / chance, "margin": margin.to_dict(), "seconds_per_run": row["seconds"]}
-    ratio = base.mean / chance
-    print(f"\nbase: {ratio:.1f}x chance (target >= {CHANCE_TARGET:g}x): {'met' if ratio >= CHANCE_TARGET else 'MISSED'}")
+        figures["models"][name] = {"params": params, "resolution": spec.resolution, "top1": spread.to_dict(),
+                                   "x_chance": spread.mean / chance, "margin": margin.to_dict(), "seconds_per_run": row["seconds"]}
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="seeds per model (default 3)")
+    parser.add_argument("--epochs", type=int, default=DemoSettings.proxy_epochs, help="proxy epochs (default: the demo's)")
+    parser.add_argument("--stride", type=int, default=DemoSettings.proxy_stride, help="train on every n-th image (default: the demo's)")
+    parser.add_argument("--init", choices=(*INITS, "both"), default="identity",
+                        help="residual blocks starting as the identity (the proxy's, default), as the reference initialises them, or both side by side")
+    parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    demo = DemoSettings()
+    out = Path(args.out)
+    data = generate_demo_data(out / "data", size=demo.images_per_class, image_size=demo.image_size, val_fraction=demo.val_fraction)
+    print(f"demo data: {data['images']} images ({data['train_per_class']} train + {data['val_per_class']} val per class)")
+    chance = 1.0 / len(CLASSES)
+    inits = list(INITS) if args.init == "both" else [args.init]
+    measured = {}
+    for init in inits:
+        print(f"{DESCRIBED[init]}:")
+        accuracy = ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.epochs, stride=args.stride, zero_init_residual=INITS[init])
+        measured[init] = measure(accuracy, args.repeats)
+
+    images = "every training image" if args.stride == 1 else f"every {args.stride}th training image"
+    report = {"epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "inits": {}}
+    for init, rows in measured.items():
+        print(f"\nproxy, {DESCRIBED[init]}: {args.epochs} epochs on {images}, {args.repeats} seeds each")
+        report["inits"][init] = table(rows, chance)
+    ratio = measured[inits[0]]["base"]["spread"].mean / chance
+    print(f"\nbase ({inits[0]}): {ratio:.1f}x chance (target >= {CHANCE_TARGET:g}x): {'met' if ratio >= CHANCE_TARGET else 'MISSED'}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0 if ratio >= CHANCE_TARGET else 1

@@ -266,6 +266,8 @@ class _Trainer:
 
         rng.seed_everything(recipe.seed)
         model = build_model(self.spec)  # the same initial weights on every process
+        if recipe.zero_init_residual:
+            model.zero_init_residual()
         rng.seed_everything(_derive_seed(recipe.seed, "process", ctx.rank))  # but different dropout masks
         self.model = model.to(device=ctx.device, memory_format=self.memory_format)
         self.ema = ModelEma(self.model, recipe.ema_decay, recipe.ema_warmup)

@@ -58,6 +58,7 @@ class Recipe:
     channels_last: str = "auto"  # auto: on CUDA only
     seed: int = 0
     num_workers: int = 4
+    zero_init_residual: bool = False  # every residual block starts as the identity (short runs: EfficientNet.zero_init_residual)
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -149,8 +150,9 @@ def _problem(r: Recipe) -> str | None:
         value = getattr(r, name)
         if not isinstance(value, int) or isinstance(value, bool):
             return f"{name} must be an integer, got {value!r}"
-    if not isinstance(r.ema_warmup, bool):
-        return f"ema_warmup must be true or false, got {r.ema_warmup!r}"
+    for name in ("ema_warmup", "zero_init_residual"):
+        if not isinstance(getattr(r, name), bool):
+            return f"{name} must be true or false, got {getattr(r, name)!r}"
     rules = [
         (r.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {r.optimizer!r}"),
         (r.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {r.schedule!r}"),

@@ -1,5 +1,7 @@
 """The proxy evaluator: what a short run trains, and that seeds are distinct draws reused on a second ask."""
 
+import json
+
 import pytest
 import torch
 
@@ -32,3 +34,13 @@ def test_seeds_are_separate_runs_and_reused(data, tmp_path):
     spread = accuracy.spread(TINY, 2)
     assert len(spread.samples) == 2 and len(list(tmp_path.iterdir())) == 2  # one run folder per seed
     assert accuracy.spread(TINY, 2) == spread  # asked again: the same draws, not new runs
+
+
+def test_proxy_runs_start_residual_blocks_as_the_identity_in_folders_of_their_own(data, tmp_path):
+    """The proxy's runs (residual blocks starting as the identity) never resume a run made without, and the reverse."""
+    proxy, reference = ProxyAccuracy(data, tmp_path, epochs=1), ProxyAccuracy(data, tmp_path, epochs=1, zero_init_residual=False)
+    proxy(TINY), reference(TINY)
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 2 and folders[1] == folders[0] + "-zi"
+    recipes = {name: json.loads((tmp_path / name / "checkpoint-last.json").read_text())["recipe"]["zero_init_residual"] for name in folders}
+    assert recipes == {folders[0]: False, folders[1]: True}

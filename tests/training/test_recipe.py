@@ -29,7 +29,7 @@ def test_reference_recipe():
 
 
 def test_dict_and_json_round_trip():
-    recipe = Recipe(optimizer="sgd", schedule="exponential", epochs=7, seed=3, ema_warmup=False)
+    recipe = Recipe(optimizer="sgd", schedule="exponential", epochs=7, seed=3, ema_warmup=False, zero_init_residual=True)
     assert Recipe.from_dict(recipe.to_dict()) == recipe
     assert Recipe.from_json(recipe.to_json()) == recipe
     assert json.loads(recipe.to_json())["optimizer"] == "sgd"
@@ -49,6 +49,7 @@ def test_missing_keys_take_defaults_and_ints_are_accepted_as_floats():
         ({"epochs": 2.5}, "recipe field 'epochs' must be int, got 2.5"),
         ({"epochs": True}, "recipe field 'epochs' must be int, got true"),
         ({"ema_warmup": 1}, "recipe field 'ema_warmup' must be bool, got 1"),
+        ({"zero_init_residual": "yes"}, "recipe field 'zero_init_residual' must be bool"),
         ({"optimizer": 3}, "recipe field 'optimizer' must be str"),
         ({"optimizer": "adam"}, "optimizer must be one of rmsprop, sgd"),
         ({"schedule": "step"}, "schedule must be one of exponential, cosine"),

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from training.arch.layers import Conv2dSame, SpaceToBatchStage, tf_same_padding
-from training.arch.model import build_model, count_parameters
+from training.arch.model import MBConvBlock, build_model, count_parameters
 from training.arch.plan import expand
 from training.arch.presets import PRESETS, get_preset
 from training.arch.spec import spec_from_stage_strings
@@ -91,6 +91,24 @@ def test_initialisation_follows_the_reference_except_a_zero_classifier():
     assert head_conv.weight.std().item() == pytest.approx(expected, rel=0.05)
     assert torch.count_nonzero(model.fc.weight) == 0
     assert torch.count_nonzero(model.fc.bias) == 0
+
+
+def test_zero_init_residual_makes_every_residual_block_the_identity_and_leaves_the_rest():
+    model = build_model(get_preset("efficientnet-x-b0", width=0.5, depth=0.34, resolution=48, num_classes=10)).eval()
+    model.zero_init_residual()
+    blocks = [m for m in model.modules() if isinstance(m, MBConvBlock)]
+    residual, plain = [b for b in blocks if b.residual], [b for b in blocks if not b.residual]
+    assert residual and plain
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        for block in blocks:
+            channels = block.body[0][0].in_channels
+            entering = torch.randn(2, channels, 12, 12)
+            if block.residual:
+                assert torch.equal(block(entering), entering)  # adds nothing until trained
+            else:
+                assert block.body[-1][1].weight.abs().min() > 0  # the reference's BN scales: ones
+        assert torch.isfinite(model(x)).all()
 
 
 def test_space_to_batch_with_identity_body_is_the_identity():
