@@ -61,7 +61,7 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
 class ProxyAccuracy:
     """Validation top-1 after a short training run (`epochs` on every `stride`-th training image), each residual block
     starting as the identity: otherwise a few epochs penalise depth for training more slowly (the demo base at 48 px, 6
-    epochs, 3 seeds: twice its depth scored 2.9 points below it, and 0.9 above with; docs/scaling.md). The demo family's
+    epochs, 3 seeds: twice its depth scored 2.9 points below it without, 1.0 above with; docs/scaling.md). The demo family's
     members train longer, as the reference initialises them."""
 
     data: Path
