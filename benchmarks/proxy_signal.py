@@ -7,8 +7,8 @@ only (depth x2, width x1.5, resolution 64 and 32 px), under the proxy recipe tha
 (`search.evaluators.ProxyAccuracy`: the same code), each with `--repeats` seeds, on the generated demo
 data. Prints per model the top-1 mean +- std, how many times chance it is, and its margin over the base
 against the seed noise of that difference, with the verdict LACS and NAS print (signal beyond 2 std, or
-inside the noise). `--init both` measures it twice, with residual blocks starting as the identity (the proxy's)
-and as the reference initialises them, side by side. Re-running with the same --out reuses the finished runs. Targets (issue 18): the base
+inside the noise). `--init both` measures it twice, with residual blocks as the reference initialises them (the
+proxy's) and starting as the identity, side by side. Re-running with the same --out reuses the finished runs. Targets (issue 18): the base
 >= 5x chance; margins over 2 std of the noise.
 """
 
@@ -43,8 +43,8 @@ def variants(resolution: int) -> dict:
     }
 
 
-INITS = {"identity": True, "reference": False}  # zero_init_residual: the proxy's, or as the reference initialises them
-DESCRIBED = {"identity": "residual blocks starting as the identity", "reference": "residual blocks as the reference initialises them"}
+INITS = {"reference": False, "identity": True}  # zero_init_residual: as the reference initialises them (the proxy's), or not
+DESCRIBED = {"reference": "residual blocks as the reference initialises them", "identity": "residual blocks starting as the identity"}
 
 
 def measure(accuracy: ProxyAccuracy, repeats: int) -> dict:
@@ -82,8 +82,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="seeds per model (default 3)")
     parser.add_argument("--epochs", type=int, default=DemoSettings.proxy_epochs, help="proxy epochs (default: the demo's)")
     parser.add_argument("--stride", type=int, default=DemoSettings.proxy_stride, help="train on every n-th image (default: the demo's)")
-    parser.add_argument("--init", choices=(*INITS, "both"), default="identity",
-                        help="residual blocks starting as the identity (the proxy's, default), as the reference initialises them, or both side by side")
+    parser.add_argument("--init", choices=(*INITS, "both"), default="reference",
+                        help="residual blocks as the reference initialises them (the proxy's, default), starting as the identity, or both side by side")
     parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()

@@ -39,7 +39,7 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
     demo data, crops the object away), and BN momentum is 0.1 so the statistics settle within a few
     hundred steps (the reference's 0.01 is for long runs). No dropout or drop-connect: a few epochs do not
     overfit, and the regularisers only slow learning (demo base, 4 epochs: 22% top-1 with, 28% without).
-    `zero_init_residual`: every residual block starts as the identity (`Recipe.zero_init_residual`; the proxy's).
+    `zero_init_residual`: every residual block starts as the identity (`Recipe.zero_init_residual`).
     """
     from torch.utils.data import Subset
 
@@ -59,10 +59,11 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
 
 @dataclass
 class ProxyAccuracy:
-    """Validation top-1 after a short training run (`epochs` on every `stride`-th training image), each residual block
-    starting as the identity: otherwise a few epochs penalise depth for training more slowly (the demo base at 48 px, 6
-    epochs, 3 seeds: twice its depth scored 2.9 points below it without, 1.0 above with; docs/scaling.md). The demo family's
-    members train longer, as the reference initialises them."""
+    """Validation top-1 after a short training run (`epochs` on every `stride`-th training image).
+
+    `zero_init_residual` starts each residual block as the identity. Off, as the demo family's members train. On, six
+    epochs no longer rank twice the demo base's depth below it, but they rank width far above what the members' 24
+    epochs deliver: a demo family built with it was not rising (docs/scaling.md, `benchmarks/proxy_signal.py --init both`)."""
 
     data: Path
     work_dir: Path
@@ -70,14 +71,14 @@ class ProxyAccuracy:
     batch_size: int = 64
     stride: int = 1  # train on every stride-th image: a deterministic subset
     progress: bool = False
-    zero_init_residual: bool = True  # the proxy's own (short_run); False: as before it, to measure the difference
+    zero_init_residual: bool = False
     results: dict[str, float] = field(default_factory=dict)
     fingerprint: str | None = None  # of `data`, computed on first use
 
     def __call__(self, spec: ModelSpec, seed: int = 0) -> float:
         from training.data import dataset_fingerprint
 
-        # "-zi": a run of the older proxy (residual blocks not starting as the identity) is never resumed as one of this one
+        # "-zi": a run whose residual blocks started as the identity is never resumed as one of the reference's, nor the reverse
         key = f"{spec.arch_hash()}-r{spec.resolution}" + ("-zi" if self.zero_init_residual else "") + (f"-seed{seed}" if seed else "")
         if key not in self.results:
             self.fingerprint = self.fingerprint or dataset_fingerprint(self.data)

@@ -58,7 +58,7 @@ class Recipe:
     channels_last: str = "auto"  # auto: on CUDA only
     seed: int = 0
     num_workers: int = 4
-    zero_init_residual: bool = False  # every residual block starts as the identity (short runs: EfficientNet.zero_init_residual)
+    zero_init_residual: bool = False  # every residual block starts as the identity (EfficientNet.zero_init_residual)
 
     def __post_init__(self) -> None:
         problem = _problem(self)

@@ -36,10 +36,10 @@ def test_seeds_are_separate_runs_and_reused(data, tmp_path):
     assert accuracy.spread(TINY, 2) == spread  # asked again: the same draws, not new runs
 
 
-def test_proxy_runs_start_residual_blocks_as_the_identity_in_folders_of_their_own(data, tmp_path):
-    """The proxy's runs (residual blocks starting as the identity) never resume a run made without, and the reverse."""
-    proxy, reference = ProxyAccuracy(data, tmp_path, epochs=1), ProxyAccuracy(data, tmp_path, epochs=1, zero_init_residual=False)
-    proxy(TINY), reference(TINY)
+def test_runs_whose_residual_blocks_start_as_the_identity_go_to_folders_of_their_own(data, tmp_path):
+    """A proxy run whose residual blocks started as the identity never resumes one made as the reference's, nor the reverse."""
+    reference, identity = ProxyAccuracy(data, tmp_path, epochs=1), ProxyAccuracy(data, tmp_path, epochs=1, zero_init_residual=True)
+    reference(TINY), identity(TINY)
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert len(folders) == 2 and folders[1] == folders[0] + "-zi"
     recipes = {name: json.loads((tmp_path / name / "checkpoint-last.json").read_text())["recipe"]["zero_init_residual"] for name in folders}

@@ -95,7 +95,7 @@ class EfficientNet(nn.Module):
     def zero_init_residual(self) -> None:
         """Start every residual block as the identity: the scale of its last BN at zero (Goyal et al. 2017, for short or
         large-batch runs). Each extra block of a deeper model then adds nothing at first instead of noise, so a few epochs
-        do not penalise depth for training more slowly (the proxy's bias, docs/scaling.md)."""
+        do not penalise depth for training more slowly (docs/scaling.md measures it in the proxy)."""
         for module in self.modules():
             if isinstance(module, MBConvBlock) and module.residual:
                 nn.init.zeros_(module.body[-1][1].weight)  # the projection's ConvBnAct: (conv, BN)
