@@ -197,6 +197,12 @@ def _rank(ordered: list[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q * len(ordered) / 100 - 1e-9) - 1)] if ordered else None
 
 
+def _tail(values) -> dict:
+    """p50, p99 and max of `values` (None each when there are none)."""
+    ordered = sorted(values)
+    return {"p50": _rank(ordered, 50), "p99": _rank(ordered, 99), "max": ordered[-1] if ordered else None}
+
+
 def phase_figures(results: list[list], bounds: list[float], seconds: float | None, accuracy: dict[str, float]) -> dict:
     """Attainment, effective accuracy, goodput, latency, refusals, errors and member shares over ALL scheduled requests.
 
@@ -213,21 +219,18 @@ def phase_figures(results: list[list], bounds: list[float], seconds: float | Non
         error_kinds["unfinished"] = unfinished
     served = Counter(r[4] for r in answered)
     reasons = Counter(str(r[6]) if len(r) > 6 and r[6] else "no reason given" for r in results if r[1] in ("overloaded", SLA_REFUSED))
-    latencies = sorted(r[3] for r in answered)
     refused = [r for r in results if r[1] in (SLA_REJECTED, SLA_REFUSED) or (r[1] == "overloaded" and r[2] == 429)]
-    refusals = sorted(r[3] for r in refused)
-    # From the request's actual send: without the generator's own lag (its overload, not the server's), where it was recorded.
-    after_send = sorted(r[3] - r[5] for r in refused if len(r) > 5 and r[5] is not None)
     return {
         "requests": scheduled, "answered": len(answered), "answered_share": len(answered) / scheduled if scheduled else None,
         "within_bound": len(within), "attainment": len(within) / scheduled if scheduled else None,
         "effective_accuracy": sum(accuracy.get(r[4], 0.0) for r in within) / scheduled if scheduled else None,
         "goodput_rps": len(within) / seconds if seconds else None,
-        "latency_ms": {"p50": _rank(latencies, 50), "p99": _rank(latencies, 99), "max": latencies[-1] if latencies else None},
+        "latency_ms": _tail(r[3] for r in answered),
         "refused_422": kinds[SLA_REJECTED], "refused_429": kinds["overloaded"] + kinds[SLA_REFUSED],
         "refused_429_reasons": dict(sorted(reasons.items())),
-        "refusal_latency_ms": {"p50": _rank(refusals, 50), "p99": _rank(refusals, 99), "max": refusals[-1] if refusals else None},
-        "refusal_after_send_ms": {"p50": _rank(after_send, 50), "p99": _rank(after_send, 99), "max": after_send[-1] if after_send else None},
+        "refusal_latency_ms": _tail(r[3] for r in refused),
+        # From the request's actual send: without the generator's own lag (its overload, not the server's), where it was recorded.
+        "refusal_after_send_ms": _tail(r[3] - r[5] for r in refused if len(r) > 5 and r[5] is not None),
         "errors": sum(error_kinds.values()),
         "error_kinds": error_kinds, "members": {m: n / len(answered) for m, n in sorted(served.items())},
         "member_requests": dict(sorted(served.items())), "unknown_members": sorted(set(served) - set(accuracy)),
