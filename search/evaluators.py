@@ -78,14 +78,20 @@ class ProxyAccuracy:
     def __call__(self, spec: ModelSpec, seed: int = 0) -> float:
         from training.data import dataset_fingerprint
 
-        # "-zi": a run whose residual blocks started as the identity is never resumed as one of the reference's, nor the reverse
-        key = f"{spec.arch_hash()}-r{spec.resolution}" + ("-zi" if self.zero_init_residual else "") + (f"-seed{seed}" if seed else "")
+        key = self.folder(spec, seed)
         if key not in self.results:
             self.fingerprint = self.fingerprint or dataset_fingerprint(self.data)
             _, metrics = short_run(spec, self.data, self.work_dir / key, self.epochs, self.fingerprint, self.batch_size, self.stride,
                                    self.progress, seed, self.zero_init_residual)
             self.results[key] = float(metrics["ema_top1"])
         return self.results[key]
+
+    def folder(self, spec: ModelSpec, seed: int = 0) -> str:
+        """The run's folder under `work_dir`. Everything that changes what a run measures is in its name: a training run
+        resumes whatever its folder holds, and one trained longer, or on another subset, or with residual blocks starting
+        as the identity ("-zi"), would otherwise be reused or continued as this one."""
+        return (f"{spec.arch_hash()}-r{spec.resolution}-e{self.epochs}" + (f"-s{self.stride}" if self.stride != 1 else "")
+                + ("-zi" if self.zero_init_residual else "") + (f"-seed{seed}" if seed else ""))
 
     def spread(self, spec: ModelSpec, repeats: int) -> Spread:
         """Top-1 of `repeats` runs of `spec` with seeds 0..repeats-1 (seed 0 is the run a search already made)."""

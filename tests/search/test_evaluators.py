@@ -44,3 +44,15 @@ def test_runs_whose_residual_blocks_start_as_the_identity_go_to_folders_of_their
     assert len(folders) == 2 and folders[1] == folders[0] + "-zi"
     recipes = {name: json.loads((tmp_path / name / "checkpoint-last.json").read_text())["recipe"]["zero_init_residual"] for name in folders}
     assert recipes == {folders[0]: False, folders[1]: True}
+
+
+def test_runs_of_other_lengths_or_subsets_go_to_folders_of_their_own(data, tmp_path):
+    """A training run resumes whatever its folder holds: a 2-epoch proxy must not return (or continue) a finished 1-epoch
+    run of the same model, nor a run on every image one on every second image."""
+    short, longer, subset = (ProxyAccuracy(data, tmp_path, epochs=1), ProxyAccuracy(data, tmp_path, epochs=2),
+                             ProxyAccuracy(data, tmp_path, epochs=1, stride=2, batch_size=16))
+    short(TINY), longer(TINY), subset(TINY)
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 3
+    epochs = {name: json.loads((tmp_path / name / "checkpoint-last.json").read_text())["epoch"] for name in folders}
+    assert sorted(epochs.values()) == [1, 1, 2]
