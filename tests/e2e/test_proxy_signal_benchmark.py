@@ -1,0 +1,34 @@
+"""benchmarks/proxy_signal.py's comparison of the proxy with longer training (the runs themselves take tens of minutes:
+docs/scaling.md)."""
+
+import importlib.util
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+def _proxy_signal():
+    spec = importlib.util.spec_from_file_location("proxy_signal_benchmark", ROOT / "benchmarks" / "proxy_signal.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _figures(means: dict, noise: float) -> dict:
+    base = means["base"]
+    return {"models": {name: {"top1": {"mean": mean}, "margin": {"value": mean - base, "noise_std": noise,
+                                                                 "inside_noise": abs(mean - base) <= 2 * noise}}
+                       for name, mean in means.items()}}
+
+
+def test_a_proxy_that_reverses_a_margin_is_flagged_and_its_rank_agreement_printed(capsys):
+    proxy = _figures({"base": 0.58, "depth x2": 0.55, "width x1.5": 0.60}, 0.01)
+    full = _figures({"base": 0.80, "depth x2": 0.85, "width x1.5": 0.82}, 0.01)
+    figures = _proxy_signal().fidelity(proxy, full, 24)
+    out = capsys.readouterr().out
+    depth = next(line for line in out.splitlines() if line.startswith("depth x2"))
+    assert "-3.0 signal" in depth and "+5.0 signal" in depth and depth.endswith("NO")
+    assert next(line for line in out.splitlines() if line.startswith("width x1.5")).endswith("yes")
+    # pairs: base<depth reversed, base<width kept, depth<width reversed: (1 - 2) / 3
+    assert figures == {"full_epochs": 24, "kendall_tau": pytest.approx(-1 / 3)}
