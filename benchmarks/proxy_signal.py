@@ -126,7 +126,7 @@ def main() -> int:
         print(f"{args.full_epochs} epochs, {DESCRIBED['reference']} (as the members train):")
         full = measure(ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.full_epochs), args.repeats)
 
-    images = "every training image" if args.stride == 1 else f"every {args.stride}th training image"
+    images = "every training image" if args.stride == 1 else f"one training image in {args.stride}"
     report = {"epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "inits": {}}
     for init, rows in measured.items():
         print(f"\nproxy, {DESCRIBED[init]}: {args.epochs} epochs on {images}, {args.repeats} seeds each")
