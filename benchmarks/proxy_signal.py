@@ -51,6 +51,11 @@ INITS = {"reference": False, "identity": True}  # zero_init_residual: as the ref
 DESCRIBED = {"reference": "residual blocks as the reference initialises them", "identity": "residual blocks starting as the identity"}
 
 
+def described(inside_noise: bool | None) -> str:
+    """A margin's verdict as LACS and NAS print it."""
+    return "?" if inside_noise is None else "inside the noise" if inside_noise else "signal"
+
+
 def measure(accuracy: ProxyAccuracy, repeats: int) -> dict:
     rows = {}
     for name, spec in variants(BASE_RESOLUTION).items():
@@ -72,7 +77,7 @@ def table(rows: dict, chance: float) -> dict:
         spec, spread = row["spec"], row["spread"]
         params = expand(spec).params
         margin = Margin(spread.mean - base.mean, None if noise is None else means_difference_std(noise, len(spread.samples), len(base.samples)))
-        verdict = "" if name == "base" else ("?" if margin.inside_noise is None else "inside the noise" if margin.inside_noise else "signal")
+        verdict = "" if name == "base" else described(margin.inside_noise)
         std = spread.std or 0.0
         print(f"{name:<12} {params / 1e6:>8.2f} {spec.resolution:>4} {100 * spread.mean:>7.1f} +- {100 * std:>4.1f} "
               f"{spread.mean / chance:>8.1f} {100 * margin.value:>+8.1f} {100 * (margin.noise or 0):>6.1f}  {verdict}")
@@ -83,15 +88,12 @@ def table(rows: dict, chance: float) -> dict:
 
 def fidelity(proxy: dict, full: dict, epochs: int) -> dict:
     """Print each model's margin over the base by the proxy and by the longer runs, and the rank agreement of their means."""
-    def verdict(margin: dict) -> str:
-        return "?" if margin["inside_noise"] is None else "noise" if margin["inside_noise"] else "signal"
-
     names = list(proxy["models"])
-    print(f"{'model':<12} {'proxy vs base':>15} {f'{epochs} epochs vs base':>20}  same direction")
+    print(f"{'model':<12} {'   proxy vs base':<25} {f'   {epochs} epochs vs base':<25}  same direction")
     for name in names[1:]:  # the base first: its margin is 0 by definition
         a, b = proxy["models"][name]["margin"], full["models"][name]["margin"]
         same = "yes" if (a["value"] > 0) == (b["value"] > 0) else "NO"
-        print(f"{name:<12} {100 * a['value']:>+8.1f} {verdict(a):<6} {100 * b['value']:>+13.1f} {verdict(b):<6}  {same}")
+        print(f"{name:<12} {100 * a['value']:>+8.1f} {described(a['inside_noise']):<16} {100 * b['value']:>+8.1f} {described(b['inside_noise']):<16}  {same}")
     tau = kendall_tau([proxy["models"][n]["top1"]["mean"] for n in names], [full["models"][n]["top1"]["mean"] for n in names])
     print(f"rank agreement of the {len(names)} models' means (Kendall's tau; 1 the same order, 0 unrelated, -1 reversed): {tau:.2f}")
     return {"full_epochs": epochs, "kendall_tau": tau}
