@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from effx_serve.cli.common import positive_int
 from search.evaluators import ProxyAccuracy
 from search.fidelity import kendall_tau
 from search.noise import Margin, means_difference_std, pooled_std
@@ -101,12 +102,12 @@ def fidelity(proxy: dict, full: dict, epochs: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="seeds per model (default 3)")
-    parser.add_argument("--epochs", type=int, default=DemoSettings.proxy_epochs, help="proxy epochs (default: the demo's)")
-    parser.add_argument("--stride", type=int, default=DemoSettings.proxy_stride, help="train on every n-th image (default: the demo's)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="seeds per model (default 3)")
+    parser.add_argument("--epochs", type=positive_int, default=DemoSettings.proxy_epochs, help="proxy epochs (default: the demo's)")
+    parser.add_argument("--stride", type=positive_int, default=DemoSettings.proxy_stride, help="train on every n-th image (default: the demo's)")
     parser.add_argument("--init", choices=(*INITS, "both"), default="reference",
                         help="residual blocks as the reference initialises them (the proxy's, default), starting as the identity, or both side by side")
-    parser.add_argument("--full-epochs", type=int,
+    parser.add_argument("--full-epochs", type=positive_int,
                         help="also train every model this many epochs (the demo's members train 24; as the reference initialises them) "
                              "and print whether the proxy ranks them as these longer runs do")
     parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")

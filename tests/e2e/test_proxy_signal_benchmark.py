@@ -2,6 +2,8 @@
 docs/scaling.md)."""
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 
@@ -32,3 +34,11 @@ def test_a_proxy_that_reverses_a_margin_is_flagged_and_its_rank_agreement_printe
     assert next(line for line in out.splitlines() if line.startswith("width x1.5")).endswith("yes")
     # pairs: base<depth reversed, base<width kept, depth<width reversed: (1 - 2) / 3
     assert figures == {"full_epochs": 24, "kendall_tau": pytest.approx(-1 / 3)}
+
+
+@pytest.mark.parametrize("option", ["--repeats", "--epochs", "--stride", "--full-epochs"])
+def test_a_count_below_one_is_a_one_line_error_before_any_work(option, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "proxy_signal.py"), option, "0", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "at least 1" in result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # no data generated, nothing trained
