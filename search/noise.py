@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 NOISE_SIGMAS = 2.0
 """A margin is signal when it exceeds this many standard deviations of the difference's seed noise."""
+MAX_REPEATS = 6
+"""Seeds a finalist is raced up to while its margin is inside the noise (LACS's and NAS's `--max-repeats`)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from effx_serve.hardware.detect import detect
 from effx_serve.perf.measure import RUNTIMES
 from search.nas.controllers import CONTROLLERS
 from search.nas.space import SearchSpace
+from search.noise import MAX_REPEATS
 
 _exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")
 
@@ -60,7 +61,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.data:
             _say_estimate(config, args, say)
     result = nas_job.run(config, settings, out, args.workers, args.resume, overrides, say, progress=not args.json,
-                         noise_repeats=args.noise_repeats)
+                         noise_repeats=args.noise_repeats, max_repeats=args.max_repeats)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -87,10 +88,11 @@ def _say_estimate(config, args: argparse.Namespace, say) -> None:
                          num_classes=config.num_classes)
     train, val = image_counts(args.data)
     runs = (args.budget_trials or 0) + (2 if config.baselines else 0)
-    noise_runs = 4 * max(0, args.noise_repeats - 1)  # best, runner-up and two baselines, retrained with more seeds
+    # Best, runner-up and two baselines retrained with more seeds, counted at the race's limit.
+    noise_runs = 4 * max(0, max(args.noise_repeats, args.max_repeats) - 1) if args.noise_repeats >= 2 else 0
     seconds = estimate_seconds(typical, train // config.subset_stride, val, config.epochs, runs + noise_runs)
     limit = f"; --budget-minutes stops it at {args.budget_minutes:g} min" if args.budget_minutes else ""
-    what = f"{runs} trials + {noise_runs} noise runs" if args.budget_trials else f"{noise_runs} noise runs after the budget"
+    what = f"{runs} trials + up to {noise_runs} noise runs" if args.budget_trials else f"up to {noise_runs} noise runs after the budget"
     say(f"estimated time with one worker: {describe_estimate(seconds)} ({what}, {config.epochs} epochs on "
         f"{train // config.subset_stride} images each, timed on this machine){limit}")
 
@@ -130,6 +132,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--noise-repeats", type=int, default=3, choices=range(0, 11), metavar="N",
                    help="after the search, seeds the best, the runner-up and the baselines are trained with, to judge the best's "
                         "margins against the seed noise (0 or 1: not measured; default: %(default)s)")
+    p.add_argument("--max-repeats", type=int, default=MAX_REPEATS, choices=range(0, 21), metavar="N",
+                   help="while the best is level with a finalist within the seed noise, a seed more for both, up to N seeds "
+                        "(a race: clear margins stop it at once; at most --noise-repeats: no race; default: %(default)s)")
     p.add_argument("--storage", metavar="URL", help="shared storage: an RDB URL (postgresql+psycopg://..., sqlite:///f.db) or a journal "
                                                      "file path (default: OUT/trials.journal)")
     p.add_argument("--space", metavar="FILE", help="a JSON file narrowing the search space: {\"stage\": {\"kernel\": [3]}, ...}")

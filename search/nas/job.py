@@ -59,9 +59,11 @@ def _worker_main(settings: WorkerSettings) -> None:
 
 
 def run(config: SearchConfig, settings: WorkerSettings, out: Path, workers: int = 1, resume: bool = False,
-        overrides: dict | None = None, say: Callable[[str], None] = print, progress: bool = True, noise_repeats: int = 3) -> dict:
+        overrides: dict | None = None, say: Callable[[str], None] = print, progress: bool = True, noise_repeats: int = 3,
+        max_repeats: int = 0) -> dict:
     """Run the search to its budget and write its outputs; then, with `noise_repeats` >= 2, retrain the finalists with
-    more seeds and judge the best's margins against the seed noise (search/nas/verdict.py), into the same outputs."""
+    more seeds (up to `max_repeats` for those level within the noise) and judge the best's margins against the seed noise
+    (search/nas/verdict.py), into the same outputs."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +82,7 @@ def run(config: SearchConfig, settings: WorkerSettings, out: Path, workers: int 
         raise UserError("; ".join(failed_workers))
     if noise_repeats >= 2 and result["best"] is not None:
         found = records(study, config)
-        result = nas_report.write_outputs(out, found, config, verdict.judge(found, config, settings.work_dir, noise_repeats, say))
+        result = nas_report.write_outputs(out, found, config, verdict.judge(found, config, settings.work_dir, noise_repeats, say, max_repeats))
     return result
 
 

@@ -4,8 +4,10 @@ Each trial's top-1 is one short training run. After the search, the best trial b
 architecture by reward) and every baseline are trained again with seeds 1..repeats-1 (an evaluator that can:
 `accuracy_spread(spec, repeats) -> Spread`). Their deviations pool into one seed-noise estimate (the std of one
 proxy top-1), and each comparison of the best with another finalist says whether its top-1 margin (of the means)
-is more than 2 standard deviations of the difference of those means. Where latency is measured, the finalists are also
-timed side by side (in turn, every round), and each comparison gives the best's latency over the other's per round.
+is more than 2 standard deviations of the difference of those means. While a comparison is inside the noise, the best
+and each finalist it is level with get one more seed, up to `max_repeats` each (a race: clear comparisons stop it at
+once). Where latency is measured, the finalists are also timed side by side (in turn, every round), and each comparison
+gives the best's latency over the other's per round.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from search.nas.worker import SearchConfig
 from search.noise import Margin, Spread, means_difference_std, pooled_std
 
 
-def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: int, say: Callable[[str], None] = print) -> dict:
+def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: int, say: Callable[[str], None] = print,
+          max_repeats: int = 0) -> dict:
     """{"repeats", "accuracy_std", "finalists": [{number, role, samples...}], "comparisons": [{other, margin...}]}; the
     noise is None (and nothing retrained) with repeats < 2 or an evaluator without accuracy_spread."""
     winner = best(records)
@@ -37,12 +40,21 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
     say(f"measuring the seed noise: {len(finalists)} finalists x {repeats} seeds")
     specs = {r.number: config.spec(r.point, space) for r in finalists}
     spreads = {number: spread_of(spec, repeats) for number, spec in specs.items()}
-    noise = pooled_std(list(spreads.values()))
+    while True:
+        noise = pooled_std(list(spreads.values()))
+        margins = {other.number: _margin(spreads[winner.number], spreads[other.number], noise) for other in finalists[1:]}
+        level = [number for number, margin in margins.items() if margin.inside_noise]
+        seeds = len(spreads[winner.number].samples)
+        if not level or seeds >= max_repeats:
+            break
+        say(f"the best (trial {winner.number}) is level with trial(s) {', '.join(map(str, level))} within the seed noise: "
+            f"a seed more each ({seeds + 1} of at most {max_repeats})")
+        for number in (winner.number, *level):
+            spreads[number] = spread_of(specs[number], len(spreads[number].samples) + 1)
     timings = _side_by_side(evaluator, specs, repeats)
     comparisons = []
     for other in finalists[1:]:
-        ours, theirs = spreads[winner.number], spreads[other.number]
-        margin = Margin(ours.mean - theirs.mean, None if noise is None else means_difference_std(noise, len(ours.samples), len(theirs.samples)))
+        margin = margins[other.number]
         name = other.role.split(":", 1)[1] if other.role.startswith("baseline:") else f"runner-up (trial {other.number})"
         ratio = _ratio(timings, winner.number, other.number)
         latency = "" if ratio is None else (f"; latency {ratio.mean:.3f}x theirs +- {ratio.std:.3f} "
@@ -53,6 +65,11 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
     return {"repeats": repeats, "accuracy_std": noise,
             "finalists": [{"number": r.number, "role": r.role} | spreads[r.number].to_dict() for r in finalists],
             "comparisons": comparisons}
+
+
+def _margin(ours: Spread, theirs: Spread, noise: float | None) -> Margin:
+    """Our mean top-1 over theirs, against the noise of a difference of means of that many seeds."""
+    return Margin(ours.mean - theirs.mean, None if noise is None else means_difference_std(noise, len(ours.samples), len(theirs.samples)))
 
 
 def _side_by_side(evaluator, specs: dict, repeats: int) -> dict:

@@ -82,8 +82,10 @@ class DemoSettings:
     images_per_class: int = 240
     image_size: int = 64
     base_resolution: int = 32
-    # Two seeds per finalist: enough to say whether the winner's margin is inside the seed noise, at 2-4 more short runs.
-    lacs: LacsSettings = LacsSettings(grid_step=0.25, tolerance=0.3, fine_step=None, w=-0.3, phis=(0.0, 1.0, 2.0, 3.0), noise_repeats=2)
+    # Two seeds per finalist say whether the winner's margin is inside the seed noise; while it is, a race adds seeds up to 5
+    # each: the demo's two closest triplets were 0.038 +- 0.027 of reward apart on 2 seeds, which 5 would resolve.
+    lacs: LacsSettings = LacsSettings(grid_step=0.25, tolerance=0.3, fine_step=None, w=-0.3, phis=(0.0, 1.0, 2.0, 3.0), noise_repeats=2,
+                                      max_repeats=5)
     val_fraction: float = 0.5  # 120 validation images a class: binomial noise of ~1.4 points at 50% top-1 (48 gave ~2.3)
     # 6 rather than 4: the same ranking of the base's one-dimension variants as 24 epochs of training (Kendall's tau 1.0 for
     # both), at 1.1 points of seed noise against 2.7, for half as much again of LACS's time (benchmarks/proxy_signal.py --full-epochs 24).
@@ -206,12 +208,12 @@ def run_demo(out: Path, latency_of: Callable[[ModelSpec], float], hardware_id: s
     typical = [scale(base, Coefficients(*EFFICIENTNET_COEFFICIENTS), phi) for phi in settings.lacs.phis]
     member_seconds = [estimate_seconds(spec, train, val, settings.member_epochs, 1) for spec in typical]
     say(f"plan, timed here (finished runs are reused): {f'b0 first, {describe_estimate(member_seconds[0])}, served once trained; ' if early else ''}"
-        f"LACS, {runs} proxy runs of {settings.proxy_epochs} epochs, {describe_estimate(lacs_seconds)}; {planned} members of "
+        f"LACS, up to {runs} proxy runs of {settings.proxy_epochs} epochs, {describe_estimate(lacs_seconds)}; {planned} members of "
         f"{settings.member_epochs} epochs, {describe_estimate(sum(member_seconds))}; {describe_estimate(lacs_seconds + sum(member_seconds))} in all")
     if early:
         say("first member: training b0 (the base at phi 0, the same whatever LACS picks) before LACS, to serve it while the rest build")
         on_members(_first_member(base, settings, data, out, latency_of, hardware_id, say, progress), planned)
-    say(f"LACS: {runs} proxy runs of {settings.proxy_epochs} epochs")
+    say(f"LACS: up to {runs} proxy runs of {settings.proxy_epochs} epochs (fewer when its decisions are clear early)")
     lacs_job.run(base, out / "lacs", accuracy, latency_of, hardware_id, settings.lacs, say)
     say(f"LACS done after {time.perf_counter() - started:.0f} s")
     members = read_family(family_file)["members"]

@@ -6,7 +6,9 @@ triplets of each ranking are trained again with other seeds, the winner is the b
 judged against the pooled seed noise (search.noise); every trial's accuracy carries that noise. The reward's two
 finalists are also timed again side by side (in turn, `noise_repeats` rounds, at least 3), ranked with those timings,
 and the timings' spread joins the margin's noise: their first timings may be minutes apart on a machine whose load
-changed meanwhile. family.json holds every member of the LACS family (spec, phi, expected latency on
+changed meanwhile. While a margin is inside the noise, both finalists get one more seed (and the reward's one more
+timing round), up to `max_repeats` each: a race that stops as soon as the margin is signal, so a close decision is
+paid more seeds and a clear one none (a true tie ends at `max_repeats`, said as inside the noise). family.json holds every member of the LACS family (spec, phi, expected latency on
 this machine) and, for comparison, the accuracy-only family built from the accuracy-only winner.
 Trials are cached (proxy-training checkpoints and the latency store), so a killed run resumes.
 """
@@ -23,7 +25,7 @@ from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
 from search.defaults import estimate_seconds
 from search.evaluators import MIN_TIMING_ROUNDS
-from search.noise import Margin, Spread, difference_std, means_difference_std, pooled_std
+from search.noise import MAX_REPEATS, Margin, Spread, difference_std, means_difference_std, pooled_std
 from search.reward import reward
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
@@ -45,13 +47,20 @@ class LacsSettings:
     target_ms: float | None = None  # default: latency of the base scaled to phi = 1 by EfficientNet's coefficients
     phis: tuple[float, ...] = lacs.DEFAULT_PHIS
     noise_repeats: int = 3  # seeds per finalist to measure the seed noise with (0 or 1: not measured)
+    max_repeats: int = MAX_REPEATS  # seeds per finalist while their margin is inside the noise (<= noise_repeats: no race)
+
+    @property
+    def seeds_at_most(self) -> int:
+        """The most seeds a finalist is trained with: the race's limit, or `noise_repeats` without a race."""
+        return max(self.noise_repeats, self.max_repeats) if self.noise_repeats >= 2 else self.noise_repeats
 
 
 def estimate_lacs(base: ModelSpec, settings: LacsSettings, train_images: int, val_images: int, epochs: int) -> tuple[int, float]:
-    """(proxy runs, seconds) of a LACS run on this machine: every triplet trains the base scaled to phi = 1 (twice its
-    FLOPs), timed here; the finalists' extra seeds included, a fine grid's extra triplets not (they depend on the ranking)."""
+    """(proxy runs, seconds) of a LACS run on this machine at most: every triplet trains the base scaled to phi = 1 (twice
+    its FLOPs), timed here; the finalists' extra seeds included up to the race's limit, a fine grid's extra triplets not
+    (they depend on the ranking)."""
     typical = lacs.scale(base, Coefficients(*lacs.EFFICIENTNET_COEFFICIENTS), 1.0)
-    runs = len(lacs.coefficient_grid(settings.grid_step, tolerance=settings.tolerance)) + 4 * max(0, settings.noise_repeats - 1)
+    runs = len(lacs.coefficient_grid(settings.grid_step, tolerance=settings.tolerance)) + 4 * max(0, settings.seeds_at_most - 1)
     return runs, estimate_seconds(typical, train_images, val_images, epochs, runs)
 
 
@@ -77,7 +86,8 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
     def latency_factor(latency_ms: float) -> float:  # a trial's reward per unit of accuracy
         return reward(1.0, latency_ms, target, settings.w, settings.w)
 
-    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, latency_factor, latencies_of) for by in ("reward", "accuracy")}
+    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, latency_factor, latencies_of, settings.seeds_at_most, say)
+                 for by in ("reward", "accuracy")}
     noise = pooled_std([spread for decision in decisions.values() for spread in decision.spreads.values()])
     for by, label in (("reward", "LACS"), ("accuracy", "accuracy-only")):
         say(f"{label} winner {decisions[by].winner.coefficients.astuple()} beats the runner-up {decisions[by].describe()}")
@@ -111,10 +121,17 @@ class Decision:
         if self.runner_up is None or self.margin is None:
             return "(no runner-up)"
         unit = " of reward" if self.by == "reward" else " of top-1"
-        return f"{self.runner_up.coefficients.astuple()} {self.margin.describe(unit)}"
+        seeds = f" (means of {self.seeds} seeds each)" if self.seeds else ""
+        return f"{self.runner_up.coefficients.astuple()} {self.margin.describe(unit)}{seeds}"
+
+    @property
+    def seeds(self) -> int | None:
+        """Seeds each finalist was trained with; None when not retrained."""
+        return min((len(spread.samples) for spread in self.spreads.values()), default=None)
 
     def to_dict(self) -> dict:
         return {"by": self.by, "runner_up": None if self.runner_up is None else list(self.runner_up.coefficients.astuple()),
+                "seeds": self.seeds,
                 "margin": None if self.margin is None else self.margin.to_dict(),
                 "finalists": [{"coefficients": list(key), "accuracy": spread.to_dict()}
                               | ({"latency_ms": self.timings[key].to_dict()} if key in self.timings else {})
@@ -123,20 +140,39 @@ class Decision:
 
 
 def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int, latency_factor: Callable[[float], float],
-           latencies_of=None) -> Decision:
+           latencies_of=None, max_repeats: int = 0, say: Callable[[str], None] | None = None) -> Decision:
     """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means; with
     `latencies_of` (a reward ranking), both timed again side by side (MeasuredLatency.side_by_side) and ranked with those
-    means. `latency_factor(latency_ms)` is the reward of a trial per unit of accuracy."""
+    means. While the margin is inside the noise and the finalists have fewer than `max_repeats` seeds, each gets one more
+    (and, with timings, one more round side by side). `latency_factor(latency_ms)` is the reward of a trial per unit of
+    accuracy."""
     order = lacs.ranked(trials, by)
     if len(order) < 2:
         return Decision(by, order[0], None, None, {})
-    finalists, spreads, timings = order[:2], {}, {}
+    finalists = order[:2]
     keys = [t.coefficients.astuple() for t in finalists]
     specs = [lacs.scale(base, t.coefficients, 1.0) for t in finalists]
-    if spread_of is not None:
-        spreads = {key: spread_of(spec, repeats) for key, spec in zip(keys, specs, strict=True)}
+    timings = {}
     if latencies_of is not None and by == "reward":
         timings = dict(zip(keys, latencies_of(specs, max(repeats, MIN_TIMING_ROUNDS)), strict=True))
+    seeds = repeats
+    while True:
+        spreads = {key: spread_of(spec, seeds) for key, spec in zip(keys, specs, strict=True)} if spread_of is not None else {}
+        decision = _judged(by, finalists, keys, spreads, timings, latency_factor)
+        if not spreads or decision.margin.inside_noise is not True or seeds >= max_repeats:
+            return decision
+        seeds += 1
+        if say is not None:
+            say(f"  {by} finalists: {decision.winner.coefficients.astuple()} over {decision.describe()}; "
+                f"a seed more each ({seeds} of at most {max_repeats})")
+        if timings:
+            more = latencies_of(specs, 1)
+            timings = {key: Spread(timings[key].samples + extra.samples) for key, extra in zip(keys, more, strict=True)}
+
+
+def _judged(by: str, finalists: Sequence[Trial], keys: Sequence[tuple], spreads: dict[tuple, Spread], timings: dict[tuple, Spread],
+            latency_factor: Callable[[float], float]) -> Decision:
+    """The finalists ranked by the means of their seeds and timings where measured, and the margin against their noise."""
     if spreads or timings:
         finalists = lacs.ranked([_remeasured(t, spreads.get(key), timings.get(key), latency_factor)
                                  for t, key in zip(finalists, keys, strict=True)], by)

@@ -364,7 +364,7 @@ def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, ca
     monkeypatch.setattr("tests.search.nas.nas_stubs.NoisyStubEvaluator.NOISE", float(noise))
     out = tmp_path / "s"
     argv = ["search", "--out", str(out), "--evaluator", "tests.search.nas.nas_stubs:NoisyStubEvaluator", "--resolution", "32",
-            "--width", "0.25", "--population", "4", "--budget-trials", "6", "--noise-repeats", "3"]
+            "--width", "0.25", "--population", "4", "--budget-trials", "6", "--noise-repeats", "3", "--max-repeats", "5"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     printed = captured.out
@@ -372,7 +372,9 @@ def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, ca
     assert saved["repeats"] == 3 and saved["accuracy_std"] > 0
     roles = [f["role"] for f in saved["finalists"]]
     assert len(roles) >= 3 and sum(role.startswith("baseline:") for role in roles) == 2  # the best, the runner-up, both baselines
-    assert all(len(f["samples"]) == 3 for f in saved["finalists"])
+    # Level within the noise, the best and every finalist level with it are raced to 5 seeds, one seed at a time.
+    assert all(len(f["samples"]) == (5 if inside else 3) for f in saved["finalists"])
+    assert captured.err.count("a seed more each") == (2 if inside else 0)
     assert saved["comparisons"] and all(c["inside_noise"] is inside for c in saved["comparisons"])
     assert "seed noise: top-1 +-" in printed and ("may be chance" in printed) is inside
     # The finalists timed side by side: per round the best's latency over the other's, the same in every round here.

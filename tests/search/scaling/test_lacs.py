@@ -169,10 +169,13 @@ def test_each_lacs_decision_is_judged_against_the_seed_noise(tmp_path, noise, in
     for key in ("lacs", "accuracy_only"):
         decision = result[key]["decision"]
         assert decision["margin"]["inside_noise"] is inside and decision["margin"]["noise_std"] > 0
-        assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == [3, 3]
+        # A margin inside the noise is raced: a seed more for both finalists, up to max_repeats (6) each.
+        assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == ([6, 6] if inside else [3, 3])
+        assert decision["seeds"] == (6 if inside else 3)
     assert result["accuracy_noise_std"] > 0 and all(t["accuracy_std"] == result["accuracy_noise_std"] for t in result["trials"])
     verdict = "inside the seed noise" if inside else "more than the seed noise"
-    assert sum(verdict in line for line in lines) == 2, lines
+    assert sum(verdict in line for line in lines if "winner" in line) == 2, lines
+    assert sum("a seed more each" in line for line in lines) == (2 * 3 if inside else 0), lines
 
 
 def test_without_repeats_the_noise_is_said_to_be_unknown(tmp_path):
@@ -202,6 +205,79 @@ def test_finalists_are_ranked_by_their_mean_over_seeds(tmp_path):
     decision = decide(trials, "accuracy", X_B0, spread_of, 3, lambda latency_ms: 1.0)
     assert decision.winner.coefficients == b and decision.runner_up.coefficients == a
     assert decision.margin.value == pytest.approx(0.51 - 0.47)
+
+
+def _racing_case(samples: dict):
+    """Two triplets and a spread_of that hands out the first `repeats` of each one's samples, counting the calls."""
+    from search.scaling.lacs import Trial
+
+    a, b = Coefficients(1.2, 1.1, 1.15), Coefficients(1.5, 1.05, 1.05)
+    trials = [Trial(a, samples[a.astuple()][0], 1.0, samples[a.astuple()][0], "coarse"),
+              Trial(b, samples[b.astuple()][0], 1.0, samples[b.astuple()][0], "coarse")]
+    asked = []
+
+    def spread_of(spec, repeats):
+        key = next(k for k in samples if scale(X_B0, Coefficients(*k), 1.0) == spec)
+        asked.append(repeats)
+        return Spread(samples[key][:repeats])
+
+    return a, b, trials, spread_of, asked
+
+
+def test_a_margin_inside_the_noise_is_raced_until_it_is_signal():
+    """Two and three seeds each leave a 0.02 margin inside the noise; with a fourth the means part by 0.03, beyond 2 std:
+    the race stops there, before its limit of 6."""
+    from search.scaling.job import decide
+
+    samples = {(1.2, 1.1, 1.15): (0.62, 0.58, 0.60, 0.62, 0.0, 0.0), (1.5, 1.05, 1.05): (0.58, 0.58, 0.58, 0.56, 0.0, 0.0)}
+    a, b, trials, spread_of, asked = _racing_case(samples)
+    lines = []
+    decision = decide(trials, "accuracy", X_B0, spread_of, 2, lambda ms: 1.0, max_repeats=6, say=lines.append)
+    assert asked == [2, 2, 3, 3, 4, 4] and decision.seeds == 4
+    assert decision.winner.coefficients == a and decision.margin.inside_noise is False
+    assert decision.margin.value == pytest.approx(0.605 - 0.575)
+    assert len(lines) == 2 and "a seed more each (4 of at most 6)" in lines[-1]
+    assert decision.to_dict()["seeds"] == 4 and "means of 4 seeds each" in decision.describe()
+
+
+def test_a_tie_is_raced_to_the_limit_and_said_to_be_inside_the_noise():
+    from search.scaling.job import decide
+
+    samples = {(1.2, 1.1, 1.15): (0.60, 0.50, 0.60, 0.50), (1.5, 1.05, 1.05): (0.50, 0.60, 0.50, 0.60)}
+    _, _, trials, spread_of, asked = _racing_case(samples)
+    decision = decide(trials, "accuracy", X_B0, spread_of, 2, lambda ms: 1.0, max_repeats=4)
+    assert asked == [2, 2, 3, 3, 4, 4] and decision.margin.inside_noise is True
+    # Without a race (the limit at the seeds already asked for), the same tie is judged on 2 seeds.
+    _, _, trials, spread_of, asked = _racing_case(samples)
+    assert decide(trials, "accuracy", X_B0, spread_of, 2, lambda ms: 1.0, max_repeats=2).seeds == 2 and asked == [2, 2]
+
+
+def test_a_raced_reward_decision_times_the_finalists_one_more_round_per_seed():
+    from search.scaling.job import decide
+
+    samples = {(1.2, 1.1, 1.15): (0.60, 0.50, 0.60), (1.5, 1.05, 1.05): (0.50, 0.60, 0.50)}
+    _, _, trials, spread_of, _ = _racing_case(samples)
+    rounds = []
+
+    def latencies_of(specs, count):
+        rounds.append(count)
+        return [Spread((1.0,) * count), Spread((1.01,) * count)]
+
+    decision = decide(trials, "reward", X_B0, spread_of, 2, lambda ms: 1.0 / ms, latencies_of, max_repeats=3)
+    assert rounds == [3, 1] and decision.seeds == 3
+    assert all(len(spread.samples) == 4 for spread in decision.timings.values())
+
+
+def test_the_lacs_estimate_counts_the_race_at_its_limit():
+    from search.scaling.job import LacsSettings, estimate_lacs
+
+    def runs(**settings):
+        return estimate_lacs(X_B0, LacsSettings(grid_step=0.25, tolerance=0.25, **settings), 100, 10, 1)[0]
+
+    grid = runs(noise_repeats=0)
+    assert runs(noise_repeats=2, max_repeats=2) == grid + 4
+    assert runs(noise_repeats=2, max_repeats=5) == grid + 16
+    assert runs(noise_repeats=1, max_repeats=5) == grid  # no noise measured, nothing to race
 
 
 def test_a_finalist_at_zero_on_its_first_seed_is_still_judged_by_reward(tmp_path):
