@@ -1,7 +1,7 @@
 """Does the proxy task separate architectures? Seed noise and the response to depth, width and resolution.
 
     .venv/bin/python benchmarks/proxy_signal.py [--repeats 3] [--epochs 8] [--stride 1] [--init identity|reference|both] [--full-epochs 24]
-                                                [--out runs/proxy-signal] [--json F]
+                                                [--images-per-class 960] [--out runs/proxy-signal] [--json F]
 
 Trains the demo base at 48 px (the demo family's b0 architecture, between the 32 and 64 px variants) and four variants, each scaled in one dimension
 only (depth x2, width x1.5, resolution 64 and 32 px), under the proxy recipe that LACS and NAS use
@@ -11,7 +11,9 @@ against the seed noise of that difference, with the verdict LACS and NAS print (
 inside the noise). `--init both` measures it twice, with residual blocks as the reference initialises them (the
 proxy's) and starting as the identity, side by side. `--full-epochs N` also trains every model N epochs (the demo's
 members train 24) and prints whether the proxy ranks them as those longer runs do: each margin side by side, and the
-rank agreement of the models' means (Kendall's tau). Re-running with the same --out reuses the finished runs. Targets
+rank agreement of the models' means (Kendall's tau). `--images-per-class` trains on more (or fewer) distinct images
+than the demo's, to see whether depth and width respond when data is less scarce at the same compute (4x the images
+with a quarter of the epochs). Re-running with the same --out reuses the finished runs. Targets
 (issue 18): the base >= 5x chance; margins over 2 std of the noise.
 """
 
@@ -100,6 +102,17 @@ def fidelity(proxy: dict, full: dict, epochs: int) -> dict:
     return {"full_epochs": epochs, "kendall_tau": tau}
 
 
+def demo_data(out: Path, images_per_class: int) -> tuple[Path, dict]:
+    """The work folder for this many training images per class (its own below `out` unless the demo's: the runs are
+    named by model, not by data) and the generated data in it, with the demo's validation set size."""
+    demo = DemoSettings()
+    if images_per_class != demo.images_per_class:
+        out = out / f"images-{images_per_class}"
+    val_per_class = round(demo.images_per_class * demo.val_fraction)
+    return out, generate_demo_data(out / "data", size=images_per_class, image_size=demo.image_size,
+                                   val_fraction=min(1.0, val_per_class / images_per_class))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=positive_int, default=3, help="seeds per model (default 3)")
@@ -110,13 +123,14 @@ def main() -> int:
     parser.add_argument("--full-epochs", type=positive_int,
                         help="also train every model this many epochs (the demo's members train 24; as the reference initialises them) "
                              "and print whether the proxy ranks them as these longer runs do")
+    parser.add_argument("--images-per-class", type=positive_int, default=DemoSettings.images_per_class,
+                        help="training images per class (default: the demo's; the validation set stays the demo's size, and "
+                             "another size gets a data and runs folder of its own under --out)")
     parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
-    demo = DemoSettings()
-    out = Path(args.out)
-    data = generate_demo_data(out / "data", size=demo.images_per_class, image_size=demo.image_size, val_fraction=demo.val_fraction)
+    out, data = demo_data(Path(args.out), args.images_per_class)
     print(f"demo data: {data['images']} images ({data['train_per_class']} train + {data['val_per_class']} val per class)")
     chance = 1.0 / len(CLASSES)
     inits = list(INITS) if args.init == "both" else [args.init]
@@ -130,7 +144,7 @@ def main() -> int:
         full = measure(ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.full_epochs), args.repeats)
 
     images = "every training image" if args.stride == 1 else f"one training image in {args.stride}"
-    report = {"epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "inits": {}}
+    report = {"images_per_class": args.images_per_class, "epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "inits": {}}
     for init, rows in measured.items():
         print(f"\nproxy, {DESCRIBED[init]}: {args.epochs} epochs on {images}, {args.repeats} seeds each")
         report["inits"][init] = table(rows, chance)

@@ -36,9 +36,19 @@ def test_a_proxy_that_reverses_a_margin_is_flagged_and_its_rank_agreement_printe
     assert figures == {"full_epochs": 24, "kendall_tau": pytest.approx(-1 / 3)}
 
 
-@pytest.mark.parametrize("option", ["--repeats", "--epochs", "--stride", "--full-epochs"])
+@pytest.mark.parametrize("option", ["--repeats", "--epochs", "--stride", "--full-epochs", "--images-per-class"])
 def test_a_count_below_one_is_a_one_line_error_before_any_work(option, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "proxy_signal.py"), option, "0", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "at least 1" in result.stderr and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())  # no data generated, nothing trained
+
+
+def test_another_number_of_training_images_gets_its_own_folder_and_the_demo_validation_set(tmp_path):
+    module = _proxy_signal()
+    demo = module.DemoSettings()
+    out, data = module.demo_data(tmp_path, 130)
+    assert out == tmp_path / "images-130" and data["train_per_class"] == 130
+    assert data["val_per_class"] == round(demo.images_per_class * demo.val_fraction)  # 120, as the demo's
+    assert module.demo_data(tmp_path, 2)[1]["val_per_class"] == 2  # fewer images than that: as many to validate on
+    assert not (tmp_path / "data").exists()  # the demo's own folder untouched
