@@ -8,8 +8,9 @@ finalists are also timed again side by side (in turn, `noise_repeats` rounds, at
 and the timings' spread joins the margin's noise: their first timings may be minutes apart on a machine whose load
 changed meanwhile. While a margin is inside the noise, both finalists get one more seed (and the reward's one more
 timing round), up to `max_repeats` each: a race that stops as soon as the margin is signal, so a close decision is
-paid more seeds and a clear one none (a true tie ends at `max_repeats`, said as inside the noise). family.json holds every member of the LACS family (spec, phi, expected latency on
-this machine) and, for comparison, the accuracy-only family built from the accuracy-only winner.
+paid more seeds and a clear one none (a true tie ends at `max_repeats`, said as inside the noise). family.json holds
+every member of the LACS family (spec, phi, expected latency on this machine) and, for comparison, the accuracy-only
+family built from the accuracy-only winner.
 Trials are cached (proxy-training checkpoints and the latency store), so a killed run resumes.
 """
 
