@@ -19,6 +19,12 @@ MAX_REPEATS = 6
 """Seeds a finalist is raced up to while its margin is inside the noise (LACS's and NAS's `--max-repeats`)."""
 
 
+def seeds_at_most(noise_repeats: int, max_repeats: int) -> int:
+    """The most seeds a finalist is trained with: the race's limit, or `noise_repeats` without a race (below 2 seeds the
+    noise is not measured, so nothing is raced)."""
+    return max(noise_repeats, max_repeats) if noise_repeats >= 2 else noise_repeats
+
+
 @dataclass(frozen=True)
 class Spread:
     """Repeated draws of one measurement (the same architecture, different seeds)."""

@@ -13,7 +13,7 @@ from effx_serve.hardware.detect import detect
 from effx_serve.perf.measure import RUNTIMES
 from search.nas.controllers import CONTROLLERS
 from search.nas.space import SearchSpace
-from search.noise import MAX_REPEATS
+from search.noise import MAX_REPEATS, seeds_at_most
 
 _exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")
 
@@ -89,7 +89,7 @@ def _say_estimate(config, args: argparse.Namespace, say) -> None:
     train, val = image_counts(args.data)
     runs = (args.budget_trials or 0) + (2 if config.baselines else 0)
     # Best, runner-up and two baselines retrained with more seeds, counted at the race's limit.
-    noise_runs = 4 * max(0, max(args.noise_repeats, args.max_repeats) - 1) if args.noise_repeats >= 2 else 0
+    noise_runs = 4 * max(0, seeds_at_most(args.noise_repeats, args.max_repeats) - 1)
     seconds = estimate_seconds(typical, train // config.subset_stride, val, config.epochs, runs + noise_runs)
     limit = f"; --budget-minutes stops it at {args.budget_minutes:g} min" if args.budget_minutes else ""
     what = f"{runs} trials + up to {noise_runs} noise runs" if args.budget_trials else f"up to {noise_runs} noise runs after the budget"

@@ -26,7 +26,7 @@ from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
 from search.defaults import estimate_seconds
 from search.evaluators import MIN_TIMING_ROUNDS
-from search.noise import MAX_REPEATS, Margin, Spread, difference_std, means_difference_std, pooled_std
+from search.noise import MAX_REPEATS, Margin, Spread, difference_std, means_difference_std, pooled_std, seeds_at_most
 from search.reward import reward
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
@@ -52,8 +52,7 @@ class LacsSettings:
 
     @property
     def seeds_at_most(self) -> int:
-        """The most seeds a finalist is trained with: the race's limit, or `noise_repeats` without a race."""
-        return max(self.noise_repeats, self.max_repeats) if self.noise_repeats >= 2 else self.noise_repeats
+        return seeds_at_most(self.noise_repeats, self.max_repeats)
 
 
 def estimate_lacs(base: ModelSpec, settings: LacsSettings, train_images: int, val_images: int, epochs: int) -> tuple[int, float]:
