@@ -341,7 +341,7 @@ def test_a_real_search_trains_and_measures_candidates(tmp_path, capsys):
     generate_demo_data(tmp_path / "data", size=10, image_size=32)
     out = tmp_path / "s"
     argv = ["search", "--out", str(out), "--data", str(tmp_path / "data"), "--budget-trials", "3", "--resolution", "32",
-            "--width", "0.25", "--epochs", "1", "--batch-size", "16", "--noise-repeats", "2"]
+            "--width", "0.25", "--epochs", "1", "--batch-size", "16", "--noise-repeats", "2", "--max-repeats", "2"]  # no race: one more seed
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "latency target T" in printed.err and "best reward: trial" in printed.out
