@@ -35,6 +35,16 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["lacs", "--base", "efficientnet-b0"], ["search"]])
+@pytest.mark.parametrize("value", ["21", "-1", "many"])
+def test_a_race_limit_out_of_range_is_a_usage_error_naming_it(command, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--max-repeats", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --max-repeats" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
 def test_console_script_is_installed():
     bin_dir = sys.executable.rsplit("/", 1)[0]
     result = subprocess.run([f"{bin_dir}/effx-serve", "models", "--family", "efficientnet-x"], capture_output=True, text=True, check=False)
