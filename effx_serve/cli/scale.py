@@ -79,7 +79,8 @@ def cmd_lacs(args: argparse.Namespace) -> int:
     say = progress_lines(quiet=args.json)
     base = _lacs_base(args, say)
     settings = LacsSettings(grid_step=args.grid_step, tolerance=args.tolerance, fine_step=args.fine_step or None, top_k=args.top_k,
-                            w=args.w, target_ms=args.target_ms, noise_repeats=args.noise_repeats, max_repeats=args.max_repeats)
+                            w=args.w, target_ms=args.target_ms, noise_repeats=args.noise_repeats, max_repeats=args.max_repeats,
+                            max_finalists=args.max_finalists)
     out = Path(args.out)
     accuracy = ProxyAccuracy(Path(args.data), out / "trials", epochs=args.epochs, stride=args.subset_stride, progress=False)
     _say_lacs_estimate(base, settings, args, say)
@@ -122,7 +123,7 @@ def _say_lacs_estimate(base, settings, args: argparse.Namespace, say) -> None:
     train, val = image_counts(args.data)
     runs, seconds = estimate_lacs(base, settings, train // args.subset_stride, val, args.epochs)
     say(f"LACS trains the base at {base.resolution} px (width {base.width:g}, depth {base.depth:g}) scaled to phi = 1: "
-        f"{runs} proxy runs, give or take (a finer grid adds some; a clear decision stops the finalists' seeds before "
+        f"{runs} proxy runs, give or take (a finer grid adds some; a clear decision retrains fewer finalists and stops their seeds before "
         f"{settings.seeds_at_most}), {describe_estimate(seconds)} (timed on this machine)")
 
 
@@ -158,6 +159,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-repeats", type=int, default=LacsSettings.max_repeats, choices=range(0, 21), metavar="N",
                    help="while the finalists' margin is inside the seed noise, a seed more each, up to N seeds "
                         "(a race: a clear margin stops it at once; at most --noise-repeats: no race; default: %(default)s)")
+    p.add_argument("--max-finalists", type=int, default=LacsSettings.max_finalists, choices=range(2, 21), metavar="N",
+                   help="triplets a decision retrains at most: the two best first draws and every other within the seed noise of "
+                        "the leader (2: the two best only; default: %(default)s)")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size latency is measured at")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lacs)

@@ -2,13 +2,16 @@
 
 lacs.json holds every trial (coefficients, proxy accuracy, latency, reward), the LACS winner and the
 accuracy-only winner, and each decision's margin against the seed noise: with `noise_repeats` >= 2 the two best
-triplets of each ranking are trained again with other seeds, the winner is the better mean, and the margin is
-judged against the pooled seed noise (search.noise); every trial's accuracy carries that noise. The reward's two
+triplets of each ranking are trained again with other seeds, and so is every other triplet whose first draw is within
+the seed noise of the leader's mean (up to `max_finalists`): on first draws alone several triplets may be level, and
+the two best of them may not hold the true best. The winner is the best mean, and its margin over each finalist is
+judged against the pooled seed noise (search.noise); every trial's accuracy carries that noise. The reward's
 finalists are also timed again side by side (in turn, `noise_repeats` rounds, at least 3), ranked with those timings,
-and the timings' spread joins the margin's noise: their first timings may be minutes apart on a machine whose load
-changed meanwhile. While a margin is inside the noise, both finalists get one more seed (and the reward's one more
-timing round), up to `max_repeats` each: a race that stops as soon as the margin is signal, so a close decision is
-paid more seeds and a clear one none (a true tie ends at `max_repeats`, said as inside the noise). family.json holds
+and the timings' spread joins the margins' noise: their first timings may be minutes apart on a machine whose load
+changed meanwhile. While a finalist is level with the leader, the leader and each one level with it get one more seed
+(and every finalist one more timing round), up to `max_repeats`: a race that stops as soon as every margin is signal,
+so a close decision is paid more seeds and a clear one none (a true tie ends at `max_repeats`, said as inside the
+noise). family.json holds
 every member of the LACS family (spec, phi, expected latency on this machine) and, for comparison, the accuracy-only
 family built from the accuracy-only winner.
 Trials are cached (proxy-training checkpoints and the latency store), so a killed run resumes.
@@ -26,7 +29,16 @@ from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
 from search.defaults import estimate_seconds
 from search.evaluators import MIN_TIMING_ROUNDS
-from search.noise import MAX_REPEATS, Margin, Spread, difference_std, means_difference_std, pooled_std, seeds_at_most
+from search.noise import (
+    MAX_REPEATS,
+    NOISE_SIGMAS,
+    Margin,
+    Spread,
+    difference_std,
+    means_difference_std,
+    pooled_std,
+    seeds_at_most,
+)
 from search.reward import reward
 from search.scaling import lacs
 from search.scaling.lacs import Coefficients, Trial
@@ -36,6 +48,8 @@ from training.arch.spec import ModelSpec
 from training.errors import SpecError
 
 FAMILY_FILE = "family.json"
+MAX_FINALISTS = 4
+"""Triplets a decision retrains at most: the two best first draws and those whose first draw is within the noise."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class LacsSettings:
     phis: tuple[float, ...] = lacs.DEFAULT_PHIS
     noise_repeats: int = 3  # seeds per finalist to measure the seed noise with (0 or 1: not measured)
     max_repeats: int = MAX_REPEATS  # seeds per finalist while their margin is inside the noise (<= noise_repeats: no race)
+    max_finalists: int = MAX_FINALISTS  # triplets a decision retrains: the two best and those within the noise of the leader
 
     @property
     def seeds_at_most(self) -> int:
@@ -57,10 +72,11 @@ class LacsSettings:
 
 def estimate_lacs(base: ModelSpec, settings: LacsSettings, train_images: int, val_images: int, epochs: int) -> tuple[int, float]:
     """(proxy runs, seconds) of a LACS run on this machine at most: every triplet trains the base scaled to phi = 1 (twice
-    its FLOPs), timed here; the finalists' extra seeds included up to the race's limit, a fine grid's extra triplets not
-    (they depend on the ranking)."""
+    its FLOPs), timed here; the finalists' extra seeds included up to the race's limit (both rankings' finalists, at most
+    every triplet), a fine grid's extra triplets not (they depend on the ranking)."""
     typical = lacs.scale(base, Coefficients(*lacs.EFFICIENTNET_COEFFICIENTS), 1.0)
-    runs = len(lacs.coefficient_grid(settings.grid_step, tolerance=settings.tolerance)) + 4 * max(0, settings.seeds_at_most - 1)
+    grid = len(lacs.coefficient_grid(settings.grid_step, tolerance=settings.tolerance))
+    runs = grid + min(2 * settings.max_finalists, grid) * max(0, settings.seeds_at_most - 1)
     return runs, estimate_seconds(typical, train_images, val_images, epochs, runs)
 
 
@@ -86,8 +102,8 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
     def latency_factor(latency_ms: float) -> float:  # a trial's reward per unit of accuracy
         return reward(1.0, latency_ms, target, settings.w, settings.w)
 
-    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, latency_factor, latencies_of, settings.seeds_at_most, say)
-                 for by in ("reward", "accuracy")}
+    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, latency_factor, latencies_of, settings.seeds_at_most, say,
+                            settings.max_finalists) for by in ("reward", "accuracy")}
     noise = pooled_std([spread for decision in decisions.values() for spread in decision.spreads.values()])
     for by, label in (("reward", "LACS"), ("accuracy", "accuracy-only")):
         say(f"{label} winner {decisions[by].winner.coefficients.astuple()} beats the runner-up {decisions[by].describe()}")
@@ -107,8 +123,8 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
 
 @dataclass
 class Decision:
-    """A ranking's winner over its runner-up (`by` reward or accuracy), with the margin against the noise of the seeds
-    and, for the reward, of the finalists' timings side by side."""
+    """A ranking's winner over the other finalists (`by` reward or accuracy), with each margin against the noise of the
+    seeds and, for the reward, of the finalists' timings side by side; `runner_up` is the best of the others."""
 
     by: str
     winner: Trial
@@ -116,18 +132,26 @@ class Decision:
     margin: Margin | None
     spreads: dict[tuple, Spread]  # coefficients -> accuracy over seeds, for the finalists retrained
     timings: dict[tuple, Spread] = field(default_factory=dict)  # coefficients -> latency (ms) over side-by-side rounds
+    margins: dict[tuple, Margin] = field(default_factory=dict)  # coefficients -> the winner's margin over that finalist
 
     def describe(self) -> str:
         if self.runner_up is None or self.margin is None:
             return "(no runner-up)"
         unit = " of reward" if self.by == "reward" else " of top-1"
         seeds = f" (means of {self.seeds} seeds each)" if self.seeds else ""
-        return f"{self.runner_up.coefficients.astuple()} {self.margin.describe(unit)}{seeds}"
+        others = f"; {len(self.spreads)} triplets were finalists" if len(self.spreads) > 2 else ""
+        return f"{self.runner_up.coefficients.astuple()} {self.margin.describe(unit)}{seeds}{others}"
 
     @property
     def seeds(self) -> int | None:
-        """Seeds each finalist was trained with; None when not retrained."""
-        return min((len(spread.samples) for spread in self.spreads.values()), default=None)
+        """Seeds the winner and the runner-up were each trained with (the fewer of the two); None when not retrained."""
+        keys = [t.coefficients.astuple() for t in (self.winner, self.runner_up) if t is not None]
+        return min((len(self.spreads[key].samples) for key in keys if key in self.spreads), default=None)
+
+    @property
+    def level(self) -> list[tuple]:
+        """The finalists whose margin to the winner is inside the noise."""
+        return [key for key, margin in self.margins.items() if margin.inside_noise]
 
     def to_dict(self) -> dict:
         return {"by": self.by, "runner_up": None if self.runner_up is None else list(self.runner_up.coefficients.astuple()),
@@ -135,57 +159,93 @@ class Decision:
                 "margin": None if self.margin is None else self.margin.to_dict(),
                 "finalists": [{"coefficients": list(key), "accuracy": spread.to_dict()}
                               | ({"latency_ms": self.timings[key].to_dict()} if key in self.timings else {})
+                              | ({"margin": self.margins[key].to_dict()} if key in self.margins else {})
                               for key, spread in self.spreads.items()]}
 
 
-
 def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int, latency_factor: Callable[[float], float],
-           latencies_of=None, max_repeats: int = 0, say: Callable[[str], None] | None = None) -> Decision:
-    """The two best trials by `by`; with `spread_of`, both retrained over `repeats` seeds and ranked by their means; with
-    `latencies_of` (a reward ranking), both timed again side by side (MeasuredLatency.side_by_side) and ranked with those
-    means. While the margin is inside the noise and the finalists have fewer than `max_repeats` seeds, each gets one more
-    (and, with timings, one more round side by side). `latency_factor(latency_ms)` is the reward of a trial per unit of
-    accuracy."""
+           latencies_of=None, max_repeats: int = 0, say: Callable[[str], None] | None = None,
+           max_finalists: int = MAX_FINALISTS) -> Decision:
+    """The best trial by `by` among finalists. Without `spread_of`, the two best first draws. With it, the two best are
+    retrained over `repeats` seeds and ranked by their means, and every other trial whose first draw is not clearly
+    behind the leader's mean (within 2 std of the seed noise) joins them, up to `max_finalists`: the first draws alone
+    may have left the true best out. With `latencies_of` (a reward ranking), the finalists are timed again side by side
+    (MeasuredLatency.side_by_side) and ranked with those means. While a finalist is level with the leader (its margin
+    inside the noise) and the leader has fewer than `max_repeats` seeds, the leader and each finalist level with it get
+    one more (and, with timings, every finalist one more round side by side). `latency_factor(latency_ms)` is the reward
+    of a trial per unit of accuracy."""
     order = lacs.ranked(trials, by)
     if len(order) < 2:
         return Decision(by, order[0], None, None, {})
+    specs = {t.coefficients.astuple(): lacs.scale(base, t.coefficients, 1.0) for t in order}
     finalists = order[:2]
-    keys = [t.coefficients.astuple() for t in finalists]
-    specs = [lacs.scale(base, t.coefficients, 1.0) for t in finalists]
-    timings = {}
-    if latencies_of is not None and by == "reward":
-        timings = dict(zip(keys, latencies_of(specs, max(repeats, MIN_TIMING_ROUNDS)), strict=True))
-    seeds = repeats
+    timed = latencies_of is not None and by == "reward"
+    rounds = max(repeats, MIN_TIMING_ROUNDS)
+    spreads: dict[tuple, Spread] = {}
+    timings: dict[tuple, Spread] = {}
     while True:
-        spreads = {key: spread_of(spec, seeds) for key, spec in zip(keys, specs, strict=True)} if spread_of is not None else {}
-        decision = _judged(by, finalists, keys, spreads, timings, latency_factor)
-        if not spreads or decision.margin.inside_noise is not True or seeds >= max_repeats:
+        keys = [t.coefficients.astuple() for t in finalists]
+        if spread_of is not None:
+            spreads |= {key: spread_of(specs[key], repeats) for key in keys if key not in spreads}
+        if timed and list(timings) != keys:  # a finalist joined: all of them timed afresh, in the same rounds
+            timings = dict(zip(keys, latencies_of([specs[key] for key in keys], rounds), strict=True))
+        decision = _judged(by, finalists, spreads, timings, latency_factor)
+        if not spreads:
             return decision
-        seeds += 1
+        joining = [t for t in order if t not in finalists and not _clearly_behind(decision, t, spreads, latency_factor)]
+        joining = joining[:max(0, max_finalists - len(finalists))]
+        if joining:
+            if say is not None:
+                say(f"  {by}: {', '.join(str(t.coefficients.astuple()) for t in joining)} within the seed noise of the leader "
+                    f"{decision.winner.coefficients.astuple()} on a first draw: finalist(s) as well")
+            finalists = finalists + joining
+            continue
+        leader = decision.winner.coefficients.astuple()
+        seeds = len(spreads[leader].samples)
+        if not decision.level or seeds >= max_repeats:
+            return decision
         if say is not None:
-            say(f"  {by} finalists: {decision.winner.coefficients.astuple()} over {decision.describe()}; "
-                f"a seed more each ({seeds} of at most {max_repeats})")
-        if timings:
-            more = latencies_of(specs, 1)
+            level = "the runner-up" if len(decision.level) == 1 else f"the {len(decision.level)} finalists level with it"
+            say(f"  {by} finalists: {leader} over {decision.describe()}; a seed more each for it and {level} "
+                f"({seeds + 1} of at most {max_repeats})")
+        for key in (leader, *decision.level):
+            spreads[key] = spread_of(specs[key], len(spreads[key].samples) + 1)
+        if timed:
+            more = latencies_of([specs[key] for key in keys], 1)
             timings = {key: Spread(timings[key].samples + extra.samples) for key, extra in zip(keys, more, strict=True)}
+            rounds += 1
 
 
-def _judged(by: str, finalists: Sequence[Trial], keys: Sequence[tuple], spreads: dict[tuple, Spread], timings: dict[tuple, Spread],
+def _judged(by: str, finalists: Sequence[Trial], spreads: dict[tuple, Spread], timings: dict[tuple, Spread],
             latency_factor: Callable[[float], float]) -> Decision:
-    """The finalists ranked by the means of their seeds and timings where measured, and the margin against their noise."""
+    """The finalists ranked by the means of their seeds and timings where measured, and the winner's margin over each
+    against their noise."""
     if spreads or timings:
         finalists = lacs.ranked([_remeasured(t, spreads.get(key), timings.get(key), latency_factor)
-                                 for t, key in zip(finalists, keys, strict=True)], by)
-    winner, runner_up = finalists
+                                 for t in finalists for key in [t.coefficients.astuple()]], by)
+    winner, *others = finalists
     noise = pooled_std(list(spreads.values()))
-    # Both are ranked by the mean of their seeds (one draw each without spreads); the reward is accuracy times a latency
-    # factor, so its seed noise is the accuracy's scaled by that factor, and its timing noise that of the factor.
-    draws = [len(spreads[t.coefficients.astuple()].samples) if spreads else 1 for t in (winner, runner_up)]
-    scales = [latency_factor(t.latency_ms) for t in (winner, runner_up)] if by == "reward" else None
-    value = winner.reward - runner_up.reward if by == "reward" else winner.accuracy - runner_up.accuracy
-    margin_noise = None if noise is None else difference_std(means_difference_std(noise, *draws, scales=scales),
-                                                              _timing_noise(winner, runner_up, timings, latency_factor))
-    return Decision(by, winner, runner_up, Margin(value, margin_noise), spreads, timings)
+    margins = {other.coefficients.astuple(): _margin(by, winner, other, noise, spreads, timings, latency_factor) for other in others}
+    runner_up = others[0]
+    return Decision(by, winner, runner_up, margins[runner_up.coefficients.astuple()], spreads, timings, margins)
+
+
+def _margin(by: str, ours: Trial, theirs: Trial, noise: float | None, spreads: dict[tuple, Spread], timings: dict[tuple, Spread],
+            latency_factor: Callable[[float], float]) -> Margin:
+    """Our value over theirs. Each is a mean of its seeds (one draw without spreads); the reward is accuracy times a
+    latency factor, so its seed noise is the accuracy's scaled by that factor, and its timing noise that of the factor."""
+    draws = [len(spreads[key].samples) if key in spreads else 1 for t in (ours, theirs) for key in [t.coefficients.astuple()]]
+    scales = [latency_factor(t.latency_ms) for t in (ours, theirs)] if by == "reward" else None
+    value = ours.reward - theirs.reward if by == "reward" else ours.accuracy - theirs.accuracy
+    if noise is None:
+        return Margin(value, None)
+    return Margin(value, difference_std(means_difference_std(noise, *draws, scales=scales), _timing_noise(ours, theirs, timings, latency_factor)))
+
+
+def _clearly_behind(decision: Decision, trial: Trial, spreads: dict[tuple, Spread], latency_factor: Callable[[float], float]) -> bool:
+    """Whether `trial`'s first draw is more than 2 std of the seed noise below the leader's mean."""
+    margin = _margin(decision.by, decision.winner, trial, pooled_std(list(spreads.values())), spreads, {}, latency_factor)
+    return margin.noise is not None and margin.value > NOISE_SIGMAS * margin.noise
 
 
 def _remeasured(trial: Trial, accuracy: Spread | None, latency: Spread | None, latency_factor: Callable[[float], float]) -> Trial:

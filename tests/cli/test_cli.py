@@ -45,6 +45,15 @@ def test_a_race_limit_out_of_range_is_a_usage_error_naming_it(command, value, tm
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
+@pytest.mark.parametrize("value", ["1", "21", "all"])
+def test_a_finalist_limit_out_of_range_is_a_usage_error_naming_it(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["lacs", "--base", "efficientnet-b0", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--max-finalists", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --max-finalists" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_console_script_is_installed():
     bin_dir = sys.executable.rsplit("/", 1)[0]
     result = subprocess.run([f"{bin_dir}/effx-serve", "models", "--family", "efficientnet-x"], capture_output=True, text=True, check=False)

@@ -31,13 +31,16 @@ def test_lacs_then_build_family_on_tiny_data(tmp_path, capsys):
     generate_demo_data(data, size=8, image_size=32)
     lacs_out = tmp_path / "lacs"
     argv = ["lacs", "--base", BASE.to_json(), "--data", str(data), "--out", str(lacs_out), "--grid-step", "0.5", "--tolerance", "0.5",
-            "--fine-step", "0", "--epochs", "1", "--noise-repeats", "2", "--max-repeats", "3", "--json"]
+            "--fine-step", "0", "--epochs", "1", "--noise-repeats", "2", "--max-repeats", "3", "--max-finalists", "3",
+            "--json"]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     decision = result["lacs"]["decision"]
     assert result["trials"] and result["accuracy_noise_std"] is not None and decision["margin"]["inside_noise"] in (True, False)
-    # The two best by reward, each over 2 seeds, and a third if that left their margin inside the noise.
-    assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == [decision["seeds"]] * 2
+    # The two best by reward and any other within the noise of the leader (3 at most here), each over 2 seeds, and a
+    # third for those level with the leader.
+    finalists = decision["finalists"]
+    assert 2 <= len(finalists) <= 3 and all(len(f["accuracy"]["samples"]) in (2, 3) for f in finalists)
     assert decision["seeds"] == (3 if decision["margin"]["inside_noise"] else decision["seeds"]) in (2, 3)
     assert (lacs_out / "family.json").exists() and (lacs_out / "lacs.png").stat().st_size > 0
     assert main(argv[:-1]) == 0  # a second run reuses every trial (checkpoints and latency store); without --json it talks

@@ -169,13 +169,15 @@ def test_each_lacs_decision_is_judged_against_the_seed_noise(tmp_path, noise, in
     for key in ("lacs", "accuracy_only"):
         decision = result[key]["decision"]
         assert decision["margin"]["inside_noise"] is inside and decision["margin"]["noise_std"] > 0
-        # A margin inside the noise is raced: a seed more for both finalists, up to max_repeats (6) each.
-        assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == ([6, 6] if inside else [3, 3])
+        # With that much noise every first draw is level with the leader: as many finalists as allowed (4), raced
+        # together up to max_repeats (6) each. Without noise the two best are clear of the rest and of each other.
+        assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == ([6] * 4 if inside else [3, 3])
         assert decision["seeds"] == (6 if inside else 3)
     assert result["accuracy_noise_std"] > 0 and all(t["accuracy_std"] == result["accuracy_noise_std"] for t in result["trials"])
     verdict = "inside the seed noise" if inside else "more than the seed noise"
     assert sum(verdict in line for line in lines if "winner" in line) == 2, lines
-    assert sum("a seed more each" in line for line in lines) == (2 * 3 if inside else 0), lines
+    assert sum("a seed more each for it and the 3 finalists level with it" in line for line in lines) == (2 * 3 if inside else 0), lines
+    assert sum("finalist(s) as well" in line for line in lines) == (2 if inside else 0), lines
 
 
 def test_without_repeats_the_noise_is_said_to_be_unknown(tmp_path):
@@ -236,7 +238,7 @@ def test_a_margin_inside_the_noise_is_raced_until_it_is_signal():
     assert asked == [2, 2, 3, 3, 4, 4] and decision.seeds == 4
     assert decision.winner.coefficients == a and decision.margin.inside_noise is False
     assert decision.margin.value == pytest.approx(0.605 - 0.575)
-    assert len(lines) == 2 and "a seed more each (4 of at most 6)" in lines[-1]
+    assert len(lines) == 2 and "a seed more each for it and the runner-up (4 of at most 6)" in lines[-1]
     assert decision.to_dict()["seeds"] == 4 and "means of 4 seeds each" in decision.describe()
 
 
@@ -268,6 +270,79 @@ def test_a_raced_reward_decision_times_the_finalists_one_more_round_per_seed():
     assert all(len(spread.samples) == 4 for spread in decision.timings.values())
 
 
+def _finalists_case(samples: dict):
+    """A triplet per key of `samples`, its first draw the first sample, and a spread_of that hands out the first
+    `repeats` of each one's samples, recording (triplet, repeats) per call."""
+    from search.scaling.lacs import Trial
+
+    trials = [Trial(Coefficients(*key), draws[0], 1.0, draws[0], "coarse") for key, draws in samples.items()]
+    asked = []
+
+    def spread_of(spec, repeats):
+        key = next(k for k in samples if scale(X_B0, Coefficients(*k), 1.0) == spec)
+        asked.append((key, repeats))
+        return Spread(samples[key][:repeats])
+
+    return trials, spread_of, asked
+
+
+A, B, C, D = (1.2, 1.1, 1.15), (1.5, 1.05, 1.05), (1.0, 1.0, 1.4), (1.25, 1.0, 1.25)
+
+
+def test_a_third_triplet_within_the_noise_of_the_leader_is_a_finalist_and_may_win():
+    """The fifth demo build's case: three triplets level on first draws, the true best third. The two best first draws
+    (A, B) are retrained; C's first draw is within 2 std of the leader's mean, so it is retrained too and wins on its
+    mean; D, far behind, is never retrained."""
+    from search.scaling.job import decide
+
+    samples = {A: (0.62, 0.58), B: (0.60, 0.60), C: (0.57, 0.67), D: (0.40, 0.40)}
+    trials, spread_of, asked = _finalists_case(samples)
+    lines = []
+    decision = decide(trials, "accuracy", X_B0, spread_of, 2, lambda ms: 1.0, max_repeats=2, say=lines.append)
+    assert asked == [(A, 2), (B, 2), (C, 2)]
+    assert decision.winner.coefficients.astuple() == C and decision.winner.accuracy == pytest.approx(0.62)
+    assert [tuple(f["coefficients"]) for f in decision.to_dict()["finalists"]] == [A, B, C]
+    assert set(decision.margins) == {A, B} and decision.margin.inside_noise is True
+    assert any(f"{C} within the seed noise of the leader" in line for line in lines), lines
+    assert "3 triplets were finalists" in decision.describe()
+    # At most two finalists: the old decision between the two best first draws.
+    trials, spread_of, asked = _finalists_case(samples)
+    decision = decide(trials, "accuracy", X_B0, spread_of, 2, lambda ms: 1.0, max_repeats=2, max_finalists=2)
+    assert asked == [(A, 2), (B, 2)] and decision.winner.coefficients.astuple() in (A, B)
+
+
+def test_the_race_gives_seeds_only_to_the_leader_and_the_finalists_level_with_it():
+    """A, B and C are finalists; C's mean falls clearly behind on its seeds, so only A and B race on; the race stops
+    when B's fourth seed parts them."""
+    from search.scaling.job import decide
+
+    samples = {A: (0.61, 0.61, 0.62, 0.62, 0.0), B: (0.61, 0.59, 0.60, 0.58, 0.0), C: (0.60, 0.57, 0.57, 0.0, 0.0)}
+    trials, spread_of, asked = _finalists_case(samples)
+    lines = []
+    decision = decide(trials, "accuracy", X_B0, spread_of, 3, lambda ms: 1.0, max_repeats=5, say=lines.append)
+    assert asked == [(A, 3), (B, 3), (C, 3), (A, 4), (B, 4)], asked
+    assert decision.winner.coefficients.astuple() == A and decision.seeds == 4 and decision.margin.inside_noise is False
+    finalists = {tuple(f["coefficients"]): f for f in decision.to_dict()["finalists"]}
+    assert len(finalists[C]["accuracy"]["samples"]) == 3 and finalists[C]["margin"]["inside_noise"] is False
+    assert "margin" not in finalists[A]  # the winner has no margin over itself
+
+
+def test_a_reward_finalist_that_joins_is_timed_with_the_others_in_the_same_rounds():
+    from search.scaling.job import decide
+
+    samples = {A: (0.62, 0.58), B: (0.60, 0.60), C: (0.57, 0.67), D: (0.40, 0.40)}
+    trials, spread_of, _ = _finalists_case(samples)
+    calls = []
+
+    def latencies_of(specs, rounds):
+        calls.append((len(specs), rounds))
+        return [Spread((1.0,) * rounds) for _ in specs]
+
+    decision = decide(trials, "reward", X_B0, spread_of, 2, lambda ms: 1.0 / ms, latencies_of, max_repeats=2)
+    assert calls == [(2, 3), (3, 3)] and set(decision.timings) == {A, B, C}
+    assert all(len(spread.samples) == 3 for spread in decision.timings.values())
+
+
 def test_the_lacs_estimate_counts_the_race_at_its_limit():
     from search.scaling.job import LacsSettings, estimate_lacs
 
@@ -275,8 +350,11 @@ def test_the_lacs_estimate_counts_the_race_at_its_limit():
         return estimate_lacs(X_B0, LacsSettings(grid_step=0.25, tolerance=0.25, **settings), 100, 10, 1)[0]
 
     grid = runs(noise_repeats=0)
-    assert runs(noise_repeats=2, max_repeats=2) == grid + 4
-    assert runs(noise_repeats=2, max_repeats=5) == grid + 16
+    assert grid == 6
+    # Both rankings' finalists (4 each) are at most the grid's 6 triplets, each raced to the limit.
+    assert runs(noise_repeats=2, max_repeats=2) == grid + 6
+    assert runs(noise_repeats=2, max_repeats=5) == grid + 6 * 4
+    assert runs(noise_repeats=2, max_repeats=5, max_finalists=2) == grid + 4 * 4
     assert runs(noise_repeats=1, max_repeats=5) == grid  # no noise measured, nothing to race
 
 
