@@ -221,20 +221,22 @@ def _judged(by: str, finalists: Sequence[Trial], spreads: dict[tuple, Spread], t
     """The finalists ranked by the means of their seeds and timings where measured, and the winner's margin over each
     against their noise."""
     if spreads or timings:
-        finalists = lacs.ranked([_remeasured(t, spreads.get(key), timings.get(key), latency_factor)
-                                 for t in finalists for key in [t.coefficients.astuple()]], by)
+        finalists = lacs.ranked([_remeasured(t, spreads.get(_key(t)), timings.get(_key(t)), latency_factor) for t in finalists], by)
     winner, *others = finalists
     noise = pooled_std(list(spreads.values()))
-    margins = {other.coefficients.astuple(): _margin(by, winner, other, noise, spreads, timings, latency_factor) for other in others}
-    runner_up = others[0]
-    return Decision(by, winner, runner_up, margins[runner_up.coefficients.astuple()], spreads, timings, margins)
+    margins = {_key(other): _margin(by, winner, other, noise, spreads, timings, latency_factor) for other in others}
+    return Decision(by, winner, others[0], margins[_key(others[0])], spreads, timings, margins)
+
+
+def _key(trial: Trial) -> tuple:
+    return trial.coefficients.astuple()
 
 
 def _margin(by: str, ours: Trial, theirs: Trial, noise: float | None, spreads: dict[tuple, Spread], timings: dict[tuple, Spread],
             latency_factor: Callable[[float], float]) -> Margin:
     """Our value over theirs. Each is a mean of its seeds (one draw without spreads); the reward is accuracy times a
     latency factor, so its seed noise is the accuracy's scaled by that factor, and its timing noise that of the factor."""
-    draws = [len(spreads[key].samples) if key in spreads else 1 for t in (ours, theirs) for key in [t.coefficients.astuple()]]
+    draws = [len(spreads[_key(t)].samples) if _key(t) in spreads else 1 for t in (ours, theirs)]
     scales = [latency_factor(t.latency_ms) for t in (ours, theirs)] if by == "reward" else None
     value = ours.reward - theirs.reward if by == "reward" else ours.accuracy - theirs.accuracy
     if noise is None:
