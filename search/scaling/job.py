@@ -140,12 +140,12 @@ class Decision:
         unit = " of reward" if self.by == "reward" else " of top-1"
         seeds = f" (means of {self.seeds} seeds each)" if self.seeds else ""
         others = f"; {len(self.spreads)} triplets were finalists" if len(self.spreads) > 2 else ""
-        return f"{self.runner_up.coefficients.astuple()} {self.margin.describe(unit)}{seeds}{others}"
+        return f"{_key(self.runner_up)} {self.margin.describe(unit)}{seeds}{others}"
 
     @property
     def seeds(self) -> int | None:
         """Seeds the winner and the runner-up were each trained with (the fewer of the two); None when not retrained."""
-        keys = [t.coefficients.astuple() for t in (self.winner, self.runner_up) if t is not None]
+        keys = [_key(t) for t in (self.winner, self.runner_up) if t is not None]
         return min((len(self.spreads[key].samples) for key in keys if key in self.spreads), default=None)
 
     @property
@@ -177,14 +177,14 @@ def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats
     order = lacs.ranked(trials, by)
     if len(order) < 2:
         return Decision(by, order[0], None, None, {})
-    specs = {t.coefficients.astuple(): lacs.scale(base, t.coefficients, 1.0) for t in order}
+    specs = {_key(t): lacs.scale(base, t.coefficients, 1.0) for t in order}
     finalists = order[:2]
     timed = latencies_of is not None and by == "reward"
     rounds = max(repeats, MIN_TIMING_ROUNDS)
     spreads: dict[tuple, Spread] = {}
     timings: dict[tuple, Spread] = {}
     while True:
-        keys = [t.coefficients.astuple() for t in finalists]
+        keys = [_key(t) for t in finalists]
         if spread_of is not None:
             spreads |= {key: spread_of(specs[key], repeats) for key in keys if key not in spreads}
         if timed and list(timings) != keys:  # a finalist joined: all of them timed afresh, in the same rounds
@@ -196,11 +196,11 @@ def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats
         joining = joining[:max(0, max_finalists - len(finalists))]
         if joining:
             if say is not None:
-                say(f"  {by}: {', '.join(str(t.coefficients.astuple()) for t in joining)} within the seed noise of the leader "
-                    f"{decision.winner.coefficients.astuple()} on a first draw: finalist(s) as well")
+                say(f"  {by}: {', '.join(str(_key(t)) for t in joining)} within the seed noise of the leader "
+                    f"{_key(decision.winner)} on a first draw: finalist(s) as well")
             finalists = finalists + joining
             continue
-        leader = decision.winner.coefficients.astuple()
+        leader = _key(decision.winner)
         seeds = len(spreads[leader].samples)
         if not decision.level or seeds >= max_repeats:
             return decision
@@ -260,7 +260,7 @@ def _remeasured(trial: Trial, accuracy: Spread | None, latency: Spread | None, l
 def _timing_noise(winner: Trial, runner_up: Trial, timings: dict[tuple, Spread], latency_factor: Callable[[float], float]) -> float:
     """The std of the mean reward difference from the timings alone: the rounds are paired (each timed both under the same
     conditions), so it is the spread of the per-round differences over sqrt(rounds); 0 without timings."""
-    pairs = [timings.get(t.coefficients.astuple()) for t in (winner, runner_up)]
+    pairs = [timings.get(_key(t)) for t in (winner, runner_up)]
     if any(p is None for p in pairs) or len(pairs[0].samples) < 2:
         return 0.0
     differences = Spread(tuple(winner.accuracy * latency_factor(a) - runner_up.accuracy * latency_factor(b)
