@@ -1,12 +1,13 @@
-"""The server's CPU per answer, this code against another, side by side in one run: a change of a few percent in what a
-request costs shows here where served throughput (benchmarks/serving.py) moves by more than that from run to run.
+"""The server's CPU per answer, this code against another (or other settings), side by side in one run: a change of a few
+percent in what a request costs shows here where served throughput (benchmarks/serving.py) moves by more than that from
+run to run.
 
-    .venv/bin/python benchmarks/cpu_per_answer.py --against /path/to/a/worktree [--repo model_repository]
-        [--member NAME] [--rate 60] [--duration 15] [--rounds 3] [--image-size 640x480]
+    .venv/bin/python benchmarks/cpu_per_answer.py [--against /path/to/a/worktree] [--serve-arg=ARG] [--against-arg=ARG]
+        [--repo model_repository] [--member NAME] [--rate 60] [--duration 15] [--rounds 3] [--image-size 640x480]
 
 Two `effx-serve serve` processes on the same repository, both on the same CPU (the first of this process's; the load is
-generated on the others): one runs this checkout's code, the other the code at --against (a checkout or worktree of
-another commit, put first on its PYTHONPATH). Every tick of an open-loop schedule at --rate sends one request (the same
+generated on the others): one runs this checkout's code with the --serve-arg settings, the other the code at --against
+(a checkout or worktree of another commit, put first on its PYTHONPATH; default: this checkout) with --against-arg. Every tick of an open-loop schedule at --rate sends one request (the same
 photo-like JPEG, pinned to --member) to each, in turns of who goes first, so both see the same load at the same moments
 and the same state of a shared machine. Per round: each server's CPU time (all its threads, from /proc) over its answers,
 and the ratio this / against. Below saturation the ratio is what a request costs, not how the two divide a core.
@@ -72,7 +73,10 @@ async def _round(ports: list[int], pids: list[int], request: dict[int, bytes], r
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", required=True, type=Path, help="a checkout of the code to compare with (its effx_serve/)")
+    parser.add_argument("--against", type=Path, default=Path(__file__).resolve().parents[1],
+                        help="a checkout of the code to compare with (its effx_serve/; default: this checkout)")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG", help="an argument for this server's `serve` (repeat for several)")
+    parser.add_argument("--against-arg", action="append", default=[], metavar="ARG", help="an argument for the other server's `serve`")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--member", help="the member every request pins (default: the repository's fastest)")
     parser.add_argument("--rate", type=float, default=60.0, help="requests/s to each server (keep it well below saturation)")
@@ -91,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     against_env = {**os.environ, "PYTHONPATH": str(args.against.resolve())}
     with tempfile.TemporaryDirectory(prefix="effx-bench-cpu-") as folder:
         work = Path(folder)
-        with serving.router(args.repo, [], work, cpus=server_cpus) as (this, this_process), \
-                serving.router(args.repo, [], work, cpus=server_cpus, env=against_env) as (other, other_process):
+        with serving.router(args.repo, args.serve_arg, work, cpus=server_cpus) as (this, this_process), \
+                serving.router(args.repo, args.against_arg, work, cpus=server_cpus, env=against_env) as (other, other_process):
             member = args.member or serving.fastest_member(this)
             request = {port: serving.http_request(port, f"/v1/classify?member={member}", image, "image/jpeg") for port in (this, other)}
             print(f"{member}, {args.rate:g} requests/s to each server for {args.duration:g} s, both servers on CPU {cpus[0]}; "
-                  f"this checkout against {args.against}")
+                  f"{' '.join(['this checkout', *args.serve_arg])} against {' '.join([str(args.against), *args.against_arg])}")
             ratios = []
             for index in range(args.rounds):
                 figures = asyncio.run(_round([this, other], [this_process.pid, other_process.pid], request, args.rate, args.duration))

@@ -23,6 +23,13 @@ server costs with almost no decoding), measured side by side in one run:
    --triton-backend python` into a temporary folder from the demo run (--demo-run; cached exports make it quick),
    or the one given with --triton-repo. The in-process reference is the same model.onnx (checked by sha256).
 
+4. What the HTTP stack costs and what it allows, in the same run: uvicorn as `serve` configures it in front of a bare
+   ASGI app that answers a canned answer of the router's (its CPU per request, and the load generator's), and, for every
+   member right after the router's rows, the simplest server of that stack: the same uvicorn, the member's decoding and
+   inference inline on the event loop, one process per CPU on one port, no routing, queues, lanes, SLAs or limits.
+   Served throughput over the simplest server's is the router's own cost; the simplest server over the ceiling is what
+   HTTP, the load generator on the same cores and this VM's scheduling leave of it.
+
 With the defaults (--duration 3, three single-image and three batch concurrency levels) one member takes about a
 minute on both backends and all four demo members about five. Exit status 0 when every single-image row meets
 both targets. Measure on a quiet machine: anything else on these cores lowers the served figures.
@@ -42,7 +49,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from effx_serve.core import proc
@@ -160,6 +167,64 @@ def load_generator(spec_file: str) -> int:
     spec = json.loads(Path(spec_file).read_text())
     print(json.dumps(asyncio.run(_generate(spec))))
     return 0
+
+
+# --- the HTTP stack alone, and the simplest server (run in its own process: `serving.py --bare-server SPEC.json`) ----
+
+def bare_server(spec_file: str) -> int:
+    """uvicorn as `effx-serve serve` configures it (httptools with the same head limits, uvloop, the same keep-alive), in
+    front of an ASGI app that reads each request's body whole and answers with a canned answer of the router's: what
+    serving an HTTP request costs on this machine before any routing, decoding or inference. With a member in the spec,
+    the app also decodes the image and runs the model inline, on the event loop, before answering: the simplest server
+    of this stack (no routing, queues, threads or SLAs), one process of several sharing the port."""
+    import uvicorn
+
+    from effx_serve.serve.http.protocol import limited_protocol
+
+    spec = json.loads(Path(spec_file).read_text())
+    answer, ready = Path(spec["answer_file"]).read_bytes(), b'{"status":"ready"}'
+    infer = _inline_inference(spec["repo"], spec["member"]) if spec.get("member") else None
+
+    async def app(scope, receive, send) -> None:
+        body, more = [], True
+        while more:
+            message = await receive()
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        if infer is not None and scope["method"] == "POST":
+            infer(b"".join(body))
+        reply = answer if scope["method"] == "POST" else ready
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())]})
+        await send({"type": "http.response.body", "body": reply})
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # several processes on one port: the kernel spreads connections
+    listener.bind((HOST, spec["port"]))
+    listener.listen(1024)  # from here on connections queue for this process: say so (the port's readyz may be another's)
+    Path(spec_file).with_name(f"listening-{os.getpid()}").touch()
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=limited_protocol(),
+                            timeout_keep_alive=5)  # `serve`'s defaults
+    uvicorn.Server(config).run(sockets=[listener])
+    return 0
+
+
+def _inline_inference(repo: str, name: str):
+    """`member`'s decoding (as the server decodes) and ONNX Runtime run (the server backend's session options), in one call."""
+    from effx_serve.core import preprocess
+    from effx_serve.hardware.detect import detect
+    from effx_serve.serve import catalog as catalog_io
+    from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
+    from effx_serve.serve.settings import ServerSettings
+
+    member = catalog_io.load(Path(repo), detect().id, "onnxruntime").members[name]
+    session, defaults = OnnxRuntimeBackend(detect().hw_class).session(member), ServerSettings(Path("."))
+
+    def infer(data: bytes) -> None:
+        array = preprocess.serving_input(data, member.resolution, defaults.max_pixels, defaults.formats, defaults.min_side)
+        session.run([member.output_name], {member.input_name: array[None]})
+
+    return infer
 
 
 # --- the benchmark -------------------------------------------------------------------------------------------------
@@ -290,6 +355,11 @@ def latency(port: int, path: str, image: bytes, duration_s: float) -> dict:
             "server_timing": {key: statistics.median(a[key] for a in answers) for key in answers[0]}}
 
 
+def one_answer(port: int, path: str, image: bytes) -> bytes:
+    with urllib.request.urlopen(urllib.request.Request(f"http://{HOST}:{port}{path}", data=image, headers={"Content-Type": "image/jpeg"})) as answer:
+        return answer.read()
+
+
 def load(port: int, request: bytes, images: int, concurrency: int, duration_s: float, watch: dict[str, int], work: Path) -> dict:
     request_file, spec_file = work / "request.bin", work / "load.json"
     request_file.write_bytes(request)
@@ -332,6 +402,7 @@ def serve_rows(member, backend: str, port: int, image: bytes, reference: InProce
                      "inprocess_batch": 1 if endpoint == "classify" else REQUEST_BATCH, "overhead_ms": overhead,
                      "overhead_ok": None if endpoint != "classify" else overhead <= OVERHEAD_TARGET_MS,
                      "served_images_per_s": best["images_per_s"], "served_concurrency": best["concurrency"],
+                     "server_cpu_ms_per_image": 1e3 * best["cores"]["server"] / best["images_per_s"],
                      "raw_images_per_s": raw, "raw_batch": reference.best_batch, "ratio": best["images_per_s"] / raw,
                      "of_ceiling": best["images_per_s"] / ceiling, "of_ceiling_ok": best["images_per_s"] / ceiling >= CEILING_TARGET,
                      "server_timing_p50_ms": timing,
@@ -343,6 +414,46 @@ def serve_rows(member, backend: str, port: int, image: bytes, reference: InProce
                      "latency_requests": single["requests"] if endpoint == "classify" else None, "cpus": available_cpus(),
                      "pipeline_cpu_ms_per_image": pipeline_ms, "pipeline_ceiling_images_per_s": ceiling})
     return rows
+
+
+def bare(answer: bytes, image: bytes, args, work: Path, say, repo: Path | None = None, member: str | None = None) -> dict:
+    """`bare_server` under the same load generator at each --concurrency: the HTTP stack alone, or with `member` the simplest
+    server of it (one process per CPU); its best rate, and the CPU per request there of the server(s), of the event
+    loop(s) and of the load generator."""
+    port, processes = proc.free_port(), available_cpus() if member else 1
+    (work / "answer.json").write_bytes(answer)
+    (work / "bare.json").write_text(json.dumps({"port": port, "answer_file": str(work / "answer.json"), "repo": str(repo), "member": member}))
+    argv, levels = [sys.executable, __file__, "--bare-server", str(work / "bare.json")], []
+    with ExitStack() as running:
+        pids = [running.enter_context(proc.running(argv, f"http://{HOST}:{port}/readyz", work / f"bare-{i}.log")).pid for i in range(processes)]
+        give_up = time.monotonic() + 60
+        while not all((work / f"listening-{pid}").exists() for pid in pids) and time.monotonic() < give_up:
+            time.sleep(0.05)
+        for concurrency in args.concurrency:
+            say(f"{f'the simplest server of {member}' if member else 'the HTTP stack alone'}: /v1/classify with {concurrency} in flight")
+            levels.append(load(port, http_request(port, "/v1/classify", image, "image/jpeg"), 1, concurrency, args.duration,
+                               {"server": pids[0]} if processes == 1 else {f"server{i}": pid for i, pid in enumerate(pids)}, work))
+    best = max(levels, key=lambda lv: lv["images_per_s"])
+    server_cores = sum(value for name, value in best["cores"].items() if name.startswith("server"))
+    return {"processes": processes, "requests_per_s": best["images_per_s"], "concurrency": best["concurrency"],
+            "server_cpu_ms": 1e3 * server_cores / best["images_per_s"], "client_cpu_ms": 1e3 * best["cores"]["client"] / best["images_per_s"],
+            "levels": levels}
+
+
+def print_floor(rows: list[dict], floor: dict) -> None:
+    print(f"\nthe HTTP stack alone (uvicorn, httptools and uvloop as `serve` runs them, a canned answer), the same load generator and "
+          f"JPEG: {floor['requests_per_s']:.0f} requests/s at {floor['concurrency']} in flight; CPU per request: server "
+          f"{floor['server_cpu_ms']:.2f} ms, load generator {floor['client_cpu_ms']:.2f} ms")
+    print("the simplest server of that stack (decoding and inference inline on the event loop, one process per CPU, a canned "
+          "answer: no routing, queues, lanes, SLAs or limits) against the router, img/s at the best of the same in-flight counts:")
+    print(f"{'member':15s} {'ceiling':>8s} {'simplest':>8s} {'of ceiling':>10s} {'router':>7s} {'of ceiling':>10s} {'router/simplest':>15s}  "
+          "CPU ms per image: simplest, router")
+    for r in rows:
+        simplest = r.get("simplest")
+        if simplest:
+            print(f"{r['member']:15s} {r['pipeline_ceiling_images_per_s']:8.0f} {simplest['requests_per_s']:8.0f} "
+                  f"{simplest['requests_per_s'] / r['pipeline_ceiling_images_per_s']:10.2f} {r['served_images_per_s']:7.0f} {r['of_ceiling']:10.2f} "
+                  f"{r['served_images_per_s'] / simplest['requests_per_s']:15.2f}  {simplest['server_cpu_ms']:.2f}, {r['server_cpu_ms_per_image']:.2f}")
 
 
 def build_triton_repo(args, dataset: str, out: Path, say) -> Path:
@@ -430,6 +541,8 @@ def _size(text: str) -> tuple[int, int]:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--load-generator":
         return load_generator(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--bare-server":
+        return bare_server(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default="model_repository", help="the served repository (default: %(default)s)")
     parser.add_argument("--member", help="one member (default: every member of --repo)")
@@ -480,13 +593,19 @@ def main() -> int:
           "latency: one blocking keep-alive connection in this process")
 
     rows: list[dict] = []
+    floor = None  # the HTTP stack alone, measured with the embedded backend's rows
     with tempfile.TemporaryDirectory(prefix="effx-bench-serving-") as work:
         work = Path(work)
         for backend in backends:
             if backend == "onnxruntime":
                 with router(repo, args.serve_arg, work) as (port, process):
+                    answer = one_answer(port, f"/v1/classify?member={members[0].name}", image)  # what the bare servers answer
+                    floor = bare(answer, image, args, work, say)
                     for member in members:
-                        rows += serve_rows(member, backend, port, image, references[sha256_file(member.model_path)], args, {"server": process.pid}, work, say)
+                        measured = serve_rows(member, backend, port, image, references[sha256_file(member.model_path)], args, {"server": process.pid}, work, say)
+                        # Right after the router's rows (it idles meanwhile): this VM's speed drifts within minutes.
+                        measured[0]["simplest"] = bare(answer, image, args, work, say, repo, member.name)
+                        rows += measured
                 continue
             triton_repo = build_triton_repo(args, catalog.dataset, work / "triton-repo", say)
             triton_catalog = catalog_io.load(triton_repo, hardware.id, "onnxruntime")
@@ -505,6 +624,8 @@ def main() -> int:
                                        {"server": process.pid, "triton": triton.process.pid}, work, say)
 
     print_table(rows)
+    if floor is not None:
+        print_floor(rows, floor)
     print_details(rows)
     single = [r for r in rows if r["endpoint"] == "classify"]
     met = all(r["overhead_ok"] and r["of_ceiling_ok"] for r in single)
@@ -515,7 +636,7 @@ def main() -> int:
         with open(args.json, "w") as out:
             json.dump({"hardware": hardware.id, "cpus": available_cpus(), "image_bytes": len(image), "duration_s": args.duration,
                        "intra_op_threads": threads.intra_op, "targets": {"overhead_ms": OVERHEAD_TARGET_MS, "of_ceiling": CEILING_TARGET},
-                       "rows": rows, "met": met}, out, indent=2)
+                       "rows": rows, "http_floor": floor, "met": met}, out, indent=2)
     return 0 if met else 1
 
 

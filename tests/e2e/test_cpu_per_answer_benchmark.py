@@ -15,9 +15,11 @@ def test_a_checkout_without_the_package_is_a_clear_error(tmp_path):
 
 
 def test_a_short_round_prints_both_servers_cpu_per_answer_and_their_ratio(served_repository):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--against", str(ROOT), "--repo", str(served_repository), "--rate", "20",
-                             "--duration", "1", "--rounds", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    # This checkout against itself (the default) with other settings on one side.
+    result = subprocess.run([sys.executable, str(SCRIPT), "--repo", str(served_repository), "--rate", "20", "--duration", "1",
+                             "--rounds", "1", "--against-arg=--lane-nice=0"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+    assert f"this checkout against {ROOT} --lane-nice=0" in result.stdout
     round_line = re.search(r"round 1: this ([\d.]+) ms of CPU per answer \((\d+) answers\), against ([\d.]+) \((\d+)\): ([\d.]+)", result.stdout)
     assert round_line, result.stdout
     this_ms, answers, other_ms, other_answers, ratio = (float(v) for v in round_line.groups())

@@ -42,3 +42,9 @@ def test_a_short_run_measures_both_rows(tmp_path, served_repository):
     assert batch["overhead_beyond_decode_ms"] is None and "overhead beyond decoding the JPEG" in result.stdout
     assert classify["idle_decode_p50_ms"] > 0 and classify["idle_inference_p50_ms"] > 0 and batch["idle_decode_p50_ms"] is None
     assert "from idle" in result.stdout
+    # The HTTP stack alone and the simplest server of it, measured in the same run, beside the router's figures.
+    floor, simplest = figures["http_floor"], classify["simplest"]
+    assert floor["processes"] == 1 and floor["requests_per_s"] > 0 and floor["server_cpu_ms"] > 0 and floor["client_cpu_ms"] > 0
+    assert simplest["processes"] == classify["cpus"] and simplest["requests_per_s"] > 0 and simplest["server_cpu_ms"] > 0
+    assert all(not level["errors"] for level in floor["levels"] + simplest["levels"]) and "simplest" not in batch
+    assert "the simplest server of that stack" in result.stdout and "router/simplest" in result.stdout
