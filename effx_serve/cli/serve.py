@@ -18,7 +18,7 @@ from effx_serve.core.proc import MAX_NICE, available_cpus, map_large_allocations
 from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
-from effx_serve.serve.settings import COSTINGS, EXECUTIONS, DispatchSettings, ServerSettings
+from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
 from effx_serve.serve.workers import WorkerLink, WorkerSpec, listen, supervise
 
 SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serving.md, the benchmark)
@@ -74,7 +74,6 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
                                 default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms, lane_nice=args.lane_nice,
-                                execution=args.execution,
                                 cpu_lanes=args.cpu_lanes or (max(1, available_cpus() // args.workers) if args.workers > 1 else None))
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
@@ -199,10 +198,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--lane-nice", type=_nice, default=DispatchSettings.lane_nice,
                    help="nice levels the decoding and inference lanes run below the event loop: when every core is busy, answers, "
                         "refusals and routing go first; 0: the same priority; Linux only (default: %(default)s)")
-    p.add_argument("--execution", choices=EXECUTIONS, default=DispatchSettings.execution,
-                   help="lanes: decode and infer on threads, earliest deadline first across requests (default); inline: on each "
-                        "process's event loop, in the order requests are read, with --workers one per core: more images/s, no "
-                        "queue to reorder by deadline (docs/serving.md); the onnxruntime backend on the CPU only")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
                         "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "

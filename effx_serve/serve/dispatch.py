@@ -47,7 +47,6 @@ from effx_serve.serve.backends.base import Backend, BackendUnavailable
 from effx_serve.serve.catalog import Catalog, Member
 from effx_serve.serve.errors import Overloaded, UnreadableImage
 from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
-from effx_serve.serve.inline import InlineScheduler
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Decision, Option, Sla, route
 from effx_serve.serve.scheduler import DeviceScheduler, ItemResult, Late, Queued
@@ -151,8 +150,8 @@ class Dispatcher:
         self.decode_times = DecodeTimes(half_life_s=settings.correction_half_life_s)
         self.cpu_lanes = settings.cpu_lanes or available_cpus()
         self.upgrades = UpgradeBudget(self.cpu_lanes)  # sized again for the device's lanes at start
-        self.device: DeviceScheduler | InlineScheduler | None = None
-        self.cpu: DeviceScheduler | InlineScheduler | None = None
+        self.device: DeviceScheduler | None = None
+        self.cpu: DeviceScheduler | None = None
         self.active = 0  # requests routed here and not answered yet (a replaced dispatcher closes once they are)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -162,10 +161,6 @@ class Dispatcher:
         members = list(self.catalog.members.values())
         await self.backend.start(members)
         await asyncio.to_thread(self._calibrate_decoding, members)
-        if self.settings.execution == "inline":
-            self.device = self.cpu = self._inline()
-            self.upgrades = UpgradeBudget(1)
-            return
         device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.settings.max_queue,
                                  after_ms=self.after_ms, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None),
                                  lane_nice=self.settings.lane_nice, on_wait=self._waited)
@@ -176,12 +171,6 @@ class Dispatcher:
             scheduler.start()
         self.upgrades = UpgradeBudget(cpu.lanes if self.backend.on_host_cpu else device.lanes)
         self.device, self.cpu = device, cpu
-
-    def _inline(self) -> InlineScheduler:
-        run_now = getattr(self.backend, "run_now", None)
-        if not self.backend.on_host_cpu or run_now is None:
-            raise UserError("--execution inline runs the models on the event loop: it needs the embedded backend on the CPU")
-        return InlineScheduler(run_now, self.batch_ms, after_ms=self.after_ms, on_batch=self._observed)
 
     def _calibrate_decoding(self, members: list[Member]) -> None:
         """Time a reference photo's decoding for every (format, member): the decode expectations start from these."""

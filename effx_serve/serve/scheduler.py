@@ -299,7 +299,9 @@ class DeviceScheduler:
             queue.remove(job)
 
     def cost_ms(self, member: Member, images: int) -> float:
-        return batches_ms(self._batch_ms, member, images)
+        """Expected run time of `images` of a member queued together: full batches, then the rest."""
+        full, rest = divmod(images, member.max_batch)
+        return full * self._batch_ms(member, member.max_batch) + (self._batch_ms(member, rest) if rest else 0.0)
 
     def _latest_start(self, job: Job) -> float:
         """The latest a hard job can start for its request to be answered in time: its batch of one (after a CPU job's own
@@ -524,12 +526,6 @@ class DeviceScheduler:
         for job, outcome in zip(jobs, outcomes, strict=True):
             if job.waited_ms is not None and job.expected_wait_ms is not None:
                 self._on_wait(job.expected_wait_ms, job.waited_ms, isinstance(outcome, Late))
-
-
-def batches_ms(batch_ms: BatchMs, member: Member, images: int) -> float:
-    """Expected run time of `images` of a member run together: full batches, then the rest."""
-    full, rest = divmod(images, member.max_batch)
-    return full * batch_ms(member, member.max_batch) + (batch_ms(member, rest) if rest else 0.0)
 
 
 class Queued:

@@ -11,7 +11,6 @@ from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 
 COSTINGS = ("device", "member")
-EXECUTIONS = ("lanes", "inline")
 
 
 @dataclass(frozen=True)
@@ -30,9 +29,6 @@ class DispatchSettings:
     # Nice levels the decoding and inference lanes run below the event loop: with every core busy, the loop's answers,
     # refusals and routing go first (docs/serving.md measures it against 0, the same priority).
     lane_nice: int = 10
-    # Where decoding and inference run: `lanes` (threads, earliest deadline first across requests; the default) or
-    # `inline` (on the event loop, in the order requests are read: more throughput per core, no queue; serve/inline.py).
-    execution: str = "lanes"
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -49,8 +45,6 @@ class DispatchSettings:
             raise ValueError("decode_budget_ms must be in (0, 3600000]")
         if not 0 <= self.lane_nice <= MAX_NICE:
             raise ValueError(f"lane_nice must be from 0 to {MAX_NICE}")
-        if self.execution not in EXECUTIONS:
-            raise ValueError(f"execution must be one of {EXECUTIONS}")
 
 
 SERVING_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -87,7 +81,5 @@ class ServerSettings:
             raise UserError("body_timeout_s must be in (0, 3600] seconds")
         if not 0 <= self.watch_s <= 3600:
             raise UserError("watch_s must be in [0, 3600] seconds (0: never look for a new repository)")
-        if self.dispatch.execution == "inline" and self.backend != "onnxruntime":
-            raise UserError(f"--execution inline runs the models on the event loop: the onnxruntime backend only, not {self.backend}")
         if self.dispatch.max_queue < self.max_images:
             raise UserError(f"the queue limit ({self.dispatch.max_queue} images) must hold a whole batch request ({self.max_images} images)")
