@@ -7,9 +7,9 @@ run to run.
 
 Two `effx-serve serve` processes on the same repository, both on the same CPU (the first of this process's; the load is
 generated on the others): one runs this checkout's code with the --serve-arg settings, the other the code at --against
-(a checkout or worktree of another commit, put first on its PYTHONPATH; default: this checkout) with --against-arg. Every tick of an open-loop schedule at --rate sends one request (the same
-photo-like JPEG, pinned to --member) to each, in turns of who goes first, so both see the same load at the same moments
-and the same state of a shared machine. Per round: each server's CPU time (all its threads, from /proc) over its answers,
+(a checkout or worktree of another commit, put first on its PYTHONPATH; default: this checkout) with --against-arg.
+Every tick of an open-loop schedule at --rate sends one request (the same photo-like JPEG, pinned to --member) to each,
+in turns of who goes first, so both see the same load at the same moments and the same state of a shared machine. Per round: each server's CPU time (all its threads, from /proc) over its answers,
 and the ratio this / against. Below saturation the ratio is what a request costs, not how the two divide a core.
 """
 

@@ -210,7 +210,7 @@ def bare_server(spec_file: str) -> int:
 
 
 def _inline_inference(repo: str, name: str):
-    """`member`'s decoding (as the server decodes) and ONNX Runtime run (the server backend's session options), in one call."""
+    """Member `name`'s decoding (as the server decodes) and ONNX Runtime run (the server backend's session options), in one call."""
     from effx_serve.core import preprocess
     from effx_serve.hardware.detect import detect
     from effx_serve.serve import catalog as catalog_io
@@ -418,16 +418,18 @@ def serve_rows(member, backend: str, port: int, image: bytes, reference: InProce
 
 def bare(answer: bytes, image: bytes, args, work: Path, say, repo: Path | None = None, member: str | None = None) -> dict:
     """`bare_server` under the same load generator at each --concurrency: the HTTP stack alone, or with `member` the simplest
-    server of it (one process per CPU); its best rate, and the CPU per request there of the server(s), of the event
-    loop(s) and of the load generator."""
+    server of it (one process per CPU); its best rate, and the CPU per request there of the server(s) and of the load
+    generator."""
     port, processes = proc.free_port(), available_cpus() if member else 1
     (work / "answer.json").write_bytes(answer)
     (work / "bare.json").write_text(json.dumps({"port": port, "answer_file": str(work / "answer.json"), "repo": str(repo), "member": member}))
     argv, levels = [sys.executable, __file__, "--bare-server", str(work / "bare.json")], []
     with ExitStack() as running:
         pids = [running.enter_context(proc.running(argv, f"http://{HOST}:{port}/readyz", work / f"bare-{i}.log")).pid for i in range(processes)]
-        give_up = time.monotonic() + 60
-        while not all((work / f"listening-{pid}").exists() for pid in pids) and time.monotonic() < give_up:
+        give_up = time.monotonic() + 60  # the port answers once one listens: wait for every one before the load connects
+        while not all((work / f"listening-{pid}").exists() for pid in pids):
+            if time.monotonic() > give_up:
+                raise RuntimeError("a bare server did not listen within 60 s:\n" + "\n".join(proc.log_tail(work / f"bare-{i}.log") for i in range(processes)))
             time.sleep(0.05)
         for concurrency in args.concurrency:
             say(f"{f'the simplest server of {member}' if member else 'the HTTP stack alone'}: /v1/classify with {concurrency} in flight")
