@@ -1,7 +1,7 @@
 """Does the proxy task separate architectures? Seed noise and the response to depth, width and resolution.
 
     .venv/bin/python benchmarks/proxy_signal.py [--repeats 3] [--epochs 8] [--stride 1] [--init identity|reference|both] [--full-epochs 24]
-                                                [--images-per-class 960] [--out runs/proxy-signal] [--json F]
+                                                [--images-per-class 960] [--both-ways] [--out runs/proxy-signal] [--json F]
 
 Trains the demo base at 48 px (the demo family's b0 architecture, between the 32 and 64 px variants) and four variants, each scaled in one dimension
 only (depth x2, width x1.5, resolution 64 and 32 px), under the proxy recipe that LACS and NAS use
@@ -13,7 +13,8 @@ proxy's) and starting as the identity, side by side. `--full-epochs N` also trai
 members train 24) and prints whether the proxy ranks them as those longer runs do: each margin side by side, and the
 rank agreement of the models' means (Kendall's tau). `--images-per-class` trains on more (or fewer) distinct images
 than the demo's, to see whether depth and width respond when data is less scarce at the same compute (4x the images
-with a quarter of the epochs). Re-running with the same --out reuses the finished runs. Targets
+with a quarter of the epochs). `--both-ways` also scales depth and width down (x0.5, x0.67), as the 32 px variant
+does resolution: whether accuracy responds to them below the base where it does not above. Re-running with the same --out reuses the finished runs. Targets
 (issue 18): the base >= 5x chance; margins over 2 std of the noise.
 """
 
@@ -39,15 +40,18 @@ CHANCE_TARGET = 5.0
 BASE_RESOLUTION = 48  # between the resolution variants (the demo family's own b0 is at 32 px)
 
 
-def variants(resolution: int) -> dict:
+def variants(resolution: int, both_ways: bool = False) -> dict:
     base = demo_base(resolution)
-    return {
+    models = {
         "base": base,
         "depth x2": base.with_(depth=2 * base.depth),
         "width x1.5": base.with_(width=1.5 * base.width),
         "res 64 px": base.with_(resolution=64),
         "res 32 px": base.with_(resolution=32),
     }
+    if both_ways:  # depth and width scaled down too, as resolution is: does accuracy respond below the base?
+        models |= {"depth x0.5": base.with_(depth=0.5 * base.depth), "width x0.67": base.with_(width=base.width / 1.5)}
+    return models
 
 
 INITS = {"reference": False, "identity": True}  # zero_init_residual: as the reference initialises them (the proxy's), or not
@@ -59,9 +63,9 @@ def described(inside_noise: bool | None) -> str:
     return "?" if inside_noise is None else "inside the noise" if inside_noise else "signal"
 
 
-def measure(accuracy: ProxyAccuracy, repeats: int) -> dict:
+def measure(accuracy: ProxyAccuracy, repeats: int, both_ways: bool = False) -> dict:
     rows = {}
-    for name, spec in variants(BASE_RESOLUTION).items():
+    for name, spec in variants(BASE_RESOLUTION, both_ways).items():
         started = time.perf_counter()
         spread = accuracy.spread(spec, repeats)
         rows[name] = {"spec": spec, "spread": spread, "seconds": (time.perf_counter() - started) / repeats}
@@ -126,6 +130,8 @@ def main() -> int:
     parser.add_argument("--images-per-class", type=positive_int, default=DemoSettings.images_per_class,
                         help="training images per class (default: the demo's; the validation set stays the demo's size, and "
                              "another size gets a data and runs folder of its own under --out)")
+    parser.add_argument("--both-ways", action="store_true",
+                        help="also train depth x0.5 and width x0.67: whether accuracy responds to them below the base, as to resolution")
     parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -138,10 +144,10 @@ def main() -> int:
     for init in inits:
         print(f"{DESCRIBED[init]}:")
         accuracy = ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.epochs, stride=args.stride, zero_init_residual=INITS[init])
-        measured[init] = measure(accuracy, args.repeats)
+        measured[init] = measure(accuracy, args.repeats, args.both_ways)
     if args.full_epochs:
         print(f"{args.full_epochs} epochs, {DESCRIBED['reference']} (as the members train):")
-        full = measure(ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.full_epochs), args.repeats)
+        full = measure(ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.full_epochs), args.repeats, args.both_ways)
 
     images = "every training image" if args.stride == 1 else f"one training image in {args.stride}"
     report = {"images_per_class": args.images_per_class, "epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "inits": {}}

@@ -52,3 +52,13 @@ def test_another_number_of_training_images_gets_its_own_folder_and_the_demo_vali
     assert data["val_per_class"] == round(demo.images_per_class * demo.val_fraction)  # 120, as the demo's
     assert module.demo_data(tmp_path, 2)[1]["val_per_class"] == 2  # fewer images than that: as many to validate on
     assert not (tmp_path / "data").exists()  # the demo's own folder untouched
+
+
+def test_both_ways_adds_depth_and_width_scaled_down_to_the_same_base():
+    module = _proxy_signal()
+    one_way, both = module.variants(48), module.variants(48, both_ways=True)
+    assert list(both) == [*one_way, "depth x0.5", "width x0.67"]
+    base = both["base"]
+    assert both["depth x0.5"] == base.with_(depth=base.depth / 2) and both["width x0.67"] == base.with_(width=base.width / 1.5)
+    blocks = {name: len(module.expand(spec).blocks) for name, spec in both.items() if name.startswith(("base", "depth"))}
+    assert blocks["depth x0.5"] < blocks["base"] < blocks["depth x2"]  # each a different network, not a rounding of the base's
