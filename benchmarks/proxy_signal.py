@@ -63,9 +63,9 @@ def described(inside_noise: bool | None) -> str:
     return "?" if inside_noise is None else "inside the noise" if inside_noise else "signal"
 
 
-def measure(accuracy: ProxyAccuracy, repeats: int, both_ways: bool = False) -> dict:
+def measure(accuracy: ProxyAccuracy, repeats: int, models: dict) -> dict:
     rows = {}
-    for name, spec in variants(BASE_RESOLUTION, both_ways).items():
+    for name, spec in models.items():
         started = time.perf_counter()
         spread = accuracy.spread(spec, repeats)
         rows[name] = {"spec": spec, "spread": spread, "seconds": (time.perf_counter() - started) / repeats}
@@ -140,14 +140,15 @@ def main() -> int:
     print(f"demo data: {data['images']} images ({data['train_per_class']} train + {data['val_per_class']} val per class)")
     chance = 1.0 / len(CLASSES)
     inits = list(INITS) if args.init == "both" else [args.init]
+    models = variants(BASE_RESOLUTION, args.both_ways)
     measured = {}
     for init in inits:
         print(f"{DESCRIBED[init]}:")
         accuracy = ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.epochs, stride=args.stride, zero_init_residual=INITS[init])
-        measured[init] = measure(accuracy, args.repeats, args.both_ways)
+        measured[init] = measure(accuracy, args.repeats, models)
     if args.full_epochs:
         print(f"{args.full_epochs} epochs, {DESCRIBED['reference']} (as the members train):")
-        full = measure(ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.full_epochs), args.repeats, args.both_ways)
+        full = measure(ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.full_epochs), args.repeats, models)
 
     images = "every training image" if args.stride == 1 else f"one training image in {args.stride}"
     report = {"images_per_class": args.images_per_class, "epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "inits": {}}

@@ -211,18 +211,15 @@ def bare_server(spec_file: str) -> int:
 
 def _inline_inference(repo: str, name: str):
     """Member `name`'s decoding (as the server decodes) and ONNX Runtime run (the server backend's session options), in one call."""
-    from effx_serve.core import preprocess
     from effx_serve.hardware.detect import detect
     from effx_serve.serve import catalog as catalog_io
     from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
-    from effx_serve.serve.settings import ServerSettings
 
     member = catalog_io.load(Path(repo), detect().id, "onnxruntime").members[name]
-    session, defaults = OnnxRuntimeBackend(detect().hw_class).session(member), ServerSettings(Path("."))
+    session, decode = OnnxRuntimeBackend(detect().hw_class).session(member), server_decoder(member)
 
     def infer(data: bytes) -> None:
-        array = preprocess.serving_input(data, member.resolution, defaults.max_pixels, defaults.formats, defaults.min_side)
-        session.run([member.output_name], {member.input_name: array[None]})
+        session.run([member.output_name], {member.input_name: decode(data)[None]})
 
     return infer
 
@@ -258,6 +255,15 @@ def timed_loop(call, duration_s: float, warmup: int = 20) -> list[float]:
             return times
 
 
+def server_decoder(member):
+    """Image bytes -> `member`'s model input, as the server decodes them (its default limits)."""
+    from effx_serve.core import preprocess
+    from effx_serve.serve.settings import ServerSettings
+
+    defaults = ServerSettings(Path("."))
+    return lambda data: preprocess.serving_input(data, member.resolution, defaults.max_pixels, defaults.formats, defaults.min_side)
+
+
 class InProcess:
     """Raw ONNX Runtime on one model.onnx with the server backend's session settings, and the server's decode."""
 
@@ -265,17 +271,15 @@ class InProcess:
 
         import numpy as np
 
-        from effx_serve.core import preprocess
         from effx_serve.hardware.detect import detect
         from effx_serve.serve.backends.onnxruntime import OnnxRuntimeBackend
-        from effx_serve.serve.settings import ServerSettings
 
         backend = OnnxRuntimeBackend(detect().hw_class)  # its session(): the very options the server's sessions get
         session, self.threads = backend.session(member), backend.threads
-        defaults = ServerSettings(Path("."))
+        decode_bytes = server_decoder(member)
 
-        def decode() -> np.ndarray:  # as the server decodes
-            return preprocess.serving_input(image, member.resolution, defaults.max_pixels, defaults.formats, defaults.min_side)
+        def decode() -> np.ndarray:
+            return decode_bytes(image)
 
         self.decode_p50_ms = median_ms(timed_loop(decode, min(1.0, duration_s)))
         one = decode()
