@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from effx_serve.cli.common import positive_int
+from effx_serve.core.errors import UserError
 from search.evaluators import ProxyAccuracy
 from search.fidelity import kendall_tau
 from search.noise import Margin, means_difference_std, pooled_std
@@ -169,4 +170,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UserError as error:  # e.g. a subset smaller than one batch: the cause in one line, not a traceback
+        print(f"proxy_signal.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

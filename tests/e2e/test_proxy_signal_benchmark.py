@@ -62,3 +62,9 @@ def test_both_ways_adds_depth_and_width_scaled_down_to_the_same_base():
     assert both["depth x0.5"] == base.with_(depth=base.depth / 2) and both["width x0.67"] == base.with_(width=base.width / 1.5)
     blocks = {name: len(module.expand(spec).blocks) for name, spec in both.items() if name.startswith(("base", "depth"))}
     assert blocks["depth x0.5"] < blocks["base"] < blocks["depth x2"]  # each a different network, not a rounding of the base's
+
+
+def test_a_training_set_smaller_than_a_batch_is_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "proxy_signal.py"), "--images-per-class", "5", "--repeats", "1",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "fewer than one batch" in result.stderr and "Traceback" not in result.stderr
