@@ -339,6 +339,9 @@ def overload_line(at_capacity: dict, overload: dict) -> tuple[float, float]:
           f"{refusal_p99 if refusal_p99 is not None else float('nan'):.2f} ms as the client saw it"
           + (f" ({after_send:.2f} ms from its actual send: the rest is the generator's lag)" if after_send is not None else "")
           + (f", <= {in_server['p99_le_ms']:g} ms in the server (arrival to refusal)" if in_server.get("p99_le_ms") is not None else ""))
+    causes = overload.get("refusal_latency_by_reason_ms") or {}
+    if causes:  # refused at admission at once, or dropped when the deadline could no longer be made
+        print("  refusal p99 by cause: " + ", ".join(f"{cause} {tail['p99']:.2f} ms ({tail['count']})" for cause, tail in causes.items()))
     return kept, refusal_p99 if refusal_p99 is not None else math.inf
 
 

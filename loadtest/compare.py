@@ -203,6 +203,14 @@ def _tail(values) -> dict:
     return {"p50": _rank(ordered, 50), "p99": _rank(ordered, 99), "max": ordered[-1] if ordered else None}
 
 
+UNMEETABLE = "unmeetable (422)"
+
+
+def _reason(result: list) -> str:
+    """A 429's reason, as the server gave it (the answer's `reason`)."""
+    return str(result[6]) if len(result) > 6 and result[6] else "no reason given"
+
+
 def phase_figures(results: list[list], bounds: list[float], seconds: float | None, accuracy: dict[str, float]) -> dict:
     """Attainment, effective accuracy, goodput, latency, refusals, errors and member shares over ALL scheduled requests.
 
@@ -218,8 +226,11 @@ def phase_figures(results: list[list], bounds: list[float], seconds: float | Non
     if unfinished:
         error_kinds["unfinished"] = unfinished
     served = Counter(r[4] for r in answered)
-    reasons = Counter(str(r[6]) if len(r) > 6 and r[6] else "no reason given" for r in results if r[1] in ("overloaded", SLA_REFUSED))
+    reasons = Counter(_reason(r) for r in results if r[1] in ("overloaded", SLA_REFUSED))
     refused = [r for r in results if r[1] in (SLA_REJECTED, SLA_REFUSED) or (r[1] == "overloaded" and r[2] == 429)]
+    by_reason: dict[str, list[float]] = {}
+    for r in refused:
+        by_reason.setdefault(UNMEETABLE if r[1] == SLA_REJECTED else _reason(r), []).append(r[3])
     return {
         "requests": scheduled, "answered": len(answered), "answered_share": len(answered) / scheduled if scheduled else None,
         "within_bound": len(within), "attainment": len(within) / scheduled if scheduled else None,
@@ -229,6 +240,9 @@ def phase_figures(results: list[list], bounds: list[float], seconds: float | Non
         "refused_422": kinds[SLA_REJECTED], "refused_429": kinds["overloaded"] + kinds[SLA_REFUSED],
         "refused_429_reasons": dict(sorted(reasons.items())),
         "refusal_latency_ms": _tail(r[3] for r in refused),
+        # Per cause: a refusal at admission (429 overload, 422) comes at once; a drop (429 deadline) when the request could no
+        # longer make its deadline, so late in its bound by nature.
+        "refusal_latency_by_reason_ms": {reason: _tail(ms) | {"count": len(ms)} for reason, ms in sorted(by_reason.items())},
         # From the request's actual send: without the generator's own lag (its overload, not the server's), where it was recorded.
         "refusal_after_send_ms": _tail(r[3] - r[5] for r in refused if len(r) > 5 and r[5] is not None),
         "errors": sum(error_kinds.values()),

@@ -423,10 +423,11 @@ def _comparison_document(report: dict, charts: list[str], skipped: bool) -> list
     blocks += [("list", [f"{name}: {meaning}" for name, meaning in COMPARISON_COLUMNS])]
     details = [[_plain(p.get("name")), _plain(p.get("url")), _plain(p.get("params")), _plain(p.get("answered")),
                 _pct(p.get("answered_share")), _plain(p.get("within_bound")), _pairs(p.get("refused_429_reasons"), _plain),
+                _pairs(p.get("refusal_latency_by_reason_ms"), lambda tail: _ms(_dict(tail).get("p99"))),
                 _pairs(p.get("error_kinds"), _plain),
                 _ms(p.get("lag_p99_ms")), _plain(p.get("idle_wait") or "idle")] for p in phases]
     blocks += [("h2", "Phases"), *_table(["phase", "server", "query added", "answered", "answered share", "within bound",
-                                          "429 by reason", "errors by kind", "send lag p99 (ms)", "server before the phase"], details)]
+                                          "429 by reason", "refusal p99 by cause (ms)", "errors by kind", "send lag p99 (ms)", "server before the phase"], details)]
     blocks += _target(report)
     versions = [[str(key), _plain(value)] for key, value in _dict(report.get("versions")).items()]
     files = [(str(label), href) for label, href in _dict(report.get("files")).items() if isinstance(href, str)]

@@ -54,6 +54,9 @@ def test_the_baseline_is_named_by_its_arguments_and_each_server_gets_its_overloa
     assert "refusal p99 12.50 ms as the client saw it, <= 16 ms in the server" in line and "actual send" not in line
     sla.overload_line(at_capacity, overload | {"refusal_after_send_ms": {"p99": 4.25}})
     assert "12.50 ms as the client saw it (4.25 ms from its actual send: the rest is the generator's lag)" in capsys.readouterr().out
+    causes = {"deadline": {"p50": 20.0, "p99": 31.5, "max": 33.0, "count": 7}, "overload": {"p50": 1.0, "p99": 2.25, "max": 3.0, "count": 33}}
+    sla.overload_line(at_capacity, overload | {"refusal_latency_by_reason_ms": causes})
+    assert "refusal p99 by cause: deadline 31.50 ms (7), overload 2.25 ms (33)" in capsys.readouterr().out
     assert sla.overload_line(at_capacity, overload | {"refusal_latency_ms": None})[1] == float("inf")
 
 

@@ -212,9 +212,22 @@ def test_phase_figures_count_every_scheduled_request():
     assert figures["error_kinds"] == {"server_error": 1, "connection": 1, "dropped": 1, "unfinished": 1}
     assert figures["members"] == {"b0": 0.5, "b1": 0.5} and figures["latency_ms"]["p50"] == 5.0 and figures["latency_ms"]["p99"] == 11.0
     assert figures["refusal_latency_ms"] == {"p50": 1.0, "p99": 1.0, "max": 1.0}  # 422 and 429s, however the server refused
+    assert figures["refusal_latency_by_reason_ms"] == {"limit": {"p50": 1.0, "p99": 1.0, "max": 1.0, "count": 1},
+                                                       "overload": {"p50": 1.0, "p99": 1.0, "max": 1.0, "count": 1},
+                                                       "unmeetable (422)": {"p50": 1.0, "p99": 1.0, "max": 1.0, "count": 1}}
     # without the send lag, where the generator recorded one (the 422's row has none)
     assert figures["refusal_after_send_ms"] == {"p50": pytest.approx(0.8), "p99": pytest.approx(0.9), "max": pytest.approx(0.9)}
     assert compare.phase_figures([], bounds, 2.0, {})["attainment"] == 0.0
+
+
+def test_refusal_latency_is_split_by_cause_so_late_drops_do_not_hide_in_quick_refusals():
+    results = [[i, "sla_refused", 429, 0.5 + i / 100, None, 0.1, "overload"] for i in range(98)]
+    results += [[98, "sla_refused", 429, 30.0, None, 0.1, "deadline"], [99, "sla_refused", 429, 40.0, None, 0.1, "deadline"]]
+    figures = compare.phase_figures(results, [50.0] * 100, seconds=1.0, accuracy={})
+    assert figures["refusal_latency_ms"]["p99"] == 30.0  # two late drops in a hundred refusals set the p99
+    split = figures["refusal_latency_by_reason_ms"]
+    assert split["overload"] == {"p50": pytest.approx(0.98), "p99": pytest.approx(1.47), "max": pytest.approx(1.47), "count": 98}
+    assert split["deadline"] == {"p50": 30.0, "p99": 40.0, "max": 40.0, "count": 2}
 
 
 def test_rounds_rotate_the_phase_order_so_each_phase_runs_early_and_late():
@@ -253,7 +266,9 @@ COMPARISON = {
         {"name": "routed", "kind": "routed", "url": "http://127.0.0.1:8000", "params": "on_miss=reject", "requests": 100, "answered": 95,
          "answered_share": 0.95, "within_bound": 90, "attainment": 0.9, "effective_accuracy": 0.55, "goodput_rps": 45.0,
          "latency_ms": {"p50": 3.2, "p99": 11.0}, "refused_422": 3, "refused_429": 1, "errors": 1, "error_kinds": {"connection": 1},
-         "members": {"b0": 0.6, "b1": 0.4}},
+         "members": {"b0": 0.6, "b1": 0.4}, "refused_429_reasons": {"overload": 1},
+         "refusal_latency_by_reason_ms": {"overload": {"p50": 1.5, "p99": 1.5, "max": 1.5, "count": 1},
+                                          "unmeetable (422)": {"p50": 0.5, "p99": 0.75, "max": 0.75, "count": 3}}},
         {"name": "pinned b1", "kind": "pinned", "requests": 100, "answered": 100, "answered_share": 1.0, "within_bound": 40,
          "attainment": 0.4, "effective_accuracy": 0.28, "goodput_rps": 20.0, "latency_ms": {"p50": 14.0, "p99": 80.0},
          "refused_422": 0, "refused_429": 0, "errors": 0, "error_kinds": {}, "members": {"b1": 1.0}}],
@@ -271,6 +286,7 @@ def test_the_comparison_report_has_the_table_and_the_chart(tmp_path):
     assert "| pinned b1 | 100 | 40.0% | 28.0% | 20.0 | 14.0 | 80.0 | 0 | 0 | 0 | b1 100.0% |" in md
     assert "| b0 | 50.0% | 2.50 | 2.40, 2.50, 2.60 |" in md and "1.5 to 3 x the unloaded latency" in md
     assert "attainment: the share of all scheduled requests" in md
+    assert "| overload 1 | overload 1.50, unmeetable (422) 0.75 | connection 1 |" in md  # the refusals' p99 by cause, per phase
     render_comparison({"status": "failed", "problems": ["cannot connect"], "mode": "compare"}, tmp_path / "failed")
     assert "cannot connect" in (tmp_path / "failed" / "report.md").read_text()
 
