@@ -27,6 +27,7 @@ _seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds"
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
 _switch_ms = checked(float, lambda value: 0.01 <= value <= 100, "a number of milliseconds", "from 0.01 to 100")
 _nice = checked(int, lambda value: 0 <= value <= MAX_NICE, "a number of nice levels", f"from 0 to {MAX_NICE}")
+_headroom = checked(float, lambda value: 0 <= value <= 10, "a fraction of a job's expected run time", "from 0 to 10")
 _watch_s = checked(float, lambda value: 0 <= value <= 3600, "a number of seconds", "from 0 (never) to 3600")
 DEMO_HARDWARE = ("nvidia-h200", "tpu-v3")  # the demo repository also predicts these (the Makefile's choice before --demo)
 DEMO_WATCH_S = 2.0
@@ -74,6 +75,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         raise UserError(f"{repository} has no manifest.json; build a repository first: effx-serve build-repo --demo")
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
                                 default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms, lane_nice=args.lane_nice,
+                                start_headroom=args.start_headroom,
                                 cpu_lanes=args.cpu_lanes or (max(1, available_cpus() // args.workers) if args.workers > 1 else None))
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
@@ -198,6 +200,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--lane-nice", type=_nice, default=DispatchSettings.lane_nice,
                    help="nice levels the decoding and inference lanes run below the event loop: when every core is busy, answers, "
                         "refusals and routing go first; 0: the same priority; Linux only (default: %(default)s)")
+    p.add_argument("--start-headroom", type=_headroom, default=DispatchSettings.start_headroom,
+                   help="a request with a latency bound starts decoding (or its batch runs) only while its expected run time, times "
+                        "1 + this, fits before its deadline; one that would only just fit is refused at once (429 deadline) "
+                        "rather than answered late (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
                         "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "

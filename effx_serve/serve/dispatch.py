@@ -163,9 +163,10 @@ class Dispatcher:
         await asyncio.to_thread(self._calibrate_decoding, members)
         device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.settings.max_queue,
                                  after_ms=self.after_ms, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None),
-                                 lane_nice=self.settings.lane_nice, on_wait=self._waited)
+                                 lane_nice=self.settings.lane_nice, on_wait=self._waited, headroom=self.settings.start_headroom)
         cpu = device if self.backend.on_host_cpu else DeviceScheduler("cpu", self.cpu_lanes, self.backend.infer, self.batch_ms,
                                                                       self.settings.max_queue, lane_nice=self.settings.lane_nice,
+                                                                      headroom=self.settings.start_headroom,
                                                                       on_wait=self._waited)
         for scheduler in {id(device): device, id(cpu): cpu}.values():
             scheduler.start()

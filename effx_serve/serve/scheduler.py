@@ -12,7 +12,8 @@ request of a member, batched with that member's next requests as long as the bat
 earliest deadline in it late. CPU jobs marked large (decoding a large image) run on at most lanes - 1 lanes at once,
 so light work always finds a lane and memory for decoded pixels stays bounded. A request with a hard deadline (the client's bound) that can no longer make it
 is never run silently late: it leaves the queue with `Late` (its caller moves it to a faster member or
-answers at once), at the latest moment it could still have started, or when a lane would take it too late.
+answers at once), at the latest moment it could still have started with its headroom (1 + `headroom` times its
+expected run must fit before its deadline), or when a lane would take it too late.
 Requests without a bound carry a virtual deadline, so they wait behind tighter ones but never starve.
 On an in-process backend, the lane that decodes an image queues its batch itself, or runs it at once when earliest
 deadline first would run it next anyway (`call_then_run`): between decoding and inference a request never waits for the
@@ -128,12 +129,13 @@ class _Queue:
 class DeviceScheduler:
     def __init__(self, name: str, lanes: int, run_batch: RunBatch, batch_ms: BatchMs, max_queue: int = 256,
                  after_ms: Callable[[], float] = lambda: 0.0, on_batch: Callable[[Member, int, float], None] | None = None,
-                 run_now: RunNow | None = None, lane_nice: int = 0, on_wait: WaitObserver | None = None):
+                 run_now: RunNow | None = None, lane_nice: int = 0, on_wait: WaitObserver | None = None, headroom: float = 0.0):
         if lanes < 1 or max_queue < 1:
             raise ValueError("lanes and max_queue must be at least 1")
         self.name, self.lanes, self.max_queue = name, lanes, max_queue
         self._run_batch, self._run_now, self._batch_ms = run_batch, run_now, batch_ms
         self._lane_nice = lane_nice  # nice levels below the event loop's (`_lane`)
+        self.headroom = headroom  # a hard job starts only with 1 + this times its expected run time left before its deadline
         self._after_ms = after_ms  # what follows the batch before the answer is out (the hand-back, serialising): counted against deadlines
         self._on_batch = on_batch
         self._on_wait = on_wait  # told, on the event loop, how long each CPU job waited for a lane against its expected wait
@@ -305,9 +307,9 @@ class DeviceScheduler:
 
     def _latest_start(self, job: Job) -> float:
         """The latest a hard job can start for its request to be answered in time: its batch of one (after a CPU job's own
-        expected run, for the batch that follows it), then what follows the batch."""
+        expected run, for the batch that follows it), with the headroom, then what follows the batch."""
         batch = job if job.member is not None else job.then
-        return job.deadline - (job.expected_ms + self._batch_ms(batch.member, 1) + self._after_ms()) / 1000.0
+        return job.deadline - ((job.expected_ms + self._batch_ms(batch.member, 1)) * (1.0 + self.headroom) + self._after_ms()) / 1000.0
 
     def _arm(self, when: float) -> None:
         """Wake at `when` (time.monotonic()) to take out hard requests that can no longer start in time, unless already due sooner."""
@@ -456,7 +458,7 @@ class DeviceScheduler:
             head, now, expected = self._head(), time.monotonic(), self._batch_ms(member, 1)
             if batch.future.done():
                 return None, None
-            if batch.hard and now + (expected + self._after_ms()) / 1000.0 > batch.deadline:
+            if batch.hard and now + (expected * (1.0 + self.headroom) + self._after_ms()) / 1000.0 > batch.deadline:
                 return Late(member.name, batch.deadline, now), None
             full = len(queue.jobs) >= self.max_queue
             here = not full and not queue.jobs and (head is None or head[0].key > batch.key)

@@ -29,6 +29,9 @@ class DispatchSettings:
     # Nice levels the decoding and inference lanes run below the event loop: with every core busy, the loop's answers,
     # refusals and routing go first (docs/serving.md measures it against 0, the same priority).
     lane_nice: int = 10
+    # A request with a bound starts decoding (or its batch runs) only while its expected run time, times 1 + this, fits
+    # before its deadline: one that would only just fit is refused at once (429 deadline) rather than answered late.
+    start_headroom: float = 0.5
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -43,6 +46,8 @@ class DispatchSettings:
             raise ValueError("cpu_lanes must be >= 1")
         if not 0 < self.decode_budget_ms <= 3_600_000:
             raise ValueError("decode_budget_ms must be in (0, 3600000]")
+        if not 0 <= self.start_headroom <= 10:
+            raise ValueError("start_headroom must be from 0 to 10")
         if not 0 <= self.lane_nice <= MAX_NICE:
             raise ValueError(f"lane_nice must be from 0 to {MAX_NICE}")
 

@@ -328,9 +328,12 @@ def test_routing_and_scheduling_need_no_member_file_and_survive_1000_queued_requ
     assert routed.member is not None and math.isfinite(routed.expected.total_ms) and len(results) == 1000
 
 
-def test_the_costing_and_the_lanes_nice_must_be_known():
+def test_the_costing_the_lanes_nice_and_the_start_headroom_must_be_known():
     with pytest.raises(ValueError):
         DispatchSettings(costing="guess")
+    for headroom in (-0.1, math.nan, 11.0):
+        with pytest.raises(ValueError):
+            DispatchSettings(start_headroom=headroom)
     for nice in (-1, 20):
         with pytest.raises(ValueError):
             DispatchSettings(lane_nice=nice)
@@ -370,6 +373,16 @@ class InLaneBackend(FakeBackend):
     def run_now(self, member, batch):
         time.sleep(member.latency.service_ms(len(batch)) / 1000.0)
         return np.zeros((len(batch), 10), np.float32)
+
+
+def test_the_start_headroom_reaches_every_scheduler():
+    async def scenario(**settings):
+        d, _ = dispatcher(backend=InLaneBackend(), **settings)
+        await d.start()
+        await d.close()
+        return {d.device.headroom, d.cpu.headroom}
+
+    assert run(scenario()) == {DispatchSettings.start_headroom} and run(scenario(start_headroom=2.0)) == {2.0}
 
 
 def test_an_image_no_lane_can_decode_and_run_in_time_is_refused_undecoded(monkeypatch):

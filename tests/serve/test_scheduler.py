@@ -377,9 +377,9 @@ class InThreadDevice:
         raise AssertionError("an in-thread device runs batches with run_now")
 
 
-def in_thread_scheduler(device, observed=None, lanes=1, waits=None):
+def in_thread_scheduler(device, observed=None, lanes=1, waits=None, headroom=0.0):
     s = DeviceScheduler("test", lanes, device.run_batch, service_ms, on_batch=None if observed is None else lambda *a: observed.append(a),
-                        run_now=device, on_wait=None if waits is None else lambda *a: waits.append(a))
+                        run_now=device, on_wait=None if waits is None else lambda *a: waits.append(a), headroom=headroom)
     s.start()
     return s
 
@@ -491,6 +491,31 @@ def test_a_decoding_that_could_no_longer_finish_in_time_is_skipped_when_asked():
 
     ran, output = run(scenario())
     assert ran == [2, 3] and output == 6.0  # the skipped decoding never ran; the one with time left did, and its batch
+
+
+@pytest.mark.parametrize("headroom", [0.0, 4.0])
+def test_with_headroom_a_decoding_that_would_only_just_fit_is_refused_at_once_instead(headroom):
+    async def scenario():
+        s = in_thread_scheduler(InThreadDevice(), headroom=headroom)
+        gate = threading.Event()
+        blocker = asyncio.create_task(s.call(lambda: gate.wait(5), time.monotonic() + 1.0))
+        await asyncio.sleep(0.01)
+        # The lane frees in about 50 ms, leaving about 50 ms: 10 ms of decoding and FAST's 2 ms batch fit, 5 x that does not.
+        due = time.monotonic() + 0.1
+        job = asyncio.create_task(s.call_then_run(decoding(1), FAST, due, hard=True, expected_ms=10.0, skip_late=True))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        try:
+            _, batch = await job
+            (result,) = await batch.result()
+            outcome = float(result.output[0])
+        except Late:
+            outcome = "late"
+        await s.close()
+        return outcome
+
+    assert run(scenario()) == (2.0 if headroom == 0.0 else "late")
 
 
 def test_each_decodings_wait_for_a_lane_is_reported_with_the_wait_expected_when_it_was_queued():
