@@ -18,7 +18,7 @@ from effx_serve.core.proc import MAX_NICE, available_cpus, map_large_allocations
 from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
-from effx_serve.serve.settings import COSTINGS, DispatchSettings, ServerSettings
+from effx_serve.serve.settings import COSTINGS, MAX_START_HEADROOM, DispatchSettings, ServerSettings
 from effx_serve.serve.workers import WorkerLink, WorkerSpec, listen, supervise
 
 SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serving.md, the benchmark)
@@ -27,7 +27,8 @@ _seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds"
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
 _switch_ms = checked(float, lambda value: 0.01 <= value <= 100, "a number of milliseconds", "from 0.01 to 100")
 _nice = checked(int, lambda value: 0 <= value <= MAX_NICE, "a number of nice levels", f"from 0 to {MAX_NICE}")
-_headroom = checked(float, lambda value: 0 <= value <= 10, "a fraction of a job's expected run time", "from 0 to 10")
+_headroom = checked(float, lambda value: 0 <= value <= MAX_START_HEADROOM, "a fraction of a job's expected run time",
+                    f"from 0 to {MAX_START_HEADROOM:g}")
 _watch_s = checked(float, lambda value: 0 <= value <= 3600, "a number of seconds", "from 0 (never) to 3600")
 DEMO_HARDWARE = ("nvidia-h200", "tpu-v3")  # the demo repository also predicts these (the Makefile's choice before --demo)
 DEMO_WATCH_S = 2.0

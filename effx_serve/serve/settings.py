@@ -11,6 +11,7 @@ from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 
 COSTINGS = ("device", "member")
+MAX_START_HEADROOM = 10.0  # beyond this a bound would have to be 11 x a request's run time for it to start at all
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class DispatchSettings:
             raise ValueError("cpu_lanes must be >= 1")
         if not 0 < self.decode_budget_ms <= 3_600_000:
             raise ValueError("decode_budget_ms must be in (0, 3600000]")
-        if not 0 <= self.start_headroom <= 10:
-            raise ValueError("start_headroom must be from 0 to 10")
+        if not 0 <= self.start_headroom <= MAX_START_HEADROOM:
+            raise ValueError(f"start_headroom must be from 0 to {MAX_START_HEADROOM:g}")
         if not 0 <= self.lane_nice <= MAX_NICE:
             raise ValueError(f"lane_nice must be from 0 to {MAX_NICE}")
 
