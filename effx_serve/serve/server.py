@@ -65,6 +65,15 @@ def make_backend(settings: ServerSettings, hardware: DetectedHardware) -> tuple[
     return backend, latency_hardware, notes
 
 
+def settle_garbage_collector() -> None:
+    """Collect, then leave everything alive now out of the collector's later passes: the modules, the members' sessions
+    and what start-up built stay for the process's life, and scanning them made each full pass hold every thread for
+    tens of milliseconds under load (docs/serving.md). What requests create is still collected as before."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class Server:
     """The state of one serving process (no globals: tests build as many as they like)."""
 
@@ -78,6 +87,7 @@ class Server:
         self.startup_error: str | None = None
         self.reload_error: str | None = None  # the last repository change that could not be served, while it stands
         self.in_flight = 0  # requests inside the app now (the event loop is the only writer)
+        self.admitted = 0  # requests the app has taken in since it started (the event loop is the only writer)
         self._tasks: list[asyncio.Task] = []
 
     def _load(self, backend: Backend | None = None) -> tuple[Backend, catalog_io.Catalog, Dispatcher, tuple[str, ...]]:
@@ -126,6 +136,7 @@ class Server:
         log.info("reloaded %s: %d members%s", self.settings.repository, len(catalog.members),
                  f" ({catalog.building})" if catalog.building else "")
         await old.retire(RETIRE_GRACE_S)
+        settle_garbage_collector()  # the old members' objects were frozen with the rest: unfrozen, so their cycles go
 
     async def _watch(self, starting: asyncio.Task) -> None:
         """Reload whenever the repository's manifest changes (after the first start has finished, well or not)."""
@@ -146,6 +157,7 @@ class Server:
         while True:
             try:
                 await self.dispatcher.start()
+                settle_garbage_collector()
                 self.startup_error = None
                 log.info("ready: %d members on %s (%s)", len(self.catalog.members), self.hardware.id, self.backend.kind)
                 return
@@ -159,12 +171,16 @@ class Server:
     async def _tidy_when_idle(self) -> None:
         """After a burst (large images, many bodies) memory returns near its idle size instead of staying at the peak:
         garbage in reference cycles (a failed request's frames) is collected now rather than at the collector's rare
-        full pass, and malloc gives its free pages back."""
+        full pass, and malloc gives its free pages back. Only after a whole interval without a request: a full collection
+        holds every thread (40-80 ms on the demo under load before start-up objects were frozen, docs/serving.md), and a moment with none in flight comes
+        many times a second at moderate load."""
+        admitted = self.admitted
         while True:
             await asyncio.sleep(TIDY_EVERY_S)
-            if self.in_flight == 0:
+            if self.in_flight == 0 and self.admitted == admitted:
                 gc.collect()
                 await asyncio.to_thread(trim_free_memory)
+            admitted = self.admitted
 
     async def close(self) -> None:
         for task in self._tasks:

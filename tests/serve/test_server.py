@@ -11,7 +11,7 @@ from effx_serve.core.fs import write_atomic
 from effx_serve.serve.backends.base import BackendUnavailable
 from effx_serve.serve.http.app import create_app
 from effx_serve.serve.server import manifest_signature
-from tests.helpers import JPEG, build, make_server, measure_quickly, ready_client
+from tests.helpers import JPEG, build, make_server, measure_quickly, open_ready, ready_client
 
 
 def _build(tiny_family, out, members, planned):
@@ -131,3 +131,52 @@ def test_requests_in_flight_during_reloads_are_all_answered(tmp_path, served_rep
 
     statuses = asyncio.run(scenario())
     assert statuses and set(statuses) == {200}, statuses  # none lost, none failed, across three switches
+
+
+def test_start_up_objects_are_left_out_of_the_collectors_later_passes(served_repository):
+    import gc
+
+    server = make_server(served_repository)
+
+    async def scenario():
+        await open_ready(server)
+        try:
+            frozen = gc.get_freeze_count()
+            assert frozen > 0  # the modules, the members' sessions and what start-up built
+            cycle = []
+            cycle.append(cycle)  # what serving creates later is still collected
+            del cycle
+            assert gc.collect() >= 1
+        finally:
+            await server.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.unfreeze()
+
+
+def test_an_idle_server_tidies_only_after_a_whole_interval_without_requests(monkeypatch):
+    """A full collection holds every thread for tens of milliseconds: a moment with no request in flight, which comes many
+    times a second under moderate load, is not idle."""
+    from types import SimpleNamespace
+
+    from effx_serve.serve import server as server_module
+
+    collected = []
+    monkeypatch.setattr(server_module, "TIDY_EVERY_S", 0.05)
+    monkeypatch.setattr(server_module.gc, "collect", lambda: collected.append(True))
+    monkeypatch.setattr(server_module, "trim_free_memory", lambda: None)
+    state = SimpleNamespace(in_flight=0, admitted=0)
+
+    async def scenario():
+        tidying = asyncio.create_task(server_module.Server._tidy_when_idle(state))
+        for _ in range(12):  # busy: a request admitted every 0.02 s, none in flight at each check
+            await asyncio.sleep(0.02)
+            state.admitted += 1
+        assert collected == []
+        await asyncio.sleep(0.15)  # quiet for two intervals and more
+        tidying.cancel()
+        assert collected
+
+    asyncio.run(scenario())
