@@ -176,6 +176,16 @@ def client_attainment(phase: dict) -> float:
     return phase["within_bound"] / phase["answered"] if phase["answered"] else 0.0
 
 
+def garbage_collections(phase: dict) -> str:
+    """How long the garbage collector held every thread of the server during a phase, full passes apart."""
+    metrics = phase.get("server_metrics") or {}
+    count, held = metrics.get("gc_collections") or {}, metrics.get("gc_pause_ms") or {}
+    if not count:
+        return "garbage collections: not reported by the server"
+    full = f"{count.get('2', 0):.0f} full, {held.get('2', 0.0):.1f} ms"
+    return f"garbage collections holding every thread: {sum(count.values()):.0f}, {sum(held.values()):.1f} ms in all ({full})"
+
+
 def expectation_errors(phase: dict) -> str:
     """How far the server's expectations were off for the phase's answered bounded requests: quantile bounds of observed minus
     expected, from its /metrics (the margin an admission would need to keep that share of them in bound); and the same for
@@ -289,6 +299,7 @@ def print_load(figures: dict) -> list[str]:
         print("  routed, as the server placed them: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(routes.items(), key=lambda kv: -kv[1]))
               + "; late answers by the stage that overran most: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(late.items())) or "none"))
         print("  " + expectation_errors(routed))
+        print("  " + garbage_collections(routed))
         pinned = [p for p in report["phases"] if p["kind"] == "pinned"]
         on_server = server_attainment(routed)
         on_client = client_attainment(routed)

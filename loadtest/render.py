@@ -207,7 +207,9 @@ def _server(metrics) -> list[tuple]:
     for key, title, column, fmt in (("requests", "Requests by member, endpoint and status", "requests", _plain),
                                     ("images", "Images by member", "images", _plain),
                                     ("mean_batch_size", "Mean batch size by member", "mean batch size", lambda x: _fmt(x, ".2f")),
-                                    ("sla_misses", "SLA misses by class and cause", "misses", _plain)):
+                                    ("sla_misses", "SLA misses by class and cause", "misses", _plain),
+                                    ("gc_pause_ms", "Garbage collections: time every thread was held, by generation (ms)", "ms",
+                                     lambda x: _fmt(x, ".1f"))):
         blocks += [("h3", title), *_table(["series", column], [[str(k), fmt(v)] for k, v in _dict(metrics.get(key)).items()])]
     return blocks
 

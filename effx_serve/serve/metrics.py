@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -157,6 +157,8 @@ class ServerMetrics:
         self.decode_wait_error = Histogram("effx_decode_wait_error_seconds", "Decodings: their wait for a lane, observed minus expected "
                                            "when queued (negative: sooner), by whether a lane then took them (ran) or found them too late "
                                            "to make their deadline (late)", ["outcome"], buckets=_ERRORS, registry=r)
+        self.gc_pauses = Histogram("effx_gc_pause_seconds", "Garbage collections and how long each held every thread (the collector "
+                                   "stops the interpreter), by generation (2: a full pass)", ["generation"], buckets=_SECONDS, registry=r)
         self.queue_depth = Gauge("effx_queue_depth", "Images waiting for a batch, by member", ["member"], registry=r)
         self.expected_ms = Gauge("effx_expected_latency_ms", "Expected end-to-end latency of a new one-image 640x480 JPEG request, by member",
                                  ["member"], registry=r)
@@ -165,6 +167,19 @@ class ServerMetrics:
         self.contention = Gauge("effx_device_contention", "Observed / profiled batch time over every member on the device (online, decays to 1)",
                                 registry=r)
         self.ready = Gauge("effx_ready", "1 when every member is loaded and warm and the backend is healthy", registry=r)
+
+    def time_garbage_collections(self) -> Callable[[str, dict], None]:
+        """A `gc.callbacks` entry that observes each collection's pause in `gc_pauses`. It runs in whichever thread
+        collects; no two collections overlap, and nothing else writes these series."""
+        started = [0.0]
+
+        def callback(phase: str, info: dict) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                self.gc_pauses.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+
+        return callback
 
     def snapshot(self) -> dict:
         """This server's samples as JSON-able data, which a worker publishes for the one that answers a scrape (serve/workers.py):

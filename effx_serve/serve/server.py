@@ -89,6 +89,7 @@ class Server:
         self.in_flight = 0  # requests inside the app now (the event loop is the only writer)
         self.admitted = 0  # requests the app has taken in since it started (the event loop is the only writer)
         self._tasks: list[asyncio.Task] = []
+        self._gc_timer = self.metrics.time_garbage_collections()
 
     def _load(self, backend: Backend | None = None) -> tuple[Backend, catalog_io.Catalog, Dispatcher, tuple[str, ...]]:
         """A backend, the repository's catalog and a dispatcher over them (nothing loaded into the backend yet)."""
@@ -109,6 +110,7 @@ class Server:
     async def open(self) -> None:
         for note in self.notes:
             log.warning(note)
+        gc.callbacks.append(self._gc_timer)
         starting = asyncio.create_task(self._start())
         self._tasks = [starting, asyncio.create_task(self._tidy_when_idle())]
         if self.settings.watch_s > 0:
@@ -183,6 +185,8 @@ class Server:
             admitted = self.admitted
 
     async def close(self) -> None:
+        if self._gc_timer in gc.callbacks:
+            gc.callbacks.remove(self._gc_timer)
         for task in self._tasks:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -29,6 +29,13 @@ def test_the_expectations_errors_are_printed_as_quantile_bounds_from_the_servers
         "7 decodings found too late: p50 <= 8 ms, p90 <= 8 ms, p99 <= 8 ms")
 
 
+def test_the_garbage_collectors_pauses_are_printed_full_passes_apart():
+    sla = _sla()
+    phase = {"server_metrics": {"gc_collections": {"0": 40.0, "1": 4.0, "2": 1.0}, "gc_pause_ms": {"0": 20.0, "1": 4.5, "2": 1.25}}}
+    assert sla.garbage_collections(phase) == "garbage collections holding every thread: 45, 25.8 ms in all (1 full, 1.2 ms)"
+    assert sla.garbage_collections({}) == "garbage collections: not reported by the server"
+
+
 def test_in_bound_on_the_servers_clock_counts_admitted_answers_only():
     sla = _sla()
     phase = {"server_metrics": {"routes": {"preferred": 60.0, "scaled": 30.0, "refused_overload": 500.0},

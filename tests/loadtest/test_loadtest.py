@@ -255,6 +255,11 @@ effx_decode_wait_error_seconds_bucket{le="0.001",outcome="ran"} 5.0
 effx_decode_wait_error_seconds_bucket{le="+Inf",outcome="ran"} 6.0
 effx_decode_wait_error_seconds_bucket{le="0.001",outcome="late"} 0.0
 effx_decode_wait_error_seconds_bucket{le="+Inf",outcome="late"} 3.0
+# TYPE effx_gc_pause_seconds histogram
+effx_gc_pause_seconds_count{generation="0"} 40.0
+effx_gc_pause_seconds_sum{generation="0"} 0.02
+effx_gc_pause_seconds_count{generation="2"} 1.0
+effx_gc_pause_seconds_sum{generation="2"} 0.05
 """
 
 
@@ -264,6 +269,7 @@ def test_metrics_delta():
     assert change["images"] == {"b0": 10.0} and change["mean_batch_size"] == {"b0": 2.0}
     assert change["sla_misses"] == {"latency rejected": 2.0} and change["routes"] == {"scaled": 3.0}
     assert change["late_stage"] == {"after": 2.0}
+    assert change["gc_collections"] == {"0": 40.0, "2": 1.0} and change["gc_pause_ms"] == pytest.approx({"0": 20.0, "2": 50.0})
     # 101 refusals over both reasons: half within 1 ms, the 99th percentile in the 4 ms bucket (the sla one beyond 10 s)
     assert change["refusal_buckets"] == {"0.001": 90.0, "0.002": 99.0, "0.004": 100.0, "+Inf": 101.0}
     assert prom.quantile_bounds(change["refusal_buckets"]) == {"count": 101, "p50_le_ms": 1.0, "p99_le_ms": 4.0}

@@ -50,7 +50,7 @@ REPORT = {
               {"name": "p99 latency ms", "threshold": "<= 10", "value": 12.34, "passed": False}],
     "server_metrics": {"scraped": True, "reason": None, "requests": {"b0 classify 200": 3737.0, "b1 classify 200": 1194.0},
                        "images": {"b0": 3737.0, "b1": 1194.0}, "mean_batch_size": {"b0": 1.3, "b1": 1.05},
-                       "sla_misses": {"latency rejected": 4.0}},
+                       "sla_misses": {"latency rejected": 4.0}, "gc_pause_ms": {"0": 12.25, "2": 1.5}},
     "versions": {"effx_serve": "0.1.0", "locust": "2.47.0", "python": "3.11.7", "platform": "Linux-6.1-x86_64", "cores": 2,
                  "git_commit": "abc1234"},
     "timeline": [{"t": float(s), "ok": 50 + 5 * (s // 10) * 10, "failed": 5 if s >= 30 else 0, "p99_ms": 2.0 + s if s % 7 else None}
@@ -121,7 +121,7 @@ def test_markdown_holds_verdict_classes_members_capacity_and_gates(tmp_path):
     assert "| error rate | <= 0.02 | 0.011 | yes |" in md and "| p99 latency ms | <= 10 | 12.34 | no |" in md
     assert "| 3 | 199.8 | 180.1 | 80.0 | — | 5.0% | 10.0% | no |" in md  # the overloaded step: no p99
     assert "| overloaded | 40 | 72.7% | 429 queue full |" in md  # share of the 55 errors
-    assert "| b0 | 1.30 |" in md and "| latency rejected | 4 |" in md
+    assert "| b0 | 1.30 |" in md and "| latency rejected | 4 |" in md and "| 2 | 1.5 |" in md
     assert "- [locust stats](<raw/locust_stats.csv>)" in md
     assert "![" in md and "(timeline.png)" in md and "(capacity.png)" in md
 

@@ -39,3 +39,20 @@ def test_labels_are_checked_and_values_that_are_not_strings_share_their_string_f
         registry = CollectorRegistry()
         metrics.Counter("effx_test_twice", "Twice", registry=registry)
         metrics.Counter("effx_test_twice", "Twice", registry=registry)
+
+
+def test_garbage_collections_are_timed_by_generation():
+    import gc
+
+    server_metrics = metrics.ServerMetrics()
+    timer = server_metrics.time_garbage_collections()
+    gc.callbacks.append(timer)
+    try:
+        gc.collect(1)
+        gc.collect()
+    finally:
+        gc.callbacks.remove(timer)
+    text = generate_latest(server_metrics.registry).decode()
+    assert 'effx_gc_pause_seconds_count{generation="1"} 1.0' in text and 'effx_gc_pause_seconds_count{generation="2"} 1.0' in text
+    full = server_metrics.gc_pauses.labels("2")
+    assert 0.0 < full.sum < 10.0

@@ -133,7 +133,7 @@ def test_requests_in_flight_during_reloads_are_all_answered(tmp_path, served_rep
     assert statuses and set(statuses) == {200}, statuses  # none lost, none failed, across three switches
 
 
-def test_start_up_objects_are_left_out_of_the_collectors_later_passes(served_repository):
+def test_start_up_objects_are_left_out_of_the_collectors_later_passes_and_every_pause_is_timed(served_repository):
     import gc
 
     server = make_server(served_repository)
@@ -141,6 +141,7 @@ def test_start_up_objects_are_left_out_of_the_collectors_later_passes(served_rep
     async def scenario():
         await open_ready(server)
         try:
+            assert server._gc_timer in gc.callbacks  # every collection's pause in /metrics (effx_gc_pause_seconds)
             frozen = gc.get_freeze_count()
             assert frozen > 0  # the modules, the members' sessions and what start-up built
             cycle = []
@@ -149,6 +150,7 @@ def test_start_up_objects_are_left_out_of_the_collectors_later_passes(served_rep
             assert gc.collect() >= 1
         finally:
             await server.close()
+        assert server._gc_timer not in gc.callbacks
 
     try:
         asyncio.run(scenario())
