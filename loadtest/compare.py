@@ -314,8 +314,7 @@ def pooled(rounds: list[dict], results: list[list[list]], bounds: list[float], s
     metrics = [f["server_metrics"] for f in rounds if "server_metrics" in f]
     if len(metrics) == len(rounds):
         summed = ("requests", "images", "sla_misses", "routes", "late_stage", "gc_collections", "gc_pause_ms", "refusal_buckets",
-                  "expectation_error_buckets",
-                  "decode_wait_ran_buckets", "decode_wait_late_buckets")
+                  "expectation_error_buckets", "decode_wait_ran_buckets", "decode_wait_late_buckets")
         figures["server_metrics"] = {key: _summed([m.get(key, {}) for m in metrics]) for key in summed}
     else:
         figures.pop("server_metrics", None)

@@ -44,7 +44,8 @@ def delta(before: str, after: str) -> dict:
     gc_collections = {dict(labels)["generation"]: n for labels, n in change("effx_gc_pause_seconds_count").items() if n}
     gc_pause_ms = {dict(labels)["generation"]: 1000.0 * n for labels, n in change("effx_gc_pause_seconds_sum").items() if n}
     return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses), "routes": routes,
-            "late_stage": late, "gc_collections": gc_collections, "gc_pause_ms": gc_pause_ms, "refusal_buckets": _cumulative(change("effx_refusal_seconds_bucket")),
+            "late_stage": late, "gc_collections": gc_collections, "gc_pause_ms": gc_pause_ms,
+            "refusal_buckets": _cumulative(change("effx_refusal_seconds_bucket")),
             "expectation_error_buckets": _cumulative(change("effx_expectation_error_seconds_bucket")),
             **{f"decode_wait_{outcome}_buckets": _cumulative(change("effx_decode_wait_error_seconds_bucket"), outcome=outcome)
                for outcome in ("ran", "late")}}

@@ -174,8 +174,8 @@ class Server:
         """After a burst (large images, many bodies) memory returns near its idle size instead of staying at the peak:
         garbage in reference cycles (a failed request's frames) is collected now rather than at the collector's rare
         full pass, and malloc gives its free pages back. Only after a whole interval without a request: a full collection
-        holds every thread (40-80 ms on the demo under load before start-up objects were frozen, docs/serving.md), and a moment with none in flight comes
-        many times a second at moderate load."""
+        holds every thread (40-80 ms on the demo under load before start-up objects were frozen, docs/serving.md), and a
+        moment with none in flight comes many times a second at moderate load."""
         admitted = self.admitted
         while True:
             await asyncio.sleep(TIDY_EVERY_S)
