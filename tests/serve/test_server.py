@@ -157,28 +157,3 @@ def test_start_up_objects_are_left_out_of_the_collectors_later_passes_and_every_
     finally:
         gc.unfreeze()
 
-
-def test_an_idle_server_tidies_only_after_a_whole_interval_without_requests(monkeypatch):
-    """A full collection holds every thread for tens of milliseconds: a moment with no request in flight, which comes many
-    times a second under moderate load, is not idle."""
-    from types import SimpleNamespace
-
-    from effx_serve.serve import server as server_module
-
-    collected = []
-    monkeypatch.setattr(server_module, "TIDY_EVERY_S", 0.05)
-    monkeypatch.setattr(server_module.gc, "collect", lambda: collected.append(True))
-    monkeypatch.setattr(server_module, "trim_free_memory", lambda: None)
-    state = SimpleNamespace(in_flight=0, admitted=0)
-
-    async def scenario():
-        tidying = asyncio.create_task(server_module.Server._tidy_when_idle(state))
-        for _ in range(12):  # busy: a request admitted every 0.02 s, none in flight at each check
-            await asyncio.sleep(0.02)
-            state.admitted += 1
-        assert collected == []
-        await asyncio.sleep(0.15)  # quiet for two intervals and more
-        tidying.cancel()
-        assert collected
-
-    asyncio.run(scenario())

@@ -201,7 +201,6 @@ def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
                 raise errors.RequestProblem(408, f"the body did not arrive within {settings.body_timeout_s:g} s; send it in one go") from None
             held = body.held
             server.in_flight += 1
-            server.admitted += 1
             admitted = True
             if server.in_flight > settings.max_in_flight:
                 raise Overloaded(f"the server is handling {settings.max_in_flight} requests, its limit; retry shortly")
