@@ -30,21 +30,23 @@ def delta(before: str, after: str) -> dict:
     def change(name: str) -> dict[tuple, float]:
         return {labels: value - old.get((sample, labels), 0.0) for (sample, labels), value in new.items() if sample == name}
 
+    def by(label: str, name: str, scale: float = 1.0) -> dict[str, float]:
+        """A family's non-zero changes keyed by one label's value."""
+        return {dict(labels)[label]: scale * n for labels, n in change(name).items() if n}
+
     requests = {" ".join(dict(labels)[k] for k in ("member", "endpoint", "status")): n
                 for labels, n in change("effx_requests_total").items() if n}
-    images = {dict(labels)["member"]: n for labels, n in change("effx_images_total").items() if n}
+    images = by("member", "effx_images_total")
     sums, counts = change("effx_batch_size_sum"), change("effx_batch_size_count")
     batch = {dict(labels)["member"]: sums.get(labels, 0.0) / n for labels, n in counts.items() if n}
     misses: dict[str, float] = defaultdict(float)
     for labels, n in change("effx_sla_misses_total").items():
         if n:
             misses[f"{dict(labels)['sla']} {dict(labels)['cause']}"] += n
-    routes = {dict(labels)["outcome"]: n for labels, n in change("effx_routes_total").items() if n}
-    late = {dict(labels)["stage"]: n for labels, n in change("effx_late_stage_total").items() if n}
-    gc_collections = {dict(labels)["generation"]: n for labels, n in change("effx_gc_pause_seconds_count").items() if n}
-    gc_pause_ms = {dict(labels)["generation"]: 1000.0 * n for labels, n in change("effx_gc_pause_seconds_sum").items() if n}
-    return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses), "routes": routes,
-            "late_stage": late, "gc_collections": gc_collections, "gc_pause_ms": gc_pause_ms,
+    return {"requests": requests, "images": images, "mean_batch_size": batch, "sla_misses": dict(misses),
+            "routes": by("outcome", "effx_routes_total"), "late_stage": by("stage", "effx_late_stage_total"),
+            "gc_collections": by("generation", "effx_gc_pause_seconds_count"),
+            "gc_pause_ms": by("generation", "effx_gc_pause_seconds_sum", scale=1000.0),
             "refusal_buckets": _cumulative(change("effx_refusal_seconds_bucket")),
             "expectation_error_buckets": _cumulative(change("effx_expectation_error_seconds_bucket")),
             **{f"decode_wait_{outcome}_buckets": _cumulative(change("effx_decode_wait_error_seconds_bucket"), outcome=outcome)
