@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -207,16 +208,22 @@ else:  # one epoch, then a resume, in a group the caller set up (re-joining a gr
 """
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(repo=str(ROOT)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     for mode in ("whole", "split"):
-        done = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path), mode],
-            env=env, capture_output=True, text=True, timeout=180,
-        )
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path), mode]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        if done.returncode and TEARDOWN_ABORT in done.stderr:
+            # Once in CI (2026-12-03; never in 65 launches by hand) a rank aborted so in torch's own teardown, after
+            # its last epoch and checkpoint. One more launch tells that apart from a failure of ours, which repeats.
+            shutil.rmtree(tmp_path / ("run" if mode == "whole" else "split"), ignore_errors=True)
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
