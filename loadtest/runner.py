@@ -189,6 +189,7 @@ def arrivals_report(test: LoadTest) -> dict:
 def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lambda done, total: None) -> dict:
     """Run the whole load test and write the report folder; returns the report (its "status" says pass or fail)."""
     test = replace(test, url=test.url.rstrip("/"))  # locust joins host and path as strings: no '//v1/classify'
+    report_dir = report_dir.resolve()  # '.' and '..' have no name to put a staging folder beside
     staging = open_report(report_dir)
     raw = staging / "raw"
     started = time.time()
@@ -245,8 +246,9 @@ def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lam
 
 def open_report(report_dir: Path) -> Path:
     """A fresh staging folder (with raw/) beside `report_dir`, which `close_report` swaps in whole."""
-    if report_dir.exists() and not report_dir.is_dir():
-        raise NotADirectoryError(f"--report {report_dir} is a file; give a folder")
+    refusal = atomic_dir.replace_refusal(report_dir, "report.json")
+    if refusal:
+        raise FileExistsError(f"--report {report_dir} {refusal}; give a new or empty folder, or a previous report's")
     report_dir.parent.mkdir(parents=True, exist_ok=True)
     atomic_dir.recover(report_dir)
     staging = atomic_dir.staging_dir(report_dir)

@@ -18,6 +18,23 @@ RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
 
+def replace_refusal(target: Path, marker: str, files_kept: bool = False) -> str | None:
+    """Why a build must not replace `target`, or None. The swap deletes the old tree, so an existing folder may go only
+    when it is empty, a previous build (it holds `marker`), or, with `files_kept`, holds nothing but files the build
+    carries over."""
+    if not target.exists():
+        return None
+    if not target.is_dir():
+        return "is a file"
+    resolved = target.resolve()
+    if resolved.parent == resolved:
+        return "is the file system's root"
+    entries = sorted(path.name for path in target.iterdir())
+    if not entries or (target / marker).is_file() or (files_kept and all((target / name).is_file() for name in entries)):
+        return None
+    return f"holds other things ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}) and no {marker}"
+
+
 def staging_dir(target: Path) -> Path:
     """A fresh, empty staging folder beside `target` (same file system, so the swap is a rename)."""
     path = target.with_name(f".{target.name}.build-{os.getpid()}")

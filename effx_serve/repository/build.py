@@ -189,8 +189,10 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
 
     if settings.backend not in triton_config.BACKENDS:
         raise UserError(f"unknown Triton backend '{settings.backend}' (known: {', '.join(triton_config.BACKENDS)})")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder for the repository")
+    refusal = atomic_dir.replace_refusal(out, MANIFEST_FILE, files_kept=True)
+    if refusal:
+        raise UserError(f"--out {out} {refusal}; give a new or empty folder, or a previous repository")
+    out = out.resolve()  # '.' and '..' have no name to put a staging folder beside
     if 1 not in settings.batches:
         raise UserError("--batches must include 1 (the batching plan and the router start from it)")
     target = settings.target or machine.hardware_id

@@ -73,10 +73,24 @@ def test_an_unreachable_url_still_writes_a_failedread_report(tmp_path, capsys):
 def test_a_bad_scenario_writes_a_report_naming_the_known_ones(tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
+    (folder / "report.json").write_text("{}")
     (folder / "stale.txt").write_text("from an older run")
     assert main(["loadtest", "--url", "http://127.0.0.1:9", "--scenario", "nope", "--report", str(folder)]) == 1
     assert "unknown scenario 'nope'; known: mixed" in read_report(folder)["problems"][0]
-    assert not (folder / "stale.txt").exists()  # the folder was replaced whole
+    assert not (folder / "stale.txt").exists()  # a previous report is replaced whole
+
+
+@pytest.mark.parametrize("inside", ["notes.txt", "sub/data.txt"])
+def test_a_report_folder_that_is_not_a_previous_report_is_left_alone(tmp_path, monkeypatch, capsys, inside):
+    precious = tmp_path / "precious"
+    (precious / inside).parent.mkdir(parents=True, exist_ok=True)
+    (precious / inside).write_text("keep me")
+    assert main(["loadtest", "--url", "http://127.0.0.1:9", "--report", str(precious)]) == 2
+    assert "and no report.json; give a new or empty folder" in capsys.readouterr().err
+    assert (precious / inside).read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
+    monkeypatch.chdir(precious)  # '.' and '..' are folders of other things too
+    assert [main(["loadtest", "--url", "http://127.0.0.1:9", "--report", relative]) for relative in (".", "..")] == [2, 2]
+    assert (precious / inside).read_text() == "keep me"
 
 
 RECEIVED: dict[str, list] = {}  # a fake server's URL -> (when, its Effx-Deadline header or None) per classification received

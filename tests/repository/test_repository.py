@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +154,22 @@ def test_a_crash_between_the_two_renames_is_recovered(built, tmp_path, monkeypat
     assert manifest.read(out) and not staging.exists()
 
 
+def test_a_swap_replaces_only_what_a_build_may_delete(tmp_path):
+    folder = tmp_path / "folder"
+    assert atomic_dir.replace_refusal(folder, "manifest.json") is None  # absent
+    folder.mkdir()
+    assert atomic_dir.replace_refusal(folder, "manifest.json") is None  # empty
+    (folder / "README.md").write_text("mine")
+    assert atomic_dir.replace_refusal(folder, "manifest.json") == "holds other things (README.md) and no manifest.json"
+    assert atomic_dir.replace_refusal(folder, "manifest.json", files_kept=True) is None  # files a build carries over
+    (folder / "sub").mkdir()
+    assert "no manifest.json" in atomic_dir.replace_refusal(folder, "manifest.json", files_kept=True)
+    (folder / "manifest.json").write_text("{}")
+    assert atomic_dir.replace_refusal(folder, "manifest.json") is None  # a previous build
+    assert atomic_dir.replace_refusal(folder / "README.md", "manifest.json") == "is a file"
+    assert atomic_dir.replace_refusal(Path("/"), "manifest.json") == "is the file system's root"
+
+
 def test_swap_replaces_the_whole_tree(tmp_path):
     target = tmp_path / "repo"
     target.mkdir()
@@ -202,8 +219,12 @@ def test_bad_inputs_to_build_repo(tiny_family, built, tmp_path, capsys):
     family, checkpoints = tiny_family
     a_file = tmp_path / "file"
     a_file.write_text("x")
+    project = tmp_path / "project"  # a folder of other things: the swap would delete them
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "code.py").write_text("keep me")
     cases = [
         (["--family", str(family), "--checkpoints", str(checkpoints), "--out", str(a_file)], "is a file"),
+        (["--family", str(family), "--checkpoints", str(checkpoints), "--out", str(project)], "holds other things (src) and no manifest.json"),
         (["--family", str(family), "--checkpoints", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")], "is not a folder"),
         (["--family", str(family), "--out", str(tmp_path / "r")], "--family needs --checkpoints"),
         (["--family", str(family), "--checkpoints", str(checkpoints), "--out", str(tmp_path / "r"), "--batches", "4,8"], "must include 1"),
@@ -212,6 +233,7 @@ def test_bad_inputs_to_build_repo(tiny_family, built, tmp_path, capsys):
     for argv, message in cases:
         assert main(["build-repo", *argv]) == 2
         assert message in capsys.readouterr().err
+    assert (project / "src" / "code.py").read_text() == "keep me"
     empty = tmp_path / "empty"
     (empty / "tiny-f-b0").mkdir(parents=True)
     assert main(["build-repo", "--family", str(family), "--checkpoints", str(empty), "--out", str(tmp_path / "r")]) == 2
