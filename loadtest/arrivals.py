@@ -20,6 +20,7 @@ ARRIVALS = ("poisson", "gamma", "onoff")
 SEQUENTIAL_GAP_S = 0.05  # a sequential schedule: the pause between one answer and the next request
 # --burstiness when not given: the coefficient of variation of gamma gaps, and the peak-to-mean rate of on/off.
 DEFAULT_BURSTINESS = {"gamma": 3.0, "onoff": 4.0}
+MAX_SPAN_S = 7 * 86400  # the longest run or trace: past a week a number is a typo, not a load test
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ def parse_trace(text: str, name: str) -> list[TraceRequest]:
         at = _number(fields[0], "arrival_ms", where)
         if at < 0:
             raise TraceError(f"{where}: arrival_ms {fields[0]} is negative")
+        if rows and at - rows[0][0] > MAX_SPAN_S * 1000:
+            raise TraceError(f"{where}: arrival_ms {fields[0]} is more than a week after the first request's {rows[0][0]:g}")
         if rows and at < rows[-1][0]:
             raise TraceError(f"{where}: arrival_ms {fields[0]} is before the previous request's {rows[-1][0]:g}; times must not decrease")
         bound = None

@@ -84,6 +84,10 @@ def make_plan(test: LoadTest, replay: bool = False) -> Plan:
     return Plan("open", per_user, [Step(users * k, users * k * per_user, seconds) for k in range(1, test.steps + 1)])
 
 
+MAX_RATE = 100_000  # requests/s: beyond any one load generator, and a typo's schedule would not fit in memory
+MAX_SCHEDULED = 5_000_000  # requests in a schedule made up front (about 100 MB of it)
+
+
 def _replay_plan(test: LoadTest) -> Plan:
     """One user replaying a schedule: a trace's, or bursty arrivals at --rate (in --steps equal steps)."""
     what = "--trace" if test.trace is not None else f"--arrivals {test.arrivals.kind}" if test.replays else "--compare"
@@ -105,6 +109,9 @@ def _replay_plan(test: LoadTest) -> Plan:
     if test.rate is None:
         raise ValueError(f"{what} needs --rate (the mean requests/s)")
     plan = make_plan(LoadTest(test.url, duration_s=test.duration_s, rate=test.rate, steps=test.steps))  # checks rate and steps
+    if test.rate * test.duration_s > MAX_SCHEDULED:
+        raise ValueError(f"--rate {test.rate:g} for {test.duration_s:g} s is {test.rate * test.duration_s:,.0f} requests to schedule "
+                         f"up front, more than {MAX_SCHEDULED:,}: lower either")
     return Plan("open", 0.0, [Step(1, s.offered_rate, s.seconds) for s in plan.steps], replay=True)
 
 

@@ -11,11 +11,11 @@ import signal
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from effx_serve.cli.common import checked, positive_float, positive_int, progress_line, table
+from effx_serve.cli.common import checked, port, positive_float, positive_int, progress_line, table
 from effx_serve.core.errors import UserError, missing_extra
 from loadtest import compare, render, runner, summary
-from loadtest.arrivals import ARRIVALS, Arrivals, TraceError, read_trace
-from loadtest.plan import LoadTest, make_plan
+from loadtest.arrivals import ARRIVALS, MAX_SPAN_S, Arrivals, TraceError, read_trace
+from loadtest.plan import MAX_RATE, LoadTest, make_plan
 
 
 def duration(text: str) -> float:
@@ -25,8 +25,8 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a duration such as 30, 30s, 2m or 1h, got '{text}'")
     hours, minutes, seconds = (float(g or 0) for g in parts.groups())
     total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise argparse.ArgumentTypeError(f"must be longer than zero, got '{text}'")
+    if not 0 < total <= MAX_SPAN_S:
+        raise argparse.ArgumentTypeError(f"must be longer than zero and at most a week, got '{text}'")
     return total
 
 
@@ -40,11 +40,16 @@ def _phases(text: str) -> list[str]:
 
 def _url(text: str) -> str:
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in text):
         raise argparse.ArgumentTypeError(f"expected the server's URL such as http://127.0.0.1:8000, got '{text}'")
     return text.rstrip("/")
 
 
+_rate = checked(float, lambda value: 0 < value <= MAX_RATE, "a number of requests/s", f"above 0 and at most {MAX_RATE:,}")
 _count = checked(int, lambda value: value >= 0, "a whole number", "0 or more")
 _fraction = checked(float, lambda value: 0 <= value <= 1, "a number from 0 to 1", "from 0 to 1")
 _above_one = checked(float, lambda value: 1 < value < float("inf"), "a number", "above 1")
@@ -188,7 +193,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--duration", type=duration, help="how long the load runs: 30, 45s, 2m (default: 30s; with --trace: the whole trace)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--users", type=positive_int, help="closed loop: users each sending as soon as answered (default: 8)")
-    load.add_argument("--rate", type=positive_float, help="open loop: requests/s at Poisson arrival times, however slow the answers")
+    load.add_argument("--rate", type=_rate, help="open loop: requests/s at Poisson arrival times, however slow the answers")
     load.add_argument("--trace", metavar="FILE",
                       help="open loop: replay the arrival times of a trace file, one request a line: 'arrival_ms [latency_bound_ms]'")
     p.add_argument("--arrivals", choices=ARRIVALS, default="poisson",
@@ -220,7 +225,7 @@ def add_parsers(sub) -> None:
     workers = p.add_mutually_exclusive_group()
     workers.add_argument("--workers", type=_count, default=0, help="locust worker processes on this machine (master/worker mode)")
     workers.add_argument("--expect-workers", type=_count, default=0, help="run as master and wait for this many workers from other machines")
-    p.add_argument("--master-port", type=positive_int, default=5557, help="the master's port for --expect-workers (default: %(default)s)")
+    p.add_argument("--master-port", type=port, default=5557, help="the master's port for --expect-workers (default: %(default)s)")
     p.add_argument("--no-deadline-header", action="store_true",
                    help="send no Effx-Deadline header: the server then counts each bound from when it reads the request, not from "
                         "when the request was meant to be sent")

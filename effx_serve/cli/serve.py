@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from effx_serve.cli.common import checked, positive_int
+from effx_serve.cli.common import checked, port, positive_int
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
 from effx_serve.core.proc import MAX_NICE, available_cpus, map_large_allocations, stop
@@ -181,7 +181,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--triton-protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--triton-timeout", type=float, default=60.0, help="seconds to wait for Triton to be ready at start (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="listen address; 0.0.0.0 for every interface (default: %(default)s)")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument("--family", help="family served when a request pins none (default: the one for the detected hardware)")
     p.add_argument("--default-policy", choices=POLICIES, default="most_accurate", help="for requests without an SLA (default: %(default)s)")
     p.add_argument("--max-queue", type=positive_int, default=256, help="images waiting per member before 429 (default: %(default)s)")
@@ -191,7 +191,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--costing", choices=COSTINGS, default="device",
                    help="device: expected latency counts every member's work on the device, decoding and the HTTP edge (default); "
                         "member: the member's own queue and profile only (the old costing, to measure the difference)")
-    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default: %(default)s)")
+    p.add_argument("--max-body-mb", type=_megabytes, default=10.0, help="largest request body in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=ServerSettings.max_pixels,
                    help="largest image, width x height, read from its header before decoding (default: %(default)s, 4096 x 4096)")
     p.add_argument("--decode-budget-ms", type=_deadline_ms, default=DispatchSettings.decode_budget_ms,

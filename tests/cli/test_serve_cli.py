@@ -28,7 +28,8 @@ def test_a_missing_repository_is_one_line(tmp_path, capsys):
 def test_bad_flags_are_refused(served_repository, capsys):
     for flag, value in (("--default-deadline-ms", "-1"), ("--head-timeout-s", "0"), ("--body-timeout-s", "nan"), ("--max-bodies-mb", "0"),
                         ("--decode-budget-ms", "0"), ("--switch-interval-ms", "0"), ("--workers", "0"), ("--worker", "junk"),
-                        ("--lane-nice", "20"), ("--lane-nice", "-1"), ("--start-headroom", "-0.5"), ("--start-headroom", "nan")):
+                        ("--lane-nice", "20"), ("--lane-nice", "-1"), ("--start-headroom", "-0.5"), ("--start-headroom", "nan"),
+                        ("--port", "70000"), ("--port", "0"), ("--max-body-mb", "nan"), ("--max-body-mb", "inf"), ("--max-body-mb", "0")):
         with pytest.raises(SystemExit):
             main(["serve", "--repo", str(served_repository), flag, value])
     assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--port", str(free_port())]) == 2

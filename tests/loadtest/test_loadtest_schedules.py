@@ -328,14 +328,24 @@ def _error(capsys, argv) -> str:
     (["--trace", "{bad}"], "effx-serve: error: trace {bad} line 2: arrival_ms 'x' is not a number"),
     (["--trace", "{bad}", "--steps", "2"], "effx-serve: error: trace {bad} line 2"),
     (["--trace", "{good}", "--steps", "2"], "--trace sets the arrival times: it does not go with --steps"),
+    (["--trace", "{far}"], "trace {far} line 2: arrival_ms 1e300 is more than a week after the first request's 0"),
+    (["--rate", "1e9"], "argument --rate: must be above 0 and at most 100,000"),
+    (["--rate", "nan"], "argument --rate: must be above 0"),
+    (["--rate", "100000", "--arrivals", "gamma", "--duration", "1h"], "is 360,000,000 requests to schedule up front, more than 5,000,000"),
+    (["--rate", "5", "--duration", "999999h"], "argument --duration: must be longer than zero and at most a week"),
+    (["--url", "http://127.0.0.1:abc"], "argument --url: expected the server's URL"),
+    (["--url", "http://a b:8000"], "argument --url: expected the server's URL"),
+    (["--url", "http://127.0.0.1:99999"], "argument --url: expected the server's URL"),
+    (["--master-port", "70000"], "argument --master-port: must be from 1 to 65535"),
 ])
 def test_bad_options_are_one_line_errors_before_anything_runs(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     Path("bad.txt").write_text("0\nx\n")
     Path("good.txt").write_text("0\n10\n")
-    paths = {"{bad}": str(tmp_path / "bad.txt"), "{good}": str(tmp_path / "good.txt")}
+    Path("far.txt").write_text("0\n1e300\n")
+    paths = {name: str(tmp_path / f"{name[1:-1]}.txt") for name in ("{bad}", "{good}", "{far}")}
     argv = [paths.get(a, a) for a in argv]
-    assert message.format(bad=paths["{bad}"]) in _error(capsys, argv)
+    assert message.format(bad=paths["{bad}"], far=paths["{far}"]) in _error(capsys, argv)
     assert not Path("unused").exists()
 
 
