@@ -181,9 +181,11 @@ def resolve(recipe_file: str | None, resumed: dict | None, changes: dict[str, An
     (the command's flags; None means not given) on top. A run shortened below its warm-up keeps a proportionate one."""
     if recipe_file:
         try:
-            recipe = Recipe.from_json(Path(recipe_file).read_text())
+            recipe = Recipe.from_json(Path(recipe_file).read_text(encoding="utf-8"))
         except OSError as error:
             raise SpecError(f"--recipe {recipe_file} cannot be read: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"--recipe {recipe_file} is not UTF-8 text (a JSON recipe is)") from None
     else:
         recipe = Recipe.from_dict(resumed.get("recipe")) if resumed else Recipe()
     changes = {key: value for key, value in changes.items() if value is not None}

@@ -36,6 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from training.checkpoint import json_path, read_meta
         from training.loop import train
     out = Path(args.out)
+    if next((p for p in (out, *out.parents) if p.exists()), out).is_file():  # before the images are checked, not after
+        raise UserError(f"--out {out} is (or is inside) a file; give a folder for the checkpoints")
     last = json_path(out, "last")
     saved = read_meta(last) if args.resume and last.exists() else None  # the run being resumed
     if args.arch is None:

@@ -57,6 +57,8 @@ def _check_member(root: Path, name: str, member: dict, data: dict, run_models: b
         config = triton_config.parse(config_path.read_text(encoding="utf-8"), str(config_path))
     except OSError as error:
         return [Problem(str(config_path), f"cannot be read ({error.strerror})")]
+    except UnicodeDecodeError:
+        return [Problem(str(config_path), "is not UTF-8 text")]
     except UserError as error:
         return [Problem(str(config_path), str(error).split(": ", 1)[-1])]
     classes = len(data["dataset"]["labels"])
@@ -71,7 +73,11 @@ def _check_member(root: Path, name: str, member: dict, data: dict, run_models: b
         if got != want:
             found.append(Problem(str(config_path), f"{field} is {got!r}, the manifest says {want!r}"))
     labels_path = folder / "labels.txt"
-    labels = labels_path.read_text(encoding="utf-8").splitlines() if labels_path.is_file() else None
+    try:
+        labels = labels_path.read_text(encoding="utf-8").splitlines() if labels_path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        found.append(Problem(str(labels_path), "cannot be read as UTF-8 text"))
+        labels = data["dataset"]["labels"]  # said above; compared no further
     if labels is None:
         found.append(Problem(str(labels_path), "missing (the classification extension needs it)"))
     elif labels != data["dataset"]["labels"]:

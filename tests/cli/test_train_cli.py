@@ -62,8 +62,12 @@ def test_a_corrupt_image_stops_with_its_path_or_is_skipped_by_flag(demo, tmp_pat
     (["train", "--arch", "efficientnet-b9", "--data", "{data}", "--out", "{tmp}/x"], "efficientnet-b9"),
     (["train", "--arch", "efficientnet-b0", "--data", "{tmp}/missing", "--out", "{tmp}/x"], "missing"),
     (["train", "--arch", "efficientnet-b0", "--data", "{data}", "--out", "{tmp}/x", "--recipe", "{tmp}/none.json"], "cannot be read"),
+    (["train", "--arch", "efficientnet-b0", "--data", "{data}", "--out", "{tmp}/x", "--recipe", "{tmp}/binary.json"], "is not UTF-8 text"),
+    (["train", "--arch", "efficientnet-b0", "--data", "{data}", "--out", "{tmp}/binary.json"], "is (or is inside) a file"),
+    (["train", "--arch", "efficientnet-b0", "--data", "{data}", "--out", "{tmp}/binary.json/run"], "is (or is inside) a file"),
 ])
 def test_train_bad_input(argv, message, demo, tmp_path, capsys):
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00{}")
     argv = [a.format(data=demo, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err

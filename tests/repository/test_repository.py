@@ -189,6 +189,8 @@ def test_swap_replaces_the_whole_tree(tmp_path):
     (lambda r: (r / "tiny-f-b0" / "config.pbtxt").write_text("name: \"tiny-f-b0\"\nmax_batch_size: lots\n"), "config.pbtxt"),
     (lambda r: (r / "tiny-f-b1" / "config.pbtxt").write_text((r / "tiny-f-b1" / "config.pbtxt").read_text().replace("dims: 10", "dims: 11")), "output"),
     (lambda r: (r / "tiny-f-b0" / "labels.txt").write_text("a\nb\n"), "labels"),
+    (lambda r: (r / "tiny-f-b0" / "labels.txt").write_bytes(b"\xff\xfe\x00junk"), "labels.txt: cannot be read as UTF-8 text"),
+    (lambda r: (r / "tiny-f-b1" / "config.pbtxt").write_bytes(b"\xff\xfe\x00junk"), "config.pbtxt: is not UTF-8 text"),
     (lambda r: shutil.rmtree(r / "tiny-f-b1"), "missing: the manifest lists this member"),
     (lambda r: (r / "stray").mkdir(), "not in the manifest"),
     (lambda r: (r / "manifest.json").write_text("{"), "not JSON"),
