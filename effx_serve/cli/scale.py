@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from effx_serve.cli.common import positive_float, positive_int, progress_lines, require_training, table
+from effx_serve.cli.common import checked, positive_float, positive_int, progress_lines, require_training, reward_exponent, table
 from effx_serve.core.errors import UserError
 from effx_serve.hardware.detect import detect
 from effx_serve.hardware.machine import this_machine
@@ -17,6 +17,10 @@ from search.scaling.job import LacsSettings, run
 from search.scaling.lacs import DEFAULT_PHIS, Coefficients, family, member_row
 from training.arch.presets import PRESETS, load_spec
 from training.errors import SpecError
+
+_grid_step = checked(float, lambda value: 0.01 <= value <= 0.5, "a number", "from 0.01 to 0.5")
+_fine_step = checked(float, lambda value: value == 0 or 0.005 <= value <= 0.5, "a number", "0 (no finer grid) or from 0.005 to 0.5")
+_tolerance = checked(float, lambda value: 0 < value <= 1, "a number", "above 0 and at most 1")
 
 
 def cmd_family(args: argparse.Namespace) -> int:
@@ -145,12 +149,12 @@ def add_parsers(sub) -> None:
                    "data's image size and this hardware, 0.5 on a CPU)")
     p.add_argument("--depth", type=positive_float, help="the base's depth multiplier (default: a spec's own; for a preset, 0.34 on a CPU)")
     p.add_argument("--resolution", type=positive_int, help="base resolution (default: a spec's own; for a preset, from the data's images)")
-    p.add_argument("--grid-step", type=float, default=0.1)
-    p.add_argument("--tolerance", type=float, default=0.1, help="allowed |alpha beta^2 gamma^2 - 2| (default 0.1)")
-    p.add_argument("--fine-step", type=float, default=0.05, help="finer grid around the best triplets (0: none)")
+    p.add_argument("--grid-step", type=_grid_step, default=0.1)
+    p.add_argument("--tolerance", type=_tolerance, default=0.1, help="allowed |alpha beta^2 gamma^2 - 2| (default 0.1)")
+    p.add_argument("--fine-step", type=_fine_step, default=0.05, help="finer grid around the best triplets (0: none)")
     p.add_argument("--top-k", type=positive_int, default=2)
-    p.add_argument("--w", type=float, default=-0.07, help="latency exponent of the reward (MnasNet: -0.07)")
-    p.add_argument("--target-ms", type=float, help="latency target T (default: the base at phi 1 with EfficientNet's coefficients)")
+    p.add_argument("--w", type=reward_exponent, default=-0.07, help="latency exponent of the reward (MnasNet: -0.07)")
+    p.add_argument("--target-ms", type=positive_float, help="latency target T (default: the base at phi 1 with EfficientNet's coefficients)")
     p.add_argument("--epochs", type=positive_int, default=2, help="proxy training epochs per triplet")
     p.add_argument("--subset-stride", type=positive_int, default=1, help="proxy-train on every N-th training image")
     p.add_argument("--noise-repeats", type=int, default=LacsSettings.noise_repeats, choices=range(0, 11), metavar="N",

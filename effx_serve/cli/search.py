@@ -7,15 +7,13 @@ import json
 import time
 from pathlib import Path
 
-from effx_serve.cli.common import checked, positive_float, positive_int, progress_lines, require_training
+from effx_serve.cli.common import positive_float, positive_int, progress_lines, require_training, reward_exponent
 from effx_serve.core.errors import UserError, needs_extra
 from effx_serve.hardware.detect import detect
 from effx_serve.perf.measure import RUNTIMES
 from search.nas.controllers import CONTROLLERS
 from search.nas.space import SearchSpace
 from search.noise import MAX_REPEATS, seeds_at_most
-
-_exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")
 
 # the options that define a search (SearchConfig fields): a resumed search keeps them
 SEARCH_OPTIONS = ("controller", "seed", "population", "sample_size", "rl_update", "target_ms", "alpha", "beta", "width", "depth",
@@ -143,8 +141,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--sample-size", type=positive_int, help="evolution's tournament size (default 4)")
     p.add_argument("--rl-update", choices=("reinforce", "ppo"), help="the RL controller's policy update (default reinforce)")
     p.add_argument("--target-ms", type=positive_float, help="latency target T (default: EfficientNet-B0 at the search's scaling)")
-    p.add_argument("--alpha", type=_exponent, help="reward exponent at or below T (default -0.07)")
-    p.add_argument("--beta", type=_exponent, help="reward exponent above T (default -0.07)")
+    p.add_argument("--alpha", type=reward_exponent, help="reward exponent at or below T (default -0.07)")
+    p.add_argument("--beta", type=reward_exponent, help="reward exponent above T (default -0.07)")
     p.add_argument("--width", type=positive_float, help="width multiplier every candidate is built at (default: from the data and "
                    "the hardware, 0.5 on a CPU, 1 on a GPU or TPU)")
     p.add_argument("--depth", type=positive_float, help="depth multiplier every candidate is built at (default: 0.34 on a CPU, 1 on "

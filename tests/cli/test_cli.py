@@ -54,6 +54,16 @@ def test_a_finalist_limit_out_of_range_is_a_usage_error_naming_it(value, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, value", [("--grid-step", "1e-7"), ("--fine-step", "0.001"), ("--tolerance", "nan"), ("--w", "5"),
+                                           ("--w", "nan"), ("--target-ms", "-1")])
+def test_a_lacs_option_out_of_range_is_a_usage_error_naming_it(option, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["lacs", "--base", "efficientnet-b0", "--data", str(tmp_path), "--out", str(tmp_path / "out"), option, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {option}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_console_script_is_installed():
     bin_dir = sys.executable.rsplit("/", 1)[0]
     result = subprocess.run([f"{bin_dir}/effx-serve", "models", "--family", "efficientnet-x"], capture_output=True, text=True, check=False)

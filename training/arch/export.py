@@ -38,6 +38,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, opse
         raise SpecError(f"ONNX output path {path} is a directory; give a file name such as {path / 'model.onnx'}")
     if opset < DEFAULT_OPSET:
         raise SpecError(f"opset {opset} is too old: the exporter writes opset {DEFAULT_OPSET} or later")
+    import onnx
+
+    if opset > onnx.defs.onnx_opset_version():
+        raise SpecError(f"opset {opset} is newer than this onnx {onnx.__version__} knows (at most {onnx.defs.onnx_opset_version()})")
     model = model.eval()
     example = torch.randn(2, 3, resolution, resolution)
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -49,9 +53,19 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, opse
             logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
             torch.onnx.export(model, (example,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
                               dynamo=True, external_data=False, dynamic_shapes={"x": {0: batch}}, verbose=False)
+            written = _opset_of(tmp)
+            if written != opset:  # the exporter falls back to its own opset when it cannot convert, and says so only in a log
+                raise SpecError(f"the exporter could not write opset {opset} (it wrote {written}); use --opset {DEFAULT_OPSET}")
     except OSError as error:  # the folder cannot be made or written, the disk is full: the target is as it was
         raise SpecError(f"cannot write {path}: {error.strerror or error}") from None
     return path
+
+
+def _opset_of(path: str | os.PathLike) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
 def check_onnx(path: str | os.PathLike, model: nn.Module, resolution: int, batches=(1, 3), tolerance: float = 1e-4, seed: int = 0) -> list[ExportCheck]:

@@ -31,6 +31,8 @@ def test_grid_obeys_the_constraint_and_the_step():
     assert len(finer) > len(grid)
     with pytest.raises(SpecError, match="grid step"):
         coefficient_grid(step=0)
+    with pytest.raises(SpecError, match=r"grid step must be in \[0.01, 0.5\]"):
+        coefficient_grid(step=1e-7)
     with pytest.raises(SpecError, match="no \\(alpha, beta, gamma\\)"):
         coefficient_grid(step=0.5, tolerance=0.01, target=1.3)
 

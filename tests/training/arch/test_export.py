@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from effx_serve.cli import main
+from training.arch import export
 from training.arch.export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
 from training.arch.model import build_model
 from training.arch.presets import get_preset
@@ -55,3 +56,13 @@ def test_export_command(tmp_path, capsys):
 def test_exported_file_is_readable_by_other_users(tmp_path):
     path = export_onnx(build_model(get_preset("efficientnet-b0", width=0.25, depth=0.3, num_classes=3)), tmp_path / "m.onnx", 32)
     assert path.stat().st_mode & 0o044 == 0o044
+
+
+def test_an_opset_the_exporter_cannot_write_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
+    model = build_model(get_preset("efficientnet-b0", width=0.25, depth=0.3, num_classes=3))
+    with pytest.raises(SpecError, match="is newer than this onnx"):
+        export_onnx(model, tmp_path / "m.onnx", 32, opset=1000)
+    monkeypatch.setattr(export, "_opset_of", lambda path: 18)  # as when the exporter cannot convert and falls back to its own
+    with pytest.raises(SpecError, match="could not write opset 21 \\(it wrote 18\\)"):
+        export_onnx(model, tmp_path / "m.onnx", 32, opset=21)
+    assert list(tmp_path.iterdir()) == []
