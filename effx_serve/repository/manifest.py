@@ -9,6 +9,7 @@ path, e.g. ``$.members['b0'].accuracy.top1: 1.5 is greater than the maximum of 1
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,14 @@ def _path(parts) -> str:
                          for part in parts)
 
 
+def _non_finite(data: Any, parts: tuple = ()) -> list[str]:
+    """Python reads NaN and Infinity as JSON numbers, and every bound in a schema lets NaN through."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"{_path(parts)}: {data} is not a number JSON allows"]
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    return [problem for key, value in items for problem in _non_finite(value, (*parts, key))]
+
+
 def problems(data: Any) -> list[str]:
     """Every violation, each as '<json path>: <message>', schema violations first (in document order)."""
     from jsonschema import Draft202012Validator
@@ -42,6 +51,7 @@ def problems(data: Any) -> list[str]:
     validator = Draft202012Validator(schema())
     found = [f"{_path(error.absolute_path)}: {error.message}"
              for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])]
+    found += _non_finite(data)
     if found:
         return found
     members = data["members"]

@@ -67,6 +67,8 @@ def changed(path, value):
     (("members", "m-b0", "model", "input", "dims"), [3, 64, 64], "is not [3, resolution, resolution]"),
     (("members", "m-b0", "model", "path"), "other/1/model.onnx", "is not inside the member's folder"),
     (("members", "m-b0", "latency", 0, "p99_ms"), 1.1, "p50 <= p90 <= p99"),
+    (("members", "m-b0", "accuracy", "top1"), float("nan"), "$.members['m-b0'].accuracy.top1: nan is not a number JSON allows"),
+    (("members", "m-b0", "latency", 0, "p99_ms"), float("inf"), "$.members['m-b0'].latency[0].p99_ms: inf is not a number JSON allows"),
 ])
 def test_violations_are_reported_with_their_path(path, value, message):
     with pytest.raises(manifest.ManifestError) as error:
