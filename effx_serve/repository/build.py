@@ -86,6 +86,8 @@ def find_members(family: dict, checkpoints: Path, family_file: Path, trained_onl
             state = "an unfinished run" if json_path(folder, "last").exists() else "no checkpoint"
             raise UserError(f"member {spec.name} of {family_file} has {state} in {folder} (no final.json); train it with 'effx-serve build-family'")
         meta = read_meta(final)
+        if not isinstance(meta.get("spec"), dict) or not isinstance(meta.get("weights"), dict):
+            raise UserError(f"checkpoint {final} is not a finished training run's (no spec or weights); train member {spec.name} again")
         trained = ModelSpec.from_dict(meta["spec"])
         if (trained.arch_hash(), trained.resolution) != (spec.arch_hash(), spec.resolution):
             raise UserError(f"checkpoint {final} is of another model than member {spec.name} of {family_file} "
@@ -93,8 +95,9 @@ def find_members(family: dict, checkpoints: Path, family_file: Path, trained_onl
         labels_file = folder / "labels.txt"
         try:
             labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except OSError as error:
-            raise UserError(f"{labels_file} cannot be read ({error.strerror}); it names the classes of member {spec.name}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            cause = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise UserError(f"{labels_file} cannot be read ({cause}); it names the classes of member {spec.name}") from None
         if len(labels) != trained.num_classes:
             raise UserError(f"{labels_file} lists {len(labels)} labels but member {spec.name} has {trained.num_classes} classes")
         members.append(Member(spec.name, float(entry.get("phi", 0.0)), trained, final, meta, labels))

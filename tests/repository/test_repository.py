@@ -1,5 +1,6 @@
 """build-repo and check-repo on a tiny trained family: export, profile, config, manifest, atomic swap, reuse."""
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from effx_serve.repository import build as repo_build
 from effx_serve.repository import manifest, triton_config
 from effx_serve.repository.check import check_repository
 from tests.helpers import build, measure_quickly, triton_or_skip
+from training.checkpoint import FORMAT_VERSION
 
 pytestmark = pytest.mark.usefixtures("quick_ceilings")
 
@@ -236,6 +238,24 @@ def test_bad_inputs_to_build_repo(tiny_family, built, tmp_path, capsys):
         assert main(["build-repo", *argv]) == 2
         assert message in capsys.readouterr().err
     assert (project / "src" / "code.py").read_text() == "keep me"
+    data = json.loads(family.read_text())
+    for change, message in ((lambda d: d.pop("hardware"), "names no hardware"), (lambda d: d["members"][0].update(phi="abc"), "has phi 'abc'")):
+        broken = copy.deepcopy(data)
+        change(broken)
+        (tmp_path / "broken.json").write_text(json.dumps(broken))
+        assert main(["build-repo", "--family", str(tmp_path / "broken.json"), "--checkpoints", str(checkpoints), "--out", str(tmp_path / "r")]) == 2
+        assert message in capsys.readouterr().err
+    member = sorted(p.name for p in checkpoints.iterdir())[0]
+    for damage, message in (("labels.txt", "not UTF-8 text"), ("final.json", "is not a finished training run's")):
+        copied = tmp_path / f"damaged-{damage}"
+        shutil.copytree(checkpoints, copied)
+        if damage == "labels.txt":
+            (copied / member / "labels.txt").write_bytes(b"\xff\xfe\x00")
+        else:
+            (copied / member / "final.json").write_text(json.dumps({"format_version": FORMAT_VERSION}))
+        assert main(["build-repo", "--family", str(family), "--checkpoints", str(copied), "--out", str(tmp_path / "r")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
     empty = tmp_path / "empty"
     (empty / "tiny-f-b0").mkdir(parents=True)
     assert main(["build-repo", "--family", str(family), "--checkpoints", str(empty), "--out", str(tmp_path / "r")]) == 2

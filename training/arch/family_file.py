@@ -20,9 +20,14 @@ def read_family(path: Path) -> dict:
     data = read_json(path, "family file", SpecError)
     if not isinstance(data, dict) or data.get("family_version") != FAMILY_VERSION or not isinstance(data.get("members"), list):
         raise SpecError(f"family file {path} is not a version-{FAMILY_VERSION} family (made by 'effx-serve lacs')")
+    if not isinstance(data.get("hardware"), str):
+        raise SpecError(f"family file {path} names no hardware it was searched for (\"hardware\": an id such as cpu-amd-epyc)")
     for index, member in enumerate(data["members"]):
         try:
             ModelSpec.from_dict(member["spec"])
         except (KeyError, TypeError) as error:
             raise SpecError(f"family file {path}: member {index} has no spec ({error})") from None
+        phi = member.get("phi", 0.0)
+        if isinstance(phi, bool) or not isinstance(phi, int | float):
+            raise SpecError(f"family file {path}: member {index} has phi {phi!r}; a number is expected")
     return data
