@@ -21,6 +21,8 @@ SCHEMA_VERSION = 1
 # Far beyond any useful model, low enough that an absurd spec is refused rather than overflowing or hanging.
 MAX_MULTIPLIER = 16.0
 MAX_RESOLUTION = 4096
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; past this a number is a typo whose classifier would not fit in memory
+MAX_FILTERS = 16_384
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -148,11 +150,12 @@ def _global_problem(spec: ModelSpec) -> str | None:
         (8 <= spec.resolution <= MAX_RESOLUTION, f"resolution must be in [8, {MAX_RESOLUTION}], got {spec.resolution}"),
         (0 <= spec.dropout < 1, f"dropout must be in [0, 1), got {spec.dropout}"),
         (0 <= spec.drop_connect < 1, f"drop_connect must be in [0, 1), got {spec.drop_connect}"),
-        (spec.se_coefficient > 0, f"se_coefficient must be positive, got {spec.se_coefficient}"),
+        (0 < spec.se_coefficient <= MAX_MULTIPLIER, f"se_coefficient must be in (0, {MAX_MULTIPLIER}], got {spec.se_coefficient}"),
         (spec.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}, got {spec.activation!r}"),
-        (spec.num_classes >= 1, f"num_classes must be at least 1, got {spec.num_classes}"),
-        (spec.stem_filters >= 1 and spec.head_filters >= 1, "stem_filters and head_filters must be positive"),
-        (spec.depth_divisor >= 1, f"depth_divisor must be at least 1, got {spec.depth_divisor}"),
+        (1 <= spec.num_classes <= MAX_CLASSES, f"num_classes must be in [1, {MAX_CLASSES}], got {spec.num_classes}"),
+        (1 <= min(spec.stem_filters, spec.head_filters) and max(spec.stem_filters, spec.head_filters) <= MAX_FILTERS,
+         f"stem_filters and head_filters must be in [1, {MAX_FILTERS}]"),
+        (1 <= spec.depth_divisor <= MAX_FILTERS, f"depth_divisor must be in [1, {MAX_FILTERS}], got {spec.depth_divisor}"),
         (0 < spec.bn_momentum < 1, f"bn_momentum must be in (0, 1) (PyTorch convention), got {spec.bn_momentum}"),
         (spec.bn_epsilon > 0, f"bn_epsilon must be positive, got {spec.bn_epsilon}"),
     ]
