@@ -311,7 +311,7 @@ def generate_demo_data(
     given, is called with (images written, images in all).
     """
     _check_arguments(size, seed, image_size, val_fraction)
-    out = Path(out)
+    out = Path(out).resolve()  # '.' has no name to put the hidden folder beside: it went inside, and the error blamed the folder
     val_per_class = max(1, round(size * val_fraction))
     meta = _metadata(seed, image_size, size, val_per_class)
     started = time.perf_counter()

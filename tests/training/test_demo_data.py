@@ -136,6 +136,14 @@ def test_refuses_a_folder_of_other_data(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["photos"]
 
 
+def test_the_current_folder_when_empty_is_written(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    summary = generate_demo_data(".", **SMALL)
+    assert summary["path"] == str(tmp_path / "here") and (tmp_path / "here" / "train").is_dir()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["here"]  # no hidden folder left beside it
+
+
 def test_refuses_a_demo_dataset_with_other_parameters(tmp_path):
     out = tmp_path / "demo"
     generate_demo_data(out, **SMALL)
