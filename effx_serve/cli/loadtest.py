@@ -232,6 +232,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds before a request counts as failed (default: %(default)s)")
     p.add_argument("--ready-timeout", type=positive_float, default=30.0, help="seconds to wait for the server's /readyz (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report", required=True, help="folder for the report (replaced whole when the run ends)")
+    p.add_argument("--report", required=True, help="folder for the report (replaced whole when the run ends: an existing one must be empty or a previous report)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     p.set_defaults(func=cmd_loadtest)
