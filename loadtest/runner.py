@@ -37,9 +37,13 @@ DRAIN_S = 4.0  # zero users after the last step: answers in flight arrive and wo
 REPLAY_MAX_PENDING = 256  # requests in flight the one user replaying a schedule may have (a Poisson user: 64)
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON number")  # the report, written as strict JSON, could not hold it
+
+
 def _get_json(url: str, timeout_s: float) -> dict:
     with urllib.request.urlopen(url, timeout=timeout_s) as answer:
-        return json.load(answer)
+        return json.load(answer, parse_constant=_not_json)
 
 
 def preflight(test: LoadTest, target: dict) -> list[str]:

@@ -113,7 +113,8 @@ class _FakeServer(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        routes = {"/readyz": {"status": "ready"}, "/v1/models": {"members": []} if self.mode == "no-models" else self.MODELS, "/v1/hardware": {"hardware": {"id": "fake"}},
+        models = {"no-models": {"members": []}, "nan": {**self.MODELS, "members": [{**self.MODELS["members"][0], "accuracy": float("nan")}]}}
+        routes = {"/readyz": {"status": "ready"}, "/v1/models": models.get(self.mode, self.MODELS), "/v1/hardware": {"hardware": {"id": "fake"}},
                   "/metrics": b"# no metrics\n"}
         self._send(200 if self.path in routes else 404, routes.get(self.path, {"detail": "no"}))
 
@@ -170,6 +171,14 @@ def test_a_server_without_the_models_list_is_named_before_any_load(fake_server, 
     report = read_report(folder)
     assert "GET /v1/models" in report["problems"][0] and "families" in report["problems"][0]
     assert report["server_metrics"]["reason"] == "the load did not run" and not (folder / "raw" / "locust.log").exists()
+
+
+@pytest.mark.parametrize("fake_server", ["nan"], indirect=True)
+def test_a_models_list_with_nan_is_named_and_the_report_still_written(fake_server, tmp_path):
+    folder = tmp_path / "nan"
+    assert main(["loadtest", "--url", fake_server, "--duration", "30", "--report", str(folder)]) == 1
+    assert "NaN is not a JSON number" in read_report(folder)["problems"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan"]  # no staging folder left behind
 
 
 @pytest.mark.parametrize("fake_server", ["ok"], indirect=True)
