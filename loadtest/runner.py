@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from effx_serve.core import atomic_dir, proc
+from effx_serve.core.errors import UserError
 from effx_serve.hardware.ids import cpu_model_name
 from loadtest import prom, render, scenarios, summary
 from loadtest.arrivals import Schedule
@@ -252,10 +253,13 @@ def open_report(report_dir: Path) -> Path:
     """A fresh staging folder (with raw/) beside `report_dir`, which `close_report` swaps in whole."""
     refusal = atomic_dir.replace_refusal(report_dir, "report.json")
     if refusal:
-        raise FileExistsError(f"--report {report_dir} {refusal}; give a new or empty folder, or a previous report's")
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    atomic_dir.recover(report_dir)
-    staging = atomic_dir.staging_dir(report_dir)
+        raise UserError(f"--report {report_dir} {refusal}; give a new or empty folder, or a previous report's")
+    try:
+        report_dir.parent.mkdir(parents=True, exist_ok=True)
+        atomic_dir.recover(report_dir)
+        staging = atomic_dir.staging_dir(report_dir)
+    except OSError as error:
+        raise UserError(f"--report {report_dir}: cannot write beside it ({error.strerror or error})") from None
     (staging / "raw").mkdir()
     return staging
 

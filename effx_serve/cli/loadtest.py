@@ -172,8 +172,6 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             report = compare.run(test, comparison, folder, command, progress)
         else:
             report = runner.run(test, folder, command, progress)
-    except FileExistsError as error:  # the report folder holds something a report must not replace
-        raise UserError(str(error)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.json:

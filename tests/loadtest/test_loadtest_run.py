@@ -90,6 +90,8 @@ def test_a_report_folder_that_is_not_a_previous_report_is_left_alone(tmp_path, m
     assert (precious / inside).read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
     monkeypatch.chdir(precious)  # '.' and '..' are folders of other things too
     assert [main(["loadtest", "--url", "http://127.0.0.1:9", "--report", relative]) for relative in (".", "..")] == [2, 2]
+    assert main(["loadtest", "--url", "http://127.0.0.1:9", "--report", f"{inside}/report"]) == 2  # beside a file
+    assert "cannot write beside it" in capsys.readouterr().err
     assert (precious / inside).read_text() == "keep me"
 
 
