@@ -342,7 +342,6 @@ def run(test: LoadTest, comparison: Comparison, report_dir: Path, command: str, 
     """Calibrate, make the schedule, run every phase, and write the comparison report; returns it ("status": pass or fail)."""
     test = replace(test, url=test.url.rstrip("/"))
     comparison = replace(comparison, other_url=comparison.other_url and comparison.other_url.rstrip("/"))
-    report_dir = report_dir.resolve()  # '.' and '..' have no name to put a staging folder beside
     staging = runner.open_report(report_dir)
     raw = staging / "raw"
     started = time.time()

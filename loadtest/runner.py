@@ -194,7 +194,6 @@ def arrivals_report(test: LoadTest) -> dict:
 def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lambda done, total: None) -> dict:
     """Run the whole load test and write the report folder; returns the report (its "status" says pass or fail)."""
     test = replace(test, url=test.url.rstrip("/"))  # locust joins host and path as strings: no '//v1/classify'
-    report_dir = report_dir.resolve()  # '.' and '..' have no name to put a staging folder beside
     staging = open_report(report_dir)
     raw = staging / "raw"
     started = time.time()
@@ -255,9 +254,7 @@ def open_report(report_dir: Path) -> Path:
     if refusal:
         raise UserError(f"--report {report_dir} {refusal}; give a new or empty folder, or a previous report's")
     try:
-        report_dir.parent.mkdir(parents=True, exist_ok=True)
-        atomic_dir.recover(report_dir)
-        staging = atomic_dir.staging_dir(report_dir)
+        staging = atomic_dir.begin(report_dir)
     except OSError as error:
         raise UserError(f"--report {report_dir}: cannot write beside it ({error.strerror or error})") from None
     (staging / "raw").mkdir()

@@ -35,6 +35,15 @@ def replace_refusal(target: Path, marker: str, files_kept: bool = False) -> str 
     return f"holds other things ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}) and no {marker}"
 
 
+def begin(target: Path) -> Path:
+    """Ready a build of `target`: its parent made, what killed builds left undone, and a fresh staging folder beside it.
+    `target` may be '.' or '..': the staging folder is named after the resolved path's last part."""
+    target = target.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover(target)
+    return staging_dir(target)
+
+
 def staging_dir(target: Path) -> Path:
     """A fresh, empty staging folder beside `target` (same file system, so the swap is a rename)."""
     path = target.with_name(f".{target.name}.build-{os.getpid()}")
@@ -71,6 +80,7 @@ def sync_tree(root: Path) -> None:
 
 def swap_in(staging: Path, target: Path) -> None:
     """Make `staging` the new `target`; the old tree is deleted once nothing can need it."""
+    target = target.resolve()  # as `begin` named the staging folder; '.' cannot be renamed onto
     sync_tree(staging)
     if not target.exists():
         os.rename(staging, target)

@@ -195,7 +195,6 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
     refusal = atomic_dir.replace_refusal(out, MANIFEST_FILE, files_kept=True)
     if refusal:
         raise UserError(f"--out {out} {refusal}; give a new or empty folder, or a previous repository")
-    out = out.resolve()  # '.' and '..' have no name to put a staging folder beside
     if 1 not in settings.batches:
         raise UserError("--batches must include 1 (the batching plan and the router start from it)")
     target = settings.target or machine.hardware_id
@@ -204,9 +203,7 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
     family = read_family(family_file)
     members = find_members(family, checkpoints, family_file, trained_only=partial_of is not None)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_dir.recover(out)
-        staging = atomic_dir.staging_dir(out)
+        staging = atomic_dir.begin(out)
     except OSError as error:
         raise UserError(f"cannot write beside {out}: {error.strerror or error} ({error.filename}); choose another --out") from None
     previous = _previous(out)

@@ -80,6 +80,14 @@ def test_a_bad_scenario_writes_a_report_naming_the_known_ones(tmp_path):
     assert not (folder / "stale.txt").exists()  # a previous report is replaced whole
 
 
+def test_the_current_folder_when_empty_takes_the_report(tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)  # '.' has no name of its own: the staging folder goes beside the resolved path
+    assert main(["loadtest", "--url", "http://127.0.0.1:9", "--scenario", "nope", "--report", "."]) == 1
+    assert "unknown scenario" in read_report(here)["problems"][0] and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
 @pytest.mark.parametrize("inside", ["notes.txt", "sub/data.txt"])
 def test_a_report_folder_that_is_not_a_previous_report_is_left_alone(tmp_path, monkeypatch, capsys, inside):
     precious = tmp_path / "precious"
