@@ -77,11 +77,11 @@ def _check_member(root: Path, name: str, member: dict, data: dict, run_models: b
         labels = labels_path.read_text(encoding="utf-8").splitlines() if labels_path.is_file() else None
     except (OSError, UnicodeDecodeError):
         found.append(Problem(str(labels_path), "cannot be read as UTF-8 text"))
-        labels = data["dataset"]["labels"]  # said above; compared no further
-    if labels is None:
-        found.append(Problem(str(labels_path), "missing (the classification extension needs it)"))
-    elif labels != data["dataset"]["labels"]:
-        found.append(Problem(str(labels_path), f"{len(labels)} labels that differ from the manifest's {classes}"))
+    else:
+        if labels is None:
+            found.append(Problem(str(labels_path), "missing (the classification extension needs it)"))
+        elif labels != data["dataset"]["labels"]:
+            found.append(Problem(str(labels_path), f"{len(labels)} labels that differ from the manifest's {classes}"))
     model_path = root / member["model"]["path"]
     if not model_path.is_file():
         return [*found, Problem(str(model_path), "missing")]

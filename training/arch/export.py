@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -38,8 +39,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, opse
         raise SpecError(f"ONNX output path {path} is a directory; give a file name such as {path / 'model.onnx'}")
     if opset < DEFAULT_OPSET:
         raise SpecError(f"opset {opset} is too old: the exporter writes opset {DEFAULT_OPSET} or later")
-    import onnx
-
     if opset > onnx.defs.onnx_opset_version():
         raise SpecError(f"opset {opset} is newer than this onnx {onnx.__version__} knows (at most {onnx.defs.onnx_opset_version()})")
     model = model.eval()
@@ -62,8 +61,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, opse
 
 
 def _opset_of(path: str | os.PathLike) -> int | None:
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
 
