@@ -4,16 +4,18 @@ import asyncio
 import contextlib
 import math
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from effx_serve.core import proc
 from effx_serve.core.errors import UserError
-from effx_serve.repository import manifest, triton_local
+from effx_serve.repository import manifest, triton_config, triton_local
 from effx_serve.serve import catalog
 from effx_serve.serve.backends.base import BackendLate, BackendUnavailable
 from effx_serve.serve.backends.triton import TritonBackend
+from effx_serve.serve.errors import Overloaded
 from tests.helpers import build, measure_quickly, triton_or_skip
 
 
@@ -105,6 +107,63 @@ def test_a_batch_whose_deadline_passes_in_tritons_queue_is_dropped_as_late_not_a
             await backend.close()
 
     asyncio.run(scenario())
+
+
+def test_a_flood_beyond_tritons_queue_is_refused_for_the_load_and_the_backend_stays_up(members, triton):
+    """More requests at once than a model's queue holds (gRPC sends them all): the ones beyond it are refused as the load
+    (429 `limit`), as are any that outwait the default queue timeout on a slow machine; none marks the backend down."""
+    member = members[-1]
+
+    async def scenario():
+        backend = TritonBackend(triton.grpc_url, "grpc", runtime="onnxruntime", ready_timeout_s=30, poll_interval_s=0.2)
+        await backend.start(members)
+        try:
+            batch = images(member, 1)
+            outcomes = await asyncio.gather(*(backend.infer(member, batch) for _ in range(2 * triton_config.MAX_QUEUE_SIZE)),
+                                            return_exceptions=True)
+            problem = backend.problem()
+            after = await backend.infer(member, batch)
+            return outcomes, problem, after
+        finally:
+            await backend.close()
+
+    outcomes, problem, after = asyncio.run(scenario())
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert all(isinstance(o, Overloaded) and o.reason == "limit" for o in refused), {type(o).__name__: str(o) for o in refused}
+    assert any("queue for" in str(o) and "is full" in str(o) for o in refused)
+    assert problem is None and after.shape == (1, len(member.labels))
+
+
+@pytest.mark.parametrize("message", ["Exceeds maximum queue size", "Request timeout expired"])
+def test_tritons_queue_policy_refusing_a_batch_without_a_bound_is_the_load_not_a_failure(message):
+    """What a full queue or the default queue timeout answers (no per-request timeout set) is a 429 for that batch alone;
+    any other error still marks the backend down."""
+
+    class Refusing:
+        def __init__(self, error):
+            self.error = error
+
+        async def infer(self, *args, **kwargs):
+            raise self.error
+
+    class Module:
+        InferInput = mock.MagicMock()
+        InferRequestedOutput = mock.MagicMock()
+
+    member = mock.MagicMock(input_name="images", output_name="logits")
+    member.name = "m"
+
+    async def outcome(error):
+        backend = TritonBackend("127.0.0.1:1", "grpc", runtime="onnxruntime")
+        backend._client, backend._module, backend._problem = Refusing(error), Module, None
+        with pytest.raises(Exception) as raised:
+            await backend.infer(member, np.zeros((1, 3, 8, 8), np.float32))
+        return raised.value, backend.problem()
+
+    refused, problem = asyncio.run(outcome(RuntimeError(message)))
+    assert isinstance(refused, Overloaded) and refused.reason == "limit" and problem is None
+    failed, problem = asyncio.run(outcome(RuntimeError("model crashed")))
+    assert isinstance(failed, BackendUnavailable) and "model crashed" in problem
 
 
 def test_the_repository_configs_carry_the_routers_queue_policy(members):

@@ -4,7 +4,8 @@ Triton holds the models (the repository's config.pbtxt files), so start() only w
 and every member are ready. A background poll then watches the server's health and reads its
 statistics, because Triton queues requests on its own (dynamic batching) and the router must add that
 queue time to its expected latencies. A failed request marks the backend unhealthy at once (the app
-answers 503); the next poll that finds Triton ready again restores it.
+answers 503); the next poll that finds Triton ready again restores it. Triton's queue policy refusing a
+request (its queue full, or a queue timeout) is the load, not a failure: that request alone is refused.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import time
 import numpy as np
 
 from effx_serve.core.errors import UserError
+from effx_serve.repository import triton_config
 from effx_serve.serve.backends.base import BackendLate, BackendUnavailable
 from effx_serve.serve.catalog import Member
+from effx_serve.serve.errors import Overloaded
 
 PROTOCOLS = ("http", "grpc")
 CALL_TIMEOUT_S = 5.0  # health and statistics calls: a hung server must not stall the poll
+QUEUE_FULL = "Exceeds maximum queue size"  # Triton's answer when a model's queue is at its max_queue_size (gRPC: UNAVAILABLE)
 MAX_RECONNECT_BACKOFF_MS = 1000  # gRPC: retry a lost server soon, so recovery is seen within a poll or two
 
 
@@ -164,8 +168,14 @@ class TritonBackend:
             if logits is None:
                 raise ValueError(f"the answer has no output {member.output_name}")
         except Exception as error:  # noqa: BLE001 - connection, protocol and server errors all mean Triton cannot serve
-            if timeout_us is not None and _timed_out(error):
-                raise BackendLate(f"Triton dropped {member.name}'s batch: its deadline passed in the queue") from error
+            # Triton's queue policy at work is the load, not a failure: the backend stays healthy for every other request.
+            if _timed_out(error):
+                if timeout_us is not None:
+                    raise BackendLate(f"Triton dropped {member.name}'s batch: its deadline passed in the queue") from error
+                raise Overloaded(f"Triton dropped {member.name}'s batch after its default queue timeout "
+                                 f"({triton_config.DEFAULT_TIMEOUT_US / 1e6:g} s): it is overloaded; retry later", 1.0) from error
+            if QUEUE_FULL in self._cause(error):
+                raise Overloaded(f"Triton's queue for {member.name} is full ({triton_config.MAX_QUEUE_SIZE} requests); retry later", 1.0) from error
             self._failures += 1
             self._problem = f"Triton at {self.url} {'is unreachable' if self._unreachable(error) else 'failed'}: {self._cause(error)}"
             raise BackendUnavailable(f"Triton at {self.url} could not run {member.name}: {self._cause(error)}") from error
