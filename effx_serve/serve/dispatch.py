@@ -12,8 +12,9 @@ Expected end-to-end latency of a request on member m, counted from its arrival (
   runs on the CPU that also decodes (the embedded backend);
 - decode(m): per (image format, member) from a reference photo timed at start, scaled by the image's pixels,
   corrected online;
-- batch(m): the member's profiled service time x the device's contention factor (observed / profiled over every
-  member's batches) x the member's own residual factor; each correction decays back to 1 when its evidence ages;
+- batch(m): the member's profiled service time plus the backend's own queue time (Triton's), x the device's contention
+  factor (observed / profiled over every member's batches) x the member's own residual factor; each correction decays
+  back to 1 when its evidence ages;
 - after: from the batch's end in its lane to the answer out, learned online: the hand-back (until the event loop,
   busy with other requests' HTTP, takes the result up) and serialising;
 - the end-to-end correction: observed / expected remainder over answered requests (what the model above misses).
@@ -219,8 +220,10 @@ class Dispatcher:
         return self.after.value + self.handback.value
 
     def batch_ms(self, member: Member, images: int) -> float:
-        """Expected run time of a batch of `images` on `member` now: profile x contention x the member's residual."""
-        return member.latency.service_ms(images) * self.contention.factor() * self.residual.factor(member.name)
+        """Expected run time of a batch of `images` on `member` now: (profile + the backend's own queue, Triton's) x contention
+        x the member's residual. The corrections learn from the same sum (`_observed`), so the queue is in the expectation."""
+        profiled = member.latency.service_ms(images) + self.backend.queue_delay_ms(member)
+        return profiled * self.contention.factor() * self.residual.factor(member.name)
 
     def _observed(self, member: Member, size: int, inference_ms: float) -> None:
         profiled = member.latency.service_ms(size) + self.backend.queue_delay_ms(member)
@@ -285,8 +288,9 @@ class Dispatcher:
             # Loaded, and at rest: on an idle server (see the module's text), without the time this request has already spent.
             decode, rest_decode = self.decode_times.loaded_and_calibrated_ms(shapes, m.name)
             decode, rest_decode = decode / spread, rest_decode / spread
-            rest_inference = m.latency.service_ms(count) * self.residual.factor(m.name)
-            inference = rest_inference * contention
+            service, residual = m.latency.service_ms(count), self.residual.factor(m.name)
+            rest_inference = service * residual
+            inference = (service + self.backend.queue_delay_ms(m)) * residual * contention  # as `batch_ms`
             wait = cpu_wait + max(0.0, device_wait - cpu_wait - decode)  # the device's work goes on while this one decodes
             loaded[m.name] = Expectation(m, decode, wait, inference, after, elapsed + (wait + decode + inference + after) * scale, handback)
             at_rest[m.name] = Expectation(m, rest_decode, 0.0, rest_inference, rest_after, (rest_decode + rest_inference + rest_after) * rest_scale)

@@ -241,6 +241,31 @@ def test_an_answered_bounded_request_records_how_far_its_expectation_was_off_by_
         assert counts == [int(bound == bucket) for bound in bounds] and total == pytest.approx(error_s, abs=1e-6)
 
 
+def test_the_backends_own_queue_time_is_in_the_expected_batch_time_and_what_the_corrections_learn():
+    """Triton's queue time (read from its statistics) is part of what a batch is expected to take: a batch observed to take
+    service + queue time leaves the corrections at 1, and the expectation holds the queue time."""
+
+    async def scenario():
+        backend = FakeBackend(on_host_cpu=False)
+        d, _ = dispatcher(backend=backend)
+        await d.start()
+        now = time.monotonic()
+        before = d.expect(SMALL, [PHOTO], now + 1.0, now, now).inference_ms, d.batch_ms(SMALL, 1)
+        backend.queue_delay_ms = lambda member: 10.0
+        for _ in range(20):
+            d._observed(SMALL, 1, SMALL.latency.service_ms(1) + 10.0)
+        after = d.expect(SMALL, [PHOTO], now + 1.0, now, now).inference_ms, d.batch_ms(SMALL, 1)
+        idle = d.expect(SMALL, [PHOTO], now + 1.0, now, now, idle=True).inference_ms
+        await d.close()
+        return before, after, idle, d.contention.factor()
+
+    (inference, batch), (queued_inference, queued_batch), idle, contention = run(scenario())
+    assert inference == pytest.approx(SMALL.latency.service_ms(1)) and batch == pytest.approx(SMALL.latency.service_ms(1))
+    assert contention == pytest.approx(1.0)
+    assert queued_inference == pytest.approx(inference + 10.0) and queued_batch == pytest.approx(batch + 10.0)
+    assert idle == pytest.approx(inference)  # an idle server's Triton has no queue
+
+
 def test_a_rate_the_accurate_member_cannot_sustain_sends_the_excess_to_the_faster_one_unless_costed_per_member():
     async def scenario(costing):
         d, _ = dispatcher(costing)
