@@ -43,8 +43,9 @@ from effx_serve.serve.backends.base import BackendLate
 from effx_serve.serve.catalog import Member
 from effx_serve.serve.errors import Overloaded, Unavailable
 
-# Runs a batch; the deadline is the earliest hard deadline in it (math.inf: none), for backends that can drop a request
-# that waited too long on their side (Triton's per-request timeout).
+# Runs a batch; the deadline is the latest start of its earliest hard request (math.inf: none), for backends that can drop
+# a request that waited too long on their side (Triton's per-request queue timeout: a batch that leaves Triton's queue
+# after it would run late).
 log = logging.getLogger(__name__)
 RunBatch = Callable[[Member, np.ndarray, float], Awaitable[np.ndarray]]
 CANCELLED = object()  # the outcome of a job whose batch was cancelled (the scheduler closing)
@@ -484,7 +485,7 @@ class DeviceScheduler:
     def _run(self, lane: int, member: Member, jobs: list[Job], started: float) -> None:
         size = len(jobs)
         try:
-            due = min((job.deadline for job in jobs if job.hard), default=math.inf)
+            due = min((self._latest_start(job) for job in jobs if job.hard), default=math.inf)
             batch = np.stack([job.input for job in jobs])
             if self._run_now is not None:
                 outputs = self._run_now(member, batch)

@@ -541,3 +541,25 @@ def test_each_decodings_wait_for_a_lane_is_reported_with_the_wait_expected_when_
     assert late and not was_late
     assert late_expected <= 20.0 and late_waited >= 85.0  # expected: the blocker's 30 ms less the 10 ms or more it had run
     assert expected == pytest.approx(late_expected + 10.0, abs=1.0) and waited >= 85.0
+
+
+def test_a_backend_with_its_own_queue_is_told_the_latest_start_of_the_batchs_earliest_hard_request():
+    """Triton drops a batch still in its queue at the time it is given: that must be when the batch could still run in
+    time (its run, with the headroom, and what follows it), not the deadline itself."""
+    seen = []
+
+    async def device(member, batch, deadline=math.inf):
+        seen.append(deadline)
+        return batch * 2.0
+
+    async def scenario():
+        s = DeviceScheduler("test", 1, device, service_ms, headroom=0.5, after_ms=lambda: 1.0)
+        s.start()
+        now = time.monotonic()
+        await s.run(FAST, [np.zeros(1)], now + 1.0, hard=True)
+        await s.run(FAST, [np.zeros(1)], now + 1.0)
+        await s.close()
+        return now
+
+    now = run(scenario())
+    assert seen[0] == pytest.approx(now + 1.0 - (2.0 * 1.5 + 1.0) / 1000.0) and seen[1] == math.inf

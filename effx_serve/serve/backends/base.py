@@ -38,7 +38,8 @@ class Backend(Protocol):
     async def start(self, members: list[Member]) -> None: ...
 
     async def infer(self, member: Member, batch: np.ndarray, deadline: float = math.inf) -> np.ndarray:
-        """The logits of `batch`; `deadline` (time.monotonic(), math.inf: none) is the earliest hard deadline in it."""
+        """The logits of `batch`; `deadline` (time.monotonic(), math.inf: none) is when its earliest hard request must have
+        started to be answered in time: a backend with a queue of its own drops the batch rather than start it later."""
 
     # An in-process backend also offers run_now(member, batch) -> logits, the same in the calling thread: the device
     # scheduler's lane threads call it directly instead of going through the event loop.
