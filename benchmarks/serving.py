@@ -509,9 +509,10 @@ def print_details(rows: list[dict]) -> None:
         head = f"{r['member']} {r['backend']} {r['endpoint']}:"
         if t:
             outside = None if r["http_p50_ms"] is None else r["http_p50_ms"] - t["total_ms"]
-            print(f"  {head} server read {t['read_ms']:.2f} + decode {t['decode_ms']:.2f} + queue {t['queue_ms']:.2f} + inference "
-                  f"{t['inference_ms']:.2f} + serialise {t['serialize_ms']:.2f} -> total {t['total_ms']:.2f} in the handler (the rest: "
-                  f"routing, hand-offs); HTTP, ASGI, JSON and client outside it {fmt(outside, '.2f')}; "
+            print(f"  {head} server read {t['read_ms']:.2f} + route {t.get('route_ms', float('nan')):.2f} + decode {t['decode_ms']:.2f} + queue "
+                  f"{t['queue_ms']:.2f} + inference {t['inference_ms']:.2f} + hand-back {t.get('handback_ms', float('nan')):.2f} + serialise "
+                  f"{t['serialize_ms']:.2f} -> total {t['total_ms']:.2f} in the handler (p50 each); HTTP, ASGI and client outside it "
+                  f"{fmt(outside, '.2f')}; "
                   f"this process decodes the JPEG in {r['decode_inprocess_p50_ms']:.2f}")
             if r["endpoint"] == "classify":
                 print(f"    overhead beyond decoding the JPEG as this process does (HTTP p50 - in-process decode p50 - inference p50): "

@@ -131,9 +131,9 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
             raise
         inference_done = time.monotonic()
         trace.member = ran.member.name
-        body, report = _answer(ran, routed, sla, params.top_k, trace, routed_at, decoded, batch)
-        answered = time.monotonic()
         handback_ms = _handback_ms(ran, decoded, inference_done)
+        body, report = _answer(ran, routed, sla, params.top_k, trace, (routed_at, decoded, inference_done), handback_ms, batch)
+        answered = time.monotonic()
         dispatcher.observe_answer(routed, trace.arrival, routed_at, handback_ms, inference_done, answered)
         if sla.max_latency_ms is not None:
             dispatcher.observe_outcome(met="latency" not in report["misses"])
@@ -245,7 +245,7 @@ def _predictions(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> lis
     return [{"label": labels[i], "index": i, "score": float(probabilities[i])} for i in order]
 
 
-def _answer(ran: Ran, routed: Routed, sla: Sla, top_k: int, trace: Trace, routed_at: float, decoded: float,
+def _answer(ran: Ran, routed: Routed, sla: Sla, top_k: int, trace: Trace, stamps: tuple[float, float, float], handback_ms: float,
             batch: bool) -> tuple[bytes, dict]:
     """The answer's JSON (schema.Classification or BatchClassification) and its SLA report (schema.SlaReport), judged
     on the whole time in the server, its own serialisation included: everything but the timing and the SLA report is
@@ -262,7 +262,6 @@ def _answer(ran: Ran, routed: Routed, sla: Sla, top_k: int, trace: Trace, routed
     else:
         (result,) = results
         head |= {"predictions": _predictions(result.output, member.labels, top_k), "batch_size": result.batch_size}
-    started = time.monotonic()
     text = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
     finished = time.monotonic()
     total_ms = (finished - trace.arrival) * 1000.0
@@ -270,8 +269,10 @@ def _answer(ran: Ran, routed: Routed, sla: Sla, top_k: int, trace: Trace, routed
     report = {"kind": sla.kind, "min_accuracy": sla.min_accuracy, "max_latency_ms": sla.max_latency_ms,
               "expected_to_meet": ran.route_change is None and routed.decision.expected_to_meet, "met": not misses, "misses": misses,
               "route": ran.route_change or routed.route}
-    timing = {"read_ms": ((trace.read or routed_at) - trace.arrival) * 1000.0, "decode_ms": (decoded - routed_at) * 1000.0,
-              "queue_ms": ran.queue_ms, "inference_ms": ran.inference_ms,
-              "serialize_ms": (finished - started) * 1000.0, "total_ms": total_ms}
+    routed_at, decoded, inference_done = stamps
+    read = trace.read or routed_at
+    timing = {"read_ms": (read - trace.arrival) * 1000.0, "route_ms": (routed_at - read) * 1000.0, "decode_ms": (decoded - routed_at) * 1000.0,
+              "queue_ms": ran.queue_ms, "inference_ms": ran.inference_ms, "handback_ms": handback_ms,
+              "serialize_ms": (finished - inference_done) * 1000.0, "total_ms": total_ms}
     tail = orjson.dumps({"observed_latency_ms": total_ms, "sla": report, "timing": timing}, option=orjson.OPT_SERIALIZE_NUMPY)
     return b"".join((text[:-1], b",", tail[1:])), report

@@ -39,11 +39,15 @@ class Prediction(BaseModel):
 
 
 class Timing(BaseModel):
+    """Every part of a request's time in the server, one after the other: they add up to total_ms."""
+
     read_ms: float = Field(description="receiving the request: its body read and its parameters parsed")
+    route_ms: float = Field(description="choosing the member: the image's header read and every member's expected latency")
     decode_ms: float = Field(description="decoding and preprocessing the image(s), waiting for a CPU lane included")
     queue_ms: float = Field(description="waiting for a batch (for a batch request, the longest wait)")
     inference_ms: float = Field(description="running the batch(es)")
-    serialize_ms: float = Field(description="writing the answer")
+    handback_ms: float = Field(description="from the batch's end until the server's event loop took its result up (its backlog)")
+    serialize_ms: float = Field(description="writing the answer: the predictions and the JSON")
     total_ms: float = Field(description="in the server, from the request's arrival to its answer written: what max_latency_ms bounds")
 
 

@@ -52,9 +52,10 @@ def test_one_image_as_a_raw_body(client, served_repository):
     assert answer["sla"] == {"kind": "none", "min_accuracy": None, "max_latency_ms": None, "expected_to_meet": True, "met": True,
                              "misses": [], "route": "preferred"}
     timing = answer["timing"]
-    parts = ("read_ms", "decode_ms", "queue_ms", "inference_ms", "serialize_ms")
+    parts = ("read_ms", "route_ms", "decode_ms", "queue_ms", "inference_ms", "handback_ms", "serialize_ms")
+    assert set(timing) == {*parts, "total_ms"}
     assert all(timing[part] >= 0 for part in parts) and timing["decode_ms"] > 0 and timing["inference_ms"] > 0
-    assert timing["total_ms"] >= sum(timing[part] for part in parts) - 0.05  # the parts are sequential, end to end
+    assert timing["total_ms"] == pytest.approx(sum(timing[part] for part in parts), abs=1e-6)  # every part, end to end
     assert answer["observed_latency_ms"] == timing["total_ms"]
     expected = answer["expected"]
     assert answer["expected_latency_ms"] == expected["total_ms"] >= expected["decode_ms"] + expected["inference_ms"] > 0
