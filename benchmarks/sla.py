@@ -171,6 +171,20 @@ def server_attainment(phase: dict) -> float | None:
     return 1.0 - late / answered if answered else None
 
 
+def dropped_share(phase: dict) -> tuple[float, float] | None:
+    """(requests admitted, then dropped from a queue when they could no longer start in time, over all admitted ones; the
+    server-clock in-bound share if those counted as misses), from its /metrics. The targets count answers: a drop is a
+    429 refusal to its client, not a late answer, and the refusal targets count it (docs/serving.md)."""
+    metrics = phase.get("server_metrics") or {}
+    routes = metrics.get("routes", {})
+    answered = sum(routes.get(outcome, 0.0) for outcome in ("preferred", "scaled", "moved", "best_effort"))
+    dropped = routes.get("refused_deadline", 0.0)
+    if not answered + dropped:
+        return None
+    in_bound = answered - metrics.get("sla_misses", {}).get("latency latency", 0.0)
+    return dropped / (answered + dropped), in_bound / (answered + dropped)
+
+
 def client_attainment(phase: dict) -> float:
     """On the client's clock: answered requests within their bound over answered ones."""
     return phase["within_bound"] / phase["answered"] if phase["answered"] else 0.0
@@ -298,6 +312,10 @@ def print_load(figures: dict) -> list[str]:
         late = (routed.get("server_metrics") or {}).get("late_stage") or {}
         print("  routed, as the server placed them: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(routes.items(), key=lambda kv: -kv[1]))
               + "; late answers by the stage that overran most: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(late.items())) or "none"))
+        drops = dropped_share(routed)
+        if drops is not None:
+            print(f"  admitted, then dropped from a queue (429 deadline): {drops[0]:.2%} of the admitted; counted as misses, in bound on the "
+                  f"server clock would be {drops[1]:.2%}")
         print("  " + expectation_errors(routed))
         print("  " + garbage_collections(routed))
         pinned = [p for p in report["phases"] if p["kind"] == "pinned"]

@@ -44,6 +44,14 @@ def test_in_bound_on_the_servers_clock_counts_admitted_answers_only():
     assert sla.server_attainment({}) is None
 
 
+def test_requests_admitted_then_dropped_are_reported_beside_the_in_bound_share():
+    sla = _sla()
+    phase = {"server_metrics": {"routes": {"preferred": 60.0, "scaled": 30.0, "refused_deadline": 10.0, "refused_overload": 500.0},
+                                "sla_misses": {"latency latency": 9.0}}}
+    assert sla.dropped_share(phase) == (0.1, 0.81)  # 10 of 100 admitted dropped; 81 of the 100 answered in bound
+    assert sla.dropped_share({}) is None
+
+
 def test_the_baseline_is_named_by_its_arguments_and_each_server_gets_its_overload_line(capsys):
     sla = _sla()
     assert sla.baseline_label(sla.BASELINE) == "routed, member costing"
