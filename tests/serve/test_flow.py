@@ -82,6 +82,31 @@ def test_a_request_dropped_late_after_admission_is_counted_and_backs_the_upgrade
     assert 'effx_routes_total{outcome="refused_deadline"} 1.0' in metrics and 'effx_sla_misses_total{cause="refused",sla="latency"} 1.0' in metrics
 
 
+def test_the_bound_is_judged_on_the_whole_time_in_the_server_decoding_included(served_repository, monkeypatch):
+    """Decoding that takes longer than the bound makes the answer late, though its queue and inference fit well inside it."""
+
+    async def scenario():
+        server = make_server(served_repository)
+        await open_ready(server)
+        prepare = server.dispatcher._prepare
+
+        def slow_prepare(*args, **kwargs):
+            time.sleep(0.06)
+            return prepare(*args, **kwargs)
+
+        monkeypatch.setattr(server.dispatcher, "_prepare", slow_prepare)
+        try:
+            text = await flow.classify(server, [JPEG], ClassifyParams(max_latency_ms=40, on_miss="best_effort"), False, flow.Trace(time.monotonic()))
+            return json.loads(text)
+        finally:
+            await server.close()
+
+    answer = asyncio.run(scenario())
+    timing = answer["timing"]
+    assert timing["queue_ms"] + timing["inference_ms"] < 40 <= timing["decode_ms"] <= timing["total_ms"]
+    assert not answer["sla"]["met"] and answer["sla"]["misses"] == ["latency"] and answer["sla"]["route"] == "best_effort"
+
+
 def test_a_client_deadline_too_close_for_any_member_is_a_429_unless_the_requests_own_bound_is_impossible_too(served_repository):
     from effx_serve.core.preprocess import peek
     from effx_serve.serve.dispatch import DeadlineMissed, DecodeTimes
