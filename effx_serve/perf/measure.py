@@ -60,7 +60,7 @@ def measure_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, mac
 def time_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, machine: Machine, precision: str = "fp32",
               protocol: Protocol = DEFAULT_PROTOCOL, threads: int | None = None, onnx_path: Path | None = None) -> tuple[Timing, dict]:
     """Time `spec` now, without the store: (timing, the settings it ran with)."""
-    if threads is None and machine.device == "cpu":
+    if threads is None and (machine.device == "cpu" or runtime in ORT_PROVIDERS):  # an ONNX Runtime session as it serves
         threads = CPU_THREADS
     if runtime in ORT_PROVIDERS:
         return profile_onnx(onnx_path or onnx_file(spec, resolution), batch, resolution, ORT_PROVIDERS[runtime], threads, protocol)

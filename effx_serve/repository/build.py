@@ -208,7 +208,7 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
         raise UserError(f"cannot write beside {out}: {error.strerror or error} ({error.filename}); choose another --out") from None
     previous = _previous(out)
     target_class = hardware_class(target)
-    threads = max(1, len(os.sched_getaffinity(0)))
+    cores = max(1, len(os.sched_getaffinity(0)))
     try:
         entries = {}
         for index, member in enumerate(members, 1):
@@ -224,7 +224,7 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
                     latency += _predicted(member.spec, hardware_id, settings.batches)
             batching = triton_config.BatchingPlan.from_profile({r["batch"]: r["p50_ms"] for r in latency if r["hardware_id"] == target})
             config = triton_config.model_config(member.name, settings.backend, member.spec.resolution, len(member.labels), batching,
-                                                target_class, threads, INPUT_NAME, OUTPUT_NAME)
+                                                target_class, cores, INPUT_NAME, OUTPUT_NAME)
             (staging / member.name / "config.pbtxt").write_text(triton_config.render(config))
             (staging / member.name / "labels.txt").write_text("".join(f"{label}\n" for label in member.labels))
             roofline = analyze(member.spec, machine.hardware, 1)

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from effx_serve.core.errors import UserError
+from effx_serve.perf.session import CPU_THREADS
 
 BACKENDS = ("onnxruntime", "python")
 MIN_QUEUE_DELAY_US = 50
@@ -55,8 +56,9 @@ def _proto():
 
 
 def model_config(name: str, backend: str, resolution: int, classes: int, batching: BatchingPlan, hardware_class: str,
-                 cpu_threads: int, input_name: str, output_name: str):
-    """The ModelConfig message of one member."""
+                 cpu_instances: int, input_name: str, output_name: str):
+    """The ModelConfig message of one member: on a CPU, `cpu_instances` instances (one per core) of one intra-op thread
+    each, the session the profiles measured and the embedded backend serves (`perf.session`)."""
     if backend not in BACKENDS:
         raise UserError(f"unknown Triton backend '{backend}' (known: {', '.join(BACKENDS)})")
     pb = _proto()
@@ -81,8 +83,8 @@ def model_config(name: str, backend: str, resolution: int, classes: int, batchin
             accelerator.parameters["precision_mode"] = "FP16"
             accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
     else:
-        config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)
-    config.parameters["intra_op_thread_count"].string_value = str(cpu_threads)
+        config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=cpu_instances)
+    config.parameters["intra_op_thread_count"].string_value = str(CPU_THREADS)
     warmup = config.model_warmup.add(name="zeros", batch_size=1)
     warmup.inputs[input_name].data_type = pb.TYPE_FP32
     warmup.inputs[input_name].dims.extend([3, resolution, resolution])

@@ -115,13 +115,15 @@ def test_batching_plan_from_a_profile():
 @pytest.mark.parametrize("hardware_class, backend", [("cpu", "onnxruntime"), ("gpu", "onnxruntime"), ("gpu", "python"), ("cpu", "python")])
 def test_config_round_trips_through_text(hardware_class, backend):
     plan = BatchingPlan(16, 4, 300)
-    config = triton_config.model_config("m-b0", backend, 48, 10, plan, hardware_class, 2, "images", "logits")
+    config = triton_config.model_config("m-b0", backend, 48, 10, plan, hardware_class, 3, "images", "logits")
     parsed = triton_config.parse(triton_config.render(config))
     assert parsed == config
     assert parsed.max_batch_size == 16 and list(parsed.dynamic_batching.preferred_batch_size) == [4]
     assert parsed.dynamic_batching.max_queue_delay_microseconds == 300
     assert list(parsed.input[0].dims) == [3, 48, 48] and list(parsed.output[0].dims) == [10]
     assert parsed.instance_group[0].kind == (parsed.instance_group[0].KIND_GPU if hardware_class == "gpu" else parsed.instance_group[0].KIND_CPU)
+    assert parsed.instance_group[0].count == (2 if hardware_class == "gpu" else 3)  # on a CPU one per core (3 given)
+    assert parsed.parameters["intra_op_thread_count"].string_value == "1"  # as the profiles and the embedded backend
     accelerators = [a.name for a in parsed.optimization.execution_accelerators.gpu_execution_accelerator]
     assert accelerators == (["tensorrt"] if (hardware_class, backend) == ("gpu", "onnxruntime") else [])
     assert parsed.version_policy.latest.num_versions == 1 and parsed.model_warmup[0].batch_size == 1
