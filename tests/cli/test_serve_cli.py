@@ -36,6 +36,17 @@ def test_bad_flags_are_refused(served_repository, capsys):
     assert "unknown family 'nope'" in capsys.readouterr().err
 
 
+def test_the_old_costing_is_behind_a_flag_for_comparisons(served_repository):
+    from effx_serve.cli import build_parser
+
+    def costing(*flags):
+        return serve_cli.settings_from(build_parser().parse_args(["serve", "--repo", str(served_repository), *flags])).dispatch.costing
+
+    assert costing() == "device" and costing("--costing", "member") == "member"
+    with pytest.raises(SystemExit):
+        costing("--costing", "free")
+
+
 def test_the_interpreter_switch_interval_is_set_before_serving(served_repository, monkeypatch):
     monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: calls.append(seconds))
     calls = []

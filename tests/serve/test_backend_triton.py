@@ -134,6 +134,29 @@ def test_a_flood_beyond_tritons_queue_is_refused_for_the_load_and_the_backend_st
     assert problem is None and after.shape == (1, len(member.labels))
 
 
+def test_a_bounded_batch_goes_first_with_its_time_as_tritons_timeout_and_an_unbounded_one_after_without():
+    calls = []
+
+    class Recording:
+        async def infer(self, *args, **kwargs):
+            calls.append(kwargs)
+            return mock.MagicMock(as_numpy=lambda name: np.zeros((1, 10), np.float32))
+
+    member = mock.MagicMock(input_name="images", output_name="logits")
+    member.name = "m"
+
+    async def scenario():
+        backend = TritonBackend("127.0.0.1:1", "grpc", runtime="onnxruntime")
+        backend._client, backend._module, backend._problem = Recording(), mock.MagicMock(), None
+        await backend.infer(member, np.zeros((1, 3, 8, 8), np.float32), time.monotonic() + 0.05)
+        await backend.infer(member, np.zeros((1, 3, 8, 8), np.float32))
+
+    asyncio.run(scenario())
+    (bounded, unbounded) = calls
+    assert bounded["priority"] == 1 and 0 < bounded["timeout"] <= 50_000  # microseconds: the 50 ms it has left
+    assert unbounded["priority"] == 2 and unbounded["timeout"] is None  # Triton's default queue timeout applies
+
+
 @pytest.mark.parametrize("message", ["Exceeds maximum queue size", "Request timeout expired"])
 def test_tritons_queue_policy_refusing_a_batch_without_a_bound_is_the_load_not_a_failure(message):
     """What a full queue or the default queue timeout answers (no per-request timeout set) is a 429 for that batch alone;

@@ -563,3 +563,24 @@ def test_a_backend_with_its_own_queue_is_told_the_latest_start_of_the_batchs_ear
 
     now = run(scenario())
     assert seen[0] == pytest.approx(now + 1.0 - (2.0 * 1.5 + 1.0) / 1000.0) and seen[1] == math.inf
+
+
+def test_a_batch_the_backend_drops_as_late_leaves_as_late_and_the_lane_goes_on():
+    from effx_serve.serve.backends.base import BackendLate
+
+    async def device(member, batch, deadline=math.inf):
+        if math.isfinite(deadline):
+            raise BackendLate("its deadline passed in the backend's queue")
+        return batch * 2.0
+
+    async def scenario():
+        s = DeviceScheduler("test", 1, device, service_ms)
+        s.start()
+        now = time.monotonic()
+        with pytest.raises(Late):
+            await s.run(FAST, [np.zeros(1)], now + 1.0, hard=True)
+        (after,) = await s.run(FAST, [np.ones(1)], now + 1.0)
+        await s.close()
+        return after
+
+    assert float(run(scenario()).output[0]) == 2.0
