@@ -116,6 +116,11 @@ class Decoded:
     inputs: list[np.ndarray]
     at: float  # time.monotonic() when the decoding ended
     batch: Queued | None = None
+    member: Member | None = None  # the member decoded for: another than asked when no lane could start in time for that one
+
+
+class _TooLateToStart(Exception):
+    """No lane was free in time to decode a request's image and run it on a member: nothing decoded, so a faster member may still make it."""
 
 
 @dataclass(frozen=True)
@@ -367,13 +372,24 @@ class Dispatcher:
         return image, array, (time.perf_counter() - started) * 1000.0, time.monotonic()
 
     async def decode(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float,
-                     hard: bool = False, run_hard: bool | None = None) -> Decoded:
+                     hard: bool = False, run_hard: bool | None = None, alternatives: Sequence[Member] = ()) -> Decoded:
         """Every image decoded for `member` on the CPU scheduler. UnreadableImage names the first image that cannot be
         decoded within the limits (the request's decoding CPU budget included); DeadlineMissed when a `hard` deadline
-        passes while decoding, or when no lane is free in time to decode the image and run it by then (not decoded). Once
+        passes while decoding, or when no lane is free in time to decode the image and run it by then on `member` nor on
+        any of `alternatives` (faster members, tried in order; `Decoded.member` says which one it was decoded for). Once
         the request fails or is cancelled (its client went away), its images still decoding stop at their next block of
         bytes. `run_hard` (not None): a single image's batch (with that hardness) goes on from the lane that decoded it,
         queued or run at once (`DeviceScheduler.call_then_run`; the embedded backend only); `run` takes it from there."""
+        for candidate in (member, *alternatives):
+            try:
+                return await self._decode_for(images, infos, candidate, deadline, hard, run_hard)
+            except _TooLateToStart:
+                continue
+        raise DeadlineMissed("the server could not decode the image(s) within the latency bound under its current load; "
+                             "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s())
+
+    async def _decode_for(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float, hard: bool,
+                          run_hard: bool | None) -> Decoded:
         budget = preprocess.DecodeBudget(self.settings.decode_budget_ms, deadline if hard else None)
         batch = None
 
@@ -389,8 +405,10 @@ class Dispatcher:
                 return await self.cpu.call(prepare, deadline, expected, large=large)
             except UserError as error:
                 raise UnreadableImage(f"image {index}: {error}" if len(images) > 1 else str(error)) from None
-            except (preprocess.DecodeStopped, Late) as stopped:  # Late: a lane was free too late to decode and run it in time
-                if isinstance(stopped, preprocess.DecodeStopped) and stopped.reason != "deadline":
+            except Late:  # a lane was free too late to decode it and run it on this member in time
+                raise _TooLateToStart from None
+            except preprocess.DecodeStopped as stopped:
+                if stopped.reason != "deadline":
                     raise
                 raise DeadlineMissed("the server could not decode the image(s) within the latency bound under its current load; "
                                      "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s()) from None
@@ -410,7 +428,7 @@ class Dispatcher:
         for (_, _, ms, _), info in zip(outcomes, infos, strict=True):
             if info.format:
                 self.decode_times.observe(info.format, member.name, info.pixels, ms)
-        return Decoded([o[0] for o in outcomes], [o[1] for o in outcomes], max(o[3] for o in outcomes), batch)
+        return Decoded([o[0] for o in outcomes], [o[1] for o in outcomes], max(o[3] for o in outcomes), batch, member)
 
     async def run(self, member: Member, inputs: list[np.ndarray], deadline: float, sla: Sla, pictures: list,
                   alternatives: Sequence[Member] = (), batch: Queued | None = None) -> Ran:

@@ -13,6 +13,7 @@ after it arrived, so it waits behind tighter ones without starving.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -120,11 +121,15 @@ async def classify(server: Server, images: list[bytes], params: ClassifyParams, 
             raise InvalidRequest(f"top_k is {params.top_k}, but the model has {len(member.labels)} labels; ask for at most {len(member.labels)}")
         routed_at = time.monotonic()
         try:
-            bound = sla.max_latency_ms is not None
-            prepared = await dispatcher.decode(images, infos, member, deadline, hard=bound and sla.on_miss == "reject", run_hard=bound)
+            bound, faster = sla.max_latency_ms is not None, _faster(dispatcher, routed, sla, params)
+            prepared = await dispatcher.decode(images, infos, member, deadline, hard=bound and sla.on_miss == "reject", run_hard=bound,
+                                               alternatives=faster)
             decoded = prepared.at
-            ran = await dispatcher.run(member, prepared.inputs, deadline, sla, prepared.pictures, _faster(dispatcher, routed, sla, params),
-                                       prepared.batch)
+            if prepared.member is not member:  # no lane could start it in time for its member: decoded for a faster one
+                faster = faster[faster.index(prepared.member) + 1:]
+            ran = await dispatcher.run(prepared.member, prepared.inputs, deadline, sla, prepared.pictures, faster, prepared.batch)
+            if prepared.member is not member and ran.route_change is None:
+                ran = dataclasses.replace(ran, route_change="moved")
         except DeadlineMissed:
             _count_refused(server, "refused_deadline", sla.kind)
             dispatcher.observe_outcome(met=False)

@@ -441,6 +441,37 @@ def test_an_image_no_lane_can_decode_and_run_in_time_is_refused_undecoded(monkey
     assert decoded == ["small"] and result.batch_size == 1  # only the request with time left was decoded (and then ran)
 
 
+def test_an_image_no_lane_can_start_in_time_for_its_member_is_decoded_for_a_faster_one_that_can(monkeypatch):
+    small, large = fake_member("small", 0.5, {1: 2.0}, 24), fake_member("large", 0.8, {1: 100.0}, 32)
+    decoded = []
+
+    async def scenario():
+        d, _ = dispatcher(backend=InLaneBackend(), small=small, large=large)
+        await d.start()
+        original = d._prepare
+        monkeypatch.setattr(d, "_prepare", lambda *args, **kwargs: decoded.append(args[1].name) or original(*args, **kwargs))
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(d.cpu.call(lambda: gate.wait(5), time.monotonic()))
+        await asyncio.sleep(0.01)
+        decode_ms = max(d.decode_times.expected_ms("JPEG", m.name, PHOTO.pixels) for m in (small, large))
+        # The lane frees after 0.1 s: then the large member's 100 ms batch (150 with the headroom) no longer fits, the small one's does.
+        due = time.monotonic() + 0.1 + (1.5 * decode_ms + 75.0) / 1000.0
+        job = asyncio.ensure_future(d.decode([synthetic_photo(640, 480, "JPEG")], [PHOTO], large, due, hard=True, run_hard=True,
+                                             alternatives=[small]))
+        await asyncio.sleep(0.1)
+        gate.set()
+        try:
+            prepared = await job
+            (result,) = await prepared.batch.result()
+        finally:
+            await blocker
+            await d.close()
+        return prepared.member.name, result
+
+    member, result = run(scenario())
+    assert member == "small" and decoded == ["small"] and result.batch_size == 1  # never decoded for the large one
+
+
 def test_a_request_routed_in_the_same_turn_of_the_loop_as_another_expects_that_ones_decoding_ahead():
     async def scenario():
         d, _ = dispatcher()

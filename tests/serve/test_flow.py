@@ -107,6 +107,32 @@ def test_the_bound_is_judged_on_the_whole_time_in_the_server_decoding_included(s
     assert not answer["sla"]["met"] and answer["sla"]["misses"] == ["latency"] and answer["sla"]["route"] == "best_effort"
 
 
+def test_a_request_no_lane_could_start_in_time_for_its_member_is_answered_by_a_faster_one_as_moved(served_repository, monkeypatch):
+    from effx_serve.serve.scheduler import Late
+
+    async def scenario():
+        server = make_server(served_repository)
+        await open_ready(server)
+        cpu = server.dispatcher.cpu
+        call_then_run = cpu.call_then_run
+
+        async def late_for_b1(function, member, deadline, *args, **kwargs):
+            if member.name == "tiny-f-b1":  # as if the lanes were busy until it could no longer make it there
+                raise Late(member.name, deadline, time.monotonic())
+            return await call_then_run(function, member, deadline, *args, **kwargs)
+
+        monkeypatch.setattr(cpu, "call_then_run", late_for_b1)
+        try:
+            text = await flow.classify(server, [JPEG], ClassifyParams(max_latency_ms=5000), False, flow.Trace(time.monotonic()))
+            return json.loads(text), server.metrics.render().decode()
+        finally:
+            await server.close()
+
+    answer, metrics = asyncio.run(scenario())
+    assert answer["member"] == "tiny-f-b0" and answer["sla"]["route"] == "moved" and answer["sla"]["met"]
+    assert 'effx_routes_total{outcome="moved"} 1.0' in metrics
+
+
 def test_a_client_deadline_too_close_for_any_member_is_a_429_unless_the_requests_own_bound_is_impossible_too(served_repository):
     from effx_serve.core.preprocess import peek
     from effx_serve.serve.dispatch import DeadlineMissed, DecodeTimes
