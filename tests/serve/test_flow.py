@@ -133,6 +133,39 @@ def test_a_request_no_lane_could_start_in_time_for_its_member_is_answered_by_a_f
     assert 'effx_routes_total{outcome="moved"} 1.0' in metrics
 
 
+def test_a_load_that_rules_out_the_accurate_member_scales_the_request_down_then_refuses_it_saying_which(served_repository):
+    """The answer's sla.route and /metrics say what the load did: `scaled` to a faster member, then `refused_overload`
+    (429 with Retry-After, reason overload) once no member can make the bound under the load, though one could at rest."""
+    from effx_serve.core.preprocess import peek
+    from effx_serve.serve.dispatch import DecodeTimes
+    from effx_serve.serve.errors import Overloaded
+
+    def slow_decoding(server, member):  # as learned under load: 20 times the calibrated decoding (at rest stays calibrated)
+        for _ in range(100):  # whatever it had learned before fades
+            server.dispatcher.decode_times.corrections[("JPEG", member)].observe(1.0, 20.0)
+
+    async def scenario():
+        server = make_server(served_repository)
+        await open_ready(server)
+        try:
+            pixels = peek(JPEG)[1]
+            for name in server.catalog.members:  # 10 ms to decode this JPEG at rest on every member: 200 ms under the load
+                server.dispatcher.decode_times.calibrate("JPEG", name, 10.0 * DecodeTimes.REFERENCE_PIXELS / pixels)
+            slow_decoding(server, "tiny-f-b1")
+            scaled = json.loads(await flow.classify(server, [JPEG], ClassifyParams(max_latency_ms=100), False, flow.Trace(time.monotonic())))
+            slow_decoding(server, "tiny-f-b0")
+            with pytest.raises(Overloaded) as refused:
+                await flow.classify(server, [JPEG], ClassifyParams(max_latency_ms=100), False, flow.Trace(time.monotonic()))
+            return scaled, refused.value, server.metrics.render().decode()
+        finally:
+            await server.close()
+
+    scaled, refused, metrics = asyncio.run(scenario())
+    assert scaled["member"] == "tiny-f-b0" and scaled["sla"]["route"] == "scaled"  # at rest tiny-f-b1 would have made it
+    assert refused.reason == "overload" and refused.retry_after_s > 0 and "under the current load" in str(refused)
+    assert 'effx_routes_total{outcome="scaled"} 1.0' in metrics and 'effx_routes_total{outcome="refused_overload"} 1.0' in metrics
+
+
 def test_a_client_deadline_too_close_for_any_member_is_a_429_unless_the_requests_own_bound_is_impossible_too(served_repository):
     from effx_serve.core.preprocess import peek
     from effx_serve.serve.dispatch import DeadlineMissed, DecodeTimes
