@@ -410,17 +410,24 @@ def test_the_start_headroom_reaches_every_scheduler():
     assert run(scenario()) == {DispatchSettings.start_headroom} and run(scenario(start_headroom=2.0)) == {2.0}
 
 
+async def record_decodings_and_hold_the_lane(d, monkeypatch, decoded):
+    """Each decoding's member goes into `decoded`; the one CPU lane is held until the gate returned is set (then await
+    the blocker returned)."""
+    original = d._prepare
+    monkeypatch.setattr(d, "_prepare", lambda *args, **kwargs: decoded.append(args[1].name) or original(*args, **kwargs))
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(d.cpu.call(lambda: gate.wait(5), time.monotonic()))
+    await asyncio.sleep(0.01)
+    return gate, blocker
+
+
 def test_an_image_no_lane_can_decode_and_run_in_time_is_refused_undecoded(monkeypatch):
     decoded = []
 
     async def scenario():
         d, _ = dispatcher(backend=InLaneBackend())
         await d.start()
-        original = d._prepare
-        monkeypatch.setattr(d, "_prepare", lambda *args, **kwargs: decoded.append(args[1].name) or original(*args, **kwargs))
-        gate = threading.Event()
-        blocker = asyncio.ensure_future(d.cpu.call(lambda: gate.wait(5), time.monotonic()))
-        await asyncio.sleep(0.01)
+        gate, blocker = await record_decodings_and_hold_the_lane(d, monkeypatch, decoded)
         photo = synthetic_photo(640, 480, "JPEG")
         due = time.monotonic() + 0.03  # the lane frees after 0.1 s
         refused = asyncio.ensure_future(d.decode([photo], [PHOTO], SMALL, due, hard=True, run_hard=True))
@@ -448,11 +455,7 @@ def test_an_image_no_lane_can_start_in_time_for_its_member_is_decoded_for_a_fast
     async def scenario():
         d, _ = dispatcher(backend=InLaneBackend(), small=small, large=large)
         await d.start()
-        original = d._prepare
-        monkeypatch.setattr(d, "_prepare", lambda *args, **kwargs: decoded.append(args[1].name) or original(*args, **kwargs))
-        gate = threading.Event()
-        blocker = asyncio.ensure_future(d.cpu.call(lambda: gate.wait(5), time.monotonic()))
-        await asyncio.sleep(0.01)
+        gate, blocker = await record_decodings_and_hold_the_lane(d, monkeypatch, decoded)
         decode_ms = max(d.decode_times.expected_ms("JPEG", m.name, PHOTO.pixels) for m in (small, large))
         # The lane frees after 0.1 s: then the large member's 100 ms batch (150 with the headroom) no longer fits, the small one's does.
         due = time.monotonic() + 0.1 + (1.5 * decode_ms + 75.0) / 1000.0
