@@ -385,8 +385,11 @@ class Dispatcher:
                 return await self._decode_for(images, infos, candidate, deadline, hard, run_hard)
             except _TooLateToStart:
                 continue
-        raise DeadlineMissed("the server could not decode the image(s) within the latency bound under its current load; "
-                             "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s())
+        raise self._decoding_missed()
+
+    def _decoding_missed(self) -> DeadlineMissed:
+        return DeadlineMissed("the server could not decode the image(s) within the latency bound under its current load; "
+                              "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s())
 
     async def _decode_for(self, images: Sequence[bytes], infos: Sequence[ImageInfo], member: Member, deadline: float, hard: bool,
                           run_hard: bool | None) -> Decoded:
@@ -410,8 +413,7 @@ class Dispatcher:
             except preprocess.DecodeStopped as stopped:
                 if stopped.reason != "deadline":
                     raise
-                raise DeadlineMissed("the server could not decode the image(s) within the latency bound under its current load; "
-                                     "retry, relax the bound, or send on_miss=best_effort", self.retry_after_s()) from None
+                raise self._decoding_missed() from None
 
         tasks = [one(0, images[0], infos[0])] if len(images) == 1 else \
             [asyncio.ensure_future(one(i, data, info)) for i, (data, info) in enumerate(zip(images, infos, strict=True))]
