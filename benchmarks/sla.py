@@ -45,7 +45,7 @@ import uvloop
 
 from effx_serve.core import proc
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
-from effx_serve.serve.dispatch import Dispatcher, ImageInfo
+from effx_serve.serve.dispatch import ROUTES, Dispatcher, ImageInfo
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Sla
 from effx_serve.serve.settings import DispatchSettings
@@ -163,11 +163,15 @@ def compare(url: str, rate: float, arrivals: list[str], duration_s: float, round
                                    "--compare-rounds", str(rounds), *extra], cpus)
 
 
+def _answered_and_late(metrics: dict) -> tuple[float, float]:
+    """From a server's /metrics: the requests answered (however routed), and those answered past their bound."""
+    answered = sum(metrics.get("routes", {}).get(outcome, 0.0) for outcome in ROUTES)
+    return answered, metrics.get("sla_misses", {}).get("latency latency", 0.0)
+
+
 def server_attainment(phase: dict) -> float | None:
     """On the server's clock: answered requests within their bound over answered (admitted) ones, from its /metrics."""
-    metrics = phase.get("server_metrics") or {}
-    answered = sum(metrics.get("routes", {}).get(outcome, 0.0) for outcome in ("preferred", "scaled", "moved", "best_effort"))
-    late = metrics.get("sla_misses", {}).get("latency latency", 0.0)
+    answered, late = _answered_and_late(phase.get("server_metrics") or {})
     return 1.0 - late / answered if answered else None
 
 
@@ -176,13 +180,9 @@ def dropped_share(phase: dict) -> tuple[float, float] | None:
     server-clock in-bound share if those counted as misses), from its /metrics. The targets count answers: a drop is a
     429 refusal to its client, not a late answer, and the refusal targets count it (docs/serving.md)."""
     metrics = phase.get("server_metrics") or {}
-    routes = metrics.get("routes", {})
-    answered = sum(routes.get(outcome, 0.0) for outcome in ("preferred", "scaled", "moved", "best_effort"))
-    dropped = routes.get("refused_deadline", 0.0)
-    if not answered + dropped:
-        return None
-    in_bound = answered - metrics.get("sla_misses", {}).get("latency latency", 0.0)
-    return dropped / (answered + dropped), in_bound / (answered + dropped)
+    answered, late = _answered_and_late(metrics)
+    admitted = answered + metrics.get("routes", {}).get("refused_deadline", 0.0)
+    return ((admitted - answered) / admitted, (answered - late) / admitted) if admitted else None
 
 
 def client_attainment(phase: dict) -> float:
