@@ -14,11 +14,11 @@ from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.latency_store import LatencyStore
 from search.evaluators import MeasuredLatency, ProxyAccuracy
 from search.scaling.job import LacsSettings, run
-from search.scaling.lacs import DEFAULT_PHIS, Coefficients, family, member_row
+from search.scaling.lacs import DEFAULT_PHIS, MAX_GRID_STEP, MIN_GRID_STEP, Coefficients, family, member_row
 from training.arch.presets import PRESETS, load_spec
 from training.errors import SpecError
 
-_grid_step = checked(float, lambda value: 0.01 <= value <= 0.5, "a number", "from 0.01 to 0.5")
+_grid_step = checked(float, lambda value: MIN_GRID_STEP <= value <= MAX_GRID_STEP, "a number", f"from {MIN_GRID_STEP} to {MAX_GRID_STEP}")
 _fine_step = checked(float, lambda value: value == 0 or 0.005 <= value <= 0.5, "a number", "0 (no finer grid) or from 0.005 to 0.5")
 _tolerance = checked(float, lambda value: 0 < value <= 1, "a number", "above 0 and at most 1")
 

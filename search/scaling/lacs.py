@@ -100,10 +100,13 @@ def member_row(spec: ModelSpec, phi: float | None = None) -> dict:
             "blocks": len(plan.blocks), "params": plan.params, "macs": plan.macs}
 
 
+MIN_GRID_STEP, MAX_GRID_STEP = 0.01, 0.5  # a finer grid has millions of points: building it alone would take hours
+
+
 def coefficient_grid(step: float = 0.05, target: float = 2.0, tolerance: float = 0.1, maximum: float = 2.0) -> list[Coefficients]:
     """Every (alpha, beta, gamma) on a `step` grid in [1, maximum] with |alpha beta^2 gamma^2 - target| <= tolerance."""
-    if not 0.01 <= step <= 0.5:  # a finer grid has millions of points: building it alone would take hours
-        raise SpecError(f"grid step must be in [0.01, 0.5], got {step}")
+    if not MIN_GRID_STEP <= step <= MAX_GRID_STEP:
+        raise SpecError(f"grid step must be in [{MIN_GRID_STEP}, {MAX_GRID_STEP}], got {step}")
     values = [round(1.0 + i * step, 6) for i in range(int(round((maximum - 1.0) / step)) + 1)]
     grid = [Coefficients(a, b, g) for a, b, g in itertools.product(values, repeat=3) if abs(a * b * b * g * g - target) <= tolerance]
     if not grid:
