@@ -134,25 +134,40 @@ def test_a_flood_beyond_tritons_queue_is_refused_for_the_load_and_the_backend_st
     assert problem is None and after.shape == (1, len(member.labels))
 
 
+class FakeClient:
+    """Triton's client as the backend calls it: records each infer's keyword arguments, then raises `error` or answers."""
+
+    def __init__(self, error=None):
+        self.error, self.calls = error, []
+
+    async def infer(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        if self.error is not None:
+            raise self.error
+        return mock.MagicMock(as_numpy=lambda name: np.zeros((1, 10), np.float32))
+
+
+FAKE_MEMBER = mock.MagicMock(input_name="images", output_name="logits")
+FAKE_MEMBER.name = "m"
+
+
+def started_on(client):
+    """A Triton backend as if started, its client `client` (nothing listens at its URL)."""
+    backend = TritonBackend("127.0.0.1:1", "grpc", runtime="onnxruntime")
+    backend._client, backend._module, backend._problem = client, mock.MagicMock(), None
+    return backend
+
+
 def test_a_bounded_batch_goes_first_with_its_time_as_tritons_timeout_and_an_unbounded_one_after_without():
-    calls = []
-
-    class Recording:
-        async def infer(self, *args, **kwargs):
-            calls.append(kwargs)
-            return mock.MagicMock(as_numpy=lambda name: np.zeros((1, 10), np.float32))
-
-    member = mock.MagicMock(input_name="images", output_name="logits")
-    member.name = "m"
+    client = FakeClient()
 
     async def scenario():
-        backend = TritonBackend("127.0.0.1:1", "grpc", runtime="onnxruntime")
-        backend._client, backend._module, backend._problem = Recording(), mock.MagicMock(), None
-        await backend.infer(member, np.zeros((1, 3, 8, 8), np.float32), time.monotonic() + 0.05)
-        await backend.infer(member, np.zeros((1, 3, 8, 8), np.float32))
+        backend = started_on(client)
+        await backend.infer(FAKE_MEMBER, np.zeros((1, 3, 8, 8), np.float32), time.monotonic() + 0.05)
+        await backend.infer(FAKE_MEMBER, np.zeros((1, 3, 8, 8), np.float32))
 
     asyncio.run(scenario())
-    (bounded, unbounded) = calls
+    (bounded, unbounded) = client.calls
     assert bounded["priority"] == 1 and 0 < bounded["timeout"] <= 50_000  # microseconds: the 50 ms it has left
     assert unbounded["priority"] == 2 and unbounded["timeout"] is None  # Triton's default queue timeout applies
 
@@ -162,25 +177,10 @@ def test_tritons_queue_policy_refusing_a_batch_without_a_bound_is_the_load_not_a
     """What a full queue or the default queue timeout answers (no per-request timeout set) is a 429 for that batch alone;
     any other error still marks the backend down."""
 
-    class Refusing:
-        def __init__(self, error):
-            self.error = error
-
-        async def infer(self, *args, **kwargs):
-            raise self.error
-
-    class Module:
-        InferInput = mock.MagicMock()
-        InferRequestedOutput = mock.MagicMock()
-
-    member = mock.MagicMock(input_name="images", output_name="logits")
-    member.name = "m"
-
     async def outcome(error):
-        backend = TritonBackend("127.0.0.1:1", "grpc", runtime="onnxruntime")
-        backend._client, backend._module, backend._problem = Refusing(error), Module, None
+        backend = started_on(FakeClient(error))
         with pytest.raises(Exception) as raised:
-            await backend.infer(member, np.zeros((1, 3, 8, 8), np.float32))
+            await backend.infer(FAKE_MEMBER, np.zeros((1, 3, 8, 8), np.float32))
         return raised.value, backend.problem()
 
     refused, problem = asyncio.run(outcome(RuntimeError(message)))
