@@ -1,10 +1,11 @@
 """Does the proxy task separate architectures? Seed noise and the response to depth, width and resolution.
 
     .venv/bin/python benchmarks/proxy_signal.py [--repeats 3] [--epochs 8] [--stride 1] [--init identity|reference|both] [--full-epochs 24]
-                                                [--images-per-class 960] [--both-ways] [--out runs/proxy-signal] [--json F]
+                                                [--images-per-class 960] [--both-ways] [--resolution 48] [--lr-scale 1]
+                                                [--out runs/proxy-signal] [--json F]
 
 Trains the demo base at 48 px (the demo family's b0 architecture, between the 32 and 64 px variants) and four variants, each scaled in one dimension
-only (depth x2, width x1.5, resolution 64 and 32 px), under the proxy recipe that LACS and NAS use
+only (depth x2, width x1.5, resolution x4/3 and x2/3: 64 and 32 px), under the proxy recipe that LACS and NAS use
 (`search.evaluators.ProxyAccuracy`: the same code), each with `--repeats` seeds, on the generated demo
 data. Prints per model the top-1 mean +- std, how many times chance it is, and its margin over the base
 against the seed noise of that difference, with the verdict LACS and NAS print (signal beyond 2 std, or
@@ -14,7 +15,9 @@ members train 24) and prints whether the proxy ranks them as those longer runs d
 rank agreement of the models' means (Kendall's tau). `--images-per-class` trains on more (or fewer) distinct images
 than the demo's, to see whether depth and width respond when data is less scarce at the same compute (4x the images
 with a quarter of the epochs). `--both-ways` also scales depth and width down (x0.5, x0.67), as the 32 px variant
-does resolution: whether accuracy responds to them below the base where it does not above. Re-running with the same --out reuses the finished runs. Targets
+does resolution: whether accuracy responds to them below the base where it does not above. `--resolution` puts the base (and so
+every variant) at another input size, and `--lr-scale` multiplies the proxy's learning rate: whether either is what holds depth
+back. Re-running with the same --out reuses the finished runs. Targets
 (issue 18): the base >= 5x chance; margins over 2 std of the noise.
 """
 
@@ -28,8 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.cli.common import positive_int
+from effx_serve.cli.common import checked, positive_int
 from effx_serve.core.errors import UserError
+from search.defaults import round_resolution
 from search.evaluators import ProxyAccuracy
 from search.fidelity import kendall_tau
 from search.noise import Margin, means_difference_std, pooled_std
@@ -39,16 +43,19 @@ from training.demo_data import CLASSES, generate_demo_data
 
 CHANCE_TARGET = 5.0
 BASE_RESOLUTION = 48  # between the resolution variants (the demo family's own b0 is at 32 px)
+base_resolution = checked(int, lambda value: 40 <= value <= 160, "a whole number of pixels", "from 40 to 160")  # variants within search.defaults' bounds
+lr_scale = checked(float, lambda value: 0 < value <= 10, "a number", "above 0 and at most 10")
 
 
 def variants(resolution: int, both_ways: bool = False) -> dict:
     base = demo_base(resolution)
+    higher, lower = round_resolution(resolution * 4 / 3), round_resolution(resolution * 2 / 3)  # 64 and 32 px from 48
     models = {
         "base": base,
         "depth x2": base.with_(depth=2 * base.depth),
         "width x1.5": base.with_(width=1.5 * base.width),
-        "res 64 px": base.with_(resolution=64),
-        "res 32 px": base.with_(resolution=32),
+        f"res {higher} px": base.with_(resolution=higher),
+        f"res {lower} px": base.with_(resolution=lower),
     }
     if both_ways:  # depth and width scaled down too, as resolution is: does accuracy respond below the base?
         models |= {"depth x0.5": base.with_(depth=0.5 * base.depth), "width x0.67": base.with_(width=base.width / 1.5)}
@@ -133,6 +140,9 @@ def main() -> int:
                              "another size gets a data and runs folder of its own under --out)")
     parser.add_argument("--both-ways", action="store_true",
                         help="also train depth x0.5 and width x0.67: whether accuracy responds to them below the base, as to resolution")
+    parser.add_argument("--resolution", type=base_resolution, default=BASE_RESOLUTION,
+                        help=f"the base's input size in px (default {BASE_RESOLUTION}); the resolution variants are x4/3 and x2/3 of it")
+    parser.add_argument("--lr-scale", type=lr_scale, default=1.0, help="times the proxy recipe's learning rate (default 1)")
     parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -141,20 +151,23 @@ def main() -> int:
     print(f"demo data: {data['images']} images ({data['train_per_class']} train + {data['val_per_class']} val per class)")
     chance = 1.0 / len(CLASSES)
     inits = list(INITS) if args.init == "both" else [args.init]
-    models = variants(BASE_RESOLUTION, args.both_ways)
+    models = variants(args.resolution, args.both_ways)
     measured = {}
     for init in inits:
         print(f"{DESCRIBED[init]}:")
-        accuracy = ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.epochs, stride=args.stride, zero_init_residual=INITS[init])
+        accuracy = ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.epochs, stride=args.stride, zero_init_residual=INITS[init],
+                                 lr_scale=args.lr_scale)
         measured[init] = measure(accuracy, args.repeats, models)
     if args.full_epochs:
         print(f"{args.full_epochs} epochs, {DESCRIBED['reference']} (as the members train):")
         full = measure(ProxyAccuracy(Path(data["path"]), out / "runs", epochs=args.full_epochs), args.repeats, models)
 
     images = "every training image" if args.stride == 1 else f"one training image in {args.stride}"
-    report = {"images_per_class": args.images_per_class, "epochs": args.epochs, "stride": args.stride, "repeats": args.repeats, "inits": {}}
+    report = {"images_per_class": args.images_per_class, "epochs": args.epochs, "stride": args.stride, "repeats": args.repeats,
+              "resolution": args.resolution, "lr_scale": args.lr_scale, "inits": {}}
+    rate = "" if args.lr_scale == 1 else f" at {args.lr_scale:g}x its learning rate"
     for init, rows in measured.items():
-        print(f"\nproxy, {DESCRIBED[init]}: {args.epochs} epochs on {images}, {args.repeats} seeds each")
+        print(f"\nproxy{rate}, {DESCRIBED[init]}: {args.epochs} epochs on {images}, {args.repeats} seeds each")
         report["inits"][init] = table(rows, chance)
     if args.full_epochs:
         print(f"\n{args.full_epochs} epochs on every training image, {args.repeats} seeds each")

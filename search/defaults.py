@@ -58,16 +58,17 @@ def image_counts(data: str | Path) -> tuple[int, int]:
     return len(ImageFolder(data, "train", transform=None).samples), len(ImageFolder(data, "val", transform=None).samples)
 
 
-def _round_resolution(pixels: float) -> int:
+def round_resolution(pixels: float) -> int:
+    """The nearest multiple of 8 px within the candidate resolutions' bounds."""
     return int(min(MAX_RESOLUTION, max(MIN_RESOLUTION, 8 * round(pixels / 8))))
 
 
 def default_scale(image_size: int, hardware_class: str) -> Scale:
     """The candidate scale for images of `image_size` px on a `hardware_class` ("cpu", "gpu" or "tpu") machine."""
     if hardware_class == "cpu":
-        return Scale(CPU_WIDTH, CPU_DEPTH, _round_resolution(CPU_RESOLUTION_FRACTION * image_size),
+        return Scale(CPU_WIDTH, CPU_DEPTH, round_resolution(CPU_RESOLUTION_FRACTION * image_size),
                      f"the CPU default for {image_size} px images")
-    return Scale(1.0, 1.0, _round_resolution(image_size), f"the {hardware_class.upper()} default for {image_size} px images")
+    return Scale(1.0, 1.0, round_resolution(image_size), f"the {hardware_class.upper()} default for {image_size} px images")
 
 
 def fill_scale(given: dict[str, float | int | None], data: str | Path, hardware_class: str) -> tuple[dict, list[str]]:

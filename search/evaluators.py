@@ -30,7 +30,7 @@ MIN_TIMING_ROUNDS = 3  # side-by-side rounds at the least, whatever the seeds
 
 
 def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerprint: str, batch_size: int = 64, stride: int = 1,
-              progress: bool = False, seed: int = 0, zero_init_residual: bool = False) -> tuple[ModelSpec, dict]:
+              progress: bool = False, seed: int = 0, zero_init_residual: bool = False, lr_scale: float = 1.0) -> tuple[ModelSpec, dict]:
     """Train `spec` briefly on an ImageFolder dataset into `out_dir` (resuming there). Returns (trained spec, metrics).
 
     Every `stride`-th training image is used (a deterministic subset). A short run is not the reference
@@ -39,7 +39,8 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
     demo data, crops the object away), and BN momentum is 0.1 so the statistics settle within a few
     hundred steps (the reference's 0.01 is for long runs). No dropout or drop-connect: a few epochs do not
     overfit, and the regularisers only slow learning (demo base, 4 epochs: 22% top-1 with, 28% without).
-    `zero_init_residual`: every residual block starts as the identity (`Recipe.zero_init_residual`).
+    `zero_init_residual`: every residual block starts as the identity (`Recipe.zero_init_residual`). `lr_scale`
+    multiplies the recipe's learning rate (an experiment's knob: whether the rate is what ranks the models).
     """
     from torch.utils.data import Subset
 
@@ -53,6 +54,7 @@ def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerpri
     spec = spec.with_(num_classes=len(val_set.classes), bn_momentum=0.1, dropout=0.0, drop_connect=0.0)
     recipe = Recipe.small_data(epochs=epochs, batch_size=batch_size, warmup_epochs=min(1.0, epochs / 3), num_workers=0, seed=seed,
                                zero_init_residual=zero_init_residual)
+    recipe = recipe.with_(base_lr=recipe.base_lr * lr_scale)
     metrics = train(spec, train_set, val_set, recipe, out_dir, fingerprint, resume=True, progress=progress, log=lambda line: None)
     return spec, metrics
 
@@ -72,6 +74,7 @@ class ProxyAccuracy:
     stride: int = 1  # train on every stride-th image: a deterministic subset
     progress: bool = False
     zero_init_residual: bool = False
+    lr_scale: float = 1.0  # times the proxy recipe's learning rate
     results: dict[str, float] = field(default_factory=dict)
     fingerprint: str | None = None  # of `data`, computed on first use
 
@@ -82,16 +85,17 @@ class ProxyAccuracy:
         if key not in self.results:
             self.fingerprint = self.fingerprint or dataset_fingerprint(self.data)
             _, metrics = short_run(spec, self.data, self.work_dir / key, self.epochs, self.fingerprint, self.batch_size, self.stride,
-                                   self.progress, seed, self.zero_init_residual)
+                                   self.progress, seed, self.zero_init_residual, self.lr_scale)
             self.results[key] = float(metrics["ema_top1"])
         return self.results[key]
 
     def folder(self, spec: ModelSpec, seed: int = 0) -> str:
         """The run's folder under `work_dir`. Everything that changes what a run measures is in its name: a training run
         resumes whatever its folder holds, and one trained longer, or on another subset, or with residual blocks starting
-        as the identity ("-zi"), would otherwise be reused or continued as this one."""
+        as the identity ("-zi"), or at another learning rate, would otherwise be reused or continued as this one."""
         return (f"{spec.arch_hash()}-r{spec.resolution}-e{self.epochs}" + (f"-s{self.stride}" if self.stride != 1 else "")
-                + ("-zi" if self.zero_init_residual else "") + (f"-seed{seed}" if seed else ""))
+                + ("-zi" if self.zero_init_residual else "") + (f"-lr{self.lr_scale:g}" if self.lr_scale != 1 else "")
+                + (f"-seed{seed}" if seed else ""))
 
     def spread(self, spec: ModelSpec, repeats: int) -> Spread:
         """Top-1 of `repeats` runs of `spec` with seeds 0..repeats-1 (seed 0 is the run a search already made)."""

@@ -44,6 +44,22 @@ def test_a_count_below_one_is_a_one_line_error_before_any_work(option, tmp_path)
     assert not any(tmp_path.iterdir())  # no data generated, nothing trained
 
 
+@pytest.mark.parametrize(("option", "value", "rule"), [("--resolution", "32", "from 40 to 160"), ("--lr-scale", "0", "above 0")])
+def test_a_base_resolution_or_learning_rate_out_of_range_is_a_one_line_error_before_any_work(option, value, rule, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "proxy_signal.py"), option, value, "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and rule in result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_another_base_resolution_moves_every_variant_with_it():
+    """At 64 px the resolution variants are 4/3 and 2/3 of it, as 64 and 32 are of the default 48, on multiples of 8."""
+    models = _proxy_signal().variants(64)
+    assert {name: spec.resolution for name, spec in models.items()} == {
+        "base": 64, "depth x2": 64, "width x1.5": 64, "res 88 px": 88, "res 40 px": 40}
+    assert list(_proxy_signal().variants(48))[3:] == ["res 64 px", "res 32 px"]
+
+
 def test_another_number_of_training_images_gets_its_own_folder_and_the_demo_validation_set(tmp_path):
     module = _proxy_signal()
     demo = module.DemoSettings()

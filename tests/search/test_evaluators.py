@@ -56,3 +56,13 @@ def test_runs_of_other_lengths_or_subsets_go_to_folders_of_their_own(data, tmp_p
     assert len(folders) == 3
     epochs = {name: json.loads((tmp_path / name / "checkpoint-last.json").read_text())["epoch"] for name in folders}
     assert sorted(epochs.values()) == [1, 1, 2]
+
+
+def test_a_scaled_learning_rate_trains_at_that_rate_in_a_folder_of_its_own(data, tmp_path):
+    """A run at a quarter of the proxy's learning rate never resumes (or is returned as) one at the proxy's rate."""
+    proxy, slower = ProxyAccuracy(data, tmp_path, epochs=1), ProxyAccuracy(data, tmp_path, epochs=1, lr_scale=0.25)
+    proxy(TINY), slower(TINY)
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 2 and folders[1] == folders[0] + "-lr0.25"
+    rates = {name: json.loads((tmp_path / name / "checkpoint-last.json").read_text())["recipe"]["base_lr"] for name in folders}
+    assert rates[folders[1]] == pytest.approx(rates[folders[0]] / 4)
