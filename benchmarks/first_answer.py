@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,8 +47,8 @@ def _stage_times(log: Path, started_at: float, seen: dict[str, float]) -> None:
 
 def _try_classify(base: str, photo: bytes) -> str | None:
     try:
-        response = httpx.post(f"{base}/v1/classify", content=photo, headers={"content-type": "image/jpeg"}, timeout=10)
-    except httpx.HTTPError:
+        response = httpx2.post(f"{base}/v1/classify", content=photo, headers={"content-type": "image/jpeg"}, timeout=10)
+    except httpx2.HTTPError:
         return None
     return response.json()["member"] if response.status_code == 200 else None
 
@@ -56,8 +56,8 @@ def _try_classify(base: str, photo: bytes) -> str | None:
 def _building(base: str) -> str | None:
     """What /readyz says is still being built; None once the repository is complete."""
     try:
-        return httpx.get(f"{base}/readyz", timeout=5).json().get("building")
-    except (httpx.HTTPError, ValueError):
+        return httpx2.get(f"{base}/readyz", timeout=5).json().get("building")
+    except (httpx2.HTTPError, ValueError):
         return "not ready"
 
 

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+import httpx2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -88,7 +88,7 @@ async def open_ready(server: Server) -> Server:
 async def ready_client(app):
     """An async client of `app` with its lifespan started, once /readyz answers 200 (the backend has loaded)."""
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://test") as http:
             while (await http.get("/readyz")).status_code != 200:
                 await asyncio.sleep(0.02)
             yield http

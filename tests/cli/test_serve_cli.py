@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-import httpx
+import httpx2
 import pytest
 
 from effx_serve.cli import main
@@ -62,10 +62,10 @@ def test_serve_over_real_http(served_repository):
         base = f"http://127.0.0.1:{port}"
         problem = wait_ready(f"{base}/readyz", 60, process)
         assert problem is None, f"{problem}: {process.stdout.read() if process.poll() is not None else ''}"
-        response = httpx.post(f"{base}/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"min_accuracy": 0.6})
+        response = httpx2.post(f"{base}/v1/classify", content=JPEG, headers={"content-type": "image/jpeg"}, params={"min_accuracy": 0.6})
         assert response.status_code == 200 and response.json()["member"] == "tiny-f-b1"
-        assert "effx_requests_total" in httpx.get(f"{base}/metrics").text
-        huge_header = httpx.get(f"{base}/healthz", headers={"x-pad": "a" * 100_000})  # the served protocol limits a head
+        assert "effx_requests_total" in httpx2.get(f"{base}/metrics").text
+        huge_header = httpx2.get(f"{base}/healthz", headers={"x-pad": "a" * 100_000})  # the served protocol limits a head
         assert huge_header.status_code == 431 and "65536 bytes" in huge_header.json()["detail"]
         with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:  # expired in transit, most of its body unsent:
             connection.sendall(f"POST /v1/classify HTTP/1.1\r\nhost: test\r\ncontent-type: image/jpeg\r\ncontent-length: {len(JPEG)}\r\n"
@@ -121,10 +121,10 @@ def test_serve_demo_answers_before_its_first_member_and_stops_with_a_failed_buil
     def probe():
         for _ in range(100):
             try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                answer = httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
                 answers.append((answer.status_code, answer.json()["detail"]))
                 return
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 time.sleep(0.05)
 
     prober = threading.Thread(target=probe)

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from contextlib import asynccontextmanager
 
-import httpx
+import httpx2
 from fastapi import FastAPI
 
 from effx_serve.core.errors import UserError
@@ -72,7 +72,7 @@ def test_answers_503_while_waiting_then_the_real_app_serves():
         app = PendingApp(lambda stop: ready.wait(5) and real_app(events), "the demo build is training its first member (b0)")
         lifespan = Lifespan(app)
         await lifespan.start()
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app), base_url="http://test") as client:
             waiting = await client.post("/v1/classify", content=b"\xff\xd8 not yet")
             assert waiting.status_code == 503 and waiting.headers["retry-after"] == str(RETRY_AFTER_S)
             assert "training its first member (b0)" in waiting.json()["detail"] and "retry later" in waiting.json()["detail"]
@@ -95,7 +95,7 @@ def test_a_failed_start_is_kept_answered_and_reported():
     async def scenario():
         app, failures, lifespan = await _opened(start)
         await _until(lambda: failures)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app), base_url="http://test") as client:
             answer = await client.get("/readyz")
         assert answer.status_code == 503 and "could not start: the demo build stopped (exit 3)" in answer.json()["detail"]
         await lifespan.stop()
