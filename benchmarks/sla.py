@@ -45,9 +45,9 @@ import uvloop
 
 from effx_serve.core import proc
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
-from effx_serve.serve.dispatch import ROUTES, Dispatcher, ImageInfo
+from effx_serve.serve.dispatch import Dispatcher, ImageInfo
 from effx_serve.serve.metrics import ServerMetrics
-from effx_serve.serve.router import Sla
+from effx_serve.serve.router import ROUTES, Sla
 from effx_serve.serve.settings import DispatchSettings
 from loadtest.prom import quantile_bounds
 from loadtest.render import round_range

@@ -53,7 +53,6 @@ from effx_serve.serve.router import Decision, Option, Sla, route
 from effx_serve.serve.scheduler import DeviceScheduler, ItemResult, Late, Queued
 from effx_serve.serve.settings import DispatchSettings
 
-ROUTES = ("preferred", "scaled", "moved", "best_effort")  # how an answered request was placed (the answer and /metrics say)
 CALIBRATION_FORMATS = ("JPEG", "PNG", "WEBP")
 
 

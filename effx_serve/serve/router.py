@@ -23,6 +23,7 @@ from effx_serve.core.errors import UserError
 
 POLICIES = ("most_accurate", "fastest")
 ON_MISS = ("reject", "best_effort")
+ROUTES = ("preferred", "scaled", "moved", "best_effort")  # how an answered request was placed (the answer and /metrics say)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from effx_serve.serve.router import ON_MISS, ROUTES
+
 MAX_TOP_K = 1000
 
 
@@ -20,7 +22,7 @@ class ClassifyParams(BaseModel):
                                          description="highest acceptable time in the server, in milliseconds, end to end: from receiving the request to the "
                                                      "answer written (reading, decoding, queueing, inference, serialising)")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="how many predictions to return (at most the number of labels)")
-    on_miss: Literal["reject", "best_effort"] = Field(
+    on_miss: Literal[ON_MISS] = Field(
         "reject", description="when no member can meet the SLA: reject (422 with the nearest options) or serve the nearest and flag the miss")
     family: str | None = Field(None, max_length=200, description="route among this family's members instead of the hardware's default family")
     member: str | None = Field(None, max_length=200, description="serve with this member (the SLA is still checked)")
@@ -66,7 +68,7 @@ class SlaReport(BaseModel):
     expected_to_meet: bool = Field(description="the router expected the serving member to meet the SLA")
     met: bool = Field(description="the SLA was met: accuracy, and total_ms within the bound")
     misses: list[Literal["accuracy", "latency"]]
-    route: Literal["preferred", "scaled", "moved", "best_effort"] = Field(
+    route: Literal[ROUTES] = Field(
         description="preferred: the member the SLA picks on an idle server; scaled: a faster one, because of the load; "
                     "moved: a faster one, after the request could no longer make its deadline on the member first chosen; "
                     "best_effort: served though expected to miss (on_miss=best_effort)")

@@ -457,10 +457,10 @@ def test_an_image_no_lane_can_start_in_time_for_its_member_is_decoded_for_a_fast
         await d.start()
         gate, blocker = await record_decodings_and_hold_the_lane(d, monkeypatch, decoded)
         decode_ms = max(d.decode_times.expected_ms("JPEG", m.name, PHOTO.pixels) for m in (small, large))
+        photo = synthetic_photo(640, 480, "JPEG")  # made before the clock starts: the first one in a process takes a while
         # The lane frees after 0.1 s: then the large member's 100 ms batch (150 with the headroom) no longer fits, the small one's does.
         due = time.monotonic() + 0.1 + (1.5 * decode_ms + 75.0) / 1000.0
-        job = asyncio.ensure_future(d.decode([synthetic_photo(640, 480, "JPEG")], [PHOTO], large, due, hard=True, run_hard=True,
-                                             alternatives=[small]))
+        job = asyncio.ensure_future(d.decode([photo], [PHOTO], large, due, hard=True, run_hard=True, alternatives=[small]))
         await asyncio.sleep(0.1)
         gate.set()
         try:
