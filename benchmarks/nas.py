@@ -8,8 +8,10 @@ EfficientNet-B0 and EfficientNet-X-B0, which the search evaluates first. Then it
 proxy top-1 and measured latency, picks the found architecture (the best reward among the searched
 trials that neither reference dominates), lists how it differs from both (block types, kernels,
 expansion, SE, activations, repeats, widths, space-to-depth/batch) and the roofline figures on this
-hardware that explain why. Exit code 1 when no searched architecture is undominated. Re-running with the
-same --out resumes the search (no trial is trained twice).
+hardware that explain why. The found architecture's margins over both references are judged against the proxy's
+seed noise: it and the references are trained with 3 seeds (search/nas/verdict.py; the search's own seed runs are
+reused), and each margin of the means is printed with its noise and verdict. Exit code 1 when no searched
+architecture is undominated. Re-running with the same --out resumes the search (no trial is trained twice).
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.roofline import analyze
 from search.nas import job as nas_job
+from search.nas import verdict
+from search.nas.report import TrialRecord
 from search.nas.space import STAGE_CHOICES
 from search.nas.worker import SearchConfig, WorkerSettings
 
 # The demo scaling (docs/training.md): half width, a third of the depth, 48 px; 5 epochs of proxy training.
 SCALING = {"width": 0.5, "depth": 0.34, "resolution": 48}
 PROXY_EPOCHS = 5
+SEEDS = 3  # per model whose margins the report judges (the search's own noise check uses as many)
 
 WHY = {
     "block": "fused MBConv runs the k x k convolution dense instead of depthwise + 1x1 expansion: more FLOPs, but far fewer "
@@ -95,10 +100,10 @@ def main() -> int:
     result = nas_job.run(config, settings, out, resume=resume, say=lambda line: print(line, file=sys.stderr), progress=True)
     minutes = (time.perf_counter() - started) / 60
     config = SearchConfig.from_dict(result["config"])
-    return report(result, config, minutes, args.json)
+    return report(result, config, minutes, args.json, out)
 
 
-def report(result: dict, config: SearchConfig, minutes: float, json_path: str | None) -> int:
+def report(result: dict, config: SearchConfig, minutes: float, json_path: str | None, work_dir: Path) -> int:
     hardware = this_machine().hardware
     baselines = {row["role"].split(":", 1)[1]: row for row in result["baselines"]}
     searched = [r for r in result["records"] if r["state"] == "complete" and r["role"] == "search" and r["duplicate_of"] is None]
@@ -141,7 +146,10 @@ def report(result: dict, config: SearchConfig, minutes: float, json_path: str | 
         print(f"\nroofline, found vs {name}: intensity {f['intensity']:.2f} vs {b['intensity']:.2f} FLOP/B (ridge {ridge:.2f}); "
               f"{100 * f['memory_bound_share']:.0f}% vs {100 * b['memory_bound_share']:.0f}% of roofline time memory-bound; "
               f"{f['flops'] / b['flops']:.2f}x the FLOPs, {f['bytes'] / b['bytes']:.2f}x the bytes")
-    _write(json_path, {"found": f, "models": figures, "minutes": minutes, "ridge": ridge})
+    print(f"\nthe found architecture's margins over the references against the seed noise ({SEEDS} seeds each):")
+    records = [TrialRecord(**row) for row in result["records"]]
+    judged = verdict.judge(records, config, work_dir, SEEDS, winner=next(r for r in records if r.number == found["number"]))
+    _write(json_path, {"found": f, "models": figures, "minutes": minutes, "ridge": ridge, "judged": judged})
     return 0
 
 

@@ -21,10 +21,11 @@ from search.noise import Margin, Spread, means_difference_std, pooled_std
 
 
 def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: int, say: Callable[[str], None] = print,
-          max_repeats: int = 0) -> dict:
+          max_repeats: int = 0, winner: TrialRecord | None = None) -> dict:
     """{"repeats", "accuracy_std", "finalists": [{number, role, samples...}], "comparisons": [{other, margin...}]}; the
-    noise is None (and nothing retrained) with repeats < 2 or an evaluator without accuracy_spread."""
-    winner = best(records)
+    noise is None (and nothing retrained) with repeats < 2 or an evaluator without accuracy_spread. `winner`: the trial
+    to judge against the others (default: the best by reward)."""
+    label, winner = ("best", best(records)) if winner is None else ("judged", winner)
     empty = {"repeats": repeats, "accuracy_std": None, "finalists": [], "comparisons": []}
     if winner is None or repeats < 2:
         return empty
@@ -47,7 +48,7 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
         seeds = len(spreads[winner.number].samples)
         if not level or seeds >= max_repeats:
             break
-        say(f"the best (trial {winner.number}) is level with trial(s) {', '.join(map(str, level))} within the seed noise: "
+        say(f"the {label} (trial {winner.number}) is level with trial(s) {', '.join(map(str, level))} within the seed noise: "
             f"a seed more each ({seeds + 1} of at most {max_repeats})")
         for number in (winner.number, *level):
             spreads[number] = spread_of(specs[number], len(spreads[number].samples) + 1)
@@ -59,7 +60,7 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
         ratio = _ratio(timings, winner.number, other.number)
         latency = "" if ratio is None else (f"; latency {ratio.mean:.3f}x theirs +- {ratio.std:.3f} "
                                             f"({len(ratio.samples)} rounds side by side)")
-        say(f"best (trial {winner.number}) over {name}: top-1 {margin.describe(' of top-1')}{latency}")
+        say(f"{label} (trial {winner.number}) over {name}: top-1 {margin.describe(' of top-1')}{latency}")
         comparisons.append({"best": winner.number, "other": other.number, "other_role": other.role} | margin.to_dict()
                            | ({"latency_ratio": ratio.to_dict()} if ratio is not None else {}))
     return {"repeats": repeats, "accuracy_std": noise,

@@ -385,6 +385,24 @@ def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, ca
     assert printed.count("x theirs side by side") == len(saved["comparisons"])
 
 
+def test_a_trial_other_than_the_best_can_be_judged_against_the_references(tmp_path, monkeypatch):
+    """benchmarks/nas.py judges the architecture it reports (the best one no reference dominates), which need not be the best
+    by reward: its margins, not the best's, are the ones compared."""
+    from search.nas import verdict
+    from search.nas.report import TrialRecord
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    config = stub_config(evaluator="tests.search.nas.nas_stubs:NoisyStubEvaluator")
+    result = nas_job.run(config, settings_for(tmp_path, budget_trials=6), tmp_path, say=lambda line: None, progress=False, noise_repeats=0)
+    records = [TrialRecord(**row) for row in result["records"]]
+    chosen = [r for r in records if r.state == "complete" and r.role == "search" and r.number != result["best"]["number"]][0]
+    printed = []
+    judged = verdict.judge(records, config, tmp_path, 3, printed.append, winner=chosen)
+    assert judged["finalists"][0]["number"] == chosen.number and {c["best"] for c in judged["comparisons"]} == {chosen.number}
+    assert {c["other_role"] for c in judged["comparisons"]} >= {"baseline:efficientnet-b0", "baseline:efficientnet-x-b0"}
+    assert any(line.startswith(f"judged (trial {chosen.number}) over efficientnet-b0") for line in printed), printed
+
+
 def test_without_a_spread_the_noise_is_not_measured(tmp_path):
     result = nas_job.run(stub_config(), settings_for(tmp_path, budget_trials=4), tmp_path, say=lambda line: None, progress=False, noise_repeats=3)
     assert result["noise"] == {"repeats": 3, "accuracy_std": None, "finalists": [], "comparisons": []}
