@@ -10,7 +10,7 @@ trials that neither reference dominates), lists how it differs from both (block 
 expansion, SE, activations, repeats, widths, space-to-depth/batch) and the roofline figures on this
 hardware that explain why. The found architecture's margins over both references are judged against the proxy's
 seed noise: it and the references are trained with 3 seeds (search/nas/verdict.py; the search's own seed runs are
-reused), and each margin of the means is printed with its noise and verdict. Exit code 1 when no searched
+reused, and when the found architecture is the search's best its own check is the verdict), and each margin of the means is printed with its noise and verdict. Exit code 1 when no searched
 architecture is undominated. Re-running with the same --out resumes the search (no trial is trained twice).
 """
 
@@ -35,7 +35,7 @@ from search.nas.worker import SearchConfig, WorkerSettings
 # The demo scaling (docs/training.md): half width, a third of the depth, 48 px; 5 epochs of proxy training.
 SCALING = {"width": 0.5, "depth": 0.34, "resolution": 48}
 PROXY_EPOCHS = 5
-SEEDS = 3  # per model whose margins the report judges (the search's own noise check uses as many)
+SEEDS = 3  # per model whose margins are judged: the search's own noise check, and the report's when it judges another trial
 
 WHY = {
     "block": "fused MBConv runs the k x k convolution dense instead of depthwise + 1x1 expansion: more FLOPs, but far fewer "
@@ -97,7 +97,8 @@ def main() -> int:
     settings = WorkerSettings(storage=None, journal=out / "trials.journal", work_dir=out, deadline=time.time() + 60 * args.minutes)
     started = time.perf_counter()
     resume = (out / "trials.journal").exists()
-    result = nas_job.run(config, settings, out, resume=resume, say=lambda line: print(line, file=sys.stderr), progress=True)
+    result = nas_job.run(config, settings, out, resume=resume, say=lambda line: print(line, file=sys.stderr), progress=True,
+                         noise_repeats=SEEDS)
     minutes = (time.perf_counter() - started) / 60
     config = SearchConfig.from_dict(result["config"])
     return report(result, config, minutes, args.json, out)
@@ -147,8 +148,12 @@ def report(result: dict, config: SearchConfig, minutes: float, json_path: str | 
               f"{100 * f['memory_bound_share']:.0f}% vs {100 * b['memory_bound_share']:.0f}% of roofline time memory-bound; "
               f"{f['flops'] / b['flops']:.2f}x the FLOPs, {f['bytes'] / b['bytes']:.2f}x the bytes")
     print(f"\nthe found architecture's margins over the references against the seed noise ({SEEDS} seeds each):")
-    records = [TrialRecord(**row) for row in result["records"]]
-    judged = verdict.judge(records, config, work_dir, SEEDS, winner=next(r for r in records if r.number == found["number"]))
+    judged = result["noise"]
+    if judged and judged["finalists"] and judged["finalists"][0]["number"] == found["number"]:
+        print("  as the search's own noise check judged them above (the found architecture is the search's best)")
+    else:
+        records = [TrialRecord(**row) for row in result["records"]]
+        judged = verdict.judge(records, config, work_dir, SEEDS, winner=next(r for r in records if r.number == found["number"]))
     _write(json_path, {"found": f, "models": figures, "minutes": minutes, "ridge": ridge, "judged": judged})
     return 0
 
