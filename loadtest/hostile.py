@@ -3,8 +3,8 @@ took, the server's memory, and whether a normal client was served meanwhile.
 
     .venv/bin/python -m loadtest.hostile --repo model_repository [--scale 0.1] [--only scan_bomb ...] [-- SERVE FLAGS]
 
-It starts the server itself (default options, plus any flags after `--`), so that it can read the server's memory from
-/proc: RSS at idle before the attack, its peak during it (the kernel's high-water mark, reset per attack) and RSS
+It starts the server itself (default options in one process, `--workers 1`, plus any flags after `--`), so that it can
+read the server's memory from /proc: RSS at idle before the attack, its peak during it (the kernel's high-water mark, reset per attack) and RSS
 after. A probe sends a normal 640x480 JPEG every 0.1 s throughout and records its worst latency. Targets, each
 printed: every attack answered 4xx or closed (never a 5xx, never a reset before an answer), the probe always served
 within 1 s, and the peak within the documented memory ceiling above idle (docs/serving.md). `--scale` shrinks the
@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.scale <= 1:
         parser.error("--scale must be in (0, 1]")
     port = proc.free_port()
-    command = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", args.repo, "--port", str(port), "--log-level", "warning", *serve_flags]
+    command = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", args.repo, "--port", str(port), "--log-level", "warning",
+               "--workers", "1", *serve_flags]  # one process: its memory is what /proc shows for its pid (the ceiling is per worker)
     with proc.running(command, f"http://127.0.0.1:{port}/readyz", Path(args.log), 300) as server:
         print(f"effx-serve (pid {server.pid}) on 127.0.0.1:{port}, scale {args.scale:g}; memory ceiling {CEILING_MB} MB above idle, "
               f"probe bound {PROBE_BOUND_S * 1000:.0f} ms", flush=True)

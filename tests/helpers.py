@@ -132,9 +132,10 @@ def triton_or_skip() -> None:
 
 @contextmanager
 def served(repository: Path, log_dir: Path, *flags: str, timeout_s: float = 120.0):
-    """`effx-serve serve` on `repository` in its own process; yields its base URL once /readyz answers 200."""
+    """`effx-serve serve` on `repository` in its own process; yields its base URL once /readyz answers 200. One process unless
+    `flags` say otherwise: these tests check one request path, whose /metrics a second worker would report a second late."""
     port = proc.free_port()
-    argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repository), "--port", str(port), *flags]
+    argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repository), "--port", str(port), "--workers", "1", *flags]
     with proc.running(argv, f"http://127.0.0.1:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s):
         yield f"http://127.0.0.1:{port}"
 

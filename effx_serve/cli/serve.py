@@ -19,7 +19,7 @@ from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 from effx_serve.serve.settings import COSTINGS, MAX_START_HEADROOM, DispatchSettings, ServerSettings
-from effx_serve.serve.workers import WorkerLink, WorkerSpec, listen, supervise
+from effx_serve.serve.workers import WorkerLink, WorkerSpec, auto_workers, listen, supervise
 
 SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serving.md, the benchmark)
 _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of MiB", "above 0")
@@ -32,6 +32,7 @@ _headroom = checked(float, lambda value: 0 <= value <= MAX_START_HEADROOM, "a fr
 _watch_s = checked(float, lambda value: 0 <= value <= 3600, "a number of seconds", "from 0 (never) to 3600")
 DEMO_HARDWARE = ("nvidia-h200", "tpu-v3")  # the demo repository also predicts these (the Makefile's choice before --demo)
 DEMO_WATCH_S = 2.0
+AUTO = "auto"
 BUILDER_NICE = 10  # the build yields the cores to the requests being served
 
 
@@ -77,12 +78,37 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     dispatch = DispatchSettings(max_queue=args.max_queue, default_policy=args.default_policy, costing=args.costing,
                                 default_deadline_ms=args.default_deadline_ms, decode_budget_ms=args.decode_budget_ms, lane_nice=args.lane_nice,
                                 start_headroom=args.start_headroom,
-                                cpu_lanes=args.cpu_lanes or (max(1, available_cpus() // args.workers) if args.workers > 1 else None))
+                                cpu_lanes=args.cpu_lanes or _lanes_per_worker(resolve_workers(args)[0] if args.workers == AUTO else args.workers))
     return ServerSettings(repository=repository, backend=args.backend, triton_url=args.triton_url, triton_protocol=args.triton_protocol,
                           triton_ready_timeout_s=args.triton_timeout, family=args.family, dispatch=dispatch,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
                           max_in_flight=args.max_in_flight, max_bodies_bytes=int(args.max_bodies_mb * 2**20),
                           body_timeout_s=args.body_timeout_s, watch_s=_watch_interval(args))
+
+
+_worker_count = checked(int, lambda value: value >= 1, "a whole number or auto", "at least 1")
+
+
+def _workers(text: str) -> int | str:
+    return AUTO if text == AUTO else _worker_count(text)
+
+
+def resolve_workers(args: argparse.Namespace) -> tuple[int, str]:
+    """`--workers auto`: how many, and why (serve/workers.py's rule, from this machine and the backend)."""
+    building = args.demo and needs_demo_build(Path(args.repo))
+    return auto_workers(available_cpus(), args.backend == "onnxruntime" and _onnxruntime_on_cpu(), building)
+
+
+def _onnxruntime_on_cpu() -> bool:
+    from effx_serve.hardware.detect import detect
+    from effx_serve.serve.backends.onnxruntime import onnxruntime_runtime
+
+    return onnxruntime_runtime(detect().hw_class)[0] == "onnxruntime"
+
+
+def _lanes_per_worker(workers: int) -> int | None:
+    """Each of several workers takes its share of the cores; one process takes them all (None: the dispatcher's default)."""
+    return max(1, available_cpus() // workers) if workers > 1 else None
 
 
 def _watch_interval(args: argparse.Namespace) -> float:
@@ -99,6 +125,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from effx_serve.serve.http.protocol import limited_protocol
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers == AUTO:
+        args.workers, why = resolve_workers(args)
+        print(f"--workers auto: {args.workers} ({why})", flush=True)
     if args.workers > 1 and args.worker is None:
         return _supervise(args)
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
@@ -138,7 +167,11 @@ def _supervise(args: argparse.Namespace) -> int:
     if args.demo and needs_demo_build(repository):
         raise UserError(f"{repository} is not built yet, and --workers needs it built; run `effx-serve serve --demo` once "
                         "(one process), or `effx-serve build-repo --demo`, then --workers")
-    lanes = settings_from(args).dispatch.cpu_lanes  # a bad repository or option is reported once, here, not by every worker
+    from effx_serve.serve.server import Server
+
+    settings = settings_from(args)
+    Server(settings)  # a bad repository or option (an unknown family) is reported once, here, not by every worker
+    lanes = settings.dispatch.cpu_lanes
     try:
         sock = listen(args.host, args.port)
     except OSError as error:
@@ -146,7 +179,8 @@ def _supervise(args: argparse.Namespace) -> int:
     print(f"{args.workers} workers on http://{args.host}:{args.port} (each with its own event loop and "
           f"{lanes} lane(s)); /metrics counts them all", flush=True)
     with sock:
-        return supervise(lambda spec: [sys.executable, "-m", "effx_serve.cli", *args.argv, "--worker", str(spec)], args.workers, sock)
+        return supervise(lambda spec: [sys.executable, "-m", "effx_serve.cli", *args.argv, "--workers", str(args.workers), "--worker", str(spec)],
+                         args.workers, sock)
 
 
 def _serving_app(args: argparse.Namespace, builder: subprocess.Popen | None = None, stop: threading.Event | None = None,
@@ -205,10 +239,10 @@ def add_parsers(sub) -> None:
                    help="a request with a latency bound starts decoding (or its batch runs) only while its expected run time, times "
                         "1 + this, fits before its deadline; one that would only just fit is refused at once (429 deadline) "
                         "rather than answered late (default: %(default)s)")
-    p.add_argument("--workers", type=positive_int, default=1,
+    p.add_argument("--workers", type=_workers, default=AUTO,
                    help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
                         "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "
-                        "apply per worker (default: %(default)s)")
+                        "apply per worker; auto: one per core when the models run on this host's CPU, else 1 (default: %(default)s)")
     p.add_argument("--worker", type=WorkerSpec.parse, help=argparse.SUPPRESS)  # set by the supervisor: FD,INDEX,SUPERVISOR_PID,FOLDER
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")
     p.add_argument("--max-in-flight", type=positive_int, default=256,

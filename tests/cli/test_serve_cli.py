@@ -50,7 +50,8 @@ def test_the_old_costing_is_behind_a_flag_for_comparisons(served_repository):
 def test_the_interpreter_switch_interval_is_set_before_serving(served_repository, monkeypatch):
     monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: calls.append(seconds))
     calls = []
-    assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--switch-interval-ms", "0.5", "--port", str(free_port())]) == 2
+    assert main(["serve", "--repo", str(served_repository), "--family", "nope", "--switch-interval-ms", "0.5", "--workers", "1",
+                 "--port", str(free_port())]) == 2
     assert calls == [0.0005]
 
 
@@ -154,3 +155,23 @@ def test_workers_report_a_busy_port_a_missing_repository_and_an_unbuilt_demo_onc
     assert main(["serve", "--demo", "--repo", str(tmp_path / "nowhere"), "--workers", "2", "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert "--workers needs it built" in err and len(err.strip().splitlines()) == 1
+
+
+def test_workers_default_to_auto_and_resolve_from_the_machine_and_the_backend(served_repository, tmp_path, monkeypatch):
+    from effx_serve.cli import build_parser
+
+    def resolved(*flags):
+        return serve_cli.resolve_workers(build_parser().parse_args(["serve", "--repo", str(served_repository), *flags]))[0]
+
+    monkeypatch.setattr(serve_cli, "available_cpus", lambda: 4)
+    monkeypatch.setattr(serve_cli, "_onnxruntime_on_cpu", lambda: True)
+    assert build_parser().parse_args(["serve"]).workers == "auto" and build_parser().parse_args(["serve", "--workers", "3"]).workers == 3
+    assert resolved() == 4 and resolved("--backend", "triton") == 1
+    assert serve_cli.resolve_workers(build_parser().parse_args(["serve", "--repo", str(tmp_path / "nowhere"), "--demo"]))[0] == 1
+    # Each of the auto workers takes its share of the cores.
+    assert serve_cli.settings_from(build_parser().parse_args(["serve", "--repo", str(served_repository)])).dispatch.cpu_lanes == 1
+    monkeypatch.setattr(serve_cli, "_onnxruntime_on_cpu", lambda: False)
+    assert resolved() == 1
+    for bad in ("0", "some"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--workers", bad])

@@ -185,3 +185,13 @@ def test_two_workers_serve_one_port_count_together_and_survive_one_being_killed(
         assert [classify() for _ in range(4)] == [200] * 4
         survivors = workers_now()
     assert not [pid for pid in survivors if _alive(pid)]  # the supervisor stopped: so did every worker
+
+
+@pytest.mark.parametrize(("cores", "on_host_cpu", "building", "expected"), [
+    (2, True, False, 2), (16, True, False, 16), (1, True, False, 1),  # one per core when the models run on this CPU
+    (8, False, False, 1),  # a GPU or a Triton server: one scheduler sees its queue whole
+    (8, True, True, 1),  # the demo building: one process serves it as it is written
+])
+def test_auto_workers_are_one_per_core_only_where_the_models_run_on_this_cpu(cores, on_host_cpu, building, expected):
+    count, why = workers.auto_workers(cores, on_host_cpu, building)
+    assert count == expected and why
