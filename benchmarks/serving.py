@@ -7,7 +7,7 @@ JPEG (smooth gradients, shapes, mild noise; quality 90; another size with --imag
 server costs with almost no decoding), measured side by side in one run:
 
 1. Router overhead = p50 end-to-end latency of POST /v1/classify?member=NAME (real HTTP over localhost to
-   `effx-serve serve` running in its own process; a keep-alive client, one request at a time) MINUS p50 of
+   `effx-serve serve` with its defaults (one worker per core on a CPU host) apart from this process; a keep-alive client, one request at a time) MINUS p50 of
    ONNX Runtime session.run at batch 1 on the same model.onnx in this process, with the thread settings of the
    server's backend (ThreadSettings.fit). Target <= 2 ms. The medians of the server's own `timing` (read,
    decode, queue, inference, serialise, total) and of this process's decode + preprocessing of the same JPEG explain it.

@@ -1,4 +1,5 @@
-"""Several server processes on one port (`serve --workers N`): each its own event loop, lanes and interpreter lock.
+"""Several server processes on one port (`serve --workers N`; by default one per core where the models run on the host's
+CPU, `auto_workers`): each its own event loop, lanes and interpreter lock.
 
 Why: one process serves at most what its interpreter lock lets through. On 2 cores, 40x40 JPEGs to b0 used 1.3 of
 the cores at ~490 img/s; two processes used both and served ~680 (docs/serving.md, benchmarks/serving.py with
