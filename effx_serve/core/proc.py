@@ -25,11 +25,56 @@ from effx_serve.core.errors import UserError
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask: a container's or taskset's limit), at least 1."""
+    """The CPUs this process may use, at least 1: its affinity mask (taskset, a container's cpuset), or fewer when its
+    cgroup has a CPU quota (a container's `--cpus`), which the mask does not show: lanes and workers sized from the mask
+    would share a quota of 2 CPUs on a 64-core host 64 ways."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, int(quota)) if quota is not None else cpus)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), membership: str | None = None) -> float | None:
+    """The CPUs' worth of time this process's cgroups allow (quota / period), the tightest over its cgroup and their
+    ancestors; None when unlimited or unknown. cgroup v2's cpu.max, or v1's cpu.cfs_quota_us and cpu.cfs_period_us.
+    `membership`: /proc/self/cgroup's text. Inside a container its own cgroup is mounted as the root, so the walk up from
+    the path the file names (absent there) reaches it."""
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    quotas = []
+    for line in membership.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers and "cpu" not in controllers.split(","):
+            continue
+        base = root if not controllers else next((root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()), None)
+        if base is None:
+            continue
+        folder = base / path.lstrip("/")
+        while True:
+            quota = _cpu_quota(folder)
+            if quota is not None:
+                quotas.append(quota)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(quotas) if quotas else None
+
+
+def _cpu_quota(folder: Path) -> float | None:
+    try:
+        if (folder / "cpu.max").is_file():
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 MAX_NICE = 19

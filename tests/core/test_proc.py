@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,36 @@ def test_lower_thread_priority_does_nothing_where_a_thread_id_is_not_linuxs(monk
     monkeypatch.setattr(sys, "platform", "darwin")  # a thread's id there may be another process's: never renice it
     before = _nice()
     assert proc.lower_thread_priority(5) is None and _nice() == before
+
+
+def _write(folder: Path, files: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_a_cgroup_cpu_quota_is_read_from_v2_and_v1_the_tightest_up_the_tree(tmp_path):
+    v2 = tmp_path / "v2"
+    _write(v2, {"cpu.max": "200000 100000\n"})  # a container: its own cgroup mounted as the root
+    assert proc.cgroup_cpu_quota(v2, "0::/\n") == 2.0
+    _write(v2 / "system.slice", {"cpu.max": "150000 100000\n"})
+    _write(v2 / "system.slice" / "app.scope", {"cpu.max": "max 100000\n"})  # unlimited itself, limited by its parents
+    assert proc.cgroup_cpu_quota(v2, "0::/system.slice/app.scope\n") == 1.5
+    v1 = tmp_path / "v1"
+    _write(v1 / "cpu,cpuacct", {"cpu.cfs_quota_us": "300000\n", "cpu.cfs_period_us": "100000\n"})
+    # Inside a v1 container the named path is absent: the walk up reaches the container's own, mounted as the root.
+    assert proc.cgroup_cpu_quota(v1, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n3:cpuset:/docker/abc\n") == 3.0
+    _write(v1 / "cpu,cpuacct", {"cpu.cfs_quota_us": "-1\n"})
+    assert proc.cgroup_cpu_quota(v1, "4:cpu,cpuacct:/\n") is None  # no quota
+    _write(v2, {"cpu.max": "junk\n"})
+    assert proc.cgroup_cpu_quota(v2, "0::/\n") is None and proc.cgroup_cpu_quota(tmp_path / "none", "0::/\n") is None
+
+
+def test_available_cpus_are_the_affinity_mask_cut_to_a_cgroup_quota(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(proc, "cgroup_cpu_quota", lambda: None)
+    assert proc.available_cpus() == cores
+    monkeypatch.setattr(proc, "cgroup_cpu_quota", lambda: 0.5)  # half a CPU: still one lane
+    assert proc.available_cpus() == 1
+    monkeypatch.setattr(proc, "cgroup_cpu_quota", lambda: cores + 10.0)  # a quota above the mask changes nothing
+    assert proc.available_cpus() == cores
