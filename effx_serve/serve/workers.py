@@ -38,8 +38,8 @@ EARLY_S = 30.0
 
 def auto_workers(cores: int, on_host_cpu: bool, building: bool) -> tuple[int, str]:
     """`serve --workers auto` (the default): (workers, why). One per core when the models run on this host's CPU, where one
-    process is bounded by its interpreter lock: on 2 cores two workers served 25-30% more than one process and kept more
-    requests within their SLAs at the same load (docs/serving.md). One for a GPU or a Triton server (one device, whose
+    process is bounded by its interpreter lock: on 2 cores two workers served 19-29% more images/s than one process and kept
+    more requests within their SLAs at the same load (docs/serving.md). One for a GPU or a Triton server (one device, whose
     queue one scheduler should see whole), and while the demo repository builds (one process serves it as it is written)."""
     if building:
         return 1, "the demo repository is building (one process serves it as it is written; a restart once it is built runs one per core)"
