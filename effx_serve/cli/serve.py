@@ -123,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from effx_serve.serve.http.pending import PendingApp
     from effx_serve.serve.http.protocol import limited_protocol
+    from effx_serve.serve.http.shared_port import SharedPortServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers == AUTO:
@@ -141,13 +142,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:  # the port answers at once (503, saying what is building) and serves from the first member on
             print(f"http://{args.host}:{args.port}/readyz answers 503 until the first member is ready", flush=True)
             app = PendingApp(lambda stop: _serving_app(args, builder, stop), "the demo build is training its first member (b0)")
-        web = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                                            http=limited_protocol(args.head_timeout_s),  # limits on a head: serve/http/protocol.py
-                                            timeout_keep_alive=args.keep_alive_s))
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                                http=limited_protocol(args.head_timeout_s),  # limits on a head: serve/http/protocol.py
+                                timeout_keep_alive=args.keep_alive_s)
+        web = uvicorn.Server(config) if worker is None else SharedPortServer(config, socket.socket(fileno=worker.spec.fd))
         if isinstance(app, PendingApp):
             app.on_failure = lambda error: setattr(web, "should_exit", True)
         try:
-            web.run(sockets=None if worker is None else [socket.socket(fileno=worker.spec.fd)])
+            web.run()
         except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C, then re-raised it: done, as uvicorn.run does
             pass
         if isinstance(app, PendingApp) and app.error is not None:

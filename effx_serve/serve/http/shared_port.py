@@ -1,0 +1,73 @@
+"""A worker's share of the port (`serve --workers N`): uvicorn taking one connection at a time from the socket every
+worker shares.
+
+uvloop (libuv) accepts every connection waiting when the shared socket becomes readable, so the worker whose event
+loop wakes first takes a whole burst of them, and a keep-alive client's connections stay where they landed. With
+two workers on 2 cores, a load generator opening its 8 or 32 connections at once sometimes left one worker with most
+of them and the machine at 1.3 of its cores (docs/serving.md). Here a worker takes one connection per turn of its
+event loop: a busy worker, whose turns are long, takes fewer, and an idle one more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+PAUSE_S = 0.1  # after an accept failure other than "another worker took it" (too many open files): no busy loop
+
+
+class SharedPortServer(uvicorn.Server):
+    """uvicorn on `listener`, a listening socket other processes accept from too."""
+
+    def __init__(self, config: uvicorn.Config, listener: socket.socket):
+        super().__init__(config)
+        self.listener = listener
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # the app's startup (its members loaded and warm) first, and no listener of uvicorn's
+        if not self.started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self.listener.setblocking(False)
+        self._loop.add_reader(self.listener.fileno(), self._take_one)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.listener.fileno())  # the other workers go on taking connections
+        await super().shutdown(sockets)
+
+    def _protocol(self) -> asyncio.Protocol:
+        # As uvicorn's startup makes its protocols (the same class, state and app state).
+        return self.config.http_protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+
+    def _take_one(self) -> None:
+        try:
+            connection, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as error:
+            log.warning("could not accept a connection (%s); trying again in %.1f s", error.strerror or error, PAUSE_S)
+            self._loop.remove_reader(self.listener.fileno())
+            self._loop.call_later(PAUSE_S, self._resume)
+            return
+        connection.setblocking(False)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = self._loop.create_task(self._connect(connection))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    def _resume(self) -> None:
+        if not self.should_exit:
+            self._loop.add_reader(self.listener.fileno(), self._take_one)
+
+    async def _connect(self, connection: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._protocol, connection)
+        except OSError:  # the client went away before its transport was made
+            connection.close()

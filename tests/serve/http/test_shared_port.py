@@ -1,0 +1,114 @@
+"""A worker's share of the port: one connection taken per turn of its event loop, served as uvicorn serves its own, and
+nothing taken once it shuts down."""
+
+import errno
+import socket
+import threading
+import time
+
+import httpx2
+import uvicorn
+
+from effx_serve.serve.http.protocol import limited_protocol
+from effx_serve.serve.http.shared_port import PAUSE_S, SharedPortServer
+
+
+async def _hello(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener
+
+
+def _server(listener: socket.socket) -> SharedPortServer:
+    return SharedPortServer(uvicorn.Config(_hello, lifespan="off", log_level="warning", http=limited_protocol()), listener)
+
+
+class _Loop:
+    """What `_take_one` asks of its event loop, recorded."""
+
+    def __init__(self) -> None:
+        self.tasks, self.calls = [], []
+
+    def create_task(self, coroutine):
+        coroutine.close()  # not run: only counted
+        self.tasks.append(coroutine)
+        return _Task()
+
+    def remove_reader(self, fd):
+        self.calls.append(("remove_reader", fd))
+
+    def add_reader(self, fd, callback):
+        self.calls.append(("add_reader", fd))
+
+    def call_later(self, delay, callback):
+        self.calls.append(("call_later", delay))
+        self.later = callback
+
+
+class _Task:
+    def add_done_callback(self, callback) -> None:
+        pass
+
+
+def test_one_connection_is_taken_per_turn_and_the_rest_wait_for_the_next_turn_or_another_worker():
+    with _listener() as listener:
+        server, loop = _server(listener), _Loop()
+        server._loop = loop
+        listener.setblocking(False)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        time.sleep(0.1)
+        server._take_one()
+        assert len(loop.tasks) == 1
+        left = [listener.accept()[0] for _ in range(2)]  # two still waiting: another worker may take them
+        server._take_one()  # none left: nothing taken, nothing raised
+        assert len(loop.tasks) == 1
+        for connection in (*clients, *left):
+            connection.close()
+
+
+def test_an_accept_failure_pauses_taking_connections_instead_of_spinning():
+    class Exhausted:
+        def fileno(self):
+            return 99
+
+        def accept(self):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    server, loop = _server(Exhausted()), _Loop()
+    server._loop = loop
+    server._take_one()
+    assert loop.calls == [("remove_reader", 99), ("call_later", PAUSE_S)]
+    loop.later()
+    assert loop.calls[-1] == ("add_reader", 99)
+    server.should_exit = True  # shutting down meanwhile: the pause does not start taking connections again
+    loop.later()
+    assert loop.calls[-1] == ("add_reader", 99) and len(loop.calls) == 3
+
+
+def test_connections_taken_one_at_a_time_are_served_and_shutdown_stops_taking_them():
+    with _listener() as listener:
+        server = _server(listener)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        with httpx2.Client() as one, httpx2.Client() as two:
+            assert [one.get(url).text, two.get(url).text, one.get(url).text] == ["hello"] * 3
+        server.should_exit = True
+        thread.join(10)
+        assert not thread.is_alive()
+        late = socket.create_connection(listener.getsockname())  # the port's queue still takes it: for the other workers
+        listener.setblocking(False)
+        assert listener.accept()[0]  # this worker left it there
+        late.close()
