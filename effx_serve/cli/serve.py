@@ -19,7 +19,7 @@ from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
 from effx_serve.serve.settings import COSTINGS, MAX_START_HEADROOM, DispatchSettings, ServerSettings
-from effx_serve.serve.workers import WorkerLink, WorkerSpec, auto_workers, listen, supervise
+from effx_serve.serve.workers import ConnectionCounts, WorkerLink, WorkerSpec, auto_workers, listen, supervise
 
 SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serving.md, the benchmark)
 _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of MiB", "above 0")
@@ -145,7 +145,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
                                 http=limited_protocol(args.head_timeout_s),  # limits on a head: serve/http/protocol.py
                                 timeout_keep_alive=args.keep_alive_s)
-        web = uvicorn.Server(config) if worker is None else SharedPortServer(config, socket.socket(fileno=worker.spec.fd))
+        if worker is None:
+            web = uvicorn.Server(config)
+        else:  # one of several on the port, taking its share of the connections (serve/http/shared_port.py)
+            web = SharedPortServer(config, socket.socket(fileno=worker.spec.fd), ConnectionCounts(worker.spec.folder, worker.spec.index))
         if isinstance(app, PendingApp):
             app.on_failure = lambda error: setattr(web, "should_exit", True)
         try:

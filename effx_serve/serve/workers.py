@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -71,6 +72,35 @@ class WorkerSpec:
 def _published(folder: Path, pid: int) -> Path:
     """The file the worker `pid` publishes its metrics (and so its heartbeat) into."""
     return folder / f"worker-{pid}.json"
+
+
+class ConnectionCounts:
+    """Every worker's open connections, one int64 each in a file the supervisor makes and every worker maps: a worker
+    holding more than another leaves a new connection to it for a moment (serve/http/shared_port.py). ABSENT marks a
+    worker not taking connections (starting, stopped or dead). Advisory: a stale count costs a connection one deferral."""
+
+    ABSENT = 2**62
+    FILE = "connections"
+
+    def __init__(self, folder: Path, index: int):
+        with open(folder / self.FILE, "r+b") as file:
+            self._map = mmap.mmap(file.fileno(), 0)
+        self._slots = memoryview(self._map).cast("q")
+        self.index = index
+
+    @classmethod
+    def create(cls, folder: Path, workers: int) -> None:
+        (folder / cls.FILE).write_bytes(cls.ABSENT.to_bytes(8, "little") * workers)
+
+    def set(self, count: int, index: int | None = None) -> None:
+        self._slots[self.index if index is None else index] = count
+
+    def add(self, delta: int) -> None:
+        self._slots[self.index] += delta
+
+    def more_than_another(self) -> bool:
+        mine = self._slots[self.index]
+        return any(count < mine for index, count in enumerate(self._slots) if index != self.index)
 
 
 class WorkerLink:
@@ -150,6 +180,8 @@ def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: s
     with tempfile.TemporaryDirectory(prefix="effx-workers-") as folder_name:
         folder = Path(folder_name)
         pool = [_Worker(index) for index in range(workers)]
+        ConnectionCounts.create(folder, workers)
+        counts = ConnectionCounts(folder, 0)
 
         def start(worker: _Worker) -> None:
             spec = WorkerSpec(sock.fileno(), worker.index, os.getpid(), folder)
@@ -165,6 +197,7 @@ def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: s
                     if failed:
                         return failed
                     if worker.process.poll() is not None:
+                        counts.set(ConnectionCounts.ABSENT, worker.index)  # its connections died with it
                         start(worker)
         finally:
             _stop_all([worker.process for worker in pool])

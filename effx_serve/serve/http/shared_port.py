@@ -1,11 +1,12 @@
 """A worker's share of the port (`serve --workers N`): uvicorn taking one connection at a time from the socket every
-worker shares.
+worker shares, and leaving it to a worker that holds fewer.
 
 uvloop (libuv) accepts every connection waiting when the shared socket becomes readable, so the worker whose event
 loop wakes first takes a whole burst of them, and a keep-alive client's connections stay where they landed. With
 two workers on 2 cores, a load generator opening its 8 or 32 connections at once sometimes left one worker with most
 of them and the machine at 1.3 of its cores (docs/serving.md). Here a worker takes one connection per turn of its
-event loop: a busy worker, whose turns are long, takes fewer, and an idle one more.
+event loop, and only when no other worker holds fewer open connections (`workers.ConnectionCounts`); else it waits
+DEFER_S for that one to take it, then takes it itself (that worker may be stuck or busy for longer).
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ import socket
 
 import uvicorn
 
+from effx_serve.serve.workers import ConnectionCounts
+
 log = logging.getLogger(__name__)
 PAUSE_S = 0.1  # after an accept failure other than "another worker took it" (too many open files): no busy loop
+DEFER_S = 0.002  # how long a worker holding more connections than another leaves a new one to it
 
 
 class SharedPortServer(uvicorn.Server):
     """uvicorn on `listener`, a listening socket other processes accept from too."""
 
-    def __init__(self, config: uvicorn.Config, listener: socket.socket):
+    def __init__(self, config: uvicorn.Config, listener: socket.socket, counts: ConnectionCounts | None = None):
         super().__init__(config)
-        self.listener = listener
+        self.listener, self.counts = listener, counts
+        self._deferred = False  # the last turn left a connection to a worker holding fewer: take the next one regardless
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
@@ -35,18 +40,38 @@ class SharedPortServer(uvicorn.Server):
             return
         self._loop = asyncio.get_running_loop()
         self.listener.setblocking(False)
+        if self.counts is not None:
+            self.counts.set(0)
         self._loop.add_reader(self.listener.fileno(), self._take_one)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self.listener.fileno())  # the other workers go on taking connections
+            if self.counts is not None:
+                self.counts.set(ConnectionCounts.ABSENT)
         await super().shutdown(sockets)
 
     def _protocol(self) -> asyncio.Protocol:
-        # As uvicorn's startup makes its protocols (the same class, state and app state).
-        return self.config.http_protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+        # As uvicorn's startup makes its protocols (the same class, state and app state), counted while open.
+        protocol = self.config.http_protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+        if self.counts is not None:
+            self.counts.add(1)
+            lost = protocol.connection_lost
+
+            def connection_lost(error: Exception | None) -> None:
+                self.counts.add(-1)
+                lost(error)
+
+            protocol.connection_lost = connection_lost
+        return protocol
 
     def _take_one(self) -> None:
+        if self.counts is not None and not self._deferred and self.counts.more_than_another():
+            self._deferred = True
+            self._loop.remove_reader(self.listener.fileno())
+            self._loop.call_later(DEFER_S, self._resume)
+            return
+        self._deferred = False
         try:
             connection, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
