@@ -95,6 +95,9 @@ class ConnectionCounts:
     def set(self, count: int, index: int | None = None) -> None:
         self._slots[self.index if index is None else index] = count
 
+    def count(self, index: int | None = None) -> int:
+        return self._slots[self.index if index is None else index]
+
     def add(self, delta: int) -> None:
         self._slots[self.index] += delta
 

@@ -26,6 +26,10 @@ link = WorkerLink(WorkerSpec.parse(sys.argv[1]))
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(f"{link.name} {os.getpid()}\\n")
 plan = os.environ.get(f"FAKE_PLAN_{link.name}", "serve")
+if plan == "crash" and os.environ["FAKE_ONCE"] not in open(os.environ["FAKE_LOG"]).read():  # it holds connections, then crashes
+    from effx_serve.serve.workers import ConnectionCounts
+    ConnectionCounts(link.spec.folder, link.spec.index).set(7)
+    open(os.environ["FAKE_LOG"] + ".folder", "w").write(str(link.spec.folder))
 if plan == "fail":
     sys.exit(5)
 if plan == "crashloop":  # serves, then dies at once, every time
@@ -101,6 +105,9 @@ def test_a_worker_that_crashes_or_hangs_is_replaced_and_shutdown_leaves_no_proce
         first, second = _pids(log)["0"]
         assert _eventually(lambda: not _alive(first))
         assert _alive(second) and len(_pids(log)["1"]) == 1  # worker 1 went on, untouched
+        if plan == "crash":  # the dead worker's connections are no longer counted; its replacement counts once it takes some
+            folder = Path(f"{log}.folder").read_text()
+            assert workers.ConnectionCounts(Path(folder), 1).count(0) == workers.ConnectionCounts.ABSENT
     finally:
         stop.set()
         thread.join(30)

@@ -10,7 +10,8 @@ import httpx2
 import uvicorn
 
 from effx_serve.serve.http.protocol import limited_protocol
-from effx_serve.serve.http.shared_port import PAUSE_S, SharedPortServer
+from effx_serve.serve.http.shared_port import DEFER_S, PAUSE_S, SharedPortServer
+from effx_serve.serve.workers import ConnectionCounts
 
 
 async def _hello(scope, receive, send) -> None:
@@ -27,8 +28,14 @@ def _listener() -> socket.socket:
     return listener
 
 
-def _server(listener: socket.socket) -> SharedPortServer:
-    return SharedPortServer(uvicorn.Config(_hello, lifespan="off", log_level="warning", http=limited_protocol()), listener)
+def _server(listener, counts: ConnectionCounts | None = None) -> SharedPortServer:
+    return SharedPortServer(uvicorn.Config(_hello, lifespan="off", log_level="warning", http=limited_protocol()), listener, counts)
+
+
+def _counts(folder, workers: int = 2) -> list[ConnectionCounts]:
+    """Each worker's view of the shared counts (two mappings of one file, as two processes have)."""
+    ConnectionCounts.create(folder, workers)
+    return [ConnectionCounts(folder, index) for index in range(workers)]
 
 
 class _Loop:
@@ -93,9 +100,39 @@ def test_an_accept_failure_pauses_taking_connections_instead_of_spinning():
     assert loop.calls[-1] == ("add_reader", 99) and len(loop.calls) == 3
 
 
-def test_connections_taken_one_at_a_time_are_served_and_shutdown_stops_taking_them():
+def test_workers_see_each_others_open_connections_and_absent_ones_take_none(tmp_path):
+    first, second, third = _counts(tmp_path, 3)
+    assert not first.more_than_another()  # none takes connections yet
+    first.set(0)
+    second.set(0)
+    first.add(2)
+    assert first.more_than_another() and not second.more_than_another()
+    second.set(ConnectionCounts.ABSENT)  # stopped (or dead: the supervisor marks it)
+    assert not first.more_than_another() and third.more_than_another()
+
+
+def test_a_worker_holding_more_connections_leaves_a_new_one_to_another_for_a_moment_then_takes_it(tmp_path):
+    mine, other = _counts(tmp_path)
+    mine.set(3)
+    other.set(1)
     with _listener() as listener:
-        server = _server(listener)
+        server, loop = _server(listener, mine), _Loop()
+        server._loop = loop
+        listener.setblocking(False)
+        client = socket.create_connection(listener.getsockname())
+        time.sleep(0.1)
+        server._take_one()  # the other worker holds fewer: left to it
+        assert loop.tasks == [] and loop.calls == [("remove_reader", listener.fileno()), ("call_later", DEFER_S)]
+        loop.later()
+        server._take_one()  # it did not take it in time: taken here
+        assert len(loop.tasks) == 1
+        client.close()
+
+
+def test_connections_taken_one_at_a_time_are_served_counted_and_shutdown_stops_taking_them(tmp_path):
+    mine, other = _counts(tmp_path)
+    with _listener() as listener:
+        server = _server(listener, mine)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         for _ in range(200):
@@ -105,9 +142,16 @@ def test_connections_taken_one_at_a_time_are_served_and_shutdown_stops_taking_th
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
         with httpx2.Client() as one, httpx2.Client() as two:
             assert [one.get(url).text, two.get(url).text, one.get(url).text] == ["hello"] * 3
+            assert mine.count() == 2 and other.count(0) == 2  # two connections open, seen by the other worker too
+        for _ in range(100):  # closed by the clients: counted down as the server sees them go
+            if mine.count() == 0:
+                break
+            time.sleep(0.02)
+        assert mine.count() == 0
         server.should_exit = True
         thread.join(10)
         assert not thread.is_alive()
+        assert mine.count() == ConnectionCounts.ABSENT  # stopped: none is left to it any more
         late = socket.create_connection(listener.getsockname())  # the port's queue still takes it: for the other workers
         listener.setblocking(False)
         assert listener.accept()[0]  # this worker left it there
