@@ -48,6 +48,8 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), membership: str | None
             return None
     quotas = []
     for line in membership.splitlines():
+        if line.count(":") < 2:  # not a cgroup line (the kernel writes ID:CONTROLLERS:PATH)
+            continue
         _, controllers, path = line.split(":", 2)
         if controllers and "cpu" not in controllers.split(","):
             continue

@@ -14,6 +14,7 @@ A worker whose supervisor is gone stops itself, so no worker outlives it.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import json
 import logging
@@ -90,7 +91,7 @@ class ConnectionCounts:
 
     @classmethod
     def create(cls, folder: Path, workers: int) -> None:
-        (folder / cls.FILE).write_bytes(cls.ABSENT.to_bytes(8, "little") * workers)
+        (folder / cls.FILE).write_bytes(array.array("q", [cls.ABSENT] * workers).tobytes())  # native order, as the mapping reads it
 
     def set(self, count: int, index: int | None = None) -> None:
         self._slots[self.index if index is None else index] = count

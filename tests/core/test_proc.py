@@ -130,6 +130,7 @@ def test_a_cgroup_cpu_quota_is_read_from_v2_and_v1_the_tightest_up_the_tree(tmp_
     assert proc.cgroup_cpu_quota(v1, "4:cpu,cpuacct:/\n") is None  # no quota
     _write(v2, {"cpu.max": "junk\n"})
     assert proc.cgroup_cpu_quota(v2, "0::/\n") is None and proc.cgroup_cpu_quota(tmp_path / "none", "0::/\n") is None
+    assert proc.cgroup_cpu_quota(v1, "garbage\n\n") is None  # not cgroup lines: no quota known, no traceback
 
 
 def test_available_cpus_are_the_affinity_mask_cut_to_a_cgroup_quota(monkeypatch):
