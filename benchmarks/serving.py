@@ -318,6 +318,11 @@ def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0
     port = proc.free_port()
     argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repo), "--host", HOST, "--port", str(port),
             "--log-level", "warning", *extra]
+    env = dict(os.environ if env is None else env)
+    if env.get("PYTHONPATH"):
+        # Another checkout's code: `python -m` puts the working folder (this checkout, run from its root) ahead of
+        # PYTHONPATH on sys.path, so without this the server would import this checkout's code instead.
+        env["PYTHONSAFEPATH"] = "1"
     with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s, env=env, cpus=cpus) as process:
         yield port, process
 
