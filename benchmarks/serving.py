@@ -310,6 +310,16 @@ class InProcess:
         return median_ms(decodes), median_ms(runs)
 
 
+def server_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) for a server started with `python -m`: when it names another checkout on PYTHONPATH,
+    that checkout's code runs. (`python -m` puts the working folder, this checkout when run from its root, ahead of
+    PYTHONPATH on sys.path; PYTHONSAFEPATH leaves it off.)"""
+    env = dict(os.environ if env is None else env)
+    if env.get("PYTHONPATH"):
+        env["PYTHONSAFEPATH"] = "1"
+    return env
+
+
 @contextmanager
 def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0, cpus: set[int] | None = None,
            env: dict[str, str] | None = None):
@@ -318,12 +328,7 @@ def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0
     port = proc.free_port()
     argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repo), "--host", HOST, "--port", str(port),
             "--log-level", "warning", *extra]
-    env = dict(os.environ if env is None else env)
-    if env.get("PYTHONPATH"):
-        # Another checkout's code: `python -m` puts the working folder (this checkout, run from its root) ahead of
-        # PYTHONPATH on sys.path, so without this the server would import this checkout's code instead.
-        env["PYTHONSAFEPATH"] = "1"
-    with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s, env=env, cpus=cpus) as process:
+    with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s, env=server_env(env), cpus=cpus) as process:
         yield port, process
 
 

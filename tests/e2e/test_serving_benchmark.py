@@ -48,3 +48,21 @@ def test_a_short_run_measures_both_rows(tmp_path, served_repository):
     assert simplest["processes"] == classify["cpus"] and simplest["requests_per_s"] > 0 and simplest["server_cpu_ms"] > 0
     assert all(not level["errors"] for level in floor["levels"] + simplest["levels"]) and "simplest" not in batch
     assert "the simplest server of that stack" in result.stdout and "router/simplest" in result.stdout
+
+
+def test_a_server_given_another_checkouts_pythonpath_runs_that_checkouts_code(tmp_path):
+    """`python -m` from this checkout's root would import this checkout's effx_serve ahead of PYTHONPATH's: every
+    benchmark comparison against other code once ran this code on both servers."""
+    other = tmp_path / "other"
+    (other / "effx_serve").mkdir(parents=True)
+    (other / "effx_serve" / "__init__.py").write_text("")
+    (other / "effx_serve" / "probe.py").write_text("print(__file__)\n")  # a module only the other checkout has
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import serving
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    run = subprocess.run([sys.executable, "-m", "effx_serve.probe"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=serving.server_env({"PYTHONPATH": str(other), "PATH": "/usr/bin:/bin"}))
+    assert run.returncode == 0 and run.stdout.strip() == str(other / "effx_serve" / "probe.py"), run.stderr
+    assert "PYTHONSAFEPATH" not in serving.server_env({"PATH": "/usr/bin:/bin"})  # this checkout's own code: nothing changed
