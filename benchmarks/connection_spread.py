@@ -72,9 +72,8 @@ def main() -> int:
     args = parser.parse_args()
     if not (Path(args.repo) / "manifest.json").is_file():
         parser.error(f"{args.repo} has no manifest.json: build it first (effx-serve build-repo --demo)")
-    env = None if args.code is None else {**os.environ, "PYTHONPATH": str(args.code.resolve())}
     with tempfile.TemporaryDirectory(prefix="effx-bench-spread-") as work, \
-            serving.router(Path(args.repo), ["--workers", "2"], Path(work), env=env) as (port, server):
+            serving.router(Path(args.repo), ["--workers", "2"], Path(work), code=args.code) as (port, server):
         time.sleep(8)  # the port answers once one worker is warm: give the other its time too
         workers = [int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
         photo = synthetic_photo(640, 480, "JPEG")

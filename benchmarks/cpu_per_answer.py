@@ -92,11 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     server_cpus, generator_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     os.sched_setaffinity(0, generator_cpus)
     image = synthetic_photo(*args.image_size, "JPEG", quality=90)
-    against_env = {**os.environ, "PYTHONPATH": str(args.against.resolve())}
     with tempfile.TemporaryDirectory(prefix="effx-bench-cpu-") as folder:
         work = Path(folder)
         with serving.router(args.repo, args.serve_arg, work, cpus=server_cpus) as (this, this_process), \
-                serving.router(args.repo, args.against_arg, work, cpus=server_cpus, env=against_env) as (other, other_process):
+                serving.router(args.repo, args.against_arg, work, cpus=server_cpus, code=args.against) as (other, other_process):
             member = args.member or serving.fastest_member(this)
             request = {port: serving.http_request(port, f"/v1/classify?member={member}", image, "image/jpeg") for port in (this, other)}
             print(f"{member}, {args.rate:g} requests/s to each server for {args.duration:g} s, both servers on CPU {cpus[0]}; "

@@ -310,25 +310,22 @@ class InProcess:
         return median_ms(decodes), median_ms(runs)
 
 
-def server_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """`env` (default: this process's) for a server started with `python -m`: when it names another checkout on PYTHONPATH,
-    that checkout's code runs. (`python -m` puts the working folder, this checkout when run from its root, ahead of
-    PYTHONPATH on sys.path; PYTHONSAFEPATH leaves it off.)"""
-    env = dict(os.environ if env is None else env)
-    if env.get("PYTHONPATH"):
-        env["PYTHONSAFEPATH"] = "1"
-    return env
+def code_env(code: Path | None) -> dict[str, str] | None:
+    """The environment for a `python -m` server that runs the checkout at `code` instead of this one (None: this one).
+    (`python -m` puts the working folder, this checkout when run from its root, ahead of PYTHONPATH on sys.path;
+    PYTHONSAFEPATH leaves it off.)"""
+    return None if code is None else {**os.environ, "PYTHONPATH": str(code.resolve()), "PYTHONSAFEPATH": "1"}
 
 
 @contextmanager
 def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0, cpus: set[int] | None = None,
-           env: dict[str, str] | None = None):
-    """`effx-serve serve` on `repo` in its own process (on `cpus` only, if given; with `env` instead of this one's) until the
-    block ends; yields (port, process) once /readyz is 200."""
+           code: Path | None = None):
+    """`effx-serve serve` on `repo` in its own process (on `cpus` only, if given; running the checkout at `code`, if
+    given) until the block ends; yields (port, process) once /readyz is 200."""
     port = proc.free_port()
     argv = [sys.executable, "-m", "effx_serve.cli", "serve", "--repo", str(repo), "--host", HOST, "--port", str(port),
             "--log-level", "warning", *extra]
-    with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s, env=server_env(env), cpus=cpus) as process:
+    with proc.running(argv, f"http://{HOST}:{port}/readyz", log_dir / f"serve-{port}.log", timeout_s, env=code_env(code), cpus=cpus) as process:
         yield port, process
 
 
@@ -573,7 +570,12 @@ def main() -> int:
     parser.add_argument("--json", metavar="OUT", help="also write every figure here")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="an argument for `effx-serve serve`, e.g. --serve-arg=--switch-interval-ms=1 (repeat for several)")
+    parser.add_argument("--server-code", type=Path, metavar="DIR",
+                        help="the router runs the checkout in DIR (a worktree of another commit); this process, its "
+                             "in-process references and the simplest server stay this checkout's")
     args = parser.parse_args()
+    if args.server_code is not None and not (args.server_code / "effx_serve").is_dir():
+        parser.error(f"{args.server_code} has no effx_serve/: give a checkout (e.g. git worktree add /tmp/old <commit>)")
     args.concurrency = [int(n) for n in args.concurrency.split(",")]
     args.batch_concurrency = [int(n) for n in args.batch_concurrency.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -615,7 +617,7 @@ def main() -> int:
         work = Path(work)
         for backend in backends:
             if backend == "onnxruntime":
-                with router(repo, args.serve_arg, work) as (port, process):
+                with router(repo, args.serve_arg, work, code=args.server_code) as (port, process):
                     answer = one_answer(port, f"/v1/classify?member={members[0].name}", image)  # what the bare servers answer
                     floor = bare(answer, image, args, work, say)
                     for member in members:
@@ -627,7 +629,8 @@ def main() -> int:
             triton_repo = build_triton_repo(args, catalog.dataset, work / "triton-repo", say)
             triton_catalog = catalog_io.load(triton_repo, hardware.id, "onnxruntime")
             say(f"starting tritonserver on {triton_repo}")
-            with triton_local.serve(triton_repo) as triton, router(triton_repo, ["--backend", "triton", "--triton-url", triton.http_url, *args.serve_arg], work) as (port, process):
+            with triton_local.serve(triton_repo) as triton, router(triton_repo, ["--backend", "triton", "--triton-url", triton.http_url, *args.serve_arg], work,
+                                                                 code=args.server_code) as (port, process):
                 for member in members:
                     served = triton_catalog.members.get(member.name)
                     if served is None:

@@ -245,7 +245,7 @@ def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str],
     with tempfile.TemporaryDirectory(prefix="effx-bench-sla-") as folder:
         work = Path(folder)
         with serving.router(repo, serve_args, work, cpus=server_cpus) as (port, _), \
-                serving.router(repo, [*serve_args, *baseline], work, cpus=server_cpus, env=_code_env(baseline_code)) as (old_port, _):
+                serving.router(repo, [*serve_args, *baseline], work, cpus=server_cpus, code=baseline_code) as (old_port, _):
             url, old_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
             fastest = serving.fastest_member(port)
             say(f"capacity: {fastest} pinned, closed loop at saturation")
@@ -270,11 +270,6 @@ def baseline_label(baseline: list[str], code: Path | None = None) -> str:
     parts = [f"code of {code.name}"] if code is not None else []
     parts += ["member costing"] if baseline == BASELINE else [" ".join(baseline)] if baseline else []
     return ", ".join(["routed", *parts])
-
-
-def _code_env(code: Path | None) -> dict[str, str] | None:
-    """The environment that runs the code at `code` (a checkout, first on PYTHONPATH) instead of this one; None: this code."""
-    return None if code is None else {**os.environ, "PYTHONPATH": str(code.resolve())}
 
 
 def _range(phase: dict, key: str, spec: str) -> str:

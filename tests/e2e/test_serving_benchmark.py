@@ -63,6 +63,6 @@ def test_a_server_given_another_checkouts_pythonpath_runs_that_checkouts_code(tm
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     run = subprocess.run([sys.executable, "-m", "effx_serve.probe"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env=serving.server_env({"PYTHONPATH": str(other), "PATH": "/usr/bin:/bin"}))
+                         env=serving.code_env(other))
     assert run.returncode == 0 and run.stdout.strip() == str(other / "effx_serve" / "probe.py"), run.stderr
-    assert "PYTHONSAFEPATH" not in serving.server_env({"PATH": "/usr/bin:/bin"})  # this checkout's own code: nothing changed
+    assert serving.code_env(None) is None  # this checkout's own code: the environment as it is

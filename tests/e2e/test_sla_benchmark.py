@@ -58,7 +58,6 @@ def test_the_baseline_is_named_by_its_arguments_and_each_server_gets_its_overloa
     assert sla.baseline_label(["--lane-nice=0"]) == "routed, --lane-nice=0"
     assert sla.baseline_label([], Path("/tmp/old")) == "routed, code of old"
     assert sla.baseline_label(["--lane-nice=0"], Path("/tmp/old")) == "routed, code of old, --lane-nice=0"
-    assert sla._code_env(None) is None and sla._code_env(Path("/tmp/old"))["PYTHONPATH"] == "/tmp/old"
     at_capacity = {"name": "routed", "goodput_rps": 200.0, "attainment": 0.8}
     overload = {"name": "routed", "goodput_rps": 150.0, "attainment": 0.3, "refused_429": 40, "refused_422": 0, "answered": 100, "within_bound": 90,
                 "refusal_latency_ms": {"p99": 12.5}, "server_metrics": {"refusal_buckets": {"0.004": 10.0, "0.016": 40.0, "+Inf": 40.0}}}
