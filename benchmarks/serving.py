@@ -30,6 +30,9 @@ server costs with almost no decoding), measured side by side in one run:
    Served throughput over the simplest server's is the router's own cost; the simplest server over the ceiling is what
    HTTP, the load generator on the same cores and this VM's scheduling leave of it.
 
+`--server-code DIR` runs the router from another checkout (a worktree of another commit): the same command with it
+and without, in turn, compares two commits' servers against the same references.
+
 With the defaults (--duration 3, three single-image and three batch concurrency levels) one member takes about a
 minute on both backends and all four demo members about five. Exit status 0 when every single-image row meets
 both targets. Measure on a quiet machine: anything else on these cores lowers the served figures.

@@ -20,6 +20,11 @@ def test_a_bad_image_size_is_a_clear_error():
     assert result.returncode == 2 and "WIDTHxHEIGHT" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_server_code_that_is_not_a_checkout_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--server-code", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and f"{tmp_path} has no effx_serve/" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_short_run_measures_both_rows(tmp_path, served_repository):
     member = "tiny-f-b0"
     out = tmp_path / "serving.json"
