@@ -6,7 +6,7 @@
 Starts `effx-serve serve --workers 2` (with --code, the code in DIR: a worktree of another commit, first on its
 PYTHONPATH), waits until both workers are warm, then `--trials` times opens `--connections` connections at once, sends
 one request on each, and counts from /proc which worker holds each. With `--busy N`, N other connections keep the
-workers busy with b3 classifications meanwhile (not counted). Prints the most connections on one worker per trial,
+workers busy with classifications by the slowest member meanwhile (not counted). Prints the most connections on one worker per trial,
 their mean share (0.5 is an even split) and the trials with 3/4 or more on one worker.
 """
 
@@ -51,15 +51,10 @@ def _established(port: int) -> set[str]:
 
 def _keep_busy(port: int, request: bytes, stop: threading.Event) -> None:
     with socket.create_connection(("127.0.0.1", port)) as connection:
+        buffer = b""
         while not stop.is_set():
             connection.sendall(request)
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                answer += connection.recv(65536)
-            head, _, body = answer.partition(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-            while len(body) < length:
-                body += connection.recv(65536)
+            _, _, buffer = serving.read_answer(connection, buffer)
 
 
 def main() -> int:
@@ -68,7 +63,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--busy", type=int, default=0, help="connections keeping the workers busy meanwhile (default: 0)")
-    parser.add_argument("--code", type=Path, help="run the server from this checkout (first on its PYTHONPATH)")
+    parser.add_argument("--code", type=serving.checkout, help="run the server from this checkout (first on its PYTHONPATH)")
     args = parser.parse_args()
     if not (Path(args.repo) / "manifest.json").is_file():
         parser.error(f"{args.repo} has no manifest.json: build it first (effx-serve build-repo --demo)")
@@ -77,8 +72,7 @@ def main() -> int:
         time.sleep(8)  # the port answers once one worker is warm: give the other its time too
         workers = [int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
         photo = synthetic_photo(640, 480, "JPEG")
-        request = (f"POST /v1/classify?member={_slowest(args.repo)} HTTP/1.1\r\nhost: bench\r\ncontent-type: image/jpeg\r\n"
-                   f"content-length: {len(photo)}\r\n\r\n").encode() + photo
+        request = serving.http_request(port, f"/v1/classify?member={serving.members_by_latency(port)[-1]}", photo, "image/jpeg")
         stop = threading.Event()
         for _ in range(args.busy):
             threading.Thread(target=_keep_busy, args=(port, request, stop), daemon=True).start()
@@ -111,14 +105,6 @@ def main() -> int:
     print(f"{args.code or 'this checkout'}: {args.connections} connections at once, {args.busy} busy, {args.trials} trials; most on one "
           f"worker per trial: {most}; mean share {statistics.mean(most) / args.connections:.2f}; 3/4 or more on one: {lopsided}/{args.trials}")
     return 0
-
-
-def _slowest(repo: str) -> str:
-    from effx_serve.hardware.detect import detect
-    from effx_serve.serve import catalog as catalog_io
-
-    members = catalog_io.load(Path(repo), detect().id, "onnxruntime").members.values()
-    return max(members, key=lambda member: member.resolution).name
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ async def _round(ports: list[int], pids: list[int], request: dict[int, bytes], r
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", type=Path, default=Path(__file__).resolve().parents[1],
+    parser.add_argument("--against", type=serving.checkout, default=Path(__file__).resolve().parents[1],
                         help="a checkout of the code to compare with (its effx_serve/; default: this checkout)")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG", help="an argument for this server's `serve` (repeat for several)")
     parser.add_argument("--against-arg", action="append", default=[], metavar="ARG", help="an argument for the other server's `serve`")
@@ -84,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--image-size", type=serving._size, default=(640, 480))
     args = parser.parse_args(argv)
-    if not (args.against / "effx_serve").is_dir():
-        parser.error(f"{args.against} has no effx_serve/: give a checkout (e.g. git worktree add /tmp/old <commit>)")
     if not (args.repo / "manifest.json").is_file():
         parser.error(f"{args.repo} has no manifest.json: build the demo repository first (effx-serve build-repo --demo)")
     cpus = sorted(os.sched_getaffinity(0))

@@ -313,6 +313,14 @@ class InProcess:
         return median_ms(decodes), median_ms(runs)
 
 
+def checkout(value: str) -> Path:
+    """An argparse type: a checkout of this project (a worktree of another commit) for a server to run."""
+    folder = Path(value)
+    if not (folder / "effx_serve").is_dir():
+        raise argparse.ArgumentTypeError(f"{folder} has no effx_serve/: give a checkout (e.g. git worktree add /tmp/old <commit>)")
+    return folder
+
+
 def code_env(code: Path | None) -> dict[str, str] | None:
     """The environment for a `python -m` server that runs the checkout at `code` instead of this one (None: this one).
     (`python -m` puts the working folder, this checkout when run from its root, ahead of PYTHONPATH on sys.path;
@@ -332,10 +340,36 @@ def router(repo: Path, extra: list[str], log_dir: Path, timeout_s: float = 180.0
         yield port, process
 
 
-def fastest_member(port: int) -> str:
-    """The member of the server on `port` with the shortest profiled batch-1 latency (its /v1/models)."""
+def members_by_latency(port: int) -> list[str]:
+    """The members of the server on `port`, shortest profiled batch-1 latency first (its /v1/models)."""
     with urllib.request.urlopen(f"http://{HOST}:{port}/v1/models") as answer:
-        return min(json.load(answer)["members"], key=lambda m: m["profile"][0]["p50_ms"])["name"]
+        return [m["name"] for m in sorted(json.load(answer)["members"], key=lambda m: m["profile"][0]["p50_ms"])]
+
+
+def fastest_member(port: int) -> str:
+    return members_by_latency(port)[0]
+
+
+def read_answer(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes, bytes]:
+    """One HTTP/1.1 answer from a blocking socket, `buffer` what an earlier read took beyond its answer: (head, body,
+    what this read took beyond this answer)."""
+    while b"\r\n\r\n" not in buffer:
+        buffer += _received(sock)
+    head, _, buffer = buffer.partition(b"\r\n\r\n")
+    found = _LENGTH.search(head + b"\r\n")
+    if found is None:
+        raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
+    length = int(found.group(1))
+    while len(buffer) < length:
+        buffer += _received(sock)
+    return head, buffer[:length], buffer[length:]
+
+
+def _received(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionError("the server closed the connection before its answer was complete")
+    return data
 
 
 def latency(port: int, path: str, image: bytes, duration_s: float) -> dict:
@@ -349,16 +383,7 @@ def latency(port: int, path: str, image: bytes, duration_s: float) -> dict:
         def call() -> None:
             nonlocal buffer
             sock.sendall(request)
-            while b"\r\n\r\n" not in buffer:
-                buffer += sock.recv(65536)
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            found = _LENGTH.search(head + b"\r\n")
-            if found is None:
-                raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
-            length = int(found.group(1))
-            while len(buffer) < length:
-                buffer += sock.recv(65536)
-            body, buffer = buffer[:length], buffer[length:]
+            head, body, buffer = read_answer(sock, buffer)
             if head[9:12] != b"200":
                 raise RuntimeError(f"POST {path} answered {head[:200]!r}: {body[:300]!r}")
             timings.append(body)
@@ -573,12 +598,10 @@ def main() -> int:
     parser.add_argument("--json", metavar="OUT", help="also write every figure here")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="an argument for `effx-serve serve`, e.g. --serve-arg=--switch-interval-ms=1 (repeat for several)")
-    parser.add_argument("--server-code", type=Path, metavar="DIR",
+    parser.add_argument("--server-code", type=checkout, metavar="DIR",
                         help="the router runs the checkout in DIR (a worktree of another commit); this process, its "
                              "in-process references and the simplest server stay this checkout's")
     args = parser.parse_args()
-    if args.server_code is not None and not (args.server_code / "effx_serve").is_dir():
-        parser.error(f"{args.server_code} has no effx_serve/: give a checkout (e.g. git worktree add /tmp/old <commit>)")
     args.concurrency = [int(n) for n in args.concurrency.split(",")]
     args.batch_concurrency = [int(n) for n in args.batch_concurrency.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

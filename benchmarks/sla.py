@@ -43,6 +43,10 @@ from pathlib import Path
 import numpy as np
 import uvloop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # serving.py, beside this file, also when imported from elsewhere
+
+import serving  # noqa: E402
+
 from effx_serve.core import proc
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
 from effx_serve.serve.dispatch import Dispatcher, ImageInfo
@@ -235,8 +239,6 @@ BASELINE = ["--costing", "member"]
 
 def load(repo: Path, duration_s: float, rounds: int, say, serve_args: list[str], isolate: bool = False,
          baseline: list[str] = BASELINE, baseline_code: Path | None = None) -> dict:
-    import serving
-
     figures: dict = {}
     server_cpus, generator_cpus = isolation() if isolate else (None, None)
     if isolate:
@@ -383,12 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-arg", action="append", metavar="ARG",
                         help="the baseline server's own arguments, e.g. --baseline-arg=--lane-nice=0 (repeat for several; "
                              "default: --costing member, the old per-member costing, unless --baseline-code is given)")
-    parser.add_argument("--baseline-code", type=Path, metavar="DIR",
+    parser.add_argument("--baseline-code", type=serving.checkout, metavar="DIR",
                         help="the baseline server runs the code in DIR (a checkout or worktree of another commit, first on its "
                              "PYTHONPATH) with the same settings unless --baseline-arg is given")
     args = parser.parse_args(argv)
-    if args.baseline_code is not None and not (args.baseline_code / "effx_serve").is_dir():
-        parser.error(f"{args.baseline_code} has no effx_serve/: give a checkout (e.g. git worktree add /tmp/old <commit>)")
     figures: dict = {}
     if args.only in (None, "cost"):
         figures["cost"] = result = cost()

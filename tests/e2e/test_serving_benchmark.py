@@ -1,8 +1,11 @@
 """benchmarks/serving.py end to end, tiny: one member, the embedded backend, fractions of a second per measurement."""
 
 import json
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -62,12 +65,31 @@ def test_a_server_given_another_checkouts_pythonpath_runs_that_checkouts_code(tm
     (other / "effx_serve").mkdir(parents=True)
     (other / "effx_serve" / "__init__.py").write_text("")
     (other / "effx_serve" / "probe.py").write_text("print(__file__)\n")  # a module only the other checkout has
+    serving = _serving()
+    run = subprocess.run([sys.executable, "-m", "effx_serve.probe"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=serving.code_env(other))
+    assert run.returncode == 0 and run.stdout.strip() == str(other / "effx_serve" / "probe.py"), run.stderr
+    assert serving.code_env(None) is None  # this checkout's own code: the environment as it is
+
+
+def test_an_answer_is_read_whole_and_a_connection_closed_early_is_an_error():
+    serving = _serving()
+    client, server = socket.socketpair()
+    with client, server:
+        server.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1 2")
+        head, body, rest = serving.read_answer(client, b"")
+        assert (head[9:12], body, rest) == (b"200", b"hello", b"HTTP/1.1 2")  # what came beyond it is kept for the next
+        server.sendall(b"00 OK\r\ncontent-length: 9\r\n\r\nhal")
+        server.close()
+        with pytest.raises(ConnectionError, match="closed the connection"):
+            serving.read_answer(client, rest)
+
+
+def _serving():
+    """benchmarks/serving.py as a module (the benchmarks import it by that name from their own folder)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import serving
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    run = subprocess.run([sys.executable, "-m", "effx_serve.probe"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env=serving.code_env(other))
-    assert run.returncode == 0 and run.stdout.strip() == str(other / "effx_serve" / "probe.py"), run.stderr
-    assert serving.code_env(None) is None  # this checkout's own code: the environment as it is
+    return serving
