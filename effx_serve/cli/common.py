@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from effx_serve.core.errors import needs_extra
@@ -32,6 +35,20 @@ positive_int = checked(int, lambda value: value >= 1, "a whole number", "at leas
 port = checked(int, lambda value: 1 <= value <= 65535, "a port number", "from 1 to 65535")
 reward_exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")
 positive_float = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """A stop from a process manager (SIGTERM) ends the command the way Ctrl-C does, with KeyboardInterrupt: its `finally`
+    blocks run (children stopped, reports written) rather than the process ending where it stands. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:

@@ -7,11 +7,10 @@ import importlib.util
 import json
 import re
 import shlex
-import signal
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from effx_serve.cli.common import checked, port, positive_float, positive_int, progress_line, table
+from effx_serve.cli.common import checked, port, positive_float, positive_int, progress_line, table, terminate_as_interrupt
 from effx_serve.core.errors import UserError, missing_extra
 from loadtest import compare, render, runner, summary
 from loadtest.arrivals import ARRIVALS, MAX_SPAN_S, Arrivals, TraceError, read_trace
@@ -161,9 +160,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UserError(str(error)) from None
     folder = Path(args.report)
-    # A stop from a process manager (SIGTERM) ends the run the way Ctrl-C does: locust stopped, the report written.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
+    with terminate_as_interrupt():  # locust stopped and the report written on SIGTERM too
         progress = (lambda done, total: None) if args.json else progress_line("load test, seconds")
         command = "effx-serve " + shlex.join(args.argv)
         if args.compare:
@@ -172,8 +169,6 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             report = compare.run(test, comparison, folder, command, progress)
         else:
             report = runner.run(test, folder, command, progress)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     elif args.compare:

@@ -11,10 +11,10 @@ import sys
 import threading
 from pathlib import Path
 
-from effx_serve.cli.common import checked, port, positive_int
+from effx_serve.cli.common import checked, port, positive_int, terminate_as_interrupt
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
-from effx_serve.core.proc import MAX_NICE, available_cpus, map_large_allocations, stop
+from effx_serve.core.proc import MAX_NICE, available_cpus, ending_with_parent, map_large_allocations, stop
 from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
@@ -48,8 +48,17 @@ def start_demo_build(repository: Path) -> subprocess.Popen:
     """`build-repo --demo` into `repository` in a child process at a lower priority: the server serves its members as they
     are written (b0 first, in minutes), while it trains the rest. Its progress lines go to this terminal."""
     argv = [sys.executable, "-m", "effx_serve.cli", "build-repo", "--demo", "--out", str(repository), "--hardware", *DEMO_HARDWARE]
-    print(f"building the demo repository in the background ({' '.join(argv[3:])}); serving each member as it is ready", flush=True)
-    return subprocess.Popen(argv, preexec_fn=lambda: os.nice(BUILDER_NICE))
+    with_parent = ending_with_parent()  # the build ends with the server, killed ones too; the next `serve --demo` resumes it
+
+    def prepare() -> None:
+        os.nice(BUILDER_NICE)
+        if with_parent is not None:
+            with_parent()
+
+    builder = subprocess.Popen(argv, preexec_fn=prepare)
+    print(f"building the demo repository in the background (pid {builder.pid}: {' '.join(argv[3:])}); serving each member as it is ready",
+          flush=True)
+    return builder
 
 
 def wait_for_first_member(repository: Path, builder: subprocess.Popen, stop: threading.Event | None = None, poll_s: float = 0.5) -> None:
@@ -118,13 +127,6 @@ def _watch_interval(args: argparse.Namespace) -> float:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    # The web stack is imported only here: every other command would pay half a second for it.
-    import uvicorn
-
-    from effx_serve.serve.http.pending import PendingApp
-    from effx_serve.serve.http.protocol import limited_protocol
-    from effx_serve.serve.http.shared_port import SharedPortServer
-
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers == AUTO:
         args.workers, why = resolve_workers(args)
@@ -133,6 +135,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _supervise(args)
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     map_large_allocations()  # memory that large images took goes back to the OS after them
+    with terminate_as_interrupt():  # uvicorn re-raises a SIGTERM after its graceful shutdown: this way it reaches `finally`
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """One server process: uvicorn on the app, after starting the demo build if one is needed (stopped when this ends)."""
+    # The web stack is imported only here: every other command would pay half a second for it.
+    import uvicorn
+
+    from effx_serve.serve.http.pending import PendingApp
+    from effx_serve.serve.http.protocol import limited_protocol
+    from effx_serve.serve.http.shared_port import SharedPortServer
+
     repository = Path(args.repo)
     builder = start_demo_build(repository) if args.demo and needs_demo_build(repository) and args.worker is None else None
     worker = None if args.worker is None else WorkerLink(args.worker)
@@ -153,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app.on_failure = lambda error: setattr(web, "should_exit", True)
         try:
             web.run()
-        except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C, then re-raised it: done, as uvicorn.run does
+        except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C or SIGTERM, then re-raised it: done, as uvicorn.run does
             pass
         if isinstance(app, PendingApp) and app.error is not None:
             raise app.error

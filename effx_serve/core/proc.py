@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -169,6 +170,22 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def ending_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send the child SIGTERM when this process ends, however it ends (kill -9
+    included): a child that must not outlive its parent (Linux's parent-death signal); None where there is no glibc.
+    Call it in the thread that lives as long as the process: the signal comes when the creating thread ends."""
+    libc, parent = _glibc(), os.getpid()
+    if libc is None or not sys.platform.startswith("linux"):
+        return None
+
+    def arrange() -> None:
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG (linux/prctl.h)
+        if os.getppid() != parent:  # the parent ended before the signal was arranged
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
 
 
 def pinned(cpus: Collection[int] | None) -> Callable[[], None] | None:

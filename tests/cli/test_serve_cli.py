@@ -1,12 +1,14 @@
 """`effx-serve serve` as a user runs it: a real uvicorn process on a port, real HTTP, a clean stop; and its errors."""
 
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from effx_serve.cli import main
 from effx_serve.cli import serve as serve_cli
 from effx_serve.core.errors import UserError
-from effx_serve.core.proc import free_port, stop, wait_ready
+from effx_serve.core.proc import free_port, not_ready, stop, wait_ready
 from effx_serve.core.wire import DEADLINE_HEADER
 from tests.helpers import JPEG
 
@@ -78,9 +80,44 @@ def test_serve_over_real_http(served_repository):
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
-    # uvicorn shuts down gracefully, then re-raises the signal so that process managers see it
-    assert process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
+    # uvicorn shuts down gracefully, then re-raises the signal: the command ends as on Ctrl-C, its `finally` run
+    assert process.returncode == 0 and "Application shutdown complete" in output, output
     assert f"http://127.0.0.1:{port}/docs" in output and "building the demo repository" not in output
+
+
+def _ended(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped (a container's init may not): it runs no more."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal and /proc are Linux's")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_demo_build_ends_with_the_server(tmp_path, how):
+    """However the server ends, a process manager's SIGTERM or kill -9, its background build does not go on orphaned."""
+    port, log = free_port(), tmp_path / "serve.log"
+    with open(log, "wb") as output:
+        server = subprocess.Popen([sys.executable, "-m", "effx_serve.cli", "serve", "--demo", "--repo", str(tmp_path / "repo"),
+                                   "--port", str(port), "--workers", "1"], stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not (not_ready(f"http://127.0.0.1:{port}/readyz") or "").startswith("answered 503"):  # the build has started
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        builder = int(re.search(r"in the background \(pid (\d+)", log.read_text()).group(1))
+        assert not _ended(builder)
+        server.send_signal(how)
+        server.wait(timeout=30)
+    finally:
+        stop(server)
+    deadline = time.monotonic() + 15
+    while not _ended(builder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _ended(builder), log.read_text()
+    if how == signal.SIGTERM:
+        assert server.returncode == 0 and "stopping the demo build" in log.read_text()
 
 
 def test_demo_builds_only_a_missing_or_partial_repository(served_repository, tmp_path):
