@@ -76,10 +76,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():  # refused while its headers were parsed: the app never sees it
             return
-        previous = self.cycle
         super().on_headers_complete()
-        if self.cycle is not previous and self.scope["method"] != "HEAD":  # a HEAD answer has no body to carry its head
-            self.cycle.transport = HeadWithBody(self.cycle.transport, self.cycle)
 
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():
@@ -105,34 +102,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(_STATUS_LINES[status] + b"content-type: application/json\r\nconnection: close\r\n"
                              b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         self.transport.close()
-
-
-class HeadWithBody:
-    """A request's view of its connection that writes the answer's head together with its body's first bytes: one
-    write, one TCP segment and one wake-up of the client instead of two each (uvicorn writes the head as soon as the app
-    starts its answer, and the body when it sends it, right after). Everything else goes to the connection itself."""
-
-    def __init__(self, transport, cycle) -> None:
-        self.transport, self.cycle, self.head, self.held = transport, cycle, None, False
-        self.is_closing, self.get_extra_info = transport.is_closing, transport.get_extra_info  # called per request: no __getattr__
-
-    def write(self, data: bytes) -> None:
-        if not self.held and self.cycle.response_started:  # the head (a 100 Continue comes before the answer starts)
-            self.head, self.held = data, True
-        elif self.head is not None:  # the body's first bytes (empty ones too: uvicorn writes every body message)
-            head, self.head = self.head, None
-            self.transport.writelines((head, data))
-        else:
-            self.transport.write(data)
-
-    def close(self) -> None:  # an app that fails after starting its answer: what it started goes out, as before
-        if self.head is not None:
-            self.transport.write(self.head)
-            self.head = None
-        self.transport.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self.transport, name)
 
 
 def _unread(transport) -> bool:
