@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from effx_serve import __version__
 from effx_serve.cli import loadtest, models, perf, repository, scale, search, serve, train
+from effx_serve.cli.common import terminate_as_interrupt
 from effx_serve.core.errors import UserError
 
 STAGES = (models, perf, train, scale, search, repository, serve, loadtest)  # the order `effx-serve --help` lists them in
@@ -31,11 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for reports that record their command
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        with terminate_as_interrupt():  # a process manager's stop runs the `finally` blocks: children stopped, outputs written
+            return func(args)
     except UserError as error:
         print(f"effx-serve: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
         print("effx-serve: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours

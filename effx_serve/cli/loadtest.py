@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from effx_serve.cli.common import checked, port, positive_float, positive_int, progress_line, table, terminate_as_interrupt
+from effx_serve.cli.common import checked, port, positive_float, positive_int, progress_line, table
 from effx_serve.core.errors import UserError, missing_extra
 from loadtest import compare, render, runner, summary
 from loadtest.arrivals import ARRIVALS, MAX_SPAN_S, Arrivals, TraceError, read_trace
@@ -160,15 +160,14 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UserError(str(error)) from None
     folder = Path(args.report)
-    with terminate_as_interrupt():  # locust stopped and the report written on SIGTERM too
-        progress = (lambda done, total: None) if args.json else progress_line("load test, seconds")
-        command = "effx-serve " + shlex.join(args.argv)
-        if args.compare:
-            comparison = compare.Comparison(args.latency_bounds or (1.5, 3.0), args.compare_url, args.compare_label or "other server",
-                                            phases=tuple(args.compare_phases or compare.PHASE_KINDS), rounds=args.compare_rounds or 1)
-            report = compare.run(test, comparison, folder, command, progress)
-        else:
-            report = runner.run(test, folder, command, progress)
+    progress = (lambda done, total: None) if args.json else progress_line("load test, seconds")
+    command = "effx-serve " + shlex.join(args.argv)
+    if args.compare:
+        comparison = compare.Comparison(args.latency_bounds or (1.5, 3.0), args.compare_url, args.compare_label or "other server",
+                                        phases=tuple(args.compare_phases or compare.PHASE_KINDS), rounds=args.compare_rounds or 1)
+        report = compare.run(test, comparison, folder, command, progress)
+    else:
+        report = runner.run(test, folder, command, progress)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     elif args.compare:

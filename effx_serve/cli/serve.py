@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from effx_serve.cli.common import checked, port, positive_int, terminate_as_interrupt
+from effx_serve.cli.common import checked, port, positive_int
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
 from effx_serve.core.proc import MAX_NICE, available_cpus, ending_with_parent, map_large_allocations, stop
@@ -135,12 +135,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _supervise(args)
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     map_large_allocations()  # memory that large images took goes back to the OS after them
-    with terminate_as_interrupt():  # uvicorn re-raises a SIGTERM after its graceful shutdown: this way it reaches `finally`
-        return _serve(args)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    """One server process: uvicorn on the app, after starting the demo build if one is needed (stopped when this ends)."""
     # The web stack is imported only here: every other command would pay half a second for it.
     import uvicorn
 
@@ -168,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
             app.on_failure = lambda error: setattr(web, "should_exit", True)
         try:
             web.run()
-        except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C or SIGTERM, then re-raised it: done, as uvicorn.run does
+        except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C or SIGTERM (main's), then re-raised it: done
             pass
         if isinstance(app, PendingApp) and app.error is not None:
             raise app.error

@@ -96,3 +96,28 @@ def test_unusable_cache_folder_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setenv("EFFX_CACHE_DIR", "/proc/effx-cache")
     assert main(["roofline", "efficientnet-b0", "--hardware", "host"]) == 2
     assert "set EFFX_CACHE_DIR to a writable folder" in capsys.readouterr().err
+
+
+def test_a_stop_from_a_process_manager_ends_a_command_as_ctrl_c_does(monkeypatch, capsys):
+    """SIGTERM raises KeyboardInterrupt inside the command, so its `finally` blocks run; then exit 130, one line."""
+    import os
+    import signal
+    import time
+
+    from effx_serve.cli import models
+
+    cleaned = []
+
+    def long_job(args) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises in this thread at the next bytecode
+            return 0
+        finally:
+            cleaned.append(True)
+
+    monkeypatch.setattr(models, "cmd_models", long_job)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["models"]) == 130
+    assert cleaned == [True] and capsys.readouterr().err == "effx-serve: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # put back once the command ends
