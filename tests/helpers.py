@@ -94,6 +94,23 @@ async def ready_client(app):
             yield http
 
 
+def ended(pids, timeout_s: float = 15.0) -> bool:
+    """Whether every process in `pids` has ended within `timeout_s`: gone, or a zombie nobody reaped (a container's init
+    may not reap the orphans it adopts). Reads /proc: Linux only."""
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    while any(running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def wait_ready(client, timeout=30.0) -> None:
     """Until the app behind a TestClient says ready."""
     deadline = time.monotonic() + timeout

@@ -172,11 +172,12 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def ending_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` that has the kernel send the child SIGTERM when this process ends, however it ends (kill -9
-    included): a child that must not outlive its parent (Linux's parent-death signal); None where there is no glibc.
-    Call it in the thread that lives as long as the process: the signal comes when the creating thread ends."""
-    libc, parent = _glibc(), os.getpid()
+def ending_with_parent(parent: int | None = None) -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send the child SIGTERM when this process (or `parent`, when a child calls it
+    itself) ends, however it ends (kill -9 included): a child that must not outlive its parent (Linux's parent-death
+    signal); None where there is no glibc. The signal comes when the thread that started the child ends: start it from
+    one that lives as long as the process."""
+    libc, parent = _glibc(), parent or os.getpid()
     if libc is None or not sys.platform.startswith("linux"):
         return None
 

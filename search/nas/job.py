@@ -9,6 +9,8 @@ an option that would change them is refused. `--workers N` runs N worker process
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from effx_serve.core.errors import UserError
+from effx_serve.core.proc import ending_with_parent
 from search.evaluators import load_evaluator
 from search.nas import report as nas_report
 from search.nas import storage as stores
@@ -47,8 +50,21 @@ def prepare(config: SearchConfig, settings: WorkerSettings, resume: bool, overri
     return study, config
 
 
+def _interrupt_once(signum, frame) -> None:
+    """A worker's first Ctrl-C or SIGTERM interrupts it; later ones (the search's own SIGTERM after the terminal's
+    Ctrl-C) would only cut short its marking the trial in flight interrupted."""
+    for ignored in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(ignored, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _worker_main(settings: WorkerSettings) -> None:
-    """A spawned worker: a user error is one line on stderr and exit code 2, as in the CLI."""
+    """A spawned worker: a user error is one line on stderr and exit code 2, as in the CLI; stopped as on Ctrl-C."""
+    for stopping in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stopping, _interrupt_once)
+    with_search = ending_with_parent(os.getppid())  # a search killed outright takes its workers with it
+    if with_search is not None:
+        with_search()
     try:
         nas.run_worker(settings)
     except UserError as error:
@@ -97,10 +113,13 @@ def _run_processes(settings: WorkerSettings, workers: int, bar: Progress) -> lis
             bar.update()
             time.sleep(1.0)
     except KeyboardInterrupt:
-        for process in processes:  # they got the same Ctrl-C; give them time to mark their trials interrupted
-            process.join(timeout=15)
+        for process in processes:  # Ctrl-C reached them too, a SIGTERM to the search did not: stopped either way
             if process.is_alive():
                 process.terminate()
+        for process in processes:  # time to mark their trials interrupted
+            process.join(timeout=15)
+            if process.is_alive():
+                process.kill()
         raise
     for process in processes:
         process.join()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx2
 import pytest
@@ -18,7 +17,7 @@ from effx_serve.cli import serve as serve_cli
 from effx_serve.core.errors import UserError
 from effx_serve.core.proc import free_port, not_ready, stop, wait_ready
 from effx_serve.core.wire import DEADLINE_HEADER
-from tests.helpers import JPEG
+from tests.helpers import JPEG, ended
 
 
 def test_a_missing_repository_is_one_line(tmp_path, capsys):
@@ -85,14 +84,6 @@ def test_serve_over_real_http(served_repository):
     assert f"http://127.0.0.1:{port}/docs" in output and "building the demo repository" not in output
 
 
-def _ended(pid: int) -> bool:
-    """The process is gone, or a zombie nobody reaped (a container's init may not): it runs no more."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal and /proc are Linux's")
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_the_demo_build_ends_with_the_server(tmp_path, how):
@@ -107,15 +98,12 @@ def test_the_demo_build_ends_with_the_server(tmp_path, how):
             assert server.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         builder = int(re.search(r"in the background \(pid (\d+)", log.read_text()).group(1))
-        assert not _ended(builder)
+        assert not ended([builder], timeout_s=0)
         server.send_signal(how)
         server.wait(timeout=30)
     finally:
         stop(server)
-    deadline = time.monotonic() + 15
-    while not _ended(builder) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _ended(builder), log.read_text()
+    assert ended([builder]), log.read_text()
     if how == signal.SIGTERM:
         assert server.returncode == 0 and "stopping the demo build" in log.read_text()
 

@@ -1,5 +1,6 @@
 """Platform-aware NAS: space encoding, reward, controllers, storage, resume, workers and bad input."""
 
+import csv
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from search.nas.rl import PolicyGradient
 from search.nas.space import B0_POINT, X_B0_POINT, SearchSpace, point_hash
 from search.nas.worker import SearchConfig, WorkerSettings
 from search.reward import Reward
-from tests.helpers import ROOT
+from tests.helpers import ROOT, ended
 from training.arch.presets import load_spec
 from training.errors import SpecError
 
@@ -294,6 +295,30 @@ def test_resume_after_kill_9_loses_at_most_the_trial_in_flight(tmp_path, stub_lo
     trained = evaluated(stub_log, part=2)
     finished_before = [h for n, h in zip(evaluated(stub_log), trained, strict=True) if n in before and n not in {r["number"] for r in lost}]
     assert len(set(finished_before)) == len(finished_before) and not set(finished_before) & set(trained[len(before):])
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal and /proc are Linux's")
+def test_a_stopped_search_stops_its_workers(tmp_path, stub_log, how):
+    """SIGTERM to a two-worker search (a process manager's stop, which reaches only the search, unlike a terminal's Ctrl-C):
+    both workers stop and mark their trials in flight interrupted at once, the outputs are written, exit 130. Killed
+    outright (Linux), its workers end too instead of searching on alone."""
+    out = tmp_path / "s"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EFFX_STUB_SLEEP": "3"}
+    process = subprocess.Popen([*_cli(out), "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while len(evaluated(stub_log)) < 2 and time.time() < deadline:  # both workers inside a trial
+        time.sleep(0.05)
+    workers = {int(line.split()[0]) for line in stub_log.read_text().splitlines()}
+    process.send_signal(how)
+    _, err = process.communicate(timeout=30)
+    assert ended(workers), "a worker outlived its search"
+    if how == signal.SIGKILL:
+        return
+    assert process.returncode == 130 and "effx-serve: interrupted" in err, err
+    records = list(csv.DictReader((out / "trials.csv").open()))
+    stopped = [r for r in records if r["state"] == "interrupted"]
+    assert len(stopped) == 2 and {r["note"] for r in stopped} == {"stopped by the user"}, records
 
 
 def test_a_half_written_journal_line_is_dropped(tmp_path):
