@@ -350,7 +350,7 @@ def run(test: LoadTest, comparison: Comparison, report_dir: Path, command: str, 
     try:
         _compare(test, comparison, raw, report, problems, progress)
     except KeyboardInterrupt:
-        problems.append("interrupted (Ctrl-C): the report covers the phases run until then")
+        problems.append("interrupted (Ctrl-C or SIGTERM): the report covers the phases run until then")
     report |= {"command": command, "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
                "duration_s": time.time() - started, "versions": runner.versions(),
                "status": "failed" if problems else "passed", "problems": problems}

@@ -115,10 +115,12 @@ def run_locust(test: LoadTest, plan: Plan, raw: Path, progress: Progress, schedu
     limit_s = planned + test.request_timeout_s + 60 + (max(test.ready_timeout_s, 60) if distributed else 0)
     problems: list[str] = []
     with open(raw / "locust_stdout.txt", "w") as stdout:
-        master = subprocess.Popen(locust_argv(test, plan, raw, port, schedule, params), stdout=stdout, stderr=subprocess.STDOUT)
+        with_us = proc.ending_with_parent()  # a load test killed outright leaves no locust generating load behind it
+        master = subprocess.Popen(locust_argv(test, plan, raw, port, schedule, params), stdout=stdout, stderr=subprocess.STDOUT,
+                                  preexec_fn=with_us)
         workers = [subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
                                      "--master-port", str(port), "--logfile", str(raw / f"worker-{i}.log")],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for i in range(test.workers)]
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=with_us) for i in range(test.workers)]
         started = time.monotonic()
         try:
             while master.poll() is None and time.monotonic() - started < limit_s:
@@ -131,7 +133,7 @@ def run_locust(test: LoadTest, plan: Plan, raw: Path, progress: Progress, schedu
             else:
                 progress(planned, planned)
         except KeyboardInterrupt:
-            problems.append("interrupted (Ctrl-C): the report covers the run up to then")
+            problems.append("interrupted (Ctrl-C or SIGTERM): the report covers the run up to then")
         finally:
             for process in [master, *workers]:
                 if process.poll() is None:
@@ -209,7 +211,7 @@ def run(test: LoadTest, report_dir: Path, command: str, progress: Progress = lam
         try:
             problems += preflight(test, target)
         except KeyboardInterrupt:
-            problems.append("interrupted (Ctrl-C) while waiting for the server")
+            problems.append("interrupted (Ctrl-C or SIGTERM) while waiting for the server")
     metrics: dict = {"scraped": False, "reason": "the load did not run"}
     schedule = None
     if plan is not None and plan.replay and not problems:

@@ -14,7 +14,7 @@ from pathlib import Path
 from effx_serve.cli.common import checked, port, positive_int
 from effx_serve.cli.repository import DEFAULT_REPOSITORY
 from effx_serve.core.errors import UserError
-from effx_serve.core.proc import MAX_NICE, available_cpus, ending_with_parent, map_large_allocations, stop
+from effx_serve.core.proc import MAX_NICE, available_cpus, each, ending_with_parent, map_large_allocations, stop
 from effx_serve.repository import manifest
 from effx_serve.serve.backends.base import BACKENDS
 from effx_serve.serve.router import POLICIES
@@ -48,14 +48,8 @@ def start_demo_build(repository: Path) -> subprocess.Popen:
     """`build-repo --demo` into `repository` in a child process at a lower priority: the server serves its members as they
     are written (b0 first, in minutes), while it trains the rest. Its progress lines go to this terminal."""
     argv = [sys.executable, "-m", "effx_serve.cli", "build-repo", "--demo", "--out", str(repository), "--hardware", *DEMO_HARDWARE]
-    with_parent = ending_with_parent()  # the build ends with the server, killed ones too; the next `serve --demo` resumes it
-
-    def prepare() -> None:
-        os.nice(BUILDER_NICE)
-        if with_parent is not None:
-            with_parent()
-
-    builder = subprocess.Popen(argv, preexec_fn=prepare)
+    # At a lower priority, and ending with the server, killed ones too (the next `serve --demo` resumes it).
+    builder = subprocess.Popen(argv, preexec_fn=each(lambda: os.nice(BUILDER_NICE), ending_with_parent()))
     print(f"building the demo repository in the background (pid {builder.pid}: {' '.join(argv[3:])}); serving each member as it is ready",
           flush=True)
     return builder

@@ -196,6 +196,19 @@ def pinned(cpus: Collection[int] | None) -> Callable[[], None] | None:
     return functools.partial(os.sched_setaffinity, 0, set(cpus))
 
 
+def each(*steps: Callable[[], None] | None) -> Callable[[], None] | None:
+    """One `preexec_fn` that runs every one of `steps` given (None: none given)."""
+    given = [step for step in steps if step is not None]
+    if not given:
+        return None
+
+    def run() -> None:
+        for step in given:
+            step()
+
+    return run
+
+
 @contextmanager
 def running(argv: Sequence[str], ready_url: str, log: Path, timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
             cwd: Path | None = None, grace_s: float = 15.0, cpus: Collection[int] | None = None) -> Iterator[subprocess.Popen]:
@@ -205,7 +218,7 @@ def running(argv: Sequence[str], ready_url: str, log: Path, timeout_s: float = 1
     """
     with open(log, "wb") as output:
         process = subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, env=None if env is None else dict(env), cwd=cwd,
-                                   preexec_fn=pinned(cpus))
+                                   preexec_fn=each(pinned(cpus), ending_with_parent()))  # no server outlives its user, killed or not
     try:
         problem = wait_ready(ready_url, timeout_s, process)
         if problem is not None:

@@ -208,7 +208,8 @@ def test_bad_urls_and_worker_options_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fake_server", ["slow"], indirect=True)
-def test_ctrl_c_stops_the_load_and_still_writes_theread_report(fake_server, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_the_load_and_still_writes_the_report(fake_server, tmp_path, stop):
     folder = tmp_path / "interrupted"
     run = subprocess.Popen([sys.executable, "-m", "effx_serve.cli", "loadtest", "--url", fake_server, "--scenario", "photos",
                             "--users", "2", "--duration", "60", "--report", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -218,11 +219,11 @@ def test_ctrl_c_stops_the_load_and_still_writes_theread_report(fake_server, tmp_
     while not list(tmp_path.glob(".interrupted.build-*/raw/locust.log")) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(4)  # some requests answered
-    run.send_signal(signal.SIGINT)
+    run.send_signal(stop)
     output, _ = run.communicate(timeout=60)
     assert run.returncode == 1, output
     report = read_report(folder)
-    assert "interrupted (Ctrl-C)" in report["problems"][0]
+    assert "interrupted (Ctrl-C or SIGTERM)" in report["problems"][0]
     assert report["summary"]["ok"] > 0 and (folder / "report.md").is_file()
     assert not list(tmp_path.glob(".interrupted.*"))  # no staging folder left behind
 
