@@ -17,7 +17,9 @@ expected run must fit before its deadline), or when a lane would take it too lat
 Requests without a bound carry a virtual deadline, so they wait behind tighter ones but never starve.
 On an in-process backend, the lane that decodes an image queues its batch itself, or runs it at once when earliest
 deadline first would run it next anyway (`call_then_run`): between decoding and inference a request never waits for the
-event loop, which under load is busy with other requests' HTTP.
+event loop, which under load is busy with other requests' HTTP. Under a backlog (decodings waiting longer than they
+take) a batch of requests without a latency bound first lets the decodings of its member's next images run, while their
+virtual deadlines allow: batches of several images instead of one each, which cost less per image (`_feeds_first`).
 """
 
 from __future__ import annotations
@@ -374,6 +376,11 @@ class DeviceScheduler:
             if first.member is None:
                 queue.remove(first)
                 return None, [first]
+            following = self._feeds_first(first.member, [job for job in queue.jobs[:first.member.max_batch] if not job.future.done()], now)
+            if following is not None:
+                self._cpu.remove(following)
+                following.waited_ms = (now - following.submitted) * 1000.0
+                return None, [following]
             batch: list[Job] = []
             due = math.inf  # the earliest hard deadline in the batch
             for job in queue.jobs:
@@ -388,6 +395,29 @@ class DeviceScheduler:
             for job in batch:
                 queue.remove(job)
             return first.member, batch
+
+    def _feeds_first(self, member: Member, images: list[Job], now: float) -> Job | None:
+        """Under a backlog, the next CPU job, when a batch of `member` (`images` so far) should wait for it: none of the
+        batch's requests has a latency bound (a bound's request runs as soon as earliest deadline first says: that is what
+        its SLA rests on), the job prepares another image of the same member and would run next after the batch anyway,
+        it has itself waited at least its expected run (decodings queue: the lanes are the limit, and one decoding more
+        before the batch costs little beside that wait), the batch is not full, and after it the batch still starts in
+        time for every deadline in it. One batch of several images then runs instead of several of one, at a lower cost
+        per image (the profiles say how much lower): under a backlog, throughput. None: the batch runs now."""
+        if not images or len(images) >= member.max_batch or any(job.hard for job in images):
+            return None
+        following = self._first_cpu_job()
+        if following is None or following.then is None or following.then.member is not member:
+            return None
+        if (now - following.submitted) * 1000.0 < following.expected_ms:  # no backlog: the batch runs now
+            return None
+        if following.hard and self._latest_start(following) < now:  # too late to be worth decoding: `_take` drops it
+            return None
+        others = (queue for name, queue in self._members.items() if name != member.name and queue.jobs)
+        if any(queue.jobs[0].key < following.key for queue in others):  # another member's batch is due first
+            return None
+        ends = now + (following.expected_ms + self._batch_ms(member, len(images) + 1) + self._after_ms()) / 1000.0
+        return following if ends <= min(job.deadline for job in images) else None
 
     # --- the lanes (threads) ------------------------------------------------------------------------------------
 
@@ -462,7 +492,7 @@ class DeviceScheduler:
             if batch.hard and now + (expected * (1.0 + self.headroom) + self._after_ms()) / 1000.0 > batch.deadline:
                 return Late(member.name, batch.deadline, now), None
             full = len(queue.jobs) >= self.max_queue
-            here = not full and not queue.jobs and (head is None or head[0].key > batch.key)
+            here = not full and not queue.jobs and (head is None or head[0].key > batch.key) and self._feeds_first(member, [batch], now) is None
             if here:
                 self._running[lane] = (member, 1, now, expected)
             elif not full:

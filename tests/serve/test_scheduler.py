@@ -433,6 +433,37 @@ def test_a_decoded_input_that_would_not_run_next_is_queued_by_its_lane_and_batch
     assert float(mine.output[0]) == 2.0 and float(partners.output[0]) == 10.0 and mine.batch_size == partners.batch_size == 2
 
 
+def _backlog(deadlines_s, expected_ms, hard=False):
+    """Decodings of FAST queued behind a CPU job that holds the only lane for 30 ms (longer than each is expected to
+    take: a backlog), each due `deadlines_s` after the start, then run: the batch size each request was answered in."""
+    async def scenario():
+        s, gate, now = in_thread_scheduler(InThreadDevice()), threading.Event(), time.monotonic()
+        blocker = asyncio.create_task(s.call(lambda: gate.wait(5), now))
+        await asyncio.sleep(0.005)
+        decoded = [asyncio.create_task(s.call_then_run(decoding(i), FAST, now + due, hard=hard, expected_ms=expected_ms))
+                   for i, due in enumerate(deadlines_s)]
+        await asyncio.sleep(0.03)
+        gate.set()
+        sizes = []
+        for task in decoded:
+            _, batch = await task
+            (result,) = await batch.result()
+            sizes.append(result.batch_size)
+        await blocker
+        await s.close()
+        return sizes
+
+    return run(scenario())
+
+
+def test_under_a_backlog_a_batch_without_a_bound_waits_for_the_decodings_of_its_member_behind_it():
+    assert _backlog([1.0] * 4, expected_ms=1.0) == [4, 4, 4, 4]  # one batch of four instead of four of one
+    # Without the time for another decoding before the first request's (virtual) deadline, each runs once decoded.
+    assert _backlog([0.045, 1.0], expected_ms=20.0) == [1, 1]
+    # Requests with a latency bound run as earliest deadline first says, backlog or not.
+    assert _backlog([1.0] * 4, expected_ms=1.0, hard=True) == [1, 1, 1, 1]
+
+
 def test_a_batch_that_fails_after_decoding_gives_its_error_and_a_failed_decoding_runs_nothing():
     async def scenario():
         device = InThreadDevice(fail=True)
