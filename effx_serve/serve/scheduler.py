@@ -376,7 +376,7 @@ class DeviceScheduler:
             if first.member is None:
                 queue.remove(first)
                 return None, [first]
-            following = self._feeds_first(first.member, [job for job in queue.jobs[:first.member.max_batch] if not job.future.done()], now)
+            following = self._feeds_first(first.member, queue.jobs, now)
             if following is not None:
                 self._cpu.remove(following)
                 following.waited_ms = (now - following.submitted) * 1000.0
@@ -396,20 +396,21 @@ class DeviceScheduler:
                 queue.remove(job)
             return first.member, batch
 
-    def _feeds_first(self, member: Member, images: list[Job], now: float) -> Job | None:
-        """Under a backlog, the next CPU job, when a batch of `member` (`images` so far) should wait for it: none of the
+    def _feeds_first(self, member: Member, queued: list[Job], now: float) -> Job | None:
+        """Under a backlog, the next CPU job, when a batch of `member` (from `queued`) should wait for it: none of the
         batch's requests has a latency bound (a bound's request runs as soon as earliest deadline first says: that is what
         its SLA rests on), the job prepares another image of the same member and would run next after the batch anyway,
         it has itself waited at least its expected run (decodings queue: the lanes are the limit, and one decoding more
         before the batch costs little beside that wait), the batch is not full, and after it the batch still starts in
         time for every deadline in it. One batch of several images then runs instead of several of one, at a lower cost
         per image (the profiles say how much lower): under a backlog, throughput. None: the batch runs now."""
-        if not images or len(images) >= member.max_batch or any(job.hard for job in images):
-            return None
-        following = self._first_cpu_job()
+        following = self._first_cpu_job()  # the cheap tests first: this runs whenever a lane takes a batch
         if following is None or following.then is None or following.then.member is not member:
             return None
         if (now - following.submitted) * 1000.0 < following.expected_ms:  # no backlog: the batch runs now
+            return None
+        images = [job for job in queued[:member.max_batch] if not job.future.done()]
+        if not images or len(images) >= member.max_batch or any(job.hard for job in images):
             return None
         if following.hard and self._latest_start(following) < now:  # too late to be worth decoding: `_take` drops it
             return None

@@ -1,11 +1,14 @@
 """User errors end in one line on stderr and exit code 2, never a traceback."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from effx_serve.cli import main
+from effx_serve.cli import main, models
 
 
 @pytest.mark.parametrize(
@@ -100,12 +103,6 @@ def test_unusable_cache_folder_is_a_one_line_error(monkeypatch, capsys):
 
 def test_a_stop_from_a_process_manager_ends_a_command_as_ctrl_c_does(monkeypatch, capsys):
     """SIGTERM raises KeyboardInterrupt inside the command, so its `finally` blocks run; then exit 130, one line."""
-    import os
-    import signal
-    import time
-
-    from effx_serve.cli import models
-
     cleaned = []
 
     def long_job(args) -> int:
