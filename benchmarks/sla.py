@@ -7,7 +7,7 @@
 1. **Cost** (in-process, no HTTP): routing plus scheduling per request, p50 and p99, with 1,000 requests
    queued across the members of a fake device (target: <= 0.2 ms p50).
 2. **Load** (real servers on the demo repository, the load generator on the same machine): the saturated
-   throughput of the fastest member gives the capacity C (the median of --rounds measurements); then, with `effx-serve loadtest --compare`, the same
+   throughput of the fastest member, its requests latency-bound as the phases' are, gives the capacity C (the median of --rounds measurements); then, with `effx-serve loadtest --compare`, the same
    open-loop schedule (Poisson, then bursty) at 0.8 C is sent once with SLA routing, once per member pinned
    and once to a second server, the baseline: by default the old per-member costing (`serve --costing member`),
    or any other settings (`--baseline-arg`, e.g. `--baseline-arg=--lane-nice=0`), or other code (`--baseline-code`, a
@@ -63,6 +63,7 @@ OVERLOAD = 2.0
 SERVER_ATTAINMENT, CLIENT_ATTAINMENT = 0.99, 0.95
 ATTAINMENT_SLACK = 0.02  # routing's attainment may be this far below the best pinned member's
 GOODPUT_KEPT = 0.9  # at OVERLOAD x capacity, of the goodput at capacity
+CAPACITY_BOUND_MS = 1000.0  # the capacity's requests' bound: far above any wait of 16 users in a closed loop
 REFUSAL_P99_MS = 5.0
 BURSTY = ["--arrivals", "gamma", "--burstiness", "3"]
 BATCH_S = 0.02
@@ -154,9 +155,12 @@ def _loadtest(url: str, report: Path, extra: list[str], cpus: set[int] | None) -
 
 def capacity(url: str, member: str, duration_s: float, rounds: int, work: Path, cpus: set[int] | None) -> list[float]:
     """Answers/s at saturation with every request pinned to `member`, once per round: locust closed loop (the client the
-    comparison uses, so the capacity is the one it can offer), 16 users. One short measurement moved by a third between
-    runs on this VM; the load phases take the median."""
-    return [_loadtest(url, work / f"capacity-{index}", ["--users", "16", "--duration", f"{duration_s:g}", "--member", member], cpus)
+    comparison uses, so the capacity is the one it can offer), 16 users. Each request carries a latency bound, as every
+    request of the phases does, and one no answer comes near: the server holds requests without a bound back to batch
+    them under a backlog, bounded ones never, so without it C would be a capacity the phases' traffic cannot have. One
+    short measurement moved by a third between runs on this VM; the load phases take the median."""
+    pinned = ["--member", member, "--max-latency-ms", f"{CAPACITY_BOUND_MS:g}"]
+    return [_loadtest(url, work / f"capacity-{index}", ["--users", "16", "--duration", f"{duration_s:g}", *pinned], cpus)
             ["summary"]["throughput_rps"] for index in range(rounds)]
 
 

@@ -12,7 +12,7 @@ from urllib.parse import urlencode, urlsplit
 
 from effx_serve.cli.common import checked, port, positive_float, positive_int, progress_line, table
 from effx_serve.core.errors import UserError, missing_extra
-from loadtest import compare, render, runner, summary
+from loadtest import compare, render, runner, scenarios, summary
 from loadtest.arrivals import ARRIVALS, MAX_SPAN_S, Arrivals, TraceError, read_trace
 from loadtest.plan import MAX_RATE, LoadTest, make_plan
 
@@ -122,6 +122,12 @@ def _check_options(args: argparse.Namespace) -> None:
                 raise UserError(f"{option} needs --compare")
     if args.compare and args.member:
         raise UserError("--member pins every request; --compare pins each member in its own phase: give one or the other")
+    if args.max_latency_ms is not None:
+        if not args.member:
+            raise UserError("--max-latency-ms bounds the requests pinned by --member; give --member too")
+        scenario = scenarios.SCENARIOS.get(args.scenario)  # an unknown one is named when the load test starts
+        if scenario is not None and {"latency", "both"} & set(scenario.slas):
+            raise UserError(f"--max-latency-ms gives every request one bound; scenario {args.scenario} draws its own (use photos or accuracy)")
     if args.compare_label is not None and args.compare_url is None:
         raise UserError("--compare-label names the --compare-url phase; give --compare-url too")
     if args.compare:
@@ -134,6 +140,15 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UserError("--burstiness needs --arrivals gamma or onoff (Poisson arrivals have none to set)")
     if args.burst_seconds is not None and args.arrivals != "onoff":
         raise UserError("--burst-seconds needs --arrivals onoff")
+
+
+def pinned_params(args: argparse.Namespace) -> str:
+    """The query every request of a plain run carries: its pinned member, and with it the latency bound, if given (answered
+    late rather than refused: every request counts in the throughput)."""
+    if not args.member:
+        return ""
+    bound = {} if args.max_latency_ms is None else {"max_latency_ms": f"{args.max_latency_ms:g}", "on_miss": "best_effort"}
+    return urlencode({"member": args.member, **bound})
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
@@ -153,7 +168,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                     rate=args.rate, steps=args.steps, p99_bound_ms=args.p99_bound_ms, gates=gates, workers=args.workers,
                     expect_workers=args.expect_workers, master_port=args.master_port, request_timeout_s=args.timeout,
                     ready_timeout_s=args.ready_timeout, seed=args.seed, arrivals=arrivals, trace=trace, trace_path=args.trace,
-                    params=urlencode({"member": args.member}) if args.member else "", deadline_header=not args.no_deadline_header)
+                    params=pinned_params(args), deadline_header=not args.no_deadline_header)
     if test.replays or args.compare:  # the new schedules' option combinations are one-line errors before anything runs
         try:
             make_plan(test, replay=args.compare)
@@ -182,6 +197,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--url", required=True, type=_url, help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("--scenario", default="mixed", help="request mix: mixed (default), smoke, accuracy, latency, photos, batch")
     p.add_argument("--member", help="pin every request to this member (e.g. one member's capacity alone; not with --compare)")
+    p.add_argument("--max-latency-ms", type=positive_float, metavar="MS",
+                   help="with --member: every request also carries this latency bound (on_miss=best_effort): the member's capacity "
+                        "for latency-bound requests, which the server never holds back to batch as it may those without a bound")
     p.add_argument("--duration", type=duration, help="how long the load runs: 30, 45s, 2m (default: 30s; with --trace: the whole trace)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--users", type=positive_int, help="closed loop: users each sending as soon as answered (default: 8)")

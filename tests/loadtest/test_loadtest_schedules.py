@@ -4,10 +4,12 @@ import json
 import random
 import statistics
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
 from effx_serve.cli import main
+from effx_serve.cli.loadtest import pinned_params
 from loadtest import compare, scenarios
 from loadtest.arrivals import Arrivals, Schedule, TraceError, TraceRequest, arrival_times, parse_trace, read_trace
 from loadtest.plan import LoadTest, make_plan, schedule_times
@@ -319,6 +321,9 @@ def _error(capsys, argv) -> str:
     (["--compare-rounds", "2", "--rate", "5"], "effx-serve: error: --compare-rounds needs --compare"),
     (["--compare", "--rate", "5", "--compare-rounds", "0"], "argument --compare-rounds"),
     (["--compare", "--rate", "5", "--member", "b0"], "--member pins every request; --compare pins each member"),
+    (["--max-latency-ms", "50", "--users", "2"], "--max-latency-ms bounds the requests pinned by --member; give --member too"),
+    (["--max-latency-ms", "50", "--member", "b0", "--scenario", "latency"], "scenario latency draws its own (use photos or accuracy)"),
+    (["--max-latency-ms", "0", "--member", "b0"], "argument --max-latency-ms"),
     (["--compare", "--rate", "5", "--workers", "2"], "--compare is replayed by one locust process"),
     (["--arrivals", "gamma"], "effx-serve: error: --arrivals gamma needs --rate"),
     (["--arrivals", "onoff", "--users", "3"], "--arrivals onoff is an open-loop schedule: it does not go with --users"),
@@ -360,6 +365,14 @@ def test_a_pinned_member_goes_into_every_request_of_a_plain_run():
 
     args = build_parser().parse_args(["loadtest", "--url", "http://h:1", "--users", "4", "--member", "b0", "--report", "r"])
     assert args.member == "b0"
-    test = LoadTest(url="http://h:1", users=4, params="member=b0")
+    test = LoadTest(url="http://h:1", users=4, params=pinned_params(args))
     argv = locust_argv(test, make_plan(test), Path("raw"), None)
     assert argv[argv.index("--effx-params") + 1] == "member=b0"
+
+
+def test_a_bound_for_the_pinned_member_goes_into_every_request_answered_late_rather_than_refused():
+    from effx_serve.cli import build_parser
+
+    args = build_parser().parse_args(["loadtest", "--url", "http://h:1", "--scenario", "photos", "--member", "b0",
+                                      "--max-latency-ms", "1000", "--report", "r"])
+    assert parse_qs(pinned_params(args)) == {"member": ["b0"], "max_latency_ms": ["1000"], "on_miss": ["best_effort"]}
