@@ -3,7 +3,7 @@
 A proxy top-1 from a short training run is one draw: the same architecture trained again with another seed lands
 elsewhere. `Spread` is the mean and standard deviation of several draws; `pooled_std` combines the spreads of several
 architectures (each with its own mean) into one estimate of the seed noise; `Margin` says whether a difference
-between two candidates is more than `NOISE_SIGMAS` standard deviations of it.
+between two candidates is more than `NOISE_SIGMAS` standard deviations of it, and whether more seeds could make it so.
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ class Margin:
     def inside_noise(self) -> bool | None:
         """True when the margin is within NOISE_SIGMAS of the noise (the ranking may be chance); None if unknown."""
         return None if self.noise is None else abs(self.value) <= NOISE_SIGMAS * self.noise
+
+    def could_part(self, seeds: int, most: int) -> bool:
+        """Whether racing from `seeds` to `most` seeds each could make this margin signal. Were the margin seen so far
+        the true one, with the noise falling as 1/sqrt(seeds), it must reach half of NOISE_SIGMAS standard deviations
+        by the limit: below that, the chance it ends beyond the noise is about 1 in 6 or less, and a race run to its
+        limit would mostly buy a tie at full price."""
+        return self.noise is None or abs(self.value) >= NOISE_SIGMAS / 2 * self.noise * math.sqrt(seeds / max(seeds, most))
 
     def describe(self, unit: str = "") -> str:
         if self.noise is None:

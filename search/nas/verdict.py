@@ -6,7 +6,7 @@ architecture by reward) and every baseline are trained again with seeds 1..repea
 proxy top-1), and each comparison of the best with another finalist says whether its top-1 margin (of the means)
 is more than 2 standard deviations of the difference of those means. While a comparison is inside the noise, the best
 and each finalist it is level with get one more seed, up to `max_repeats` each (a race: clear comparisons stop it at
-once). Where latency is measured, the finalists are also timed side by side (in turn, every round), and each comparison
+once, and so do margins too small for seeds up to the limit to part: `Margin.could_part`). Where latency is measured, the finalists are also timed side by side (in turn, every round), and each comparison
 gives the best's latency over the other's per round.
 """
 
@@ -44,13 +44,17 @@ def judge(records: list[TrialRecord], config: SearchConfig, work_dir, repeats: i
     while True:
         noise = pooled_std(list(spreads.values()))
         margins = {other.number: _margin(spreads[winner.number], spreads[other.number], noise) for other in finalists[1:]}
-        level = [number for number, margin in margins.items() if margin.inside_noise]
         seeds = len(spreads[winner.number].samples)
-        if not level or seeds >= max_repeats:
+        level = [number for number, margin in margins.items() if margin.inside_noise]
+        racing = [number for number in level if margins[number].could_part(seeds, max_repeats)]
+        if not racing or seeds >= max_repeats:
+            if level and seeds < max_repeats:
+                say(f"the {label} (trial {winner.number}) is level with trial(s) {', '.join(map(str, level))} within the seed noise, "
+                    f"by less than seeds up to {max_repeats} each could part: a tie, called now")
             break
-        say(f"the {label} (trial {winner.number}) is level with trial(s) {', '.join(map(str, level))} within the seed noise: "
+        say(f"the {label} (trial {winner.number}) is level with trial(s) {', '.join(map(str, racing))} within the seed noise: "
             f"a seed more each ({seeds + 1} of at most {max_repeats})")
-        for number in (winner.number, *level):
+        for number in (winner.number, *racing):
             spreads[number] = spread_of(specs[number], len(spreads[number].samples) + 1)
     timings = _side_by_side(evaluator, specs, repeats)
     comparisons = []

@@ -10,8 +10,8 @@ finalists are also timed again side by side (in turn, `noise_repeats` rounds, at
 and the timings' spread joins the margins' noise: their first timings may be minutes apart on a machine whose load
 changed meanwhile. While a finalist is level with the leader, the leader and each one level with it get one more seed
 (and every finalist one more timing round), up to `max_repeats`: a race that stops as soon as every margin is signal,
-so a close decision is paid more seeds and a clear one none (a true tie ends at `max_repeats`, said as inside the
-noise). family.json holds
+so a close decision is paid more seeds and a clear one none; a margin so small that seeds up to `max_repeats` could
+not part it is a tie, called at once and said as inside the noise. family.json holds
 every member of the LACS family (spec, phi, expected latency on this machine) and, for comparison, the accuracy-only
 family built from the accuracy-only winner.
 Trials are cached (proxy-training checkpoints and the latency store), so a killed run resumes.
@@ -172,7 +172,8 @@ def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats
     may have left the true best out. With `latencies_of` (a reward ranking), the finalists are timed again side by side
     (MeasuredLatency.side_by_side) and ranked with those means. While a finalist is level with the leader (its margin
     inside the noise) and the leader has fewer than `max_repeats` seeds, the leader and each finalist level with it get
-    one more (and, with timings, every finalist one more round side by side). `latency_factor(latency_ms)` is the reward
+    one more (and, with timings, every finalist one more round side by side), as long as seeds up to `max_repeats` could
+    part them (`Margin.could_part`): a margin too small for that is a tie, called at once. `latency_factor(latency_ms)` is the reward
     of a trial per unit of accuracy."""
     order = lacs.ranked(trials, by)
     if len(order) < 2:
@@ -202,13 +203,18 @@ def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats
             continue
         leader = _key(decision.winner)
         seeds = len(spreads[leader].samples)
-        if not decision.level or seeds >= max_repeats:
+        racing = [key for key in decision.level if decision.margins[key].could_part(seeds, max_repeats)]
+        if not racing or seeds >= max_repeats:
+            if say is not None and decision.level and seeds < max_repeats:
+                say(f"  {by} finalists: {leader} over {decision.describe()}; seeds up to {max_repeats} each would not part "
+                    "them: a tie, called now")
             return decision
         if say is not None:
-            level = "the runner-up" if len(decision.level) == 1 else f"the {len(decision.level)} finalists level with it"
+            level = ("the runner-up" if racing == [_key(decision.runner_up)] else
+                     f"the {len(racing)} finalists level with it" if len(racing) > 1 else f"{racing[0]}, level with it")
             say(f"  {by} finalists: {leader} over {decision.describe()}; a seed more each for it and {level} "
                 f"({seeds + 1} of at most {max_repeats})")
-        for key in (leader, *decision.level):
+        for key in (leader, *racing):
             spreads[key] = spread_of(specs[key], len(spreads[key].samples) + 1)
         if timed:
             more = latencies_of([specs[key] for key in keys], 1)

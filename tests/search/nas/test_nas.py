@@ -383,8 +383,8 @@ def test_a_real_search_trains_and_measures_candidates(tmp_path, capsys):
     assert all(len(c["latency_ratio"]["samples"]) == 3 and c["latency_ratio"]["mean"] > 0 for c in result["noise"]["comparisons"])
 
 
-@pytest.mark.parametrize(("noise", "inside"), [("0.5", True), ("0.000001", False)])
-def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, capsys, monkeypatch, noise, inside):
+@pytest.mark.parametrize(("noise", "case"), [("0.5", "tie"), ("0.01", "raced"), ("0.000001", "clear")])
+def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, capsys, monkeypatch, noise, case):
     monkeypatch.syspath_prepend(str(ROOT))
     monkeypatch.setattr("tests.search.nas.nas_stubs.NoisyStubEvaluator.NOISE", float(noise))
     out = tmp_path / "s"
@@ -397,11 +397,16 @@ def test_the_best_is_judged_against_the_seed_noise_of_its_finalists(tmp_path, ca
     assert saved["repeats"] == 3 and saved["accuracy_std"] > 0
     roles = [f["role"] for f in saved["finalists"]]
     assert len(roles) >= 3 and sum(role.startswith("baseline:") for role in roles) == 2  # the best, the runner-up, both baselines
-    # Level within the noise, the best and every finalist level with it are raced to 5 seeds, one seed at a time.
-    assert all(len(f["samples"]) == (5 if inside else 3) for f in saved["finalists"])
-    assert captured.err.count("a seed more each") == (2 if inside else 0)
-    assert saved["comparisons"] and all(c["inside_noise"] is inside for c in saved["comparisons"])
-    assert "seed noise: top-1 +-" in printed and ("may be chance" in printed) is inside
+    # The stub's seeds move every architecture alike, so the margins stay as they are while the noise of a mean falls.
+    # Far inside a large noise they are a tie that seeds up to 5 could not part: called on 3. Inside a moderate one the
+    # best and the finalists it could still part from race to 5 seeds, one seed at a time. Without noise all are clear.
+    samples = [len(f["samples"]) for f in saved["finalists"]]
+    assert samples == [3] * len(samples) if case != "raced" else samples[0] == 5
+    assert captured.err.count("a seed more each") == (2 if case == "raced" else 0)
+    assert ("a tie, called now" in captured.err) is (case == "tie")
+    inside = [c["inside_noise"] for c in saved["comparisons"]]
+    assert inside and (all(inside) if case == "tie" else not any(inside) if case == "clear" else any(inside))
+    assert "seed noise: top-1 +-" in printed and ("may be chance" in printed) is (case != "clear")
     # The finalists timed side by side: per round the best's latency over the other's, the same in every round here.
     for comparison in saved["comparisons"]:
         samples = comparison["latency_ratio"]["samples"]

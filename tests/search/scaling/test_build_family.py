@@ -38,10 +38,10 @@ def test_lacs_then_build_family_on_tiny_data(tmp_path, capsys):
     decision = result["lacs"]["decision"]
     assert result["trials"] and result["accuracy_noise_std"] is not None and decision["margin"]["inside_noise"] in (True, False)
     # The two best by reward and any other within the noise of the leader (3 at most here), each over 2 seeds, and a
-    # third for those level with the leader.
+    # third for those level with the leader that a third seed could part from it.
     finalists = decision["finalists"]
     assert 2 <= len(finalists) <= 3 and all(len(f["accuracy"]["samples"]) in (2, 3) for f in finalists)
-    assert decision["seeds"] == (3 if decision["margin"]["inside_noise"] else decision["seeds"]) in (2, 3)
+    assert decision["seeds"] in (2, 3)
     assert (lacs_out / "family.json").exists() and (lacs_out / "lacs.png").stat().st_size > 0
     assert main(argv[:-1]) == 0  # a second run reuses every trial (checkpoints and latency store); without --json it talks
     said = capsys.readouterr().err

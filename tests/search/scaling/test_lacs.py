@@ -16,6 +16,7 @@ from search.scaling.lacs import (
     scale,
     search,
 )
+from tests.helpers import ROOT
 from training.arch.presets import PRESETS
 from training.errors import SpecError
 
@@ -171,15 +172,37 @@ def test_each_lacs_decision_is_judged_against_the_seed_noise(tmp_path, noise, in
     for key in ("lacs", "accuracy_only"):
         decision = result[key]["decision"]
         assert decision["margin"]["inside_noise"] is inside and decision["margin"]["noise_std"] > 0
-        # With that much noise every first draw is level with the leader: as many finalists as allowed (4), raced
-        # together up to max_repeats (6) each. Without noise the two best are clear of the rest and of each other.
-        assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == ([6] * 4 if inside else [3, 3])
-        assert decision["seeds"] == (6 if inside else 3)
+        # With that much noise every first draw is level with the leader: as many finalists as allowed (4). Their
+        # margins are far inside it, too small for seeds up to max_repeats (6) to part: a tie, called on 3 seeds. Without
+        # noise the two best are clear of the rest and of each other.
+        assert [len(f["accuracy"]["samples"]) for f in decision["finalists"]] == ([3] * 4 if inside else [3, 3])
+        assert decision["seeds"] == 3
     assert result["accuracy_noise_std"] > 0 and all(t["accuracy_std"] == result["accuracy_noise_std"] for t in result["trials"])
     verdict = "inside the seed noise" if inside else "more than the seed noise"
     assert sum(verdict in line for line in lines if "winner" in line) == 2, lines
-    assert sum("a seed more each for it and the 3 finalists level with it" in line for line in lines) == (2 * 3 if inside else 0), lines
+    assert sum("would not part them: a tie, called now" in line for line in lines) == (2 if inside else 0), lines
+    assert not any("a seed more each" in line for line in lines), lines
     assert sum("finalist(s) as well" in line for line in lines) == (2 if inside else 0), lines
+
+
+@pytest.mark.parametrize("noise", [0.5, 0.05])
+def test_a_replay_of_a_lacs_runs_recorded_draws_takes_the_runs_decisions(tmp_path, noise):
+    """benchmarks/race_replay.py measures a change to the race on a run's own draws; under the race that ran, it must
+    come to the run's decisions on the run's seeds."""
+    import importlib.util
+
+    from search.scaling.job import LacsSettings, run
+
+    spec = importlib.util.spec_from_file_location("race_replay", ROOT / "benchmarks" / "race_replay.py")
+    race_replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(race_replay)
+    settings = LacsSettings(grid_step=0.25, tolerance=0.25, fine_step=None, w=-0.5, phis=(0.0, 1.0), noise_repeats=2, max_repeats=5)
+    result = run(X_B0, tmp_path / "lacs", _noisy_accuracy(noise), _latency, "cpu-test", settings, say=lambda line: None)
+    figures = race_replay.replay(json.loads((tmp_path / "lacs" / "lacs.json").read_text()), say=lambda line: None)
+    for by, key in (("reward", "lacs"), ("accuracy", "accuracy_only")):
+        assert figures[by]["winner"] == figures[by]["run_winner"] == result[key]["coefficients"]
+        assert figures[by]["seeds"] == figures[by]["run_seeds"] == result[key]["decision"]["seeds"]
+    assert figures["proxy_runs"] == figures["run_proxy_runs"] > 0
 
 
 def test_without_repeats_the_noise_is_said_to_be_unknown(tmp_path):
@@ -244,13 +267,23 @@ def test_a_margin_inside_the_noise_is_raced_until_it_is_signal():
     assert decision.to_dict()["seeds"] == 4 and "means of 4 seeds each" in decision.describe()
 
 
-def test_a_tie_is_raced_to_the_limit_and_said_to_be_inside_the_noise():
+def test_a_tie_is_called_once_seeds_up_to_the_limit_could_not_part_it():
+    """Level means on 2 seeds: no race at all. A margin of 0.03 +- 0.04 on 2 seeds could become signal by 4 and gets a
+    third seed; there it is 0.017 +- 0.027, which a fourth could not part (it would need 0.023): a tie, called before
+    the limit."""
     from search.scaling.job import decide
 
     samples = {(1.2, 1.1, 1.15): (0.60, 0.50, 0.60, 0.50), (1.5, 1.05, 1.05): (0.50, 0.60, 0.50, 0.60)}
     _, _, trials, spread_of, asked = _racing_case(samples)
+    lines = []
+    decision = decide(trials, "accuracy", X_B0, spread_of, 2, lambda ms: 1.0, max_repeats=4, say=lines.append)
+    assert asked == [2, 2] and decision.margin.inside_noise is True
+    assert len(lines) == 1 and "seeds up to 4 each would not part them: a tie, called now" in lines[0]
+    samples = {(1.2, 1.1, 1.15): (0.62, 0.54, 0.54, 0.62), (1.5, 1.05, 1.05): (0.55, 0.55, 0.55, 0.55)}
+    _, _, trials, spread_of, asked = _racing_case(samples)
     decision = decide(trials, "accuracy", X_B0, spread_of, 2, lambda ms: 1.0, max_repeats=4)
-    assert asked == [2, 2, 3, 3, 4, 4] and decision.margin.inside_noise is True
+    assert asked == [2, 2, 3, 3] and decision.margin.inside_noise is True
+    assert decision.margin.value == pytest.approx(0.05 / 3) and not decision.margin.could_part(3, 4)
     # Without a race (the limit at the seeds already asked for), the same tie is judged on 2 seeds.
     _, _, trials, spread_of, asked = _racing_case(samples)
     assert decide(trials, "accuracy", X_B0, spread_of, 2, lambda ms: 1.0, max_repeats=2).seeds == 2 and asked == [2, 2]
@@ -259,7 +292,7 @@ def test_a_tie_is_raced_to_the_limit_and_said_to_be_inside_the_noise():
 def test_a_raced_reward_decision_times_the_finalists_one_more_round_per_seed():
     from search.scaling.job import decide
 
-    samples = {(1.2, 1.1, 1.15): (0.60, 0.50, 0.60), (1.5, 1.05, 1.05): (0.50, 0.60, 0.50)}
+    samples = {(1.2, 1.1, 1.15): (0.64, 0.54, 0.56), (1.5, 1.05, 1.05): (0.55, 0.55, 0.55)}
     _, _, trials, spread_of, _ = _racing_case(samples)
     rounds = []
 
@@ -442,6 +475,11 @@ def test_spread_pooled_noise_and_margins():
     assert means_difference_std(0.1, 4, 4) == pytest.approx(0.1 * math.sqrt(2) / 2)
     assert means_difference_std(0.1, 2, 3, scales=(2.0, 1.0)) == pytest.approx(math.hypot(0.2 / math.sqrt(2), 0.1 / math.sqrt(3)))
     assert Margin(0.05, 0.02).inside_noise is False and Margin(0.03, 0.02).inside_noise is True and Margin(0.1, None).inside_noise is None
+    # From 2 seeds to 8 the noise halves: a margin of 1 std now would be 2 std (signal) there, one of 0.4 std only 0.8.
+    assert Margin(0.02, 0.02).could_part(2, 8) and Margin(-0.01, 0.02).could_part(2, 8)  # exactly half of 2 std at 8 seeds
+    assert not Margin(0.008, 0.02).could_part(2, 8) and not Margin(0.0, 0.02).could_part(2, 8)
+    assert not Margin(0.019, 0.02).could_part(4, 4) and Margin(0.02, 0.02).could_part(4, 4)  # at the limit: 1 std is the bar
+    assert Margin(0.0, None).could_part(2, 8)  # noise unknown: nothing to judge by
 
 
 def test_a_family_stops_at_the_first_member_its_coefficients_make_invalid():
