@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 from search.noise import Spread, seeds_at_most
-from search.reward import reward
 from search.scaling import lacs
-from search.scaling.job import decide
+from search.scaling.job import decide, reward_factor
 from search.scaling.lacs import Coefficients, Trial
 from training.arch.spec import ModelSpec
 
@@ -71,13 +70,10 @@ def replay(result: dict, say=print) -> dict:
     recorded = Recorded(result)
     trials = [Trial(Coefficients(*t["coefficients"]), t["accuracy"], t["latency_ms"], t["reward"], t["stage"]) for t in result["trials"]]
 
-    def latency_factor(latency_ms: float) -> float:
-        return reward(1.0, latency_ms, target, settings["w"], settings["w"])
-
     most = seeds_at_most(settings["noise_repeats"], settings["max_repeats"])
     figures = {}
     for by, key in (("reward", "lacs"), ("accuracy", "accuracy_only")):
-        decision = decide(trials, by, recorded.base, recorded.spread, settings["noise_repeats"], latency_factor,
+        decision = decide(trials, by, recorded.base, recorded.spread, settings["noise_repeats"], reward_factor(target, settings["w"]),
                           recorded.side_by_side if recorded.timings else None, most, say, settings["max_finalists"])
         ran = result[key]["decision"]
         figures[by] = {"winner": list(decision.winner.coefficients.astuple()), "seeds": decision.seeds, "describe": decision.describe(),

@@ -99,11 +99,8 @@ def run(base: ModelSpec, out: Path, accuracy_of: Callable[[ModelSpec], float], l
     trials = lacs.search(base, accuracy_of, latency_of, target, grid, settings.fine_step, settings.top_k, settings.w, report)
     spread_of = getattr(accuracy_of, "spread", None) if settings.noise_repeats >= 2 else None
     latencies_of = getattr(latency_of, "side_by_side", None) if settings.noise_repeats >= 2 else None
-    def latency_factor(latency_ms: float) -> float:  # a trial's reward per unit of accuracy
-        return reward(1.0, latency_ms, target, settings.w, settings.w)
-
-    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, latency_factor, latencies_of, settings.seeds_at_most, say,
-                            settings.max_finalists) for by in ("reward", "accuracy")}
+    decisions = {by: decide(trials, by, base, spread_of, settings.noise_repeats, reward_factor(target, settings.w), latencies_of,
+                            settings.seeds_at_most, say, settings.max_finalists) for by in ("reward", "accuracy")}
     noise = pooled_std([spread for decision in decisions.values() for spread in decision.spreads.values()])
     for by, label in (("reward", "LACS"), ("accuracy", "accuracy-only")):
         say(f"{label} winner {decisions[by].winner.coefficients.astuple()} beats the runner-up {decisions[by].describe()}")
@@ -161,6 +158,11 @@ class Decision:
                               | ({"latency_ms": self.timings[key].to_dict()} if key in self.timings else {})
                               | ({"margin": self.margins[key].to_dict()} if key in self.margins else {})
                               for key, spread in self.spreads.items()]}
+
+
+def reward_factor(target_ms: float, w: float) -> Callable[[float], float]:
+    """A trial's reward per unit of accuracy at a latency: what `decide` ranks and judges rewards by."""
+    return lambda latency_ms: reward(1.0, latency_ms, target_ms, w, w)
 
 
 def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats: int, latency_factor: Callable[[float], float],
