@@ -59,8 +59,14 @@ def setup(device: str | torch.device | None = None) -> DistContext:
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
             raise SpecError(f"device {device!r} asked for but CUDA is not available; use device 'cpu' or leave it unset")
+        by_rank = chosen.index is None and world > 1
         if chosen.index is None:  # one GPU per process: torchrun's LOCAL_RANK picks it
             chosen = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+        count = torch.cuda.device_count()
+        if chosen.index >= count:  # else CUDA's own "invalid device ordinal" traceback, from one rank of many
+            raise SpecError(f"process {local_rank} of {world} on this node would train on {chosen}, but this machine has {count} CUDA "
+                            f"device(s): launch at most {count} per node (torchrun --nproc_per_node {count}) or use device 'cpu'"
+                            if by_rank else f"device {chosen} does not exist: this machine has {count} CUDA device(s)")
         torch.cuda.set_device(chosen)
     owns = False
     if world > 1 and not dist.is_initialized():

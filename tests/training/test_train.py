@@ -195,14 +195,14 @@ engine._Trainer.run = spy
 data = Recording(TRAIN)
 recipe = RECIPE.with_(epochs=2, schedule="exponential")  # lr independent of the epoch count, for the split run
 if sys.argv[2] == "whole":  # train() joins the group itself
-    engine.train(tiny_spec(), data, VAL, recipe, os.path.join(sys.argv[1], "run"), "data-v1", progress=False)
+    engine.train(tiny_spec(), data, VAL, recipe, os.path.join(sys.argv[1], "run"), "data-v1", progress=False, device="cpu")
 else:  # one epoch, then a resume, in a group the caller set up (re-joining a group in one process is not supported)
     import torch.distributed as dist
     dist.init_process_group("gloo")
     engine._Trainer.run = run
     split = os.path.join(sys.argv[1], "split")
-    engine.train(tiny_spec(), TRAIN, VAL, recipe.with_(epochs=1), split, "data-v1", progress=False)
-    engine.train(tiny_spec(), TRAIN, VAL, recipe, split, "data-v1", resume=True, progress=False)
+    engine.train(tiny_spec(), TRAIN, VAL, recipe.with_(epochs=1), split, "data-v1", progress=False, device="cpu")
+    engine.train(tiny_spec(), TRAIN, VAL, recipe, split, "data-v1", resume=True, progress=False, device="cpu")
     assert dist.is_initialized()  # train() leaves a group it did not create
     dist.destroy_process_group()
 """
@@ -215,7 +215,7 @@ TEARDOWN_ABORT = "terminate called without an active exception"
 def test_two_process_ddp_on_cpu(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(repo=str(ROOT)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     for mode in ("whole", "split"):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path), mode]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
@@ -261,6 +261,23 @@ def test_resume_is_bit_identical_with_loader_workers_too(tmp_path):
     run(tmp_path / "split", recipe, train_set=RandomFlip(TRAIN), resume=True)
     a, b = tensors(tmp_path / "whole"), tensors(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun with 2 processes on a 1-GPU machine: rank 1 says so, instead of CUDA's 'invalid device ordinal'."""
+    from training.distributed import setup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail(f"set_device({device}) reached"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(SpecError, match=r"process 1 of 2 on this node would train on cuda:1, but this machine has 1 CUDA device\(s\): "
+                                        r"launch at most 1 per node \(torchrun --nproc_per_node 1\) or use device 'cpu'"):
+        setup(None)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SpecError, match=r"device cuda:3 does not exist: this machine has 1 CUDA device\(s\)"):
+        setup("cuda:3")
 
 
 def test_device_choice(tmp_path):
