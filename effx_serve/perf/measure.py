@@ -1,8 +1,9 @@
 """Measure a spec's latency on this machine through the latency store: export (cached), time, record.
 
 The runtime names that key the store: `onnxruntime` (CPU execution provider), `onnxruntime-cuda`,
-`onnxruntime-tensorrt`, `torch` (eager) and `torch-compile`. Exported ONNX files are cached by
-architecture hash and resolution, so a spec is exported once however often it is profiled.
+`onnxruntime-tensorrt`, `torch` (eager), `torch-compile` and `torch-cudagraph` (the eager kernels replayed
+from a CUDA graph). Exported ONNX files are cached by architecture hash and resolution, so a spec is
+exported once however often it is profiled.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from training.arch.spec import ModelSpec
 
 ORT_PROVIDERS = {"onnxruntime": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider",
                  "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
-RUNTIMES = (*ORT_PROVIDERS, "torch", "torch-compile")
+TORCH_RUNTIMES = {"torch": "eager", "torch-compile": "compile", "torch-cudagraph": "cudagraph"}
+RUNTIMES = (*ORT_PROVIDERS, *TORCH_RUNTIMES)
 
 
 def check_runtime(runtime: str) -> None:
@@ -67,7 +69,7 @@ def time_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, machin
     from training.arch.model import build_model
 
     model = build_model(spec.with_(resolution=resolution))
-    return profile_torch(model, batch, resolution, machine.device, precision, runtime == "torch-compile", threads, protocol)
+    return profile_torch(model, batch, resolution, machine.device, precision, TORCH_RUNTIMES[runtime], threads, protocol)
 
 
 def measured_vs_predicted(specs: Sequence[ModelSpec], batches: Sequence[int], runtime: str, precision: str, machine: Machine,

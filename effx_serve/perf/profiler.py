@@ -131,10 +131,22 @@ def profile_onnx(path: str | os.PathLike, batch: int, resolution: int, provider:
     return timing, settings
 
 
-def profile_torch(model, batch: int, resolution: int, device: str = "cpu", precision: str = "fp32", compile: bool = False,
+TORCH_MODES = ("eager", "compile", "cudagraph")
+
+
+def profile_torch(model, batch: int, resolution: int, device: str = "cpu", precision: str = "fp32", mode: str = "eager",
                   threads: int | None = None, protocol: Protocol = DEFAULT_PROTOCOL) -> tuple[Timing, dict]:
-    """Time a PyTorch module (eager, or torch.compile'd) at one batch size, synchronising the device per run."""
+    """Time a PyTorch module at one batch size, synchronising the device per run.
+
+    `mode`: eager; `compile` (torch.compile); `cudagraph` (the eager kernels captured once in a CUDA graph and
+    replayed: what the GPU takes without Python's per-kernel launch cost, CUDA only).
+    """
     _check_batch(batch)
+    if mode not in TORCH_MODES:
+        raise UserError(f"unknown torch mode '{mode}' (known: {', '.join(TORCH_MODES)})")
+    if mode == "cudagraph" and not device.startswith("cuda"):
+        raise UserError(f"the CUDA-graph runtime replays a graph captured on a CUDA device; this machine's device is {device} "
+                        "(use the torch or onnxruntime runtime)")
     with needs_extra("train", "the torch runtime"):
         import torch
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -146,18 +158,20 @@ def profile_torch(model, batch: int, resolution: int, device: str = "cpu", preci
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _time_torch(torch, model, batch, resolution, device, dtypes[precision], compile, protocol)
+        return _time_torch(torch, model, batch, resolution, device, dtypes[precision], mode, protocol)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _time_torch(torch, model, batch, resolution, device, dtype, compile, protocol) -> tuple[Timing, dict]:
+def _time_torch(torch, model, batch, resolution, device, dtype, mode, protocol) -> tuple[Timing, dict]:
     model = model.to(device=device, dtype=dtype).eval()
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
-    runner = torch.compile(model) if compile else model
+    runner = torch.compile(model) if mode == "compile" else model
     images = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if mode == "cudagraph":
+        runner = _captured(torch, model, images)
 
     def call():
         with torch.inference_mode():
@@ -165,8 +179,28 @@ def _time_torch(torch, model, batch, resolution, device, dtype, compile, protoco
         synchronize()  # the clock is read after the device finished, not when the launch returned
 
     timing = time_calls(call, protocol)
-    settings = {"device": device, "compile": compile, "torch_threads": torch.get_num_threads(), "torch": torch.__version__} | _protocol_settings(protocol)
+    settings = {"device": device, "mode": mode, "torch_threads": torch.get_num_threads(), "torch": torch.__version__} | _protocol_settings(protocol)
     return timing, settings
+
+
+def _captured(torch, model, images):
+    """A callable that replays `model(images)` captured in a CUDA graph and returns its (static) output; it reads
+    `images` wherever it was at capture, so every call computes on that tensor, as the timing does."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(side):
+        for _ in range(3):  # cuDNN picks its kernels and the allocator settles before capture, on a side stream as capture needs
+            model(images)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        output = model(images)
+
+    def replay(_images):
+        graph.replay()
+        return output
+
+    return replay
 
 
 def _protocol_settings(protocol: Protocol) -> dict:

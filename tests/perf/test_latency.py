@@ -163,11 +163,16 @@ def test_profile_a_torch_module():
     model = build_model(get_preset("efficientnet-x-b0", width=0.25, depth=0.5, num_classes=10))
     timing, settings = profile_torch(model, batch=2, resolution=64, threads=1, protocol=QUICK)
     assert timing.runs >= 5 and 0 < timing.p50_ms <= timing.p99_ms
-    assert settings == settings | {"device": "cpu", "compile": False, "torch_threads": 1}
+    assert settings == settings | {"device": "cpu", "mode": "eager", "torch_threads": 1}
     with pytest.raises(UserError, match="fp32, fp16 or bf16"):
         profile_torch(model, 1, 64, precision="int8", protocol=QUICK)
     with pytest.raises(UserError, match="batch must be"):
         profile_torch(model, 0, 64, protocol=QUICK)
+    with pytest.raises(UserError, match="unknown torch mode 'graph'"):
+        profile_torch(model, 1, 64, mode="graph", protocol=QUICK)
+    with pytest.raises(UserError, match="captured on a CUDA device; this machine's device is cpu"):
+        profile_torch(model, 1, 64, mode="cudagraph", protocol=QUICK)
+
 
 
 def test_find_accepts_only_known_columns(tmp_path):
