@@ -18,7 +18,7 @@ from effx_serve.core.errors import UserError
 from effx_serve.hardware.machine import Machine, this_machine
 from effx_serve.perf.latency_model import predictor
 from effx_serve.perf.latency_store import LatencyStore
-from effx_serve.perf.measure import measure_spec, time_spec
+from effx_serve.perf.measure import default_runtime, measure_spec, time_spec
 from effx_serve.perf.profiler import Protocol
 from search.noise import Spread
 from training.arch.spec import ModelSpec
@@ -108,8 +108,11 @@ class MeasuredLatency:
 
     machine: Machine
     store: LatencyStore
-    runtime: str = "onnxruntime"
+    runtime: str = ""  # "": this machine's default
     batch: int = 1
+
+    def __post_init__(self) -> None:
+        self.runtime = self.runtime or default_runtime(self.machine.hardware.kind)
 
     def __call__(self, spec: ModelSpec) -> float:
         record, _ = measure_spec(spec, spec.resolution, self.batch, self.runtime, self.machine, self.store)
@@ -132,10 +135,11 @@ class PredictedLatency:
     """Latency in ms predicted for this machine: its calibrated latency model, else the ideal roofline."""
 
     machine: Machine
-    runtime: str = "onnxruntime"
+    runtime: str = ""  # "": this machine's default
     batch: int = 1
 
     def __post_init__(self) -> None:
+        self.runtime = self.runtime or default_runtime(self.machine.hardware.kind)
         self._predict, self.source = predictor(self.machine, self.runtime)
 
     def __call__(self, spec: ModelSpec) -> float:
@@ -157,7 +161,7 @@ class ProxyEvaluator:
         else:
             self._store = LatencyStore()
             self._latency = MeasuredLatency(self.machine, self._store, config.runtime, config.latency_batch)
-            self.latency_source = f"measured ({config.runtime}, batch {config.latency_batch})"
+            self.latency_source = f"measured ({self._latency.runtime}, batch {config.latency_batch})"
 
     def latency(self, spec: ModelSpec) -> float:
         return self._latency(spec)

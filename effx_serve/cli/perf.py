@@ -14,7 +14,7 @@ from effx_serve.hardware.torch_probe import detect_cuda
 from effx_serve.perf import latency_model
 from effx_serve.perf.calibrate import fit_samples, measure_samples
 from effx_serve.perf.latency_store import LatencyStore
-from effx_serve.perf.measure import RUNTIMES, measured_vs_predicted
+from effx_serve.perf.measure import RUNTIME_HELP, RUNTIMES, default_runtime, measured_vs_predicted
 from effx_serve.perf.plots import plot_latency, plot_roofline
 from effx_serve.perf.published import ensure_published
 from effx_serve.perf.roofline import analyze
@@ -64,6 +64,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     specs = [load_spec(ref) for ref in args.models]
     machine = this_machine()
+    args.runtime = args.runtime or default_runtime(machine.hardware.kind)
     with LatencyStore() as store:
         ensure_published(store)
         rows, source = measured_vs_predicted(specs, args.batch, args.runtime, args.precision, machine, store, args.resolution)
@@ -88,6 +89,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     machine = this_machine(refresh_ceilings=args.refresh_ceilings)
+    args.runtime = args.runtime or default_runtime(machine.hardware.kind)
     specs = random_specs(args.specs, seed=args.seed, resolutions=tuple(args.resolutions))
     say = progress_lines(quiet=args.json)
     say(f"calibrating {args.runtime} on {machine.hardware_id}: {len(specs)} random specs x batches {args.batch}")
@@ -151,14 +153,14 @@ def add_parsers(sub) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL", help="preset name, spec JSON file or inline JSON")
     p.add_argument("--resolution", type=positive_int, help="input size (default: each model's own)")
     p.add_argument("--batch", type=int_list, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
+    p.add_argument("--runtime", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="fp16/bf16: torch runtimes only")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", metavar="PNG", help="latency against batch, measured and predicted")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("calibrate", help="fit this machine's latency model (per-operator efficiencies) on random specs")
-    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
+    p.add_argument("--runtime", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--specs", type=positive_int, default=40, help="number of random specs to measure (default 40)")
     p.add_argument("--resolutions", type=int_list, default=[64, 96, 128], help="input sizes to draw from (default 64,96,128)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from effx_serve.cli.common import positive_float, positive_int, progress_lines, require_training, reward_exponent
 from effx_serve.core.errors import UserError, needs_extra
 from effx_serve.hardware.detect import detect
-from effx_serve.perf.measure import RUNTIMES
+from effx_serve.perf.measure import RUNTIME_HELP, RUNTIMES, default_runtime
 from search.nas.controllers import CONTROLLERS
 from search.nas.space import SearchSpace
 from search.noise import MAX_REPEATS, seeds_at_most
@@ -27,11 +27,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         from search.nas.worker import SearchConfig, WorkerSettings
     if args.budget_trials is None and args.budget_minutes is None:
         raise UserError("give a budget: --budget-trials N and/or --budget-minutes M")
-    hardware_id = detect().id
+    detected = detect()
+    hardware_id = detected.id
     if args.hardware not in ("auto", hardware_id):
         raise UserError(f"search measures latency on this machine ({hardware_id}); run it on {args.hardware} or pass --hardware auto")
     overrides = {name: getattr(args, name) for name in SEARCH_OPTIONS if getattr(args, name) is not None}
     overrides["hardware_id"] = hardware_id  # a resumed or joined search must measure on the same hardware
+    if not args.resume:  # the search stores the runtime it measures with; a resume keeps it
+        overrides.setdefault("runtime", default_runtime(detected.hw_class))
     if args.no_baselines:
         overrides["baselines"] = False
     if args.space:
@@ -155,7 +158,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, help="proxy-training batch size (default 64)")
     p.add_argument("--latency", choices=("measured", "predicted"), help="measure each candidate (default) or predict it with the "
                                                                           "calibrated latency model")
-    p.add_argument("--runtime", choices=RUNTIMES, help="runtime latency is measured with (default onnxruntime)")
+    p.add_argument("--runtime", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--latency-batch", type=positive_int, help="batch size latency is measured at (default 1)")
     p.add_argument("--evaluator", metavar="MODULE:FACTORY", help="another evaluator: factory(config, work_dir) -> an object with "
                                                                   "accuracy(spec), latency(spec) and latency_source")

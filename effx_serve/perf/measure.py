@@ -25,6 +25,14 @@ ORT_PROVIDERS = {"onnxruntime": "CPUExecutionProvider", "onnxruntime-cuda": "CUD
                  "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
 TORCH_RUNTIMES = {"torch": "eager", "torch-compile": "compile", "torch-cudagraph": "cudagraph"}
 RUNTIMES = (*ORT_PROVIDERS, *TORCH_RUNTIMES)
+RUNTIME_HELP = "runtime latency is measured with (default: torch-cudagraph on a GPU, onnxruntime on a CPU)"
+
+
+def default_runtime(hw_class: str) -> str:
+    """The runtime a latency on a machine of `hw_class` (gpu, tpu, cpu) means when none is named: on a GPU its kernels
+    replayed from a CUDA graph (eager torch there times Python's kernel launches, and ONNX Runtime's CPU provider
+    times the host); elsewhere ONNX Runtime's CPU provider, what the server runs on a CPU."""
+    return "torch-cudagraph" if hw_class == "gpu" else "onnxruntime"
 
 
 def check_runtime(runtime: str) -> None:

@@ -60,7 +60,7 @@ class SearchConfig:
     batch_size: int = 64
     # latency
     latency: str = "measured"  # or "predicted"
-    runtime: str = "onnxruntime"
+    runtime: str = ""  # "": this machine's default (effx_serve.perf.measure.default_runtime)
     latency_batch: int = 1
     hardware_id: str = ""
     evaluator: str = "search.evaluators:ProxyEvaluator"

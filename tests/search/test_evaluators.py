@@ -66,3 +66,18 @@ def test_a_scaled_learning_rate_trains_at_that_rate_in_a_folder_of_its_own(data,
     assert len(folders) == 2 and folders[1] == folders[0] + "-lr0.25"
     rates = {name: json.loads((tmp_path / name / "checkpoint-last.json").read_text())["recipe"]["base_lr"] for name in folders}
     assert rates[folders[1]] == pytest.approx(rates[folders[0]] / 4)
+
+
+def test_latency_is_measured_with_the_devices_own_runtime_unless_named(tmp_path):
+    """A GPU's latency is its kernels replayed from a CUDA graph, not ONNX Runtime's CPU provider on the host."""
+    from effx_serve.hardware.machine import Machine
+    from effx_serve.hardware.table import VENDOR_HARDWARE
+    from effx_serve.perf.latency_store import LatencyStore
+    from effx_serve.perf.measure import default_runtime
+    from search.evaluators import MeasuredLatency
+
+    assert [default_runtime(kind) for kind in ("gpu", "cpu", "tpu")] == ["torch-cudagraph", "onnxruntime", "onnxruntime"]
+    gpu = Machine("nvidia-h200", VENDOR_HARDWARE["nvidia-h200"], "cuda")
+    with LatencyStore(tmp_path / "store.sqlite") as store:
+        assert MeasuredLatency(gpu, store).runtime == "torch-cudagraph"
+        assert MeasuredLatency(gpu, store, "torch").runtime == "torch"

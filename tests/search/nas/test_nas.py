@@ -374,6 +374,7 @@ def test_a_real_search_trains_and_measures_candidates(tmp_path, capsys):
     assert "estimated time with one worker: about" in printed.err
     result = json.loads((out / "search.json").read_text())
     assert result["states"] == {"complete": 3} and result["config"]["num_classes"] == 10
+    assert result["config"]["runtime"] == "onnxruntime"  # --runtime not given: this CPU's own, stored for resumes
     for record in result["records"]:
         assert 0 <= record["accuracy"] <= 1 and record["latency_ms"] > 0
         assert record["latency_source"] == "measured (onnxruntime, batch 1)"
