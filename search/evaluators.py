@@ -19,13 +19,12 @@ from effx_serve.hardware.machine import Machine, this_machine
 from effx_serve.perf.latency_model import predictor
 from effx_serve.perf.latency_store import LatencyStore
 from effx_serve.perf.measure import default_runtime, measure_spec, time_spec
-from effx_serve.perf.profiler import Protocol
+from effx_serve.perf.profiler import SIDE_BY_SIDE_PROTOCOL
 from search.noise import Spread
 from training.arch.spec import ModelSpec
 from training.recipe import Recipe
 
 SHORT_RUN_CROP_SCALE = (0.5, 1.0)
-SIDE_BY_SIDE_PROTOCOL = Protocol(measurements=1, max_measurements=1)  # one p50 per turn: the rounds are the repeats
 MIN_TIMING_ROUNDS = 3  # side-by-side rounds at the least, whatever the seeds
 
 

@@ -36,6 +36,7 @@ class Protocol:
 
 
 DEFAULT_PROTOCOL = Protocol()
+SIDE_BY_SIDE_PROTOCOL = Protocol(measurements=1, max_measurements=1)  # one p50 per turn: the rounds are the repeats
 
 @dataclass(frozen=True)
 class Timing:

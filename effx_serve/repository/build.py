@@ -34,7 +34,7 @@ from effx_serve.hardware.ceilings import get_hardware
 from effx_serve.hardware.ids import hardware_class
 from effx_serve.hardware.machine import Machine
 from effx_serve.perf import latency_model
-from effx_serve.perf.measure import measure_spec
+from effx_serve.perf.measure import measure_spec, side_by_side
 from effx_serve.perf.roofline import analyze
 from effx_serve.repository import manifest, triton_config
 from effx_serve.repository.manifest import MANIFEST_FILE, MANIFEST_VERSION
@@ -42,6 +42,7 @@ from training.arch.family_file import read_family
 from training.arch.spec import ModelSpec
 
 DEFAULT_BATCHES = (1, 4, 16)
+FAMILY_TIMING_ROUNDS = 3  # a complete family's members are timed in turn this many times (the median is kept)
 EXPORT_TOLERANCE = 1e-3  # max |ONNX Runtime - PyTorch| on logits; fp32 reorderings stay far below it
 # What each hardware class would serve with: the runtime and precision its predicted records are for.
 SERVING_RUNTIME = {"cpu": ("onnxruntime", "fp32"), "gpu": ("onnxruntime-tensorrt", "fp16"), "tpu": ("tpu-xla", "bf16")}
@@ -146,14 +147,32 @@ def _export(member: Member, model_dir: Path, opset: int, previous: dict, out: Pa
     return worst, False
 
 
-def _measured(spec: ModelSpec, model: Path, machine: Machine, store, batches) -> list[dict]:
-    records = []
-    for batch in batches:
-        record, _ = measure_spec(spec, spec.resolution, batch, "onnxruntime", machine, store, onnx_path=model)
-        records.append({"hardware_id": machine.hardware_id, "runtime": "onnxruntime", "precision": "fp32", "batch": batch,
-                        "p50_ms": record.p50_ms, "p90_ms": record.p90_ms, "p99_ms": record.p99_ms, "runs": record.runs,
-                        "spread": record.spread, "provenance": "measured", "source": "effx-serve profile protocol (latency store)"})
-    return records
+def _measured(spec: ModelSpec, model: Path, machine: Machine, store, batches) -> list:
+    """The member's latency records on this machine (from the store, else timed now)."""
+    return [measure_spec(spec, spec.resolution, batch, "onnxruntime", machine, store, onnx_path=model)[0] for batch in batches]
+
+
+def _timed_together(records, names: list[str]) -> bool:
+    """Whether every record was taken side by side with exactly these members."""
+    return all(record.details.get("side_by_side", {}).get("with") == sorted(names) for record in records)
+
+
+def _row(record) -> dict:
+    side = record.details.get("side_by_side")
+    source = (f"side by side with the family's other members, median of {side['rounds']} rounds (latency store)" if side
+              else "effx-serve profile protocol (latency store)")
+    return {"hardware_id": record.key.hardware_id, "runtime": record.key.runtime, "precision": record.key.precision, "batch": record.key.batch,
+            "p50_ms": record.p50_ms, "p90_ms": record.p90_ms, "p99_ms": record.p99_ms, "runs": record.runs, "spread": record.spread,
+            "provenance": "measured", "source": source}
+
+
+def _retimed(members: list[Member], staging: Path, machine: Machine, store, batches, say) -> dict[str, list]:
+    """{member: its records on this machine}, every member timed in turn (perf.measure.side_by_side)."""
+    records = side_by_side([(m.spec, staging / m.name / "1" / "model.onnx") for m in members], batches, "onnxruntime", machine, store,
+                           FAMILY_TIMING_ROUNDS)
+    say(f"timed the {len(members)} members side by side ({FAMILY_TIMING_ROUNDS} rounds), batch 1: "
+        + ", ".join(f"{m.name} {records[m.name, 1].p50_ms:.3f} ms" for m in members))
+    return {m.name: [records[m.name, batch] for batch in batches] for m in members}
 
 
 def _predicted(spec: ModelSpec, hardware_id: str, batches) -> list[dict]:
@@ -210,15 +229,26 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
     target_class = hardware_class(target)
     cores = max(1, len(os.sched_getaffinity(0)))
     try:
-        entries = {}
+        entries, exports, here = {}, {}, {}
         for index, member in enumerate(members, 1):
             started = time.perf_counter()
             model_dir = staging / member.name / "1"
             model_dir.mkdir(parents=True)
             diff, reused = _export(member, model_dir, settings.opset, previous, out)
+            exports[member.name] = diff
             if settings.backend == "python":
                 shutil.copyfile(PYTHON_MODEL, model_dir / "model.py")
-            latency = _measured(member.spec, model_dir / "model.onnx", machine, store, settings.batches)
+            here[member.name] = _measured(member.spec, model_dir / "model.onnx", machine, store, settings.batches)
+            say(f"[{index}/{len(members)}] {member.name}: {'reused' if reused else 'exported'} model.onnx, "
+                f"top-1 {100 * member.meta['metrics']['ema_top1']:.1f}%, {next(r for r in here[member.name] if r.key.batch == 1).p50_ms:.3f} ms at batch 1 "
+                f"({time.perf_counter() - started:.1f} s)")
+        names = [m.name for m in members]
+        complete = partial_of is None or len(members) >= partial_of
+        if complete and len(members) > 1 and not _timed_together([r for rs in here.values() for r in rs], names):
+            here = _retimed(members, staging, machine, store, settings.batches, say)  # the router compares members: one moment
+        for member in members:
+            model_dir, diff = staging / member.name / "1", exports[member.name]
+            latency = [_row(record) for record in here[member.name]]
             for hardware_id in settings.hardware_ids:
                 if hardware_id != machine.hardware_id:
                     latency += _predicted(member.spec, hardware_id, settings.batches)
@@ -240,9 +270,6 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
                           "checkpoint_sha256": member.meta["weights"]["sha256"]} | ({} if diff is None else {"export_max_abs_diff": diff}),
                 "latency": latency,
             }
-            batch1 = next(r for r in latency if r["batch"] == 1)
-            say(f"[{index}/{len(members)}] {member.name}: {'reused' if reused else 'exported'} model.onnx, top-1 {100 * metrics['ema_top1']:.1f}%, "
-                f"{batch1['p50_ms']:.3f} ms at batch 1 ({time.perf_counter() - started:.1f} s)")
         data = {
             "manifest_version": MANIFEST_VERSION, "created_by": "effx-serve build-repo", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "triton_backend": settings.backend, "target_hardware": target,

@@ -56,6 +56,7 @@ def test_layout_config_and_manifest(built):
         measured = [r for r in member["latency"] if r["provenance"] == "measured"]
         predicted = [r for r in member["latency"] if r["provenance"] == "predicted"]
         assert [r["batch"] for r in measured] == [1, 4, 16] and all(r["p50_ms"] > 0 for r in measured)
+        assert all(r["source"].startswith("side by side with the family's other members, median of 3 rounds") for r in measured)
         assert {r["hardware_id"] for r in predicted} == {"nvidia-h200"} and predicted[0]["precision"] == "fp16"
         assert 0 <= member["accuracy"]["top1"] <= 1 and member["accuracy"]["provenance"] == "measured"
     assert data["families"][0]["members"] == ["tiny-f-b0", "tiny-f-b1"] and data["families"][0]["hardware_classes"] == ["cpu", "gpu"]
@@ -262,12 +263,35 @@ def test_bad_inputs_to_build_repo(tiny_family, built, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_a_complete_family_is_timed_side_by_side_and_replaces_a_figure_from_a_slow_moment(tiny_family, tmp_path, monkeypatch):
+    """b1's batch-1 record says 1,000 ms (timed while the machine was busy): the members timed in turn overrule it."""
+    from effx_serve.hardware.machine import this_machine
+    from effx_serve.perf.latency_store import LatencyKey, LatencyRecord, LatencyStore
+
+    b1 = build(tiny_family, tmp_path / "first")["members"]["tiny-f-b1"]  # fills the store
+    key = LatencyKey(b1["arch_hash"], this_machine().hardware_id, "onnxruntime", "fp32", 1, b1["resolution"])
+    with LatencyStore() as store:
+        store.put(LatencyRecord(key, "measured", 1000.0, 1000.0, 1000.0, 30, 0.0, model="tiny-f-b1", details={}))
+    rounds = []
+    real = repo_build.side_by_side
+    monkeypatch.setattr(repo_build, "side_by_side", lambda *args: (rounds.append(args[-1]), real(*args))[1])
+    data = build(tiny_family, tmp_path / "again")
+    b1 = next(r for r in data["members"]["tiny-f-b1"]["latency"] if r["batch"] == 1)
+    assert rounds == [repo_build.FAMILY_TIMING_ROUNDS] and b1["p50_ms"] < 1000 and b1["source"].startswith("side by side")
+    with LatencyStore() as store:
+        assert store.get(key, "measured").details["side_by_side"]["with"] == ["tiny-f-b0", "tiny-f-b1"]
+    rounds.clear()
+    build(tiny_family, tmp_path / "third")
+    assert rounds == []  # every figure already taken side by side with these members: nothing timed again
+
+
 def test_a_step_of_a_larger_family_leaves_out_untrained_members_and_says_partial(tiny_family, tmp_path):
     family, checkpoints = tiny_family
     some = tmp_path / "checkpoints"
     shutil.copytree(checkpoints / "tiny-f-b1", some / "tiny-f-b1")  # b1 trained, b0 not yet
     data = build((family, some), tmp_path / "r", partial_of=2)
     assert list(data["members"]) == ["tiny-f-b1"] and data["partial"] == {"members_planned": 2}
+    assert data["members"]["tiny-f-b1"]["latency"][0]["source"].startswith("effx-serve profile protocol")  # one member: none to time beside
     assert manifest.read(tmp_path / "r")["families"][0]["members"] == ["tiny-f-b1"]
     assert "partial" not in build(tiny_family, tmp_path / "r", partial_of=2)  # every member planned is in: complete
     (tmp_path / "none").mkdir()

@@ -459,7 +459,7 @@ def test_side_by_side_timing_alternates_the_specs_every_round_and_stores_nothing
         return Timing(len(order), 0, 0, 0, 30, 0.0), {}
 
     monkeypatch.setattr(evaluators, "time_spec", time_spec)
-    latency = evaluators.MeasuredLatency(machine=None, store=None)
+    latency = evaluators.MeasuredLatency(machine=None, store=None, runtime="onnxruntime")
     a, b = X_B0.with_(name="a"), X_B0.with_(name="b", resolution=240)
     spreads = latency.side_by_side([a, b], 3)
     assert order == ["a", "b"] * 3
