@@ -133,6 +133,29 @@ def test_family_range_checks_order_gain_and_latency_ratio():
     assert zigzag.misses(15, 3) == [*zigzag.out_of_order, "top-1 gain 10.0 < 15 points", "latency ratio 2.60 < 3x"]
 
 
+def test_a_trained_familys_latencies_are_retaken_side_by_side():
+    """Latencies taken one by one between trainings give way to the members timed in turn (the median of the rounds)."""
+    from search.noise import Spread
+
+    class Timed:
+        def __call__(self, spec):
+            return 9.0
+
+        def side_by_side(self, specs, rounds):
+            self.asked = ([spec.name for spec in specs], rounds)
+            return [Spread((0.5, 0.6, 0.9)), Spread((1.4, 1.2, 1.3))]
+
+    rows = [_row("b0", 0.5, 3.38), _row("b1", 0.6, 3.10)]  # b1 measured faster than b0 in a busy moment
+    members = [{"spec": spec_from_stage_strings(["r1_k3_s11_e1_i32_o16_se0.25"], resolution=r, name=name).to_dict()}
+               for name, r in (("b0", 16), ("b1", 24))]
+    said, latency = [], Timed()
+    build_family._time_together(rows, members, latency, said.append)
+    assert [row["latency_ms"] for row in rows] == [0.6, 1.3] and latency.asked == (["b0", "b1"], 3)
+    assert said == ["members timed side by side: demo-x-lacs-b0 0.600 ms, demo-x-lacs-b1 1.300 ms"]
+    build_family._time_together(rows, members, lambda spec: 9.0, said.append)  # a source that cannot: figures kept
+    assert [row["latency_ms"] for row in rows] == [0.6, 1.3]
+
+
 def test_lacs_fits_a_preset_to_the_data_and_this_hardware_and_keeps_a_specs_own_scale(tmp_path, monkeypatch, capsys):
     """A preset is trained at the CPU default for the data's images (not 224 px at full size); a spec at its own scale."""
     from effx_serve.cli import scale as scale_cli
