@@ -18,8 +18,7 @@ from effx_serve.core.errors import UserError
 from effx_serve.hardware.machine import Machine, this_machine
 from effx_serve.perf.latency_model import predictor
 from effx_serve.perf.latency_store import LatencyStore
-from effx_serve.perf.measure import default_runtime, measure_spec, time_spec
-from effx_serve.perf.profiler import SIDE_BY_SIDE_PROTOCOL
+from effx_serve.perf.measure import default_runtime, measure_spec, time_in_turn
 from search.noise import Spread
 from training.arch.spec import ModelSpec
 from training.recipe import Recipe
@@ -121,12 +120,8 @@ class MeasuredLatency:
         """Each spec's p50 (ms) timed once per round, the specs in turn within every round (A B A B ...), not stored. The
         store's records may be minutes apart, and a shared machine's load changes in minutes: a decision between two
         close candidates rests on timings taken under the same conditions."""
-        samples: list[list[float]] = [[] for _ in specs]
-        for _ in range(rounds):
-            for spec, taken in zip(specs, samples, strict=True):
-                timing, _ = time_spec(spec, spec.resolution, self.batch, self.runtime, self.machine, protocol=SIDE_BY_SIDE_PROTOCOL)
-                taken.append(timing.p50_ms)
-        return [Spread(tuple(taken)) for taken in samples]
+        taken = time_in_turn([(spec, None) for spec in specs], [self.batch], self.runtime, self.machine, rounds)
+        return [Spread(tuple(timing.p50_ms for timing, _ in per_batch[self.batch])) for per_batch in taken]
 
 
 @dataclass

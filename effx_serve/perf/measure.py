@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
+from statistics import median
 
 from effx_serve.core.errors import UserError, needs_extra
 from effx_serve.core.fs import cache_dir
@@ -77,30 +76,36 @@ def measure_spec(spec: ModelSpec, resolution: int, batch: int, runtime: str, mac
                                                                     onnx_path))
 
 
-def side_by_side(timed: Sequence[tuple[ModelSpec, Path | None]], batches: Sequence[int], runtime: str, machine: Machine,
-                 store: LatencyStore, rounds: int) -> dict[tuple[str, int], LatencyRecord]:
+def time_in_turn(timed: Sequence[tuple[ModelSpec, Path | None]], batches: Sequence[int], runtime: str, machine: Machine,
+                 rounds: int) -> list[dict[int, list[tuple[Timing, dict]]]]:
     """Each (spec, its ONNX export or None) timed at each batch in turn, `rounds` times over (A B C A B C ...), in this
-    one process, and stored: {(spec name, batch): record}, p50/p90/p99 the median of the rounds'.
+    one process, not stored: per spec, {batch: one (timing, settings) per round}.
 
     Records measured minutes apart on a shared machine can disagree by 2x (a family's b2 measured slower than its
     b3); timings taken in turn share the machine's state, so their order and ratios hold."""
-    taken: dict[tuple[str, int], list[tuple[Timing, dict]]] = {}
+    taken: list[dict[int, list[tuple[Timing, dict]]]] = [{batch: [] for batch in batches} for _ in timed]
     for _ in range(rounds):
         for batch in batches:
-            for spec, onnx_path in timed:
-                taken.setdefault((spec.name, batch), []).append(
-                    time_spec(spec, spec.resolution, batch, runtime, machine, protocol=SIDE_BY_SIDE_PROTOCOL, onnx_path=onnx_path))
-    specs = {spec.name: spec for spec, _ in timed}
+            for (spec, onnx_path), per_batch in zip(timed, taken, strict=True):
+                per_batch[batch].append(time_spec(spec, spec.resolution, batch, runtime, machine, protocol=SIDE_BY_SIDE_PROTOCOL,
+                                                  onnx_path=onnx_path))
+    return taken
+
+
+def side_by_side(timed: Sequence[tuple[ModelSpec, Path | None]], batches: Sequence[int], runtime: str, machine: Machine,
+                 store: LatencyStore, rounds: int) -> dict[tuple[str, int], LatencyRecord]:
+    """time_in_turn's timings as stored records, {(spec name, batch): record}: p50/p90/p99 the median of the rounds'."""
+    names = sorted(spec.name for spec, _ in timed)
     records = {}
-    for (name, batch), timings in taken.items():
-        spec, median = specs[name], (lambda values: float(np.median(values)))
-        p50s = [timing.p50_ms for timing, _ in timings]
-        key = LatencyKey(spec.arch_hash(), machine.hardware_id, runtime, "fp32", batch, spec.resolution)
-        record = LatencyRecord(key, "measured", median(p50s), median([t.p90_ms for t, _ in timings]), median([t.p99_ms for t, _ in timings]),
-                               sum(t.runs for t, _ in timings), median([t.spread for t, _ in timings]), model=name,
-                               details=timings[0][1] | {"side_by_side": {"rounds": rounds, "with": sorted(specs), "p50_rounds_ms": p50s}})
-        store.put(record)
-        records[name, batch] = record
+    for (spec, _), per_batch in zip(timed, time_in_turn(timed, batches, runtime, machine, rounds), strict=True):
+        for batch, timings in per_batch.items():
+            p50s = [timing.p50_ms for timing, _ in timings]
+            key = LatencyKey(spec.arch_hash(), machine.hardware_id, runtime, "fp32", batch, spec.resolution)
+            record = LatencyRecord(key, "measured", median(p50s), median([t.p90_ms for t, _ in timings]), median([t.p99_ms for t, _ in timings]),
+                                   sum(t.runs for t, _ in timings), median([t.spread for t, _ in timings]), model=spec.name,
+                                   details=timings[0][1] | {"side_by_side": {"rounds": rounds, "with": names, "p50_rounds_ms": p50s}})
+            store.put(record)
+            records[spec.name, batch] = record
     return records
 
 

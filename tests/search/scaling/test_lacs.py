@@ -449,16 +449,17 @@ def test_the_reward_finalists_are_timed_again_side_by_side_and_ranked_with_those
 
 
 def test_side_by_side_timing_alternates_the_specs_every_round_and_stores_nothing(monkeypatch):
+    from effx_serve.perf import measure
     from effx_serve.perf.profiler import Timing
     from search import evaluators
 
     order = []
 
-    def time_spec(spec, resolution, batch, runtime, machine, protocol):
+    def time_spec(spec, resolution, batch, runtime, machine, protocol, onnx_path):
         order.append(spec.name)
         return Timing(len(order), 0, 0, 0, 30, 0.0), {}
 
-    monkeypatch.setattr(evaluators, "time_spec", time_spec)
+    monkeypatch.setattr(measure, "time_spec", time_spec)
     latency = evaluators.MeasuredLatency(machine=None, store=None, runtime="onnxruntime")
     a, b = X_B0.with_(name="a"), X_B0.with_(name="b", resolution=240)
     spreads = latency.side_by_side([a, b], 3)
