@@ -172,7 +172,7 @@ def _time_torch(torch, model, batch, resolution, device, dtype, mode, protocol) 
     images = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if mode == "cudagraph":
-        runner = _captured(torch, model, images)
+        runner = captured_in_cuda_graph(torch, model, images)
 
     def call():
         with torch.inference_mode():
@@ -184,7 +184,7 @@ def _time_torch(torch, model, batch, resolution, device, dtype, mode, protocol) 
     return timing, settings
 
 
-def _captured(torch, model, images):
+def captured_in_cuda_graph(torch, model, images):
     """A callable that replays `model(images)` captured in a CUDA graph and returns its (static) output; it reads
     `images` wherever it was at capture, so every call computes on that tensor, as the timing does."""
     side = torch.cuda.Stream()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from effx_serve.perf.profiler import Protocol, _captured, profile_torch
+from effx_serve.perf.profiler import Protocol, captured_in_cuda_graph, profile_torch
 from training.arch.model import build_model
 from training.arch.presets import get_preset
 
@@ -18,6 +18,6 @@ def test_cuda_graph_replays_the_eager_model():
     images = torch.randn(4, 3, 64, 64, device="cuda")
     with torch.inference_mode():
         expected = model(images)
-        assert torch.allclose(_captured(torch, model, images)(images), expected, atol=1e-4)
+        assert torch.allclose(captured_in_cuda_graph(torch, model, images)(images), expected, atol=1e-4)
     timing, settings = profile_torch(model, 4, 64, device="cuda", mode="cudagraph", protocol=QUICK)
     assert timing.runs >= 5 and settings["mode"] == "cudagraph"
