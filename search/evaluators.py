@@ -24,7 +24,6 @@ from training.arch.spec import ModelSpec
 from training.recipe import Recipe
 
 SHORT_RUN_CROP_SCALE = (0.5, 1.0)
-MIN_TIMING_ROUNDS = 3  # side-by-side rounds at the least, whatever the seeds
 
 
 def short_run(spec: ModelSpec, data: Path, out_dir: Path, epochs: int, fingerprint: str, batch_size: int = 64, stride: int = 1,

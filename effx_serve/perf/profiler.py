@@ -37,6 +37,7 @@ class Protocol:
 
 DEFAULT_PROTOCOL = Protocol()
 SIDE_BY_SIDE_PROTOCOL = Protocol(measurements=1, max_measurements=1)  # one p50 per turn: the rounds are the repeats
+SIDE_BY_SIDE_ROUNDS = 3  # rounds of a side-by-side timing at the least (a median needs three)
 
 @dataclass(frozen=True)
 class Timing:

@@ -35,6 +35,7 @@ from effx_serve.hardware.ids import hardware_class
 from effx_serve.hardware.machine import Machine
 from effx_serve.perf import latency_model
 from effx_serve.perf.measure import measure_spec, side_by_side
+from effx_serve.perf.profiler import SIDE_BY_SIDE_ROUNDS
 from effx_serve.perf.roofline import analyze
 from effx_serve.repository import manifest, triton_config
 from effx_serve.repository.manifest import MANIFEST_FILE, MANIFEST_VERSION
@@ -42,7 +43,6 @@ from training.arch.family_file import read_family
 from training.arch.spec import ModelSpec
 
 DEFAULT_BATCHES = (1, 4, 16)
-FAMILY_TIMING_ROUNDS = 3  # a complete family's members are timed in turn this many times (the median is kept)
 EXPORT_TOLERANCE = 1e-3  # max |ONNX Runtime - PyTorch| on logits; fp32 reorderings stay far below it
 # What each hardware class would serve with: the runtime and precision its predicted records are for.
 SERVING_RUNTIME = {"cpu": ("onnxruntime", "fp32"), "gpu": ("onnxruntime-tensorrt", "fp16"), "tpu": ("tpu-xla", "bf16")}
@@ -169,8 +169,8 @@ def _row(record) -> dict:
 def _retimed(members: list[Member], staging: Path, machine: Machine, store, batches, say) -> dict[str, list]:
     """{member: its records on this machine}, every member timed in turn (perf.measure.side_by_side)."""
     records = side_by_side([(m.spec, staging / m.name / "1" / "model.onnx") for m in members], batches, "onnxruntime", machine, store,
-                           FAMILY_TIMING_ROUNDS)
-    say(f"timed the {len(members)} members side by side ({FAMILY_TIMING_ROUNDS} rounds), batch 1: "
+                           SIDE_BY_SIDE_ROUNDS)
+    say(f"timed the {len(members)} members side by side ({SIDE_BY_SIDE_ROUNDS} rounds), batch 1: "
         + ", ".join(f"{m.name} {records[m.name, 1].p50_ms:.3f} ms" for m in members))
     return {m.name: [records[m.name, batch] for batch in batches] for m in members}
 

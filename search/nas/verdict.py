@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from search.evaluators import MIN_TIMING_ROUNDS, load_evaluator
+from effx_serve.perf.profiler import SIDE_BY_SIDE_ROUNDS
+from search.evaluators import load_evaluator
 from search.nas.report import TrialRecord, best, ranked
 from search.nas.worker import SearchConfig
 from search.noise import Margin, Spread, means_difference_std, pooled_std
@@ -81,7 +82,7 @@ def _side_by_side(evaluator, specs: dict, repeats: int) -> dict:
     """Each finalist's latency (ms) over rounds timed in turn with the others, by trial number; {} where the evaluator
     cannot (no `latency_spread`, or latency predicted rather than measured)."""
     latency_spread = getattr(evaluator, "latency_spread", None)
-    spreads = latency_spread(list(specs.values()), max(repeats, MIN_TIMING_ROUNDS)) if latency_spread is not None else None
+    spreads = latency_spread(list(specs.values()), max(repeats, SIDE_BY_SIDE_ROUNDS)) if latency_spread is not None else None
     return dict(zip(specs, spreads, strict=True)) if spreads is not None else {}
 
 

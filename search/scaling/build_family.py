@@ -18,8 +18,9 @@ from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
+from effx_serve.perf.profiler import SIDE_BY_SIDE_ROUNDS
 from search.defaults import describe_estimate, estimate_seconds
-from search.evaluators import MIN_TIMING_ROUNDS, ProxyAccuracy, short_run
+from search.evaluators import ProxyAccuracy, short_run
 from search.scaling import job as lacs_job
 from search.scaling.job import LacsSettings
 from search.scaling.lacs import EFFICIENTNET_COEFFICIENTS, Coefficients, scale
@@ -137,7 +138,7 @@ def _time_together(rows: list[dict], members: list[dict], latency_of, say) -> No
     retime = getattr(latency_of, "side_by_side", None)
     if retime is None or len(rows) < 2:
         return
-    spreads = retime([ModelSpec.from_dict(member["spec"]) for member in members], MIN_TIMING_ROUNDS)
+    spreads = retime([ModelSpec.from_dict(member["spec"]) for member in members], SIDE_BY_SIDE_ROUNDS)
     for row, spread in zip(rows, spreads, strict=True):
         row["latency_ms"] = statistics.median(spread.samples)
     say("members timed side by side: " + ", ".join(f"{row['name']} {row['latency_ms']:.3f} ms" for row in rows))

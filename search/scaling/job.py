@@ -27,8 +27,8 @@ from pathlib import Path
 
 from effx_serve.core.fs import write_atomic
 from effx_serve.core.plots import optional_pyplot, save_figure
+from effx_serve.perf.profiler import SIDE_BY_SIDE_ROUNDS
 from search.defaults import estimate_seconds
-from search.evaluators import MIN_TIMING_ROUNDS
 from search.noise import (
     MAX_REPEATS,
     NOISE_SIGMAS,
@@ -183,7 +183,7 @@ def decide(trials: Sequence[Trial], by: str, base: ModelSpec, spread_of, repeats
     specs = {_key(t): lacs.scale(base, t.coefficients, 1.0) for t in order}
     finalists = order[:2]
     timed = latencies_of is not None and by == "reward"
-    rounds = max(repeats, MIN_TIMING_ROUNDS)
+    rounds = max(repeats, SIDE_BY_SIDE_ROUNDS)
     spreads: dict[tuple, Spread] = {}
     timings: dict[tuple, Spread] = {}
     while True:

@@ -277,7 +277,7 @@ def test_a_complete_family_is_timed_side_by_side_and_replaces_a_figure_from_a_sl
     monkeypatch.setattr(repo_build, "side_by_side", lambda *args: (rounds.append(args[-1]), real(*args))[1])
     data = build(tiny_family, tmp_path / "again")
     b1 = next(r for r in data["members"]["tiny-f-b1"]["latency"] if r["batch"] == 1)
-    assert rounds == [repo_build.FAMILY_TIMING_ROUNDS] and b1["p50_ms"] < 1000 and b1["source"].startswith("side by side")
+    assert rounds == [profiler.SIDE_BY_SIDE_ROUNDS] and b1["p50_ms"] < 1000 and b1["source"].startswith("side by side")
     with LatencyStore() as store:
         assert store.get(key, "measured").details["side_by_side"]["with"] == ["tiny-f-b0", "tiny-f-b1"]
     rounds.clear()
