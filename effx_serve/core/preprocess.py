@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -108,6 +109,9 @@ class _MeteredBytes(io.BytesIO):
         return super().read(size)
 
 
+_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)  # what Pillow raises on bad data
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DEFAULT_FORMATS,
                  shrink_to: int | None = None, budget: DecodeBudget | None = None) -> Image.Image:
     """Decode image bytes into a loaded, upright PIL image (any mode; see `to_rgb`).
@@ -134,14 +138,18 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Ite
         image.decodermaxblock = READ_BLOCK
     try:
         image.load()
-        # Phones store pixels as the sensor saw them plus an Orientation tag; models should see the
-        # picture as the person took it.
-        upright = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UserError(f"the image is too large to decode safely ({error}); send a smaller image") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as error:
+    except _CORRUPT as error:
         raise UserError(f"the {image.format} image is corrupt or truncated ({_reason(error)}); send a complete image file") from None
-    return upright
+    try:
+        # Phones store pixels as the sensor saw them plus an Orientation tag; models should see the
+        # picture as the person took it.
+        return ImageOps.exif_transpose(image)
+    except (*_CORRUPT, struct.error) as error:  # Pillow rewrites the EXIF it transposes, and a tag of the wrong type breaks that
+        raise UserError(f"the {image.format} image's EXIF metadata is malformed ({_reason(error)}); "
+                        "re-save the image without it") from None
+
 
 
 def _check_decode_arguments(max_pixels: int, formats: Iterable[str]) -> tuple[str, ...]:

@@ -46,7 +46,7 @@ from effx_serve.core.photos import synthetic_photo
 from effx_serve.core.proc import available_cpus
 from effx_serve.serve.backends.base import Backend, BackendUnavailable
 from effx_serve.serve.catalog import Catalog, Member
-from effx_serve.serve.errors import Overloaded, UnreadableImage
+from effx_serve.serve.errors import InvalidRequest, Overloaded, UnreadableImage
 from effx_serve.serve.estimates import Correction, Corrections, DecodeTimes, Mean, UpgradeBudget
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Decision, Option, Sla, route
@@ -301,9 +301,12 @@ class Dispatcher:
         return loaded, at_rest
 
     def candidates(self, family: str | None, member: str | None) -> list[Member]:
-        if member is not None:
-            return [self.catalog.member(member)]
-        return self.catalog.family_members(family)
+        if member is None:
+            return self.catalog.family_members(family)
+        pinned = self.catalog.member(member)
+        if family is not None and pinned not in self.catalog.family_members(family):  # an unknown family is a 404 there
+            raise InvalidRequest(f"member '{member}' is not in family '{family}' but in '{pinned.family}'; pin one or the other")
+        return [pinned]
 
     def route(self, sla: Sla, images: Sequence[ImageInfo], deadline: float, arrival: float, family: str | None = None,
               member: str | None = None) -> Routed:

@@ -134,6 +134,19 @@ def test_exif_orientation_is_applied():
     assert decode_image(exif_jpeg(6)).getexif().get(0x0112) in (None, 1)
 
 
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGB"), ("WEBP", "RGB"), ("JPEG", "CMYK")])
+def test_malformed_exif_is_named_not_a_crash(fmt, mode):
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Cam"  # Orientation, and Make (ASCII) ...
+    stored = exif.tobytes()
+    order = "big" if b"MM" in stored[:8] else "little"  # after the Exif\0\0 prefix
+    make, width = (0x010F).to_bytes(2, order) + (2).to_bytes(2, order), (0x0100).to_bytes(2, order) + (2).to_bytes(2, order)
+    broken = stored.replace(make, width)  # ... retagged as ImageWidth, a number, still holding text: Pillow cannot rewrite it
+    assert broken != stored
+    with pytest.raises(UserError, match=f"the {fmt} image's EXIF metadata is malformed"):
+        decode_image(encode(Image.new(mode, (16, 8)), fmt, exif=broken))
+
+
 def test_exif_orientation_one_changes_nothing():
     assert decode_image(exif_jpeg(1)).size == (40, 20)
 

@@ -3,6 +3,7 @@ load scales requests down to faster members and then refuses them early, and a r
 deadline moves to a faster member or is answered at once."""
 
 import asyncio
+import dataclasses
 import math
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 from effx_serve.core.photos import synthetic_photo
 from effx_serve.serve.catalog import Catalog
 from effx_serve.serve.dispatch import DeadlineMissed, Dispatcher, ImageInfo
-from effx_serve.serve.errors import UnreadableImage
+from effx_serve.serve.errors import InvalidRequest, UnknownName, UnreadableImage
 from effx_serve.serve.estimates import Mean
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.router import Sla
@@ -504,3 +505,14 @@ def test_a_request_routed_in_the_same_turn_of_the_loop_as_another_expects_that_o
     assert second.wait_ms >= 0.5 * first.decode_ms > 0  # the first one's decoding was queued before the second was routed
     # Every decoding's wait against the expected one is in /metrics (the blocker's and both requests')
     assert 'effx_decode_wait_error_seconds_bucket{le="+Inf",outcome="ran"} 3.0' in metrics
+
+
+def test_a_pinned_member_must_be_in_the_family_the_request_names():
+    large = dataclasses.replace(LARGE, family="other")
+    catalog = Catalog(Path("."), "cpu-test", "cpu", "fake", {"fake": ("small",), "other": ("large",)}, {"small": SMALL, "large": large}, "test")
+    d = Dispatcher(catalog, FakeBackend(), DispatchSettings(), ServerMetrics())
+    assert [m.name for m in d.candidates("fake", "small")] == ["small"] == [m.name for m in d.candidates(None, "small")]
+    with pytest.raises(InvalidRequest, match="member 'large' is not in family 'fake' but in 'other'"):
+        d.candidates("fake", "large")
+    with pytest.raises(UnknownName, match="unknown family 'nope'"):
+        d.candidates("nope", "small")

@@ -119,7 +119,7 @@ def _decode_base64(text: object, where: str) -> bytes:
 def _from_json(body: bytes, max_images: int) -> ImageRequest:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # bad syntax, bad UTF-8, or an integer longer than Python converts (4,300 digits)
         raise RequestProblem(400, f"the body is not valid JSON: {error}") from None
     except RecursionError:  # the parser's own limit on nesting (about a thousand levels)
         raise RequestProblem(400, "the JSON body is nested too deeply; send {\"image\": \"<base64>\"}") from None
@@ -133,6 +133,8 @@ def _from_json(body: bytes, max_images: int) -> ImageRequest:
         items = data.pop("images")
         if not isinstance(items, list):
             raise RequestProblem(422, '"images" must be a list of base64 strings')
+        if not items:
+            raise RequestProblem(422, '"images" is empty; send at least one base64 image')
         if len(items) > max_images:
             raise RequestProblem(413, f"{len(items)} images in one request, more than the limit of {max_images}")
         images = [_decode_base64(item, f"images[{index}]") for index, item in enumerate(items)]
@@ -145,6 +147,9 @@ async def _from_multipart(request: Request, body: bytes, max_images: int) -> Ima
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
+    boundary = request.headers.get("content-type", "").partition("boundary=")[2].split(";")[0].strip().strip('"')
+    if boundary and body.rfind(b"--" + boundary.encode("latin-1") + b"--") < 0:  # the parser keeps the parts before a cut
+        raise RequestProblem(400, "the multipart body ends before its closing boundary (cut off?); send the whole body")
     try:
         form = await Request(request.scope, replay).form(max_files=max_images, max_fields=32)
     except (MultiPartException, HTTPException) as error:  # Starlette raises the parser's error as a 400 inside an app

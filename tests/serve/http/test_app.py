@@ -228,6 +228,33 @@ def test_unknown_member_or_family_is_404(client):
         assert response.status_code == 404 and "tiny-f" in response.json()["detail"]
 
 
+def test_a_member_outside_the_family_asked_for_is_refused(client):
+    assert post_jpeg(client, member="tiny-f-b0", family="nope").status_code == 404
+    assert post_jpeg(client, member="tiny-f-b0", family="tiny-f").json()["member"] == "tiny-f-b0"
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", "/v1/classify/batch"])
+def test_an_empty_list_of_images_is_422(client, path):
+    response = client.post(path, json={"images": []})
+    assert response.status_code == 422 and '"images" is empty' in response.json()["detail"]
+
+
+def test_a_json_number_python_will_not_convert_is_400(client):
+    body = '{"image": "' + base64.b64encode(JPEG).decode() + '", "top_k": ' + "9" * 5000 + "}"
+    response = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
+
+
+def test_a_multipart_body_cut_off_is_400_not_a_missing_file(client):
+    whole = (b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+             + JPEG + b"\r\n--XyZ--\r\n")
+    headers = {"content-type": "multipart/form-data; boundary=XyZ"}
+    assert client.post("/v1/classify", content=whole, headers=headers).status_code == 200
+    for cut in (whole[:-9], whole[:len(whole) // 2]):
+        response = client.post("/v1/classify", content=cut, headers=headers)
+        assert response.status_code == 400 and "closing boundary" in response.json()["detail"]
+
+
 def test_the_body_limit_is_413(served_repository):
     with TestClient(create_app(make_server(served_repository, max_body_bytes=1000))) as small:
         wait_ready(small)
