@@ -53,6 +53,9 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     `.<name>.<random>.tmp`, so writers that choose a format by suffix must be told it.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a rename would put a file in place of a device, pipe or socket
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise UserError(f"{path} is {kind}; write to a file path instead")
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)

@@ -36,6 +36,15 @@ def test_a_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
+def test_a_folder_or_a_pipe_at_the_target_is_refused_not_replaced(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "folder").mkdir()
+    for name, kind in (("pipe", "not a regular file"), ("folder", "a folder")):
+        with pytest.raises(UserError, match=f"{name} is {kind}"):
+            fs.write_atomic(tmp_path / name, "data")
+    assert not (tmp_path / "pipe").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["folder", "pipe"]
+
+
 def test_replacing_lets_any_writer_fill_the_file_and_fsyncs_before_the_rename(tmp_path, monkeypatch):
     order = []
     real_fsync, real_replace = os.fsync, os.replace
