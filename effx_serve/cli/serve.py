@@ -154,12 +154,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             web = SharedPortServer(config, socket.socket(fileno=worker.spec.fd), ConnectionCounts(worker.spec.folder, worker.spec.index))
         if isinstance(app, PendingApp):
             app.on_failure = lambda error: setattr(web, "should_exit", True)
+        else:
+            app.state.server.on_lasting_failure = lambda reason: setattr(web, "should_exit", True)
         try:
             web.run()
         except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C or SIGTERM (main's), then re-raised it: done
             pass
         if isinstance(app, PendingApp) and app.error is not None:
             raise app.error
+        if not isinstance(app, PendingApp) and app.state.server.lasting_failure is not None:
+            raise UserError(f"startup failed: {app.state.server.lasting_failure}")
         if not web.started:
             raise UserError(f"the server could not listen on {args.host}:{args.port}; its log is above")
     finally:

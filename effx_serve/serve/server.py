@@ -16,6 +16,7 @@ import asyncio
 import gc
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from effx_serve.core.errors import UserError
@@ -85,6 +86,8 @@ class Server:
         self._signature = manifest_signature(settings.repository)
         self.backend, self.catalog, self.dispatcher, self.notes = self._load(backend)
         self.startup_error: str | None = None
+        self.lasting_failure: str | None = None  # a start no wait can mend (nothing reloads it): the CLI stops on it
+        self.on_lasting_failure: Callable[[str], None] = lambda reason: None
         self.reload_error: str | None = None  # the last repository change that could not be served, while it stands
         self.in_flight = 0  # requests inside the app now (the event loop is the only writer)
         self._tasks: list[asyncio.Task] = []
@@ -166,6 +169,9 @@ class Server:
                 self.startup_error = str(error)
                 log.error("startup failed: %s", error)
                 if self.backend.kind != "triton":  # a model ONNX Runtime cannot load will not load later either
+                    if self.settings.watch_s == 0:  # nor will a mended repository be picked up: 503s for ever would help no one
+                        self.lasting_failure = self.startup_error
+                        self.on_lasting_failure(self.startup_error)
                     return
                 await asyncio.sleep(RETRY_START_S)  # Triton may come up later: keep trying
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,6 +181,20 @@ def test_workers_report_a_busy_port_a_missing_repository_and_an_unbuilt_demo_onc
     assert main(["serve", "--demo", "--repo", str(tmp_path / "nowhere"), "--workers", "2", "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert "--workers needs it built" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_model_onnx_runtime_cannot_load_stops_the_server_with_its_error(served_repository, tmp_path, capfd, workers):
+    """Without --watch-s nothing would ever load it: the server exits 2 naming it, rather than answering 503s for ever."""
+    repository = tmp_path / "repo"
+    shutil.copytree(served_repository, repository)
+    broken = sorted(repository.glob("*/1/model.onnx"))[-1]
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated
+    started = time.monotonic()
+    assert main(["serve", "--repo", str(repository), "--workers", workers, "--port", str(free_port())]) == 2
+    err = capfd.readouterr().err  # the workers' own processes write to the descriptor
+    assert f"startup failed: ONNX model {broken} cannot be loaded by ONNX Runtime" in err
+    assert time.monotonic() - started < 60
 
 
 def test_workers_default_to_auto_and_resolve_from_the_machine_and_the_backend(served_repository, tmp_path, monkeypatch):

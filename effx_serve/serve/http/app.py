@@ -160,7 +160,8 @@ def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
         publishing = None
         if worker is not None:  # a worker takes connections from the shared port once it can serve them; the others serve meanwhile
             await server.started(WORKER_START_S)
-            publishing = asyncio.create_task(worker.run(snapshot))
+            if server.lasting_failure is None:  # else it stops before its first heartbeat, and so does the supervisor
+                publishing = asyncio.create_task(worker.run(snapshot))
         try:
             yield
         finally:
