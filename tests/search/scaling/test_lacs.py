@@ -17,7 +17,7 @@ from search.scaling.lacs import (
     search,
 )
 from tests.helpers import ROOT
-from training.arch.presets import PRESETS
+from training.arch.presets import PRESETS, get_preset
 from training.errors import SpecError
 
 X_B0 = PRESETS["efficientnet-x-b0"]
@@ -381,8 +381,10 @@ def test_a_reward_finalist_that_joins_is_timed_with_the_others_in_the_same_round
 def test_the_lacs_estimate_counts_the_race_at_its_limit():
     from search.scaling.job import LacsSettings, estimate_lacs
 
+    small = get_preset("efficientnet-x-b0", width=0.25, depth=0.25, resolution=32)  # each estimate times a few training steps
+
     def runs(**settings):
-        return estimate_lacs(X_B0, LacsSettings(grid_step=0.25, tolerance=0.25, **settings), 100, 10, 1)[0]
+        return estimate_lacs(small, LacsSettings(grid_step=0.25, tolerance=0.25, **settings), 100, 10, 1)[0]
 
     grid = runs(noise_repeats=0)
     assert grid == 6
