@@ -109,6 +109,15 @@ def seconds_per_image(spec: ModelSpec, batch_size: int = 16, steps: int = 3) -> 
     return statistics.median(times) / batch_size
 
 
+def check_one_batch(train_images: int, stride: int, batch_size: int, fix: str) -> None:
+    """Refuse, before anything is timed or trained, a proxy whose training subset holds less than one batch (`fix`: the
+    flags that would mend it, as the command names them)."""
+    used = len(range(0, train_images, stride))
+    if used < batch_size:
+        subset = f" (every {stride}th of {train_images})" if stride > 1 else ""
+        raise SpecError(f"the proxy would train on {used} images{subset}, fewer than one batch of {batch_size}; {fix}")
+
+
 def estimate_seconds(spec: ModelSpec, train_images: int, val_images: int, epochs: int, runs: int) -> float:
     """The run time of `runs` proxy trainings of models like `spec`: epochs over the training images plus one evaluation
     of two models (raw and EMA: a forward pass, about a third of a training step) per epoch."""

@@ -26,6 +26,8 @@ from typing import Any
 
 from training.errors import SpecError
 
+MAX_EPOCHS = 100_000
+
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -164,7 +166,7 @@ def _problem(r: Recipe) -> str | None:
         (0 < r.rmsprop_decay < 1, f"rmsprop_decay must be in (0, 1), got {r.rmsprop_decay}"),
         (0 < r.rmsprop_eps <= 1, f"rmsprop_eps must be in (0, 1], got {r.rmsprop_eps}"),
         (0 <= r.weight_decay < 1, f"weight_decay must be in [0, 1), got {r.weight_decay}"),
-        (1 <= r.epochs <= 100_000, f"epochs must be in [1, 100000], got {r.epochs}"),
+        (1 <= r.epochs <= MAX_EPOCHS, f"epochs must be in [1, {MAX_EPOCHS}], got {r.epochs}"),
         (0 <= r.warmup_epochs <= r.epochs, f"warmup_epochs must be in [0, epochs={r.epochs}], got {r.warmup_epochs}"),
         (0 < r.lr_decay_rate <= 1, f"lr_decay_rate must be in (0, 1], got {r.lr_decay_rate}"),
         (r.lr_decay_epochs > 0, f"lr_decay_epochs must be positive, got {r.lr_decay_epochs}"),

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from effx_serve.core.errors import needs_extra
+from training.recipe import MAX_EPOCHS
 
 T = TypeVar("T")
 
@@ -32,6 +33,7 @@ def checked(parse: Callable[[str], T], ok: Callable[[T], bool], expected: str, r
 
 
 positive_int = checked(int, lambda value: value >= 1, "a whole number", "at least 1")
+epochs = checked(int, lambda value: 1 <= value <= MAX_EPOCHS, "a whole number", f"from 1 to {MAX_EPOCHS}")
 port = checked(int, lambda value: 1 <= value <= 65535, "a port number", "from 1 to 65535")
 reward_exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")
 positive_float = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")

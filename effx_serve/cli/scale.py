@@ -7,7 +7,16 @@ import argparse
 import json
 from pathlib import Path
 
-from effx_serve.cli.common import checked, positive_float, positive_int, progress_lines, require_training, reward_exponent, table
+from effx_serve.cli.common import (
+    checked,
+    epochs,
+    positive_float,
+    positive_int,
+    progress_lines,
+    require_training,
+    reward_exponent,
+    table,
+)
 from effx_serve.core.errors import UserError
 from effx_serve.hardware.detect import detect
 from effx_serve.hardware.machine import this_machine
@@ -47,6 +56,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     from effx_serve.perf.measure import onnx_file
     from effx_serve.perf.profiler import profile_onnx
     from effx_serve.perf.session import CPU_THREADS
+    from search.defaults import check_one_batch, image_counts
     from search.noise import NOISE_SIGMAS, Spread, difference_std
 
     spec = load_spec(args.base)
@@ -54,6 +64,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
         spec = spec.with_(resolution=args.resolution)
     say = progress_lines(quiet=args.json)
     accuracy = ProxyAccuracy(Path(args.data), Path(args.out) / "proxy", epochs=args.epochs, stride=args.subset_stride)
+    check_one_batch(image_counts(args.data)[0], args.subset_stride, accuracy.batch_size, "give more training images or a smaller --subset-stride")
     tops = []
     for seed in range(args.repeats):
         tops.append(accuracy(spec, seed))
@@ -121,10 +132,11 @@ def _lacs_base(args: argparse.Namespace, say):
 
 
 def _say_lacs_estimate(base, settings, args: argparse.Namespace, say) -> None:
-    from search.defaults import describe_estimate, image_counts
+    from search.defaults import check_one_batch, describe_estimate, image_counts
     from search.scaling.job import estimate_lacs
 
     train, val = image_counts(args.data)
+    check_one_batch(train, args.subset_stride, ProxyAccuracy.batch_size, "give more training images or a smaller --subset-stride")
     runs, seconds = estimate_lacs(base, settings, train // args.subset_stride, val, args.epochs)
     say(f"LACS trains the base at {base.resolution} px (width {base.width:g}, depth {base.depth:g}) scaled to phi = 1: "
         f"{runs} proxy runs, give or take (a finer grid adds some; a clear decision retrains fewer finalists and stops their seeds before "
@@ -155,7 +167,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--top-k", type=positive_int, default=2)
     p.add_argument("--w", type=reward_exponent, default=-0.07, help="latency exponent of the reward (MnasNet: -0.07)")
     p.add_argument("--target-ms", type=positive_float, help="latency target T (default: the base at phi 1 with EfficientNet's coefficients)")
-    p.add_argument("--epochs", type=positive_int, default=2, help="proxy training epochs per triplet")
+    p.add_argument("--epochs", type=epochs, default=2, help="proxy training epochs per triplet")
     p.add_argument("--subset-stride", type=positive_int, default=1, help="proxy-train on every N-th training image")
     p.add_argument("--noise-repeats", type=int, default=LacsSettings.noise_repeats, choices=range(0, 11), metavar="N",
                    help="seeds each finalist is trained with, to judge the winner's margin against the seed noise "
@@ -176,7 +188,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="where the proxy-training checkpoints go (a rerun reuses them)")
     p.add_argument("--resolution", type=positive_int, help="input resolution (default: the spec's)")
     p.add_argument("--repeats", type=int, default=5, choices=range(2, 21), metavar="N", help="seeds and timings (2-20, default 5)")
-    p.add_argument("--epochs", type=positive_int, default=2, help="proxy training epochs (default 2, as lacs)")
+    p.add_argument("--epochs", type=epochs, default=2, help="proxy training epochs (default 2, as lacs)")
     p.add_argument("--subset-stride", type=positive_int, default=1, help="proxy-train on every N-th training image")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_noise)

@@ -7,8 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from effx_serve.cli.common import positive_float, positive_int, progress_lines, require_training, reward_exponent
+from effx_serve.cli.common import epochs, positive_float, positive_int, progress_lines, require_training, reward_exponent
 from effx_serve.core.errors import UserError, needs_extra
+from effx_serve.core.proc import available_cpus
 from effx_serve.hardware.detect import detect
 from effx_serve.perf.measure import RUNTIME_HELP, RUNTIMES, default_runtime
 from search.nas.controllers import CONTROLLERS
@@ -27,6 +28,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         from search.nas.worker import SearchConfig, WorkerSettings
     if args.budget_trials is None and args.budget_minutes is None:
         raise UserError("give a budget: --budget-trials N and/or --budget-minutes M")
+    if args.workers > available_cpus():  # each worker trains its candidates with the whole process's threads
+        raise UserError(f"--workers {args.workers} is more than this machine's {available_cpus()} CPUs; run at most {available_cpus()}")
     detected = detect()
     hardware_id = detected.id
     if args.hardware not in ("auto", hardware_id):
@@ -50,10 +53,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.resume:
         if args.data is None and "evaluator" not in overrides:
             raise UserError("--data DIR is needed: the ImageFolder dataset candidates are proxy-trained on")
-        if args.data and "num_classes" not in overrides:
+        if args.data:
             from training.data import class_names  # torch: checked above
 
-            overrides["num_classes"] = len(class_names(args.data))
+            classes = len(class_names(args.data))
+            if overrides.setdefault("num_classes", classes) != classes:
+                raise UserError(f"--num-classes {args.num_classes}, but {args.data} has {classes} classes; leave it out to use the data's")
     say = progress_lines(quiet=args.json)
     if not args.resume:
         if args.data:
@@ -65,8 +70,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                          noise_repeats=args.noise_repeats, max_repeats=args.max_repeats)
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
-    _print_result(result, out)
+    else:
+        _print_result(result, out)
+    if not result["states"].get("complete"):
+        raise UserError(f"none of the {result['trials']} trials completed (trials.csv says why each failed)")
     return 0
 
 
@@ -82,12 +89,13 @@ def _default_scale(args: argparse.Namespace, overrides: dict, hardware_class: st
 
 def _say_estimate(config, args: argparse.Namespace, say) -> None:
     """Time a few training steps of EfficientNet-B0 at the search's scale and say what the whole search will take."""
-    from search.defaults import describe_estimate, estimate_seconds, image_counts
+    from search.defaults import check_one_batch, describe_estimate, estimate_seconds, image_counts
     from training.arch.presets import get_preset
 
     typical = get_preset("efficientnet-b0", width=config.width, depth=config.depth, resolution=config.resolution,
                          num_classes=config.num_classes)
     train, val = image_counts(args.data)
+    check_one_batch(train, config.subset_stride, config.batch_size, "give more training images, a smaller --subset-stride or --batch-size")
     runs = (args.budget_trials or 0) + (2 if config.baselines else 0)
     # Best, runner-up and two baselines retrained with more seeds, counted at the race's limit.
     noise_runs = 4 * max(0, seeds_at_most(args.noise_repeats, args.max_repeats) - 1)
@@ -116,8 +124,8 @@ def _print_result(result: dict, out: Path) -> None:
             latency = f"; latency {ratio['mean']:.3f}x theirs side by side" if ratio else ""
             print(f"  best over {row['other_role']}: {100 * row['value']:+.1f} points, {verdict}{latency}")
     print(f"Pareto front: {len(result['pareto_front'])} architectures")
-    print(f"written: {out / 'search.json'}, {out / 'pareto.json'}, {out / 'pareto.png'}, {out / 'trials.csv'}" +
-          (f", {out / 'best-spec.json'} (effx-serve lacs --base {out / 'best-spec.json'})" if result["best"] else ""))
+    written = [str(out / name) for name in ("search.json", "pareto.json", "pareto.png", "trials.csv") if (out / name).exists()]
+    print(f"written: {', '.join(written)}" + (f", {out / 'best-spec.json'} (effx-serve lacs --base {out / 'best-spec.json'})" if best else ""))
 
 
 def add_parsers(sub) -> None:
@@ -153,7 +161,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--resolution", type=positive_int, help="input resolution of proxy training and latency (default: the images' "
                    "size, three quarters of it on a CPU, within 32-224)")
     p.add_argument("--num-classes", type=positive_int, help="classes (default: the dataset's)")
-    p.add_argument("--epochs", type=positive_int, help="proxy-training epochs per candidate (default 5)")
+    p.add_argument("--epochs", type=epochs, help="proxy-training epochs per candidate (default 5)")
     p.add_argument("--subset-stride", type=positive_int, help="proxy-train on every N-th training image (default 1)")
     p.add_argument("--batch-size", type=positive_int, help="proxy-training batch size (default 64)")
     p.add_argument("--latency", choices=("measured", "predicted"), help="measure each candidate (default) or predict it with the "

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from effx_serve.cli.common import positive_int, progress_line, progress_lines, require_training, table
+from effx_serve.cli.common import epochs, positive_int, progress_line, progress_lines, require_training, table
 from effx_serve.core.errors import UserError, needs_extra
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.latency_store import LatencyStore
@@ -107,7 +107,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--arch", metavar="SPEC", help="preset name, spec JSON file or inline JSON (optional with --resume)")
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree: DIR/train/<class>/*, DIR/val/<class>/*")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder")
-    p.add_argument("--epochs", type=positive_int, help="epochs (default 30); runs shorter than the warm-up warm up for a third")
+    p.add_argument("--epochs", type=epochs, help="epochs (default 30); runs shorter than the warm-up warm up for a third")
     p.add_argument("--resolution", type=positive_int, help="train at this input size instead of the spec's")
     p.add_argument("--batch-size", type=positive_int, help="global batch size (split over processes)")
     p.add_argument("--lr", type=float, help="base learning rate per 256 images")
@@ -128,7 +128,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--family", metavar="FILE", help="family.json written by 'effx-serve lacs'")
     p.add_argument("--data", metavar="DIR", help="ImageFolder dataset (with --family)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=positive_int, default=8, help="epochs per member (with --family)")
+    p.add_argument("--epochs", type=epochs, default=8, help="epochs per member (with --family)")
     p.add_argument("--with-accuracy-only", action="store_true",
                    help="also train the accuracy-only family, to compare in family.png (doubles the time)")
     p.add_argument("--json", action="store_true")

@@ -58,7 +58,7 @@ def test_a_finalist_limit_out_of_range_is_a_usage_error_naming_it(value, tmp_pat
 
 
 @pytest.mark.parametrize("option, value", [("--grid-step", "1e-7"), ("--fine-step", "0.001"), ("--tolerance", "nan"), ("--w", "5"),
-                                           ("--w", "nan"), ("--target-ms", "-1")])
+                                           ("--w", "nan"), ("--target-ms", "-1"), ("--epochs", "1000000000")])
 def test_a_lacs_option_out_of_range_is_a_usage_error_naming_it(option, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["lacs", "--base", "efficientnet-b0", "--data", str(tmp_path), "--out", str(tmp_path / "out"), option, value])

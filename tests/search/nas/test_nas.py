@@ -24,6 +24,7 @@ from search.nas.worker import SearchConfig, WorkerSettings
 from search.reward import Reward
 from tests.helpers import ROOT, ended
 from training.arch.presets import load_spec
+from training.demo_data import generate_demo_data
 from training.errors import SpecError
 
 STUB = "tests.search.nas.nas_stubs:StubEvaluator"
@@ -205,6 +206,17 @@ def test_an_evaluator_failing_on_everything_stops_with_its_error(tmp_path, monke
     assert "failed" in (tmp_path / "s" / "trials.csv").read_text()  # the outputs are still written
 
 
+def test_a_search_whose_every_trial_failed_says_so_and_fails(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.setenv("EFFX_STUB_FAIL", "0123456789abcdef")
+    out = tmp_path / "s"
+    argv = ["search", "--out", str(out), "--evaluator", STUB, "--resolution", "32", "--width", "0.25", "--budget-trials", "2"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "none of the 2 trials completed (trials.csv says why each failed)" in captured.err
+    assert "pareto.png" not in captured.out or (out / "pareto.png").exists()  # only what was written is said to be
+
+
 def test_cli_bad_input_gets_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     base = ["search", "--out", str(tmp_path / "s"), "--evaluator", STUB, "--resolution", "32", "--width", "0.25"]
@@ -212,6 +224,7 @@ def test_cli_bad_input_gets_one_line(tmp_path, capsys, monkeypatch):
         main([*base, "--budget-trials", "0"])
     assert exit_info.value.code == 2 and "--budget-trials: must be at least 1, got 0" in capsys.readouterr().err
     (tmp_path / "space.json").write_text(json.dumps({"stage": {"kernel": [9]}}))
+    generate_demo_data(data := tmp_path / "data", size=2, image_size=16)  # 10 classes, a few images each
     cases = [
         ([*base], "give a budget"),
         ([*base, "--budget-trials", "3", "--space", str(tmp_path / "space.json")], "stage 'kernel': unknown choice 9"),
@@ -221,6 +234,9 @@ def test_cli_bad_input_gets_one_line(tmp_path, capsys, monkeypatch):
         ([*base, "--budget-trials", "3", "--evaluator", "tests.search.nas.nas_stubs:Nothing"], "has no callable 'Nothing'"),
         ([*base, "--budget-trials", "3", "--resume"], "no search in"),
         (["search", "--out", str(tmp_path / "d"), "--budget-trials", "3"], "--data DIR is needed"),
+        ([*base, "--budget-trials", "3", "--workers", "1000"], "--workers 1000 is more than this machine's"),
+        ([*base, "--budget-trials", "3", "--data", str(data), "--num-classes", "3"], "--num-classes 3, but"),
+        ([*base, "--budget-trials", "3", "--data", str(data)], "fewer than one batch of 64; give more training images"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -74,6 +74,14 @@ def test_bad_input(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["lacs", "noise"])
+def test_a_proxy_with_less_than_one_batch_is_refused_before_anything_is_timed(tmp_path, capsys, command):
+    generate_demo_data(data := tmp_path / "data", size=2, image_size=16)
+    assert main([command, "--base", BASE.to_json(), "--data", str(data), "--out", str(tmp_path / "out"), "--subset-stride", "2"]) == 2
+    assert "fewer than one batch of 64; give more training images or a smaller --subset-stride" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_noise_trains_one_architecture_with_several_seeds(tmp_path, capsys):
     data = tmp_path / "data"
     generate_demo_data(data, size=8, image_size=32)
