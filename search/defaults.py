@@ -22,6 +22,7 @@ CPU_RESOLUTION_FRACTION = 0.75  # the demo's 48 px from 64 px images: small obje
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 224
 SAMPLED_IMAGES = 32  # image headers read to find the dataset's typical size
 WARN_SECONDS = 3600.0
+TIMED_RESOLUTION = 128  # the largest input an estimate's steps are timed at
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,16 @@ def fill_scale(given: dict[str, float | int | None], data: str | Path, hardware_
 
 
 def seconds_per_image(spec: ModelSpec, batch_size: int = 16, steps: int = 3) -> float:
-    """Training seconds per image of `spec` on this machine: a few timed forward + backward + update steps (after one warm-up)."""
+    """Training seconds per image of `spec` on this machine: a few timed forward + backward + update steps (after one warm-up).
+    Above TIMED_RESOLUTION px the steps run at that resolution and the time scales with the pixels, as a convolutional
+    network's work does: timing a 4096 px model itself would take minutes before the estimate could warn of anything."""
     import torch
     import torch.nn.functional as F
 
     from training.arch.model import build_model
 
+    pixels = (spec.resolution / TIMED_RESOLUTION) ** 2 if spec.resolution > TIMED_RESOLUTION else 1.0
+    spec = spec.with_(resolution=min(spec.resolution, TIMED_RESOLUTION))
     model = build_model(spec)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -106,7 +111,7 @@ def seconds_per_image(spec: ModelSpec, batch_size: int = 16, steps: int = 3) -> 
         optimizer.step()
         if step:  # the first step allocates and picks kernels
             times.append(time.perf_counter() - started)
-    return statistics.median(times) / batch_size
+    return statistics.median(times) / batch_size * pixels
 
 
 def check_one_batch(train_images: int, stride: int, batch_size: int, fix: str) -> None:
@@ -125,8 +130,8 @@ def estimate_seconds(spec: ModelSpec, train_images: int, val_images: int, epochs
     return runs * epochs * per_image * (train_images + 2 * val_images / 3)
 
 
-def describe_estimate(seconds: float) -> str:
-    text = f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
+def describe_estimate(seconds: float, shorten: str = "a smaller scale, fewer epochs or --subset-stride") -> str:
+    text = f"about {seconds / 3600:.0f} h" if seconds >= 7200 else f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
     if seconds > WARN_SECONDS:
-        text += " (long: a smaller scale, fewer epochs or --subset-stride shortens it)"
+        text += f" (long: {shorten} shortens it)"
     return text

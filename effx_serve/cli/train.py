@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         bad = dataset.check_images(skip_bad=args.skip_bad_images)
         if bad:
             print(f"skipped {len(bad)} unreadable image(s) in {dataset.split}, e.g. {bad[0]}", file=sys.stderr)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # under torchrun, each process would time steps of its own
+        _say_train_estimate(spec, recipe, len(train_set), len(val_set), saved, args.max_steps_per_epoch, progress_lines(quiet=args.json))
     out.mkdir(parents=True, exist_ok=True)
     data.write_labels(out, classes)
     metrics = train(spec, train_set, val_set, recipe, out, data.dataset_fingerprint(args.data), resume=args.resume,
@@ -67,6 +70,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{spec.name}: EMA top-1 {100 * metrics['ema_top1']:.1f}%, top-5 {100 * metrics['ema_top5']:.1f}% after "
               f"{metrics['epochs']} epochs; checkpoints in {out}")
     return 0
+
+
+def _say_train_estimate(spec: ModelSpec, recipe, train_images: int, val_images: int, saved: dict | None, max_steps: int | None,
+                        say) -> None:
+    """What the run will take, timed here before it starts (a long one warns, with what shortens it)."""
+    from search.defaults import describe_estimate, estimate_seconds
+
+    done = saved.get("epoch", 0) if saved else 0
+    left = max(0, recipe.epochs - done)
+    if left == 0:
+        return
+    images = min(train_images, max_steps * recipe.batch_size) if max_steps else train_images
+    seconds = estimate_seconds(spec, images, val_images, left, 1)
+    say(f"estimated time: {describe_estimate(seconds, 'fewer --epochs, a lower --resolution or --max-steps-per-epoch')} ({left} epochs of {images} images at {spec.resolution} px, timed on this machine)")
 
 
 def cmd_build_family(args: argparse.Namespace) -> int:

@@ -47,6 +47,15 @@ def test_train_writes_labels_checkpoints_and_metrics_then_resumes(demo, tmp_path
     assert json.loads(capsys.readouterr().out)["epochs"] == 2
 
 
+def test_train_says_what_the_run_will_take_before_it_starts_and_warns_when_long(demo, tmp_path, capsys, monkeypatch):
+    argv = ["train", "--arch", TINY.to_json(), "--data", str(demo), "--out", str(tmp_path / "run"), "--epochs", "1", "--workers", "0"]
+    assert main(argv) == 0
+    assert "estimated time: about " in capsys.readouterr().err
+    monkeypatch.setattr("search.defaults.seconds_per_image", lambda spec: 100.0)
+    assert main([*argv[:6], str(tmp_path / "long"), "--epochs", "1", "--workers", "0", "--max-steps-per-epoch", "1"]) == 0
+    assert "(long: fewer --epochs, a lower --resolution or --max-steps-per-epoch shortens it)" in capsys.readouterr().err
+
+
 def test_a_corrupt_image_stops_with_its_path_or_is_skipped_by_flag(demo, tmp_path, capsys):
     bad = demo / "train" / "circle" / "00000.png"
     bad.write_bytes(b"not a png")

@@ -48,7 +48,23 @@ def test_the_estimate_is_timed_steps_times_the_work(monkeypatch):
     assert estimate_seconds(TINY, 100, 30, epochs=2, runs=3) == pytest.approx(3 * 2 * 0.01 * 120)
 
 
+def test_a_large_input_is_timed_at_a_smaller_one_and_scaled_by_its_pixels(monkeypatch):
+    import torch
+
+    timed = []
+
+    def stand_in(spec):
+        timed.append(spec.resolution)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    monkeypatch.setattr("training.arch.model.build_model", stand_in)
+    small, large = seconds_per_image(TINY.with_(resolution=64)), seconds_per_image(TINY.with_(resolution=4096))
+    assert timed == [64, defaults.TIMED_RESOLUTION]  # never 4096 px: its steps alone would take minutes
+    assert large > 100 * small  # 1,024 times the pixels of the 128 px steps (the stand-in's own time is small)
+
+
 def test_a_long_estimate_says_how_to_shorten_it():
     assert describe_estimate(40) == "about 40 s"
     assert describe_estimate(600) == "about 10 min"
-    assert "shortens it" in describe_estimate(5 * 3600)
+    assert describe_estimate(5 * 3600) == "about 5 h (long: a smaller scale, fewer epochs or --subset-stride shortens it)"
+    assert describe_estimate(5 * 3600, "fewer --epochs").endswith("(long: fewer --epochs shortens it)")
