@@ -324,15 +324,24 @@ def generate_demo_data(
     return {**meta, "path": str(out), "images": total, "reused": reused, "seconds": round(time.perf_counter() - started, 3)}
 
 
+def _check_room(folder: Path, images: int, image_size: int) -> None:
+    """Refuse a dataset the disk cannot hold before writing any of it (a typo in --size once meant days and terabytes)."""
+    needed, free = images * 3 * image_size**2, shutil.disk_usage(folder).free  # PNG keeps about 3/4 of raw RGB of these textures
+    if needed > free:
+        raise SpecError(f"{images:,} images of {image_size} px would take up to {needed / 1e9:,.1f} GB, more than the "
+                        f"{free / 1e9:,.1f} GB free in {folder}; lower --size or --image-size")
+
+
 def _generate(out: Path, meta: dict, progress: Progress | None) -> None:
+    total = len(CLASSES) * (meta["train_per_class"] + meta["val_per_class"])
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _check_room(out.parent, total, meta["image_size"])
         staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
         staging.mkdir()
     except OSError as error:
         raise SpecError(f"cannot create the demo dataset beside {out}: {error.strerror or error}") from None
     try:
-        total = len(CLASSES) * (meta["train_per_class"] + meta["val_per_class"])
         done = _write_split(staging, "train", meta["train_per_class"], meta["seed"], meta["image_size"], 0, total, progress)
         _write_split(staging, "val", meta["val_per_class"], meta["seed"], meta["image_size"], done, total, progress)
         (staging / LABELS_FILE).write_text("".join(f"{name}\n" for name in CLASSES), encoding="utf-8")

@@ -117,6 +117,12 @@ def test_empty_directory_is_filled(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["demo"]
 
 
+def test_a_dataset_the_disk_cannot_hold_is_refused_before_any_image(tmp_path):
+    with pytest.raises(SpecError, match=r"12,000,000 images of 1024 px would take up to 37,748.7 GB, more than the .* GB free"):
+        generate_demo_data(tmp_path / "huge", size=1_000_000, image_size=1024)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_refuses_a_file(tmp_path):
     out = tmp_path / "demo"
     out.write_text("precious")
