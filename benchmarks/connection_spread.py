@@ -16,7 +16,6 @@ import argparse
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import serving
 
+from effx_serve.cli.common import count, positive_int, run_script
 from effx_serve.core.photos import synthetic_photo
 
 
@@ -60,9 +60,9 @@ def _keep_busy(port: int, request: bytes, stop: threading.Event) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default="model_repository")
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--busy", type=int, default=0, help="connections keeping the workers busy meanwhile (default: 0)")
+    parser.add_argument("--connections", type=positive_int, default=8)
+    parser.add_argument("--trials", type=positive_int, default=20)
+    parser.add_argument("--busy", type=count, default=0, help="connections keeping the workers busy meanwhile (default: 0)")
     parser.add_argument("--code", type=serving.checkout, help="run the server from this checkout (first on its PYTHONPATH)")
     args = parser.parse_args()
     if not (Path(args.repo) / "manifest.json").is_file():
@@ -108,4 +108,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import serving  # noqa: E402
 
+from effx_serve.cli.common import positive_float, positive_int, run_script
 from effx_serve.core.photos import synthetic_photo  # noqa: E402
 
 CONNECTIONS = 32  # per server; used in turn, so none idles into the server's keep-alive timeout
@@ -79,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against-arg", action="append", default=[], metavar="ARG", help="an argument for the other server's `serve`")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--member", help="the member every request pins (default: the repository's fastest)")
-    parser.add_argument("--rate", type=float, default=60.0, help="requests/s to each server (keep it well below saturation)")
-    parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=positive_float, default=60.0, help="requests/s to each server (keep it well below saturation)")
+    parser.add_argument("--duration", type=positive_float, default=15.0)
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--image-size", type=serving._size, default=(640, 480))
     args = parser.parse_args(argv)
     if not (args.repo / "manifest.json").is_file():
@@ -110,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -17,6 +17,7 @@ import statistics
 import threading
 import time
 
+from effx_serve.cli.common import positive_float, positive_int, run_script
 from effx_serve.core import preprocess
 from effx_serve.core.photos import synthetic_photo
 from effx_serve.core.proc import available_cpus
@@ -64,8 +65,8 @@ def _resolutions(text: str) -> list[int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolutions", type=_resolutions, default="32,48,72,108", help="model input sides (default: %(default)s, the demo family's)")
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=2, help="times each measurement is taken, the paths alternating (default: %(default)s)")
+    parser.add_argument("--duration", type=positive_float, default=2.0, help="seconds per measurement (default: %(default)s)")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="times each measurement is taken, the paths alternating (default: %(default)s)")
     args = parser.parse_args()
     resolutions = args.resolutions
     data = synthetic_photo(640, 480, "JPEG", quality=90)
@@ -88,4 +89,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -29,6 +29,7 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from effx_serve.cli.common import port, positive_float, run_script
 from effx_serve.core.photos import synthetic_photo
 
 TARGET_S = 600.0
@@ -106,9 +107,9 @@ def run(source: str, port: int, until_complete: bool, timeout_s: float, keep: Pa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=str(Path(__file__).resolve().parents[1]), help="what to clone (default: this checkout)")
-    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--port", type=port, default=8123)
     parser.add_argument("--until-complete", action="store_true", help="also wait until every member is served")
-    parser.add_argument("--timeout-s", type=float, default=3600.0)
+    parser.add_argument("--timeout-s", type=positive_float, default=3600.0)
     parser.add_argument("--log", type=Path, help="keep make's output here")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -128,4 +129,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from effx_serve.cli.common import run_script
 from effx_serve.hardware.ceilings import get_hardware
 from effx_serve.perf.roofline import analyze
 from training.arch.presets import PRESETS
@@ -57,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from effx_serve.cli.common import epochs, positive_int, run_script
 from effx_serve.core.plots import optional_pyplot, save_figure
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.latency_store import LatencyStore
@@ -121,8 +122,8 @@ def plot(rows: dict[str, list[dict]], path: Path, hardware_id: str, seeds: int) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="the demo run folder (data/, lacs/family.json, checkpoints/)")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=DemoSettings.member_epochs)
+    parser.add_argument("--seeds", type=positive_int, default=2)
+    parser.add_argument("--epochs", type=epochs, default=DemoSettings.member_epochs)
     parser.add_argument("--out", type=Path, default=Path("runs/lacs-vs-compound"))
     parser.add_argument("--plot", type=Path, help="top-1 against latency for both families, with error bars")
     parser.add_argument("--json", type=Path)
@@ -158,4 +159,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from effx_serve.cli.common import positive_int, run_script
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf import latency_model
 from effx_serve.perf.calibrate import fit_samples, measure_samples
@@ -36,9 +37,9 @@ TARGETS = {"median": 0.10, "p90": 0.25}
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runtime", default="onnxruntime")
-    parser.add_argument("--resolution", type=int, default=96, help="reduced resolution for the presets")
-    parser.add_argument("--calibration-specs", type=int, default=40)
-    parser.add_argument("--random-specs", type=int, default=30)
+    parser.add_argument("--resolution", type=positive_int, default=96, help="reduced resolution for the presets")
+    parser.add_argument("--calibration-specs", type=positive_int, default=40)
+    parser.add_argument("--random-specs", type=positive_int, default=30)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--json", metavar="OUT", help="also write every row and the summary here")
     args = parser.parse_args()
@@ -99,4 +100,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from effx_serve.cli.common import positive_float, run_script
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.roofline import analyze
 from search.nas import job as nas_job
@@ -76,7 +77,7 @@ def roofline_row(spec, hardware) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=28.0, help="search time budget (default 28: with the report, within 30)")
+    parser.add_argument("--minutes", type=positive_float, default=28.0, help="search time budget (default 28: with the report, within 30)")
     parser.add_argument("--controller", default="evolution")
     parser.add_argument("--out", default="runs/nas-bench")
     parser.add_argument("--data", help="ImageFolder data (default: the demo data, generated under --out when missing)")
@@ -164,4 +165,4 @@ def _write(path: str | None, data: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -31,8 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.cli.common import checked, positive_int
-from effx_serve.core.errors import UserError
+from effx_serve.cli.common import checked, positive_int, run_script
 from search.defaults import round_resolution
 from search.evaluators import ProxyAccuracy
 from search.fidelity import kendall_tau
@@ -183,8 +182,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except UserError as error:  # e.g. a subset smaller than one batch: the cause in one line, not a traceback
-        print(f"proxy_signal.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -10,10 +10,11 @@ The replay stops with an error where this checkout's race would need a seed the 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
+from effx_serve.cli.common import run_script
+from effx_serve.core.errors import UserError
+from effx_serve.core.fs import read_json
 from search.noise import Spread, seeds_at_most
 from search.scaling import lacs
 from search.scaling.job import decide, reward_factor
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("lacs_json", type=Path, help="a LACS run's lacs.json (e.g. runs/demo/lacs/lacs.json)")
     args = parser.parse_args(argv)
-    figures = replay(json.loads(args.lacs_json.read_text()))
+    result = read_json(args.lacs_json, "lacs.json")
+    missing = [key for key in ("settings", "target_ms", "trials", "lacs", "accuracy_only") if not isinstance(result, dict) or key not in result]
+    if missing:
+        raise UserError(f"{args.lacs_json} is not a LACS run's lacs.json (no {', '.join(missing)})")
+    figures = replay(result)
     for by in ("reward", "accuracy"):
         f = figures[by]
         print(f"{by}: this race picks {tuple(f['winner'])} on {f['seeds']} seeds (the run: {tuple(f['run_winner'])} on {f['run_seeds']}); "
@@ -97,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -8,6 +8,7 @@ Table 6 gives (depth, resolution) per member; its depth is the base's 16 blocks 
 
 from __future__ import annotations
 
+from effx_serve.cli.common import run_script
 from search.scaling.lacs import DEFAULT_PHIS, PAPER_COEFFICIENTS, Coefficients, family, member_row
 from training.arch.presets import PRESETS
 
@@ -34,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

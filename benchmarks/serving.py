@@ -55,6 +55,7 @@ import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from effx_serve.cli.common import positive_float, run_script
 from effx_serve.core import proc
 from effx_serve.core.fs import sha256_file
 from effx_serve.core.photos import synthetic_photo
@@ -589,7 +590,7 @@ def main() -> int:
     parser.add_argument("--repo", default="model_repository", help="the served repository (default: %(default)s)")
     parser.add_argument("--member", help="one member (default: every member of --repo)")
     parser.add_argument("--backends", default="onnxruntime,triton", help="comma-separated, of onnxruntime and triton (default: %(default)s)")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default: %(default)s)")
+    parser.add_argument("--duration", type=positive_float, default=3.0, help="seconds per measurement (default: %(default)s)")
     parser.add_argument("--concurrency", default="4,16,64", help="requests in flight tried on /v1/classify (default: %(default)s)")
     parser.add_argument("--batch-concurrency", default="1,2,4", help="requests in flight tried on /v1/classify/batch (default: %(default)s)")
     parser.add_argument("--image-size", type=_size, default=(640, 480), metavar="WxH", help="the JPEG sent (default: 640x480)")
@@ -687,4 +688,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

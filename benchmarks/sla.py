@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # serving.py, beside t
 
 import serving  # noqa: E402
 
+from effx_serve.cli.common import checked, positive_int, run_script
 from effx_serve.core import proc
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
 from effx_serve.serve.dispatch import Dispatcher, ImageInfo
@@ -378,8 +379,8 @@ def overload_line(at_capacity: dict, overload: dict) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default="model_repository", help="the demo repository (effx-serve build-repo --demo)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per phase (default 20)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every comparison, each in another phase order (default 3)")
+    parser.add_argument("--duration", type=checked(float, lambda value: 2 <= value <= 3600, "a number of seconds", "from 2 (a load test's shortest step) to 3600"), default=20.0, help="seconds of load per phase (default 20)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds of every comparison, each in another phase order (default 3)")
     parser.add_argument("--only", choices=("cost", "load"))
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--isolate", action="store_true",
@@ -416,4 +417,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.cli.common import int_list
+from effx_serve.cli.common import int_list, run_script
 from effx_serve.core.errors import UserError
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.latency_store import LatencyStore
@@ -121,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -9,9 +9,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
-from effx_serve.core.errors import needs_extra
+from effx_serve.core.errors import UserError, needs_extra
 from training.recipe import MAX_EPOCHS
 
 T = TypeVar("T")
@@ -33,10 +34,21 @@ def checked(parse: Callable[[str], T], ok: Callable[[T], bool], expected: str, r
 
 
 positive_int = checked(int, lambda value: value >= 1, "a whole number", "at least 1")
+count = checked(int, lambda value: value >= 0, "a whole number", "0 or more")
 epochs = checked(int, lambda value: 1 <= value <= MAX_EPOCHS, "a whole number", f"from 1 to {MAX_EPOCHS}")
 port = checked(int, lambda value: 1 <= value <= 65535, "a port number", "from 1 to 65535")
 reward_exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")
 positive_float = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """A benchmark script's entry point: bad input (a UserError) is one line and exit 2, as in the CLI, not a traceback."""
+    try:
+        code = main()
+    except UserError as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        code = 2
+    sys.exit(code or 0)
 
 
 @contextmanager

@@ -10,8 +10,9 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from effx_serve.cli.common import checked, port, positive_float, positive_int, progress_line, table
+from effx_serve.cli.common import checked, count, port, positive_float, positive_int, progress_line, table
 from effx_serve.core.errors import UserError, missing_extra
+from effx_serve.core.proc import available_cpus
 from loadtest import compare, render, runner, scenarios, summary
 from loadtest.arrivals import ARRIVALS, MAX_SPAN_S, Arrivals, TraceError, read_trace
 from loadtest.plan import MAX_RATE, LoadTest, make_plan
@@ -49,7 +50,6 @@ def _url(text: str) -> str:
 
 
 _rate = checked(float, lambda value: 0 < value <= MAX_RATE, "a number of requests/s", f"above 0 and at most {MAX_RATE:,}")
-_count = checked(int, lambda value: value >= 0, "a whole number", "0 or more")
 _fraction = checked(float, lambda value: 0 <= value <= 1, "a number from 0 to 1", "from 0 to 1")
 _above_one = checked(float, lambda value: 1 < value < float("inf"), "a number", "above 1")
 
@@ -114,6 +114,8 @@ def _figure(value, spec: str) -> str:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Options that only make sense together, refused before anything runs."""
+    if args.workers > available_cpus():  # each is a whole locust process generating load: more than the CPUs only compete
+        raise UserError(f"--workers {args.workers} is more than this machine's {available_cpus()} CPUs; run at most {available_cpus()}")
     if not args.compare:
         for given, option in ((args.latency_bounds, "--latency-bounds"), (args.compare_url, "--compare-url"),
                               (args.compare_label, "--compare-label"), (args.compare_phases, "--compare-phases"),
@@ -233,8 +235,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--gate-sla", type=_fraction, help="fail when any SLA class attains less than this share")
     p.add_argument("--gate-capacity", type=positive_float, help="fail when the capacity (req/s) is below this")
     workers = p.add_mutually_exclusive_group()
-    workers.add_argument("--workers", type=_count, default=0, help="locust worker processes on this machine (master/worker mode)")
-    workers.add_argument("--expect-workers", type=_count, default=0, help="run as master and wait for this many workers from other machines")
+    workers.add_argument("--workers", type=count, default=0, help="locust worker processes on this machine (master/worker mode)")
+    workers.add_argument("--expect-workers", type=count, default=0, help="run as master and wait for this many workers from other machines")
     p.add_argument("--master-port", type=port, default=5557, help="the master's port for --expect-workers (default: %(default)s)")
     p.add_argument("--no-deadline-header", action="store_true",
                    help="send no Effx-Deadline header: the server then counts each bound from when it reads the request, not from "

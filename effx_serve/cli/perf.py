@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from effx_serve.cli.common import int_list, positive_int, progress_lines, table
+from effx_serve.cli.common import checked, int_list, positive_int, progress_lines, table
+from effx_serve.core.errors import UserError
 from effx_serve.hardware.ceilings import get_hardware
 from effx_serve.hardware.detect import detect
 from effx_serve.hardware.machine import this_machine
@@ -20,6 +21,8 @@ from effx_serve.perf.published import ensure_published
 from effx_serve.perf.roofline import analyze
 from search.nas.space import random_specs
 from training.arch.presets import load_spec
+
+MAX_CALIBRATION_SPECS = 1000
 
 
 def cmd_hardware(args: argparse.Namespace) -> int:
@@ -119,6 +122,12 @@ def cmd_latency(args: argparse.Namespace) -> int:
     with LatencyStore() as store:
         ensure_published(store)
         records = store.find(**where)
+        if not records and (args.hardware or args.model):  # a misspelt id matches nothing: say so, not "no records match"
+            known = store.find()
+            if args.hardware and args.hardware not in (hardware := {r.key.hardware_id for r in known}):
+                raise UserError(f"no latency records of hardware '{args.hardware}'; the store has {', '.join(sorted(hardware))}")
+            if args.model and args.model not in {r.model for r in known}:
+                raise UserError(f"no latency records of model '{args.model}'; `effx-serve latency` lists those it has")
     rows = [dict(model=r.model, **r.key.__dict__, provenance=r.provenance, p50_ms=r.p50_ms, p99_ms=r.p99_ms, runs=r.runs) for r in records]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -162,7 +171,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("calibrate", help="fit this machine's latency model (per-operator efficiencies) on random specs")
     p.add_argument("--runtime", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    p.add_argument("--specs", type=positive_int, default=40, help="number of random specs to measure (default 40)")
+    p.add_argument("--specs", type=checked(int, lambda value: 1 <= value <= MAX_CALIBRATION_SPECS, "a whole number", f"from 1 to {MAX_CALIBRATION_SPECS}"),
+                   default=40, help=f"number of random specs to measure (default 40, at most {MAX_CALIBRATION_SPECS}: each takes seconds)")
     p.add_argument("--resolutions", type=int_list, default=[64, 96, 128], help="input sizes to draw from (default 64,96,128)")
     p.add_argument("--batch", type=int_list, default=[1, 8], help="batch sizes to measure each spec at (default 1,8)")
     p.add_argument("--seed", type=int, default=0)

@@ -83,7 +83,8 @@ def _say_train_estimate(spec: ModelSpec, recipe, train_images: int, val_images: 
         return
     images = min(train_images, max_steps * recipe.batch_size) if max_steps else train_images
     seconds = estimate_seconds(spec, images, val_images, left, 1)
-    say(f"estimated time: {describe_estimate(seconds, 'fewer --epochs, a lower --resolution or --max-steps-per-epoch')} ({left} epochs of {images} images at {spec.resolution} px, timed on this machine)")
+    shorten = "fewer --epochs, a lower --resolution or --max-steps-per-epoch"
+    say(f"estimated time: {describe_estimate(seconds, shorten)} ({left} epochs of {images} images at {spec.resolution} px, timed on this machine)")
 
 
 def cmd_build_family(args: argparse.Namespace) -> int:

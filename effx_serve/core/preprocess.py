@@ -151,7 +151,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Ite
                         "re-save the image without it") from None
 
 
-
 def _check_decode_arguments(max_pixels: int, formats: Iterable[str]) -> tuple[str, ...]:
     allowed = tuple(str(name).upper() for name in formats)
     if not allowed:

@@ -43,6 +43,7 @@ from training.arch.family_file import read_family
 from training.arch.spec import ModelSpec
 
 DEFAULT_BATCHES = (1, 4, 16)
+MAX_BATCH = 1024
 EXPORT_TOLERANCE = 1e-3  # max |ONNX Runtime - PyTorch| on logits; fp32 reorderings stay far below it
 # What each hardware class would serve with: the runtime and precision its predicted records are for.
 SERVING_RUNTIME = {"cpu": ("onnxruntime", "fp32"), "gpu": ("onnxruntime-tensorrt", "fp16"), "tpu": ("tpu-xla", "bf16")}
@@ -216,6 +217,10 @@ def build_repository(family_file: Path, checkpoints: Path, out: Path, settings: 
         raise UserError(f"--out {out} {refusal}; give a new or empty folder, or a previous repository")
     if 1 not in settings.batches:
         raise UserError("--batches must include 1 (the batching plan and the router start from it)")
+    if max(settings.batches) > MAX_BATCH:
+        raise UserError(f"--batches {max(settings.batches)} is more than {MAX_BATCH}: profiling it holds that many images at once")
+    for hardware_id in settings.hardware_ids:  # an unknown id is refused now, not after every member is exported and timed
+        get_hardware(hardware_id)
     target = settings.target or machine.hardware_id
     if target not in (machine.hardware_id, *settings.hardware_ids):
         raise UserError(f"--target {target} has no latency records to plan batching from; add it to --hardware")

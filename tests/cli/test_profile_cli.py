@@ -69,11 +69,19 @@ def test_latency_command_lists_the_published_records(capsys):
     assert [(r["provenance"], r["p50_ms"]) for r in rows] == [("published", 8.71)]
 
 
+@pytest.mark.parametrize(("option", "message"), [("--hardware", "no latency records of hardware 'nosuch'; the store has "),
+                                                 ("--model", "no latency records of model 'nosuch'")])
+def test_a_hardware_or_model_the_store_has_never_seen_is_named(option, message, capsys):
+    assert main(["latency", option, "nosuch"]) == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["profile", "efficientnet-b0", "--batch", "0"], "every value must be at least 1"),
     (["profile", "efficientnet-b0", "--batch", "1,x"], "comma-separated whole numbers"),
     (["profile", "efficientnet-b0", "--runtime", "tensorflow"], "invalid choice"),
-    (["calibrate", "--specs", "0"], "must be at least 1"),
+    (["calibrate", "--specs", "0"], "must be from 1 to 1000"),
+    (["calibrate", "--specs", "5000"], "must be from 1 to 1000"),
 ])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):

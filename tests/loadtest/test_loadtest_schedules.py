@@ -325,6 +325,7 @@ def _error(capsys, argv) -> str:
     (["--max-latency-ms", "50", "--member", "b0", "--scenario", "latency"], "scenario latency draws its own (use photos or accuracy)"),
     (["--max-latency-ms", "0", "--member", "b0"], "argument --max-latency-ms"),
     (["--compare", "--rate", "5", "--workers", "2"], "--compare is replayed by one locust process"),
+    (["--rate", "5", "--workers", "100000"], "effx-serve: error: --workers 100000 is more than this machine's"),
     (["--arrivals", "gamma"], "effx-serve: error: --arrivals gamma needs --rate"),
     (["--arrivals", "onoff", "--users", "3"], "--arrivals onoff is an open-loop schedule: it does not go with --users"),
     (["--burstiness", "2", "--rate", "5"], "--burstiness needs --arrivals gamma or onoff"),

@@ -233,6 +233,8 @@ def test_bad_inputs_to_build_repo(tiny_family, built, tmp_path, capsys):
         (["--family", str(family), "--checkpoints", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")], "is not a folder"),
         (["--family", str(family), "--out", str(tmp_path / "r")], "--family needs --checkpoints"),
         (["--family", str(family), "--checkpoints", str(checkpoints), "--out", str(tmp_path / "r"), "--batches", "4,8"], "must include 1"),
+        (["--family", str(family), "--checkpoints", str(checkpoints), "--out", str(tmp_path / "r"), "--batches", "1,100000000"], "more than 1024"),
+        (["--family", str(family), "--checkpoints", str(checkpoints), "--out", str(tmp_path / "r"), "--hardware", "nosuch"], "unknown hardware 'nosuch'"),
         (["--family", str(tmp_path / "missing.json"), "--checkpoints", str(checkpoints), "--out", str(tmp_path / "r")], "cannot be read"),
     ]
     for argv, message in cases:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -147,8 +148,8 @@ async def _from_multipart(request: Request, body: bytes, max_images: int) -> Ima
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    boundary = request.headers.get("content-type", "").partition("boundary=")[2].split(";")[0].strip().strip('"')
-    if boundary and body.rfind(b"--" + boundary.encode("latin-1") + b"--") < 0:  # the parser keeps the parts before a cut
+    boundary = re.search(r'boundary="?([^";]+)', request.headers.get("content-type", ""), re.IGNORECASE)
+    if boundary and body.rfind(b"--" + boundary[1].strip().encode("latin-1") + b"--") < 0:  # the parser keeps the parts before a cut
         raise RequestProblem(400, "the multipart body ends before its closing boundary (cut off?); send the whole body")
     try:
         form = await Request(request.scope, replay).form(max_files=max_images, max_fields=32)

@@ -171,7 +171,7 @@ def test_lacs_fits_a_preset_to_the_data_and_this_hardware_and_keeps_a_specs_own_
     from effx_serve.hardware import detect as detect_module
 
     data = tmp_path / "data"
-    generate_demo_data(data, size=4, image_size=64)
+    generate_demo_data(data, size=7, image_size=64)  # 70 training images: one proxy batch of 64
     bases = []
 
     def stop_before_training(base, *args, **kwargs):
