@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import serving  # noqa: E402
 
 from effx_serve.cli.common import positive_float, positive_int, run_script
+from effx_serve.core.errors import UserError
 from effx_serve.core.photos import synthetic_photo  # noqa: E402
 
 CONNECTIONS = 32  # per server; used in turn, so none idles into the server's keep-alive timeout
@@ -95,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(folder)
         with serving.router(args.repo, args.serve_arg, work, cpus=server_cpus) as (this, this_process), \
                 serving.router(args.repo, args.against_arg, work, cpus=server_cpus, code=args.against) as (other, other_process):
-            member = args.member or serving.fastest_member(this)
+            known = serving.members_by_latency(this)
+            if args.member is not None and args.member not in known:
+                raise UserError(f"unknown member '{args.member}'; {args.repo} has {', '.join(known)}")
+            member = args.member or known[0]
             request = {port: serving.http_request(port, f"/v1/classify?member={member}", image, "image/jpeg") for port in (this, other)}
             print(f"{member}, {args.rate:g} requests/s to each server for {args.duration:g} s, both servers on CPU {cpus[0]}; "
                   f"{' '.join(['this checkout', *args.serve_arg])} against {' '.join([str(args.against), *args.against_arg])}")

@@ -29,6 +29,7 @@ from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.roofline import analyze
 from search.nas import job as nas_job
 from search.nas import verdict
+from search.nas.controllers import CONTROLLERS
 from search.nas.report import TrialRecord
 from search.nas.space import STAGE_CHOICES
 from search.nas.worker import SearchConfig, WorkerSettings
@@ -78,7 +79,7 @@ def roofline_row(spec, hardware) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=positive_float, default=28.0, help="search time budget (default 28: with the report, within 30)")
-    parser.add_argument("--controller", default="evolution")
+    parser.add_argument("--controller", default="evolution", choices=sorted(CONTROLLERS))
     parser.add_argument("--out", default="runs/nas-bench")
     parser.add_argument("--data", help="ImageFolder data (default: the demo data, generated under --out when missing)")
     parser.add_argument("--json", help="also write the figures to this JSON file")

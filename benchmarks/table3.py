@@ -115,7 +115,10 @@ def main() -> None:
     parser.add_argument("--report", type=Path, metavar="F", help="print the tables of a run saved with --json instead of measuring")
     args = parser.parse_args()
     try:
-        report(json.loads(args.report.read_text()) if args.report else measure(args))
+        rows = json.loads(args.report.read_text()) if args.report else measure(args)
+        if args.report and (not isinstance(rows, list) or not rows):
+            raise UserError(f"{args.report} holds no measured rows (a run saved with --json is a list of them)")
+        report(rows)
     except (UserError, OSError, ValueError) as error:  # a CUDA runtime on a CPU, an unreadable or malformed --report
         parser.exit(2, f"table3.py: error: {error}\n")
 

@@ -25,6 +25,7 @@ from tests.helpers import ROOT
     (["nas.py", "--minutes", "0"], "argument --minutes: must be a positive number"),
     (["lacs_vs_compound.py", "--seeds", "0"], "argument --seeds: must be at least 1"),
     (["latency_model.py", "--calibration-specs", "0"], "argument --calibration-specs: must be at least 1"),
+    (["table3.py", "--report", "{list}"], "holds no measured rows"),
 ])
 def test_bad_input_is_one_line(tmp_path, argv, message):
     broken = tmp_path / "broken"
