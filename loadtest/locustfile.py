@@ -106,6 +106,7 @@ class LoadState:
             self.schedule = None
             self.tally.examples.setdefault("setup", f"cannot prepare the workload: {error}")
             log.error("cannot prepare the workload: %s", error)
+            self.environment.process_exit_code = 1  # nothing was sent: not a successful run
 
     def merge(self, worker: str, report: dict) -> None:
         self.workers.add(worker)
@@ -138,6 +139,11 @@ def _init(environment, **_) -> None:
             scenarios.get(environment.parsed_options.effx_scenario)
         except ValueError as error:
             raise SystemExit(f"effx-serve locustfile: {error}") from None
+        if not environment.host:
+            raise SystemExit("effx-serve locustfile: no server to load; give its URL with -H/--host (e.g. http://127.0.0.1:8000)")
+        out = environment.parsed_options.effx_out
+        if out and Path(out).is_dir():
+            raise SystemExit(f"effx-serve locustfile: --effx-out {out} is a folder; give a file path")
         environment.events.quitting.add_listener(lambda environment, **_: state.write())
         environment.events.test_stopping.add_listener(lambda environment, **_: setattr(state, "stopping", True))
         # Locust installs its own SIGTERM handler only after a shape has run its course; until then a SIGTERM would

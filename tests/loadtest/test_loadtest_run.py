@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -245,3 +246,22 @@ def test_requests_with_a_bound_carry_their_absolute_deadline_unless_told_not_to(
     assert abs(deadlines[1] - deadlines[0] - 0.3) < 0.01  # each its intended send time (0 and 200 ms) + its bound (800, 900 ms)
     for when, value in received:
         assert value is None or 0.6 < float(value) - when <= 0.91
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "no server to load; give its URL with -H/--host"),
+    (["-H", "http://127.0.0.1:9", "--effx-out", "{folder}"], "is a folder; give a file path"),
+])
+def test_the_locustfile_run_by_hand_names_what_is_missing(tmp_path, extra, message):
+    locust = Path(sys.executable).with_name("locust")
+    command = [str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-u", "1", "-r", "1", "-t", "2s", "--only-summary",
+               *(a.format(folder=tmp_path) for a in extra)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_locustfile_run_by_hand_fails_when_it_could_send_nothing(tmp_path):
+    locust = Path(sys.executable).with_name("locust")
+    command = [str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-u", "1", "-r", "1", "-t", "2s", "--only-summary",
+               "-H", "http://127.0.0.1:9"]
+    assert subprocess.run(command, capture_output=True, text=True, timeout=120, check=False).returncode == 1
