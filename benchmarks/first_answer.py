@@ -29,7 +29,8 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.cli.common import port, positive_float, run_script
+from effx_serve.cli.common import output_file, port, positive_float, run_script
+from effx_serve.core.errors import UserError
 from effx_serve.core.photos import synthetic_photo
 
 TARGET_S = 600.0
@@ -66,7 +67,10 @@ def run(source: str, port: int, until_complete: bool, timeout_s: float, keep: Pa
     folder = Path(tempfile.mkdtemp(prefix="effx-first-answer-"))
     clone, log = folder / "clone", folder / "make-run.log"
     started = time.monotonic()
-    subprocess.run(["git", "clone", "--quiet", source, str(clone)], check=True)
+    cloned = subprocess.run(["git", "clone", "--quiet", source, str(clone)], capture_output=True, text=True, check=False)
+    if cloned.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise UserError(f"cannot clone --source {source}: {cloned.stderr.strip() or f'git exit {cloned.returncode}'}")
     env = os.environ | {"EFFX_CACHE_DIR": str(folder / "cache")}
     env.pop("VIRTUAL_ENV", None)
     with log.open("w") as out:
@@ -110,8 +114,8 @@ def main() -> int:
     parser.add_argument("--port", type=port, default=8123)
     parser.add_argument("--until-complete", action="store_true", help="also wait until every member is served")
     parser.add_argument("--timeout-s", type=positive_float, default=3600.0)
-    parser.add_argument("--log", type=Path, help="keep make's output here")
-    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--log", type=output_file, help="keep make's output here")
+    parser.add_argument("--json", type=output_file, help="write the figures here")
     args = parser.parse_args()
     result = run(args.source, args.port, args.until_complete, args.timeout_s, args.log)
     for stage, seconds in sorted(result["stages_s"].items(), key=lambda item: item[1]):

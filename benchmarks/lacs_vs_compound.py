@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.cli.common import epochs, positive_int, run_script
+from effx_serve.cli.common import epochs, output_file, positive_int, run_script
 from effx_serve.core.plots import optional_pyplot, save_figure
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.latency_store import LatencyStore
@@ -125,8 +125,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=positive_int, default=2)
     parser.add_argument("--epochs", type=epochs, default=DemoSettings.member_epochs)
     parser.add_argument("--out", type=Path, default=Path("runs/lacs-vs-compound"))
-    parser.add_argument("--plot", type=Path, help="top-1 against latency for both families, with error bars")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=output_file, help="top-1 against latency for both families, with error bars")
+    parser.add_argument("--json", type=output_file)
     args = parser.parse_args()
     if not (args.run / "lacs" / "family.json").is_file() or not (args.run / "data").is_dir():
         print(f"{args.run} has no demo run (data/ and lacs/family.json); build one: effx-serve build-family --demo --out {args.run}")

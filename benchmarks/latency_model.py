@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from effx_serve.cli.common import positive_int, run_script
+from effx_serve.cli.common import output_file, positive_int, run_script
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf import latency_model
 from effx_serve.perf.calibrate import fit_samples, measure_samples
@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--calibration-specs", type=positive_int, default=40)
     parser.add_argument("--random-specs", type=positive_int, default=30)
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--json", metavar="OUT", help="also write every row and the summary here")
+    parser.add_argument("--json", type=output_file, metavar="OUT", help="also write every row and the summary here")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     start = time.perf_counter()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.cli.common import positive_float, run_script
+from effx_serve.cli.common import output_file, positive_float, run_script
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.roofline import analyze
 from search.nas import job as nas_job
@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--controller", default="evolution", choices=sorted(CONTROLLERS))
     parser.add_argument("--out", default="runs/nas-bench")
     parser.add_argument("--data", help="ImageFolder data (default: the demo data, generated under --out when missing)")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--json", type=output_file, help="also write the figures to this JSON file")
     args = parser.parse_args()
     out = Path(args.out)
     data = Path(args.data) if args.data else out / "data"
@@ -106,7 +106,7 @@ def main() -> int:
     return report(result, config, minutes, args.json, out)
 
 
-def report(result: dict, config: SearchConfig, minutes: float, json_path: str | None, work_dir: Path) -> int:
+def report(result: dict, config: SearchConfig, minutes: float, json_path: Path | None, work_dir: Path) -> int:
     hardware = this_machine().hardware
     baselines = {row["role"].split(":", 1)[1]: row for row in result["baselines"]}
     searched = [r for r in result["records"] if r["state"] == "complete" and r["role"] == "search" and r["duplicate_of"] is None]
@@ -160,7 +160,7 @@ def report(result: dict, config: SearchConfig, minutes: float, json_path: str | 
     return 0
 
 
-def _write(path: str | None, data: dict) -> None:
+def _write(path: Path | None, data: dict) -> None:
     if path:
         Path(path).write_text(json.dumps(data, indent=2))
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.cli.common import checked, positive_int, run_script
+from effx_serve.cli.common import checked, output_file, positive_int, run_script
 from search.defaults import round_resolution
 from search.evaluators import ProxyAccuracy
 from search.fidelity import kendall_tau
@@ -143,7 +143,7 @@ def main() -> int:
                         help=f"the base's input size in px (default {BASE_RESOLUTION}); the resolution variants are x4/3 and x2/3 of it")
     parser.add_argument("--lr-scale", type=lr_scale, default=1.0, help="times the proxy recipe's learning rate (default 1)")
     parser.add_argument("--out", default="runs/proxy-signal", help="work folder: data and runs (reused when re-run)")
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--json", type=output_file, help="also write the figures to this file")
     args = parser.parse_args()
 
     out, data = demo_data(Path(args.out), args.images_per_class)

@@ -55,7 +55,7 @@ import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from effx_serve.cli.common import positive_float, run_script
+from effx_serve.cli.common import output_file, positive_float, run_script
 from effx_serve.core import proc
 from effx_serve.core.fs import sha256_file
 from effx_serve.core.photos import synthetic_photo
@@ -596,7 +596,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=_size, default=(640, 480), metavar="WxH", help="the JPEG sent (default: 640x480)")
     parser.add_argument("--demo-run", default="runs/demo", help="the demo run the Triton repository is built from (default: %(default)s)")
     parser.add_argument("--triton-repo", help="an already built python-backend repository for the Triton rows")
-    parser.add_argument("--json", metavar="OUT", help="also write every figure here")
+    parser.add_argument("--json", type=output_file, metavar="OUT", help="also write every figure here")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="an argument for `effx-serve serve`, e.g. --serve-arg=--switch-interval-ms=1 (repeat for several)")
     parser.add_argument("--server-code", type=checkout, metavar="DIR",

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # serving.py, beside t
 
 import serving  # noqa: E402
 
-from effx_serve.cli.common import checked, positive_int, run_script
+from effx_serve.cli.common import checked, output_file, positive_int, run_script
 from effx_serve.core import proc
 from effx_serve.serve.catalog import Catalog, LatencyProfile, Member
 from effx_serve.serve.dispatch import Dispatcher, ImageInfo
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=checked(float, lambda value: 2 <= value <= 3600, "a number of seconds", "from 2 (a load test's shortest step) to 3600"), default=20.0, help="seconds of load per phase (default 20)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="rounds of every comparison, each in another phase order (default 3)")
     parser.add_argument("--only", choices=("cost", "load"))
-    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--isolate", action="store_true",
                         help="the servers on the first half of the CPUs, the load generator on the rest (else they share them all)")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effx_serve.cli.common import int_list, run_script
+from effx_serve.cli.common import int_list, output_file, run_script
 from effx_serve.core.errors import UserError
 from effx_serve.hardware.machine import this_machine
 from effx_serve.perf.latency_store import LatencyStore
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int_list, default=[1])
     parser.add_argument("--scales", type=scales, default=list(range(8)))
     parser.add_argument("--families", type=families, default=[BASELINE, "efficientnet-x", "efficientnet-x-gpu"])
-    parser.add_argument("--json", type=Path, help="write the measured rows here (rewritten after each one)")
+    parser.add_argument("--json", type=output_file, help="write the measured rows here (rewritten after each one)")
     parser.add_argument("--report", type=Path, metavar="F", help="print the tables of a run saved with --json instead of measuring")
     args = parser.parse_args()
     try:

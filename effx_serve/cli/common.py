@@ -35,6 +35,8 @@ def checked(parse: Callable[[str], T], ok: Callable[[T], bool], expected: str, r
 
 positive_int = checked(int, lambda value: value >= 1, "a whole number", "at least 1")
 count = checked(int, lambda value: value >= 0, "a whole number", "0 or more")
+# checked before a long measurement, not when its figures are written at the end
+output_file = checked(Path, lambda path: path.parent.is_dir() and not path.is_dir(), "a file path", "a file in an existing folder")
 epochs = checked(int, lambda value: 1 <= value <= MAX_EPOCHS, "a whole number", f"from 1 to {MAX_EPOCHS}")
 port = checked(int, lambda value: 1 <= value <= 65535, "a port number", "from 1 to 65535")
 reward_exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")

@@ -26,13 +26,16 @@ from tests.helpers import ROOT
     (["lacs_vs_compound.py", "--seeds", "0"], "argument --seeds: must be at least 1"),
     (["latency_model.py", "--calibration-specs", "0"], "argument --calibration-specs: must be at least 1"),
     (["table3.py", "--report", "{list}"], "holds no measured rows"),
+    (["first_answer.py", "--source", "{missing}"], "cannot clone --source"),
+    (["sla.py", "--json", "{folder}"], "argument --json: must be a file in an existing folder"),
+    (["serving.py", "--json", "{list}/x.json"], "argument --json: must be a file in an existing folder"),
 ])
 def test_bad_input_is_one_line(tmp_path, argv, message):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text('{"version": ')
     (tmp_path / "list.json").write_text("[]")
-    paths = {"broken": broken, "missing": tmp_path / "missing.json", "list": tmp_path / "list.json"}
+    paths = {"broken": broken, "missing": tmp_path / "missing.json", "list": tmp_path / "list.json", "folder": tmp_path}
     command = [sys.executable, str(ROOT / "benchmarks" / argv[0]), *(a.format(**paths) for a in argv[1:])]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert result.returncode == 2, (result.stdout, result.stderr)
