@@ -30,7 +30,8 @@ def save_figure(plt, fig, path: Path) -> Path:
     """Write `fig` to `path` atomically (closing it); folder and format problems are one-line errors."""
     try:
         if not path.parent.is_dir():
-            raise UserError(f"--plot {path}: folder {path.parent} does not exist")
+            what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+            raise UserError(f"--plot {path}: {path.parent} {what}")
         suffix = path.suffix.lstrip(".").lower()
         if suffix not in fig.canvas.get_supported_filetypes():
             raise UserError(f"--plot {path}: unsupported picture format '{suffix}'; use .png")

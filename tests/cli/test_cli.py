@@ -80,6 +80,8 @@ def test_console_script_is_installed():
         (lambda tmp: ["export", "efficientnet-b0", "--out", "/proc/effx/x.onnx"], "cannot write /proc/effx/x.onnx"),
         (lambda tmp: ["export", "efficientnet-b0", "--out", str(tmp / "x.onnx"), "--opset", "11"], "opset 11 is too old"),
         (lambda tmp: ["roofline", "efficientnet-b0", "--hardware", "nvidia-h200", "--plot", str(tmp / "no" / "r.png")], "does not exist"),
+        (lambda tmp: ["roofline", "efficientnet-b0", "--hardware", "nvidia-h200", "--plot", str(tmp / "binary.json" / "r.png")],
+         "binary.json is a file, not a folder"),
         (lambda tmp: ["roofline", "efficientnet-b0", "--hardware", "nvidia-h200", "--plot", str(tmp / "r.txt")], "unsupported picture format 'txt'"),
         (lambda tmp: ["roofline", str(tmp), "--hardware", "tpu-v3", "--precision", "bf16"], "is a directory"),
         (lambda tmp: ["roofline", str(tmp / "binary.json"), "--hardware", "tpu-v3", "--precision", "bf16"], "cannot be read"),
