@@ -68,6 +68,7 @@ CAPACITY_BOUND_MS = 1000.0  # the capacity's requests' bound: far above any wait
 REFUSAL_P99_MS = 5.0
 BURSTY = ["--arrivals", "gamma", "--burstiness", "3"]
 BATCH_S = 0.02
+PHASE_SECONDS = checked(float, lambda value: 2 <= value <= 3600, "a number of seconds", "from 2 (a load test's shortest step) to 3600")
 
 
 # --- 1. what routing and scheduling cost ------------------------------------------------------------------------
@@ -93,6 +94,7 @@ class SleepingBackend:
 
     async def close(self):
         pass
+
 
 
 def _member(name: str, accuracy: float, ms: float) -> Member:
@@ -379,7 +381,7 @@ def overload_line(at_capacity: dict, overload: dict) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default="model_repository", help="the demo repository (effx-serve build-repo --demo)")
-    parser.add_argument("--duration", type=checked(float, lambda value: 2 <= value <= 3600, "a number of seconds", "from 2 (a load test's shortest step) to 3600"), default=20.0, help="seconds of load per phase (default 20)")
+    parser.add_argument("--duration", type=PHASE_SECONDS, default=20.0, help="seconds of load per phase (default 20)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="rounds of every comparison, each in another phase order (default 3)")
     parser.add_argument("--only", choices=("cost", "load"))
     parser.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON")
