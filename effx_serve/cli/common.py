@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from effx_serve.core.errors import UserError, needs_extra
+from effx_serve.core.proc import available_cpus
 from training.recipe import MAX_EPOCHS
 
 T = TypeVar("T")
@@ -41,6 +42,12 @@ epochs = checked(int, lambda value: 1 <= value <= MAX_EPOCHS, "a whole number", 
 port = checked(int, lambda value: 1 <= value <= 65535, "a port number", "from 1 to 65535")
 reward_exponent = checked(float, lambda value: -10 <= value <= 0, "a number", "in [-10, 0] (a positive exponent rewards slower models)")
 positive_float = checked(float, lambda value: 0 < value < math.inf, "a positive number", "a positive number")
+
+
+def check_workers(workers: int) -> None:
+    """Worker processes on this machine: each trains or loads with a process of its own, so more than the CPUs only compete."""
+    if workers > available_cpus():
+        raise UserError(f"--workers {workers} is more than this machine's {available_cpus()} CPUs; run at most {available_cpus()}")
 
 
 def run_script(main: Callable[[], int | None]) -> None:

@@ -10,9 +10,8 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from effx_serve.cli.common import checked, count, port, positive_float, positive_int, progress_line, table
+from effx_serve.cli.common import check_workers, checked, count, port, positive_float, positive_int, progress_line, table
 from effx_serve.core.errors import UserError, missing_extra
-from effx_serve.core.proc import available_cpus
 from loadtest import compare, render, runner, scenarios, summary
 from loadtest.arrivals import ARRIVALS, MAX_SPAN_S, Arrivals, TraceError, read_trace
 from loadtest.plan import MAX_RATE, LoadTest, make_plan
@@ -114,8 +113,7 @@ def _figure(value, spec: str) -> str:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Options that only make sense together, refused before anything runs."""
-    if args.workers > available_cpus():  # each is a whole locust process generating load: more than the CPUs only compete
-        raise UserError(f"--workers {args.workers} is more than this machine's {available_cpus()} CPUs; run at most {available_cpus()}")
+    check_workers(args.workers)
     if not args.compare:
         for given, option in ((args.latency_bounds, "--latency-bounds"), (args.compare_url, "--compare-url"),
                               (args.compare_label, "--compare-label"), (args.compare_phases, "--compare-phases"),

@@ -7,9 +7,16 @@ import json
 import time
 from pathlib import Path
 
-from effx_serve.cli.common import epochs, positive_float, positive_int, progress_lines, require_training, reward_exponent
+from effx_serve.cli.common import (
+    check_workers,
+    epochs,
+    positive_float,
+    positive_int,
+    progress_lines,
+    require_training,
+    reward_exponent,
+)
 from effx_serve.core.errors import UserError, needs_extra
-from effx_serve.core.proc import available_cpus
 from effx_serve.hardware.detect import detect
 from effx_serve.perf.measure import RUNTIME_HELP, RUNTIMES, default_runtime
 from search.nas.controllers import CONTROLLERS
@@ -28,8 +35,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         from search.nas.worker import SearchConfig, WorkerSettings
     if args.budget_trials is None and args.budget_minutes is None:
         raise UserError("give a budget: --budget-trials N and/or --budget-minutes M")
-    if args.workers > available_cpus():  # each worker trains its candidates with the whole process's threads
-        raise UserError(f"--workers {args.workers} is more than this machine's {available_cpus()} CPUs; run at most {available_cpus()}")
+    check_workers(args.workers)
     detected = detect()
     hardware_id = detected.id
     if args.hardware not in ("auto", hardware_id):

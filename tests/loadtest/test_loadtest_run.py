@@ -248,20 +248,21 @@ def test_requests_with_a_bound_carry_their_absolute_deadline_unless_told_not_to(
         assert value is None or 0.6 < float(value) - when <= 0.91
 
 
+def locust_by_hand(*options: str) -> subprocess.CompletedProcess:
+    """The locustfile run with locust's own command, as docs/loadtest.md shows, for two seconds with one user."""
+    command = [str(Path(sys.executable).with_name("locust")), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-u", "1",
+               "-r", "1", "-t", "2s", "--only-summary", *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "no server to load; give its URL with -H/--host"),
     (["-H", "http://127.0.0.1:9", "--effx-out", "{folder}"], "is a folder; give a file path"),
 ])
 def test_the_locustfile_run_by_hand_names_what_is_missing(tmp_path, extra, message):
-    locust = Path(sys.executable).with_name("locust")
-    command = [str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-u", "1", "-r", "1", "-t", "2s", "--only-summary",
-               *(a.format(folder=tmp_path) for a in extra)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    result = locust_by_hand(*(a.format(folder=tmp_path) for a in extra))
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
-def test_the_locustfile_run_by_hand_fails_when_it_could_send_nothing(tmp_path):
-    locust = Path(sys.executable).with_name("locust")
-    command = [str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-u", "1", "-r", "1", "-t", "2s", "--only-summary",
-               "-H", "http://127.0.0.1:9"]
-    assert subprocess.run(command, capture_output=True, text=True, timeout=120, check=False).returncode == 1
+def test_the_locustfile_run_by_hand_fails_when_it_could_send_nothing():
+    assert locust_by_hand("-H", "http://127.0.0.1:9").returncode == 1
