@@ -21,7 +21,7 @@ from effx_serve.serve.router import POLICIES
 from effx_serve.serve.settings import COSTINGS, MAX_START_HEADROOM, DispatchSettings, ServerSettings
 from effx_serve.serve.workers import ConnectionCounts, WorkerLink, WorkerSpec, auto_workers, listen, supervise
 
-SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serving.md, the benchmark)
+SWITCH_INTERVAL_MS = 5.0  # Python's own: 1 and 0.2 ms served no more (docs/serving-measurements.md, the benchmark)
 _megabytes = checked(float, lambda value: 0 < value <= 1_000_000, "a number of MiB", "above 0")
 _seconds = checked(float, lambda value: 0 < value <= 3600, "a number of seconds", "above 0 and at most 3600")
 _deadline_ms = checked(float, lambda value: 0 < value <= 3_600_000, "a number of milliseconds", "above 0 and at most 3600000")
@@ -253,7 +253,7 @@ def add_parsers(sub) -> None:
                         "rather than answered late (default: %(default)s)")
     p.add_argument("--workers", type=_workers, default=AUTO,
                    help="server processes on the port, each with its own event loop and cores / workers lanes: more throughput "
-                        "where one process's interpreter lock is the limit (docs/serving.md); limits such as --max-in-flight "
+                        "where one process's interpreter lock is the limit (docs/serving-measurements.md); limits such as --max-in-flight "
                         "apply per worker; auto: one per core when the models run on this host's CPU, else 1 (default: %(default)s)")
     p.add_argument("--worker", type=WorkerSpec.parse, help=argparse.SUPPRESS)  # set by the supervisor: FD,INDEX,SUPERVISOR_PID,FOLDER
     p.add_argument("--max-images", type=positive_int, default=64, help="most images in one batch request (default: %(default)s)")

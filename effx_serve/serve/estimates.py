@@ -79,7 +79,7 @@ class Mean:
     """An exponentially weighted mean of a duration (ms), with a starting value until the first observation, that decays
     back to it as its evidence ages (a half-life in seconds). Without the decay a mean learned in a stall could lock a
     server out: a hand-back of tens of milliseconds makes every bound look unmeetable, every request is refused, and
-    no answer comes to teach it otherwise (measured: a server refused every request for over a minute, docs/serving.md)."""
+    no answer comes to teach it otherwise (measured: a server refused every request for over a minute, docs/serving-measurements.md)."""
 
     def __init__(self, start: float, weight: float = 0.05, half_life_s: float = 10.0, clock: Clock = time.monotonic):
         _check(weight, half_life_s)

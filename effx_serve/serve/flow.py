@@ -236,7 +236,7 @@ SMALL_OUTPUT = 64  # labels up to which plain Python scores faster than numpy, w
 
 def _predictions(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> list[dict]:
     """The top_k labels by softmax probability (float64, ties in label order), as the answer's `predictions`
-    (schema.Prediction). This runs on the event loop once per image; for a few labels Python beats numpy (docs/serving.md)."""
+    (schema.Prediction). This runs on the event loop once per image; for a few labels Python beats numpy (docs/serving-measurements.md)."""
     if len(logits) <= SMALL_OUTPUT:
         values = logits.tolist()
         peak = max(values)

@@ -2,7 +2,7 @@
 
 The counters and histograms a request updates are plain numbers, kept by the event loop (the only thread that updates
 them) and turned into Prometheus families at scrape: prometheus_client's own take a lock and check their labels on
-every call, a dozen calls a request, on the loop every request waits for (docs/serving.md times both). Gauges are set at scrape.
+every call, a dozen calls a request, on the loop every request waits for (docs/serving-measurements.md times both). Gauges are set at scrape.
 """
 
 from __future__ import annotations

@@ -430,7 +430,7 @@ class DeviceScheduler:
 
     def _lane(self, lane: int) -> None:
         # Below the event loop's priority: with every core busy, its short turns (an answer written, a refusal, a request
-        # routed) go first instead of waiting out a lane's time slice, a wait no expectation can predict (docs/serving.md).
+        # routed) go first instead of waiting out a lane's time slice, a wait no expectation can predict (docs/serving-measurements.md).
         lower_thread_priority(self._lane_nice)
         while True:
             with self._arrived:

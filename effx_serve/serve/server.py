@@ -69,7 +69,7 @@ def make_backend(settings: ServerSettings, hardware: DetectedHardware) -> tuple[
 def settle_garbage_collector() -> None:
     """Collect, then leave everything alive now out of the collector's later passes: the modules, the members' sessions
     and what start-up built stay for the process's life, and scanning them made each full pass hold every thread for
-    tens of milliseconds under load (docs/serving.md). What requests create is still collected as before."""
+    tens of milliseconds under load (docs/serving-measurements.md). What requests create is still collected as before."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()
@@ -180,7 +180,7 @@ class Server:
         garbage in reference cycles (a failed request's frames) is collected now rather than at the collector's rare
         full pass, and malloc gives its free pages back. A moment with none in flight comes many times a second at
         moderate load, so this runs while serving too: a full collection holds every thread, which is why start-up objects
-        are frozen (`settle_garbage_collector`: 0.5-2 ms a pass instead of 40-80 ms on the demo, docs/serving.md)."""
+        are frozen (`settle_garbage_collector`: 0.5-2 ms a pass instead of 40-80 ms on the demo, docs/serving-measurements.md)."""
         while True:
             await asyncio.sleep(TIDY_EVERY_S)
             if self.in_flight == 0:

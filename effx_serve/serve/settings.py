@@ -28,7 +28,7 @@ class DispatchSettings:
     cpu_lanes: int | None = None  # decodes and CPU batches at once (default: the cores this process may use)
     decode_budget_ms: float = 1000.0  # CPU time one request's images may take to decode (400 beyond): bounds a bomb's cost
     # Nice levels the decoding and inference lanes run below the event loop: with every core busy, the loop's answers,
-    # refusals and routing go first (docs/serving.md measures it against 0, the same priority).
+    # refusals and routing go first (docs/serving-measurements.md measures it against 0, the same priority).
     lane_nice: int = 10
     # A request with a bound starts decoding (or its batch runs) only while its expected run time, times 1 + this, fits
     # before its deadline: one that would only just fit is refused at once (429 deadline) rather than answered late.

@@ -2,7 +2,7 @@
 CPU, `auto_workers`): each its own event loop, lanes and interpreter lock.
 
 Why: one process serves at most what its interpreter lock lets through. On 2 cores, 40x40 JPEGs to b0 used 1.3 of
-the cores at ~490 img/s; two processes used both and served ~680 (docs/serving.md, benchmarks/serving.py with
+the cores at ~490 img/s; two processes used both and served ~680 (docs/serving-measurements.md, benchmarks/serving.py with
 --serve-arg=--workers=2). Each worker schedules its own share of the cores (cores / workers lanes) and learns its
 corrections from what it observes, the other workers' load included.
 
@@ -41,7 +41,7 @@ EARLY_S = 30.0
 def auto_workers(cores: int, on_host_cpu: bool, building: bool) -> tuple[int, str]:
     """`serve --workers auto` (the default): (workers, why). One per core when the models run on this host's CPU, where one
     process is bounded by its interpreter lock: on 2 cores two workers served 19-29% more images/s than one process and kept
-    more requests within their SLAs at the same load (docs/serving.md). One for a GPU or a Triton server (one device, whose
+    more requests within their SLAs at the same load (docs/serving-measurements.md). One for a GPU or a Triton server (one device, whose
     queue one scheduler should see whole), and while the demo repository builds (one process serves it as it is written)."""
     if building:
         return 1, "the demo repository is building (one process serves it as it is written; a restart once it is built runs one per core)"

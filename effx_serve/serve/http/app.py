@@ -69,7 +69,7 @@ class ArrivalClock:
 class ClassifyRoutes:
     """POST /v1/classify and /v1/classify/batch straight to their handler, ahead of every middleware of FastAPI's (error
     pages, telemetry, body limit, exceptions) and its router and dependency solving: their cost per request is
-    event-loop time every request waits for (docs/serving.md, the benchmark). The two routes stay declared on the app
+    event-loop time every request waits for (docs/serving-measurements.md, the benchmark). The two routes stay declared on the app
     for the OpenAPI schema; any other method or path goes on to FastAPI. An error nothing else handled is logged and
     answered 500, as FastAPI's outermost middleware would."""
 

@@ -4,7 +4,7 @@ worker shares, and leaving it to a worker that holds fewer.
 uvloop (libuv) accepts every connection waiting when the shared socket becomes readable, so the worker whose event
 loop wakes first takes a whole burst of them, and a keep-alive client's connections stay where they landed. With
 two workers on 2 cores, a load generator opening its 8 or 32 connections at once sometimes left one worker with most
-of them and the machine at 1.3 of its cores (docs/serving.md). Here a worker takes one connection per turn of its
+of them and the machine at 1.3 of its cores (docs/serving-measurements.md). Here a worker takes one connection per turn of its
 event loop, and only when no other worker holds fewer open connections (`workers.ConnectionCounts`); else it waits
 DEFER_S for that one to take it, then takes it itself (that worker may be stuck or busy for longer).
 """
