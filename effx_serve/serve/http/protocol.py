@@ -3,7 +3,9 @@
 The parser keeps a header (and uvicorn the URL) by appending each piece that arrives, so the cost of an endless
 header grows with the square of its size, on the event loop; a 48 MB header took 5 s of CPU. Here the bytes
 before the blank line that ends a head are counted as they arrive, and the header lines when parsed: past either
-limit the client gets 431 and the connection closes, before the parser has stored much. A head must also arrive
+limit the client gets 431 and the connection closes, before the parser has stored much. Where a head begins is
+the parser's to say (a read may end one request and begin the next): a head that begins inside a read is counted
+from what the parser hands over, and every read that begins inside a head is counted before it is parsed. A head must also arrive
 whole within a time limit from its first byte (408 and closed), so clients trickling headers cannot hold
 connections open for ever.
 
@@ -39,7 +41,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes, self._tail, self._in_head, self._header_count = 0, b"", True, 0
-        self._head_timer = None
+        self._head_timer, self._head_began_in_read = None, False
 
     def connection_lost(self, exc) -> None:
         self._stop_head_timer()
@@ -51,7 +53,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
+        self._head_began_in_read = False
+        if self._in_head:  # this read begins inside a head (or before one): count it up to the head's end
             if self._head_timer is None:  # the head's first bytes: it has head_timeout_s to arrive whole
                 self._head_timer = self.loop.call_later(self.head_timeout_s, self._refuse, f"the request's headers did not arrive within "
                                                         f"{self.head_timeout_s:g} s", 408)
@@ -61,19 +64,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._tail = seen[-3:]
             if self._head_bytes > self.max_head_bytes:
                 return self._refuse(f"the request line and headers are more than {self.max_head_bytes} bytes")
-            if end >= 0:
-                self._in_head = False
-                self._stop_head_timer()
         if not self.transport.is_closing():
             super().data_received(data)
+
+    def _count_parsed(self, size: int) -> None:
+        """A head that began inside this read was not counted before parsing: count what the parser hands over."""
+        if self._head_began_in_read:
+            self._head_bytes += size
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(f"the request line and headers are more than {self.max_head_bytes} bytes")
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        if not self.transport.is_closing():
+            super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self.max_headers:
             return self._refuse(f"more than {self.max_headers} headers")
-        super().on_header(name, value)
+        self._count_parsed(len(name) + len(value) + 4)  # "name: value\r\n"
+        if not self.transport.is_closing():
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
         if self.transport.is_closing():  # refused while its headers were parsed: the app never sees it
             return
         super().on_headers_complete()
@@ -86,7 +102,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         super().on_message_complete()
-        self._head_bytes, self._tail, self._in_head = 0, b"", True  # the next request on this connection
+        # The next request on this connection; its head may begin in the rest of this read.
+        self._head_bytes, self._tail, self._in_head, self._head_began_in_read = 0, b"", True, True
 
     def timeout_keep_alive_handler(self) -> None:
         if not self.transport.is_closing() and _unread(self.transport):  # read it: data_received stops this timer

@@ -83,6 +83,27 @@ def test_pipelined_requests_each_get_their_own_head_budget():
     assert transport.written.count(b"HTTP/1.1 200") == 3
 
 
+def test_a_body_after_a_pipelined_request_is_not_counted_as_its_head():
+    # The first packet holds a whole request, then the next one's head and the start of its 200 kB body; the rest of
+    # that body follows in pieces. None of it is head: it was answered 431 while the first request's end reset the count.
+    second = _request(body=b"z" * 200_000)
+    start = _request() + second[:30_000]
+    rest = [second[index:index + 8192] for index in range(30_000, len(second), 8192)]
+    transport = _exchange([start] + rest)
+    assert transport.written.count(b"HTTP/1.1 200") == 2 and b"431" not in transport.written
+
+
+def test_an_oversized_head_pipelined_behind_a_request_is_431():
+    # The endless header begins in the packet that ends the first request, and goes on in later packets.
+    transport = _exchange([_request() + b"POST /echo HTTP/1.1\r\nx-big: " + b"a" * 4096] + [b"a" * 4096] * 30)
+    assert transport.written.startswith(b"HTTP/1.1 200") and transport.written.count(b"HTTP/1.1 431") == 1 and transport.closed
+
+
+def test_an_oversized_head_pipelined_whole_in_one_packet_is_431():
+    transport = _exchange([_request() + _request(headers=b"x-big: " + b"a" * 100_000 + b"\r\n")])
+    assert transport.written.count(b"HTTP/1.1 200") == 1 and transport.written.count(b"HTTP/1.1 431") == 1 and transport.closed
+
+
 @pytest.mark.parametrize("packets", [
     [_request(headers=b"x-big: " + b"a" * 100_000 + b"\r\n")],  # one packet
     [b"POST /echo HTTP/1.1\r\nx-big: "] + [b"a" * 4096] * 30,  # an endless header, 4 kB at a time, never finished
