@@ -157,6 +157,7 @@ class Dispatcher:
         self.upgrades = UpgradeBudget(self.cpu_lanes)  # sized again for the device's lanes at start
         self.device: DeviceScheduler | None = None
         self.cpu: DeviceScheduler | None = None
+        self.start_failure: str | None = None  # why the last start failed, while no start has succeeded
         self.active = 0  # requests routed here and not answered yet (a replaced dispatcher closes once they are)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -164,7 +165,11 @@ class Dispatcher:
     async def start(self) -> None:
         """Load the members, time the decoding, start the schedulers; the server is ready when this returns."""
         members = list(self.catalog.members.values())
-        await self.backend.start(members)
+        try:
+            await self.backend.start(members)
+        except UserError as error:
+            self.start_failure = str(error)
+            raise
         await asyncio.to_thread(self._calibrate_decoding, members)
         device = DeviceScheduler("device", self.backend.lanes, self.backend.infer, self.batch_ms, self.settings.max_queue,
                                  after_ms=self.after_ms, on_batch=self._observed, run_now=getattr(self.backend, "run_now", None),
@@ -176,7 +181,7 @@ class Dispatcher:
         for scheduler in {id(device): device, id(cpu): cpu}.values():
             scheduler.start()
         self.upgrades = UpgradeBudget(cpu.lanes if self.backend.on_host_cpu else device.lanes)
-        self.device, self.cpu = device, cpu
+        self.device, self.cpu, self.start_failure = device, cpu, None
 
     def _calibrate_decoding(self, members: list[Member]) -> None:
         """Time a reference photo's decoding for every (format, member): the decode expectations start from these."""
@@ -193,6 +198,8 @@ class Dispatcher:
     def problem(self) -> str | None:
         """None when every member is loaded and warm and the backend is healthy."""
         if self.device is None:
+            if self.start_failure is not None:  # not loading: failed, until a retry (Triton) or a mended repository
+                return f"startup failed: {self.start_failure}"
             return self.backend.problem() or "loading and warming up the models"
         return self.backend.problem()
 

@@ -85,7 +85,6 @@ class Server:
         self.metrics = ServerMetrics()
         self._signature = manifest_signature(settings.repository)
         self.backend, self.catalog, self.dispatcher, self.notes = self._load(backend)
-        self.startup_error: str | None = None
         self.lasting_failure: str | None = None  # a start no wait can mend (nothing reloads it): the CLI stops on it
         self.on_lasting_failure: Callable[[str], None] = lambda reason: None
         self.reload_error: str | None = None  # the last repository change that could not be served, while it stands
@@ -105,8 +104,6 @@ class Server:
         return backend, catalog, dispatcher, tuple(notes) + catalog.notes
 
     def problem(self) -> str | None:
-        if self.startup_error is not None:
-            return f"startup failed: {self.startup_error}"
         return self.dispatcher.problem()
 
     async def open(self) -> None:
@@ -136,7 +133,7 @@ class Server:
             raise
         old = self.dispatcher
         self.backend, self.catalog, self.dispatcher, self.notes = backend, catalog, dispatcher, notes
-        self.startup_error = self.reload_error = None
+        self.reload_error = None
         log.info("reloaded %s: %d members%s", self.settings.repository, len(catalog.members),
                  f" ({catalog.building})" if catalog.building else "")
         await old.retire(RETIRE_GRACE_S)
@@ -162,16 +159,14 @@ class Server:
             try:
                 await self.dispatcher.start()
                 settle_garbage_collector()
-                self.startup_error = None
                 log.info("ready: %d members on %s (%s)", len(self.catalog.members), self.hardware.id, self.backend.kind)
                 return
             except UserError as error:
-                self.startup_error = str(error)
                 log.error("startup failed: %s", error)
                 if self.backend.kind != "triton":  # a model ONNX Runtime cannot load will not load later either
                     if self.settings.watch_s == 0:  # nor will a mended repository be picked up: 503s for ever would help no one
-                        self.lasting_failure = self.startup_error
-                        self.on_lasting_failure(self.startup_error)
+                        self.lasting_failure = str(error)
+                        self.on_lasting_failure(self.lasting_failure)
                     return
                 await asyncio.sleep(RETRY_START_S)  # Triton may come up later: keep trying
 

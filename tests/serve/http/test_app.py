@@ -432,7 +432,7 @@ def test_a_flood_of_expired_deadlines_is_refused_429_and_others_are_still_served
     assert answers[-1].status_code == 200 and answers[-1].json()["sla"]["met"] and queued == 0
 
 
-def test_a_model_onnx_runtime_cannot_load_is_named_by_readyz(served_repository, tmp_path):
+def test_a_model_onnx_runtime_cannot_load_is_named_by_readyz_and_by_classify(served_repository, tmp_path):
     import shutil
 
     broken = tmp_path / "repo"
@@ -444,7 +444,8 @@ def test_a_model_onnx_runtime_cannot_load_is_named_by_readyz(served_repository, 
             time.sleep(0.05)
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "tiny-f-b1" in answer.json()["detail"] and "ONNX Runtime" in answer.json()["detail"]
-        assert post_jpeg(client).status_code == 503
+        refused = post_jpeg(client)  # not "loading": nothing is, and a retry after a second would fail the same way
+        assert refused.status_code == 503 and "startup failed" in refused.json()["detail"] and "tiny-f-b1" in refused.json()["detail"]
 
 
 def _scope(path="/v1/classify", query=b"", headers=()):
