@@ -9,7 +9,9 @@ from what the parser hands over, and every read that begins inside a head is cou
 whole within a time limit from its first byte (408 and closed), so clients trickling headers cannot hold
 connections open for ever.
 
-An idle kept-alive connection is closed when its timer falls due, unless a request's bytes are already waiting in
+A new connection that sends nothing is idle too: it closes after the same keep-alive time, so silent connections
+cannot pile up until the server runs out of file descriptors. An idle kept-alive connection is closed when its timer
+falls due, unless a request's bytes are already waiting in
 its socket: a busy event loop reads milliseconds after they arrive, and uvloop runs due timers before it next reads,
 so closing then dropped a request unanswered (the client saw "connection closed", a few per minute at twice the
 capacity, more the shorter `--keep-alive-s`).
@@ -42,6 +44,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes, self._tail, self._in_head, self._header_count = 0, b"", True, 0
         self._head_timer, self._head_began_in_read = None, False
+        # uvicorn arms the keep-alive timer only after an answer; a connection's first bytes stop it (data_received).
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def connection_lost(self, exc) -> None:
         self._stop_head_timer()

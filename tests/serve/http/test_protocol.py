@@ -138,6 +138,20 @@ def test_the_head_timer_starts_with_a_head_not_with_an_idle_connection():
     assert transport.written.count(b"HTTP/1.1 200") == 2 and b"408" not in transport.written
 
 
+def test_a_connection_that_never_sends_a_byte_closes_after_the_keep_alive():
+    async def run():
+        config = Config(app=_app, log_level="warning", timeout_keep_alive=0.1)
+        silent, talking = Transport(), Transport()
+        LimitedHttpToolsProtocol(config, ServerState(), {}).connection_made(silent)
+        protocol = LimitedHttpToolsProtocol(config, ServerState(), {})
+        protocol.connection_made(talking)
+        protocol.data_received(b"POST /echo HTTP/1.1\r\nhost: x\r\n")  # a head on its way: the head timer's, not this
+        await asyncio.sleep(0.3)
+        return silent.closed, talking.closed
+
+    assert asyncio.run(run()) == (True, False)
+
+
 class _Stall(asyncio.Protocol):
     """A connection whose bytes hold the event loop for 0.3 s while it reads them, as a busy server's reads do."""
 
