@@ -151,7 +151,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if worker is None:
             web = uvicorn.Server(config)
         else:  # one of several on the port, taking its share of the connections (serve/http/shared_port.py)
-            web = SharedPortServer(config, socket.socket(fileno=worker.spec.fd), ConnectionCounts(worker.spec.folder, worker.spec.index))
+            web = SharedPortServer(config, socket.socket(fileno=worker.spec.fd), ConnectionCounts(worker.spec.folder, worker.spec.index),
+                                   can_serve=lambda: app.state.server.problem() is None)
         if isinstance(app, PendingApp):
             app.on_failure = lambda error: setattr(web, "should_exit", True)
         else:

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 PUBLISH_S = 1.0
 HANG_S = 30.0  # a worker that has not published for this long is stuck (its event loop blocked): killed and restarted
 STOP_GRACE_S = 15.0  # what a worker has to finish its requests at shutdown before it is killed
-EARLY_DEATHS = 3  # a worker that dies this many times in a row within EARLY_S of starting stops the server
+EARLY_DEATHS = 3  # a worker that dies this many times in a row within EARLY_S of starting stops the server (unless others serve)
 EARLY_S = 30.0
+RETRY_S = 10.0  # how often such a worker is started again while the other workers serve
 
 
 def auto_workers(cores: int, on_host_cpu: bool, building: bool) -> tuple[int, str]:
@@ -78,7 +79,8 @@ def _published(folder: Path, pid: int) -> Path:
 class ConnectionCounts:
     """Every worker's open connections, one int64 each in a file the supervisor makes and every worker maps: a worker
     holding more than another leaves a new connection to it for a moment (serve/http/shared_port.py). ABSENT marks a
-    worker not taking connections (starting, stopped or dead). Advisory: a stale count costs a connection one deferral."""
+    worker not taking connections (starting, stopped or dead); one standing aside (it cannot serve now) adds ABSENT to its
+    count, which goes on counting. Advisory: a stale count costs a connection one deferral."""
 
     ABSENT = 2**62
     FILE = "connections"
@@ -105,6 +107,17 @@ class ConnectionCounts:
     def more_than_another(self) -> bool:
         mine = self._slots[self.index]
         return any(count < mine for index, count in enumerate(self._slots) if index != self.index)
+
+    def taking(self, index: int | None = None) -> bool:
+        return self.count(index) < self.ABSENT // 2
+
+    def another_taking(self) -> bool:
+        return any(self.taking(index) for index in range(len(self._slots)) if index != self.index)
+
+    def stand_aside(self, aside: bool) -> None:
+        """Mark this worker as leaving new connections to the others (or taking them again); its count goes on."""
+        if aside == self.taking():
+            self.add(self.ABSENT if aside else -self.ABSENT)
 
 
 class WorkerLink:
@@ -164,6 +177,7 @@ def listen(host: str, port: int) -> socket.socket:
 class _Worker:
     def __init__(self, index: int) -> None:
         self.index, self.process, self.started, self.early_deaths, self.served = index, None, 0.0, 0, False
+        self.retry_at = 0.0  # when a worker that kept dying is started again (0: not waiting)
 
     def heartbeat(self, folder: Path) -> float | None:
         try:
@@ -171,12 +185,17 @@ class _Worker:
         except OSError:
             return None
 
+    def serving(self, folder: Path) -> bool:
+        beat = None if self.process is None or self.process.poll() is not None else self.heartbeat(folder)
+        return beat is not None and time.time() - beat < 3 * PUBLISH_S
+
 
 def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: socket.socket, hang_s: float = HANG_S,
               stop: threading.Event | None = None) -> int:
     """Run `workers` processes (`argv(spec)`) on `sock` until SIGTERM or SIGINT (or `stop`), restarting one that exits or stops
     publishing for `hang_s`; 0, or a failing worker's exit status when one cannot start (dies before its first heartbeat,
-    or EARLY_DEATHS times in a row soon after starting)."""
+    or EARLY_DEATHS times in a row soon after starting while no other worker serves; while others do, it is started
+    again every RETRY_S: a repository broken while it is served, say, mended later)."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -197,19 +216,27 @@ def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: s
         try:
             while not stop.wait(PUBLISH_S / 2):
                 for worker in pool:
-                    failed = _check(worker, folder, hang_s)
+                    if worker.retry_at:
+                        if time.monotonic() >= worker.retry_at:
+                            worker.retry_at = 0.0
+                            start(worker)
+                        continue
+                    failed = _check(worker, folder, hang_s, any(other.serving(folder) for other in pool if other is not worker))
                     if failed:
                         return failed
                     if worker.process.poll() is not None:
                         counts.set(ConnectionCounts.ABSENT, worker.index)  # its connections died with it
-                        start(worker)
+                        if not worker.retry_at:
+                            start(worker)
         finally:
+            sock.close()  # new connections are refused from now on, not left to a backlog no worker reads any more
             _stop_all([worker.process for worker in pool])
     return 0
 
 
-def _check(worker: _Worker, folder: Path, hang_s: float) -> int:
-    """Kill `worker` if stuck; the exit status to stop the server with when it cannot start, else 0 (restart it if it ended)."""
+def _check(worker: _Worker, folder: Path, hang_s: float, others_serving: bool) -> int:
+    """Kill `worker` if stuck; the exit status to stop the server with when it cannot start, else 0 (restart it if it ended,
+    at once or at its `retry_at`)."""
     process, beat = worker.process, worker.heartbeat(folder)
     worker.served = worker.served or beat is not None
     code = process.poll()
@@ -225,6 +252,11 @@ def _check(worker: _Worker, folder: Path, hang_s: float) -> int:
         return status
     worker.early_deaths = worker.early_deaths + 1 if time.monotonic() - worker.started < EARLY_S else 0
     if worker.early_deaths >= EARLY_DEATHS:
+        if others_serving:
+            log.error("worker %d died %d times in a row within %.0f s of starting (status %s); the other workers serve, and it "
+                      "is started again in %.0f s", worker.index, EARLY_DEATHS, EARLY_S, code, RETRY_S)
+            worker.early_deaths, worker.retry_at = 0, time.monotonic() + RETRY_S
+            return 0
         log.error("worker %d died %d times in a row within %.0f s of starting (status %s); stopping", worker.index, EARLY_DEATHS, EARLY_S, code)
         return status
     log.error("worker %d (pid %d) exited (status %s); restarting it", worker.index, process.pid, code)

@@ -111,22 +111,38 @@ def test_a_worker_that_crashes_or_hangs_is_replaced_and_shutdown_leaves_no_proce
     finally:
         stop.set()
         thread.join(30)
-        sock.close()
     assert result == [0]
+    assert sock.fileno() == -1  # closed before the workers stop: new connections are refused, not reset in its queue
     assert not _left_alive(log)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("plans", "status", "worker_0_starts"), [
     ({1: "fail"}, 5, None),  # worker 1 exits before it ever served: a start that cannot work
-    ({0: "crashloop"}, 3, workers.EARLY_DEATHS),  # worker 0 serves, then dies within EARLY_S, each time: stopped at the last
+    # Both serve, then die within EARLY_S, each time: stopped once one has died EARLY_DEATHS times with none serving.
+    ({0: "crashloop", 1: "crashloop"}, 3, workers.EARLY_DEATHS),
 ])
 def test_a_worker_that_cannot_start_or_keeps_dying_stops_the_server_with_its_status(tmp_path, monkeypatch, plans, status, worker_0_starts):
     stop, thread, result, log, sock = _supervised(tmp_path, monkeypatch, plans)
     thread.join(60)
-    sock.close()
     assert result == [status] and not thread.is_alive()
-    assert worker_0_starts is None or len(_pids(log)["0"]) == worker_0_starts
+    assert worker_0_starts is None or len(_pids(log)["0"]) >= worker_0_starts
+    assert not _left_alive(log)
+
+
+@pytest.mark.slow
+def test_a_worker_that_keeps_dying_while_another_serves_is_started_again_later_and_the_server_stays_up(tmp_path, monkeypatch):
+    # As when the repository is broken while it is served (--watch-s): a restarted worker cannot load it, the other
+    # goes on with the last good one, and the restarted one comes back once the repository is mended.
+    monkeypatch.setattr(workers, "RETRY_S", 1.0)
+    stop, thread, result, log, sock = _supervised(tmp_path, monkeypatch, {0: "crashloop"})
+    try:
+        assert _eventually(lambda: len(_pids(log).get("0", [])) > workers.EARLY_DEATHS, 30), log.read_text()
+        assert thread.is_alive() and len(_pids(log)["1"]) == 1  # worker 1 served throughout
+    finally:
+        stop.set()
+        thread.join(30)
+    assert result == [0]
     assert not _left_alive(log)
 
 

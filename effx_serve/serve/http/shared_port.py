@@ -6,7 +6,9 @@ loop wakes first takes a whole burst of them, and a keep-alive client's connecti
 two workers on 2 cores, a load generator opening its 8 or 32 connections at once sometimes left one worker with most
 of them and the machine at 1.3 of its cores (docs/serving-measurements.md). Here a worker takes one connection per turn of its
 event loop, and only when no other worker holds fewer open connections (`workers.ConnectionCounts`); else it waits
-DEFER_S for that one to take it, then takes it itself (that worker may be stuck or busy for longer).
+DEFER_S for that one to take it, then takes it itself (that worker may be stuck or busy for longer). A worker that cannot
+serve now (its start failed, and it waits for a mended repository) leaves new connections to the others while one of them
+takes connections, instead of answering 503 to clients another worker could serve.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -22,14 +25,16 @@ from effx_serve.serve.workers import ConnectionCounts
 log = logging.getLogger(__name__)
 PAUSE_S = 0.1  # after an accept failure other than "another worker took it" (too many open files): no busy loop
 DEFER_S = 0.002  # how long a worker holding more connections than another leaves a new one to it
+ASIDE_S = 0.2  # how often a worker standing aside (it cannot serve) looks again
 
 
 class SharedPortServer(uvicorn.Server):
     """uvicorn on `listener`, a listening socket other processes accept from too."""
 
-    def __init__(self, config: uvicorn.Config, listener: socket.socket, counts: ConnectionCounts | None = None):
+    def __init__(self, config: uvicorn.Config, listener: socket.socket, counts: ConnectionCounts | None = None,
+                 can_serve: Callable[[], bool] = lambda: True):
         super().__init__(config)
-        self.listener, self.counts = listener, counts
+        self.listener, self.counts, self.can_serve = listener, counts, can_serve
         self._deferred = False  # the last turn left a connection to a worker holding fewer: take the next one regardless
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
@@ -49,6 +54,7 @@ class SharedPortServer(uvicorn.Server):
             self._loop.remove_reader(self.listener.fileno())  # the other workers go on taking connections
             if self.counts is not None:
                 self.counts.set(ConnectionCounts.ABSENT)
+        self.listener.close()  # once every process has, new connections are refused rather than reset in a backlog
         await super().shutdown(sockets)
 
     def _protocol(self) -> asyncio.Protocol:
@@ -66,6 +72,13 @@ class SharedPortServer(uvicorn.Server):
         return protocol
 
     def _take_one(self) -> None:
+        if self.counts is not None:
+            aside = not self.can_serve() and self.counts.another_taking()
+            self.counts.stand_aside(aside)
+            if aside:
+                self._loop.remove_reader(self.listener.fileno())
+                self._loop.call_later(ASIDE_S, self._resume)
+                return
         if self.counts is not None and not self._deferred and self.counts.more_than_another():
             self._deferred = True
             self._loop.remove_reader(self.listener.fileno())

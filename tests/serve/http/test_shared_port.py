@@ -1,7 +1,8 @@
-"""A worker's share of the port: one connection taken per turn of its event loop, served as uvicorn serves its own, and
-nothing taken once it shuts down."""
+"""A worker's share of the port: one connection taken per turn of its event loop, served as uvicorn serves its own, left
+to the others while it cannot serve, and nothing taken once it shuts down."""
 
 import errno
+import os
 import socket
 import threading
 import time
@@ -10,7 +11,7 @@ import httpx2
 import uvicorn
 
 from effx_serve.serve.http.protocol import limited_protocol
-from effx_serve.serve.http.shared_port import DEFER_S, PAUSE_S, SharedPortServer
+from effx_serve.serve.http.shared_port import ASIDE_S, DEFER_S, PAUSE_S, SharedPortServer
 from effx_serve.serve.workers import ConnectionCounts
 
 
@@ -28,8 +29,9 @@ def _listener() -> socket.socket:
     return listener
 
 
-def _server(listener, counts: ConnectionCounts | None = None) -> SharedPortServer:
-    return SharedPortServer(uvicorn.Config(_hello, lifespan="off", log_level="warning", http=limited_protocol()), listener, counts)
+def _server(listener, counts: ConnectionCounts | None = None, can_serve=lambda: True) -> SharedPortServer:
+    return SharedPortServer(uvicorn.Config(_hello, lifespan="off", log_level="warning", http=limited_protocol()), listener, counts,
+                            can_serve)
 
 
 def _counts(folder, workers: int = 2) -> list[ConnectionCounts]:
@@ -129,10 +131,33 @@ def test_a_worker_holding_more_connections_leaves_a_new_one_to_another_for_a_mom
         client.close()
 
 
+def test_a_worker_that_cannot_serve_leaves_connections_to_one_that_takes_them_and_takes_them_when_none_does(tmp_path):
+    mine, other = _counts(tmp_path)
+    mine.set(0)
+    other.set(0)
+    ready = [False]  # its start failed: it waits for a mended repository, answering 503
+    with _listener() as listener:
+        server, loop = _server(listener, mine, lambda: ready[0]), _Loop()
+        server._loop = loop
+        listener.setblocking(False)
+        client = socket.create_connection(listener.getsockname())
+        time.sleep(0.1)
+        server._take_one()  # the other worker takes connections: left to it, and marked so the other defers to it no more
+        assert loop.tasks == [] and loop.calls == [("remove_reader", listener.fileno()), ("call_later", ASIDE_S)]
+        assert not mine.taking() and not other.more_than_another() and not other.another_taking()
+        mine.add(1)  # a connection it held from before closes meanwhile, and another opens: its count goes on
+        assert mine.count() == ConnectionCounts.ABSENT + 1
+        other.set(ConnectionCounts.ABSENT)  # the other worker died: a 503 naming the cause beats no answer
+        loop.later()
+        server._take_one()
+        assert len(loop.tasks) == 1 and mine.taking() and mine.count() == 1  # the one it held (the new one counts once made)
+        client.close()
+
+
 def test_connections_taken_one_at_a_time_are_served_counted_and_shutdown_stops_taking_them(tmp_path):
     mine, other = _counts(tmp_path)
     with _listener() as listener:
-        server = _server(listener, mine)
+        server = _server(socket.socket(fileno=os.dup(listener.fileno())), mine)  # this worker's copy of the shared socket
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         for _ in range(200):
@@ -152,7 +177,8 @@ def test_connections_taken_one_at_a_time_are_served_counted_and_shutdown_stops_t
         thread.join(10)
         assert not thread.is_alive()
         assert mine.count() == ConnectionCounts.ABSENT  # stopped: none is left to it any more
-        late = socket.create_connection(listener.getsockname())  # the port's queue still takes it: for the other workers
+        assert server.listener.fileno() == -1  # its copy closed: once every worker's is, new connections are refused
+        late = socket.create_connection(listener.getsockname())  # the other workers' copies still take it
         listener.setblocking(False)
-        assert listener.accept()[0]  # this worker left it there
+        assert listener.accept()[0]
         late.close()
