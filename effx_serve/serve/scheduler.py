@@ -523,7 +523,7 @@ class DeviceScheduler:
             else:  # an asynchronous backend (Triton): its call runs on the event loop, this lane waits for it
                 self._calls[lane] = call = asyncio.run_coroutine_threadsafe(self._run_batch(member, batch, due), self._loop)
                 try:
-                    outputs = call.result()
+                    outputs = self._result_in_time(call, member, jobs)
                 finally:
                     self._calls.pop(lane, None)
             if len(outputs) != size:
@@ -542,6 +542,21 @@ class DeviceScheduler:
         observed = None if self._on_batch is None else functools.partial(self._on_batch, member, size, inference_ms)
         self._post(jobs, [ItemResult(output, (started - job.submitted) * 1000.0, inference_ms, size) for job, output in zip(jobs, outputs, strict=True)],
                    first=observed)
+
+    def _result_in_time(self, call: concurrent.futures.Future, member: Member, jobs: list[Job]) -> np.ndarray:
+        """An asynchronous backend's outputs for `jobs`. Each hard request still waiting when its answer could no longer
+        be out in time leaves then (Late), as if from this queue: the backend's own queue timeout may come much later
+        (Triton looks at its queue about every 0.5 s while its model instances are busy, and held 50 ms bounds for 0.5 s).
+        The rest wait for the outputs; with none left, the call is cancelled (CancelledError)."""
+        for job in sorted((job for job in jobs if job.hard), key=lambda job: job.deadline):
+            try:
+                return call.result(timeout=max(0.0, job.deadline - self._after_ms() / 1000.0 - time.monotonic()))
+            except TimeoutError:
+                self._post([job], [Late(member.name, job.deadline, time.monotonic())])
+        if all(job.hard for job in jobs):
+            call.cancel()
+            raise concurrent.futures.CancelledError
+        return call.result()
 
     def _settle(self, jobs: list[Job], outcomes: list, first: Callable[[], None] | None = None) -> None:
         """On the event loop: each job's future gets its outcome (a result, an exception, or CANCELLED), unless its caller
