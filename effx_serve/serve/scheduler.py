@@ -546,7 +546,7 @@ class DeviceScheduler:
     def _result_in_time(self, call: concurrent.futures.Future, member: Member, jobs: list[Job]) -> np.ndarray:
         """An asynchronous backend's outputs for `jobs`. Each hard request still waiting when its answer could no longer
         be out in time leaves then (Late), as if from this queue: the backend's own queue timeout may come much later
-        (Triton looks at its queue about every 0.5 s while its model instances are busy, and held 50 ms bounds for 0.5 s).
+        (a local tritonserver under a mixed load rejected batches up to 0.5 s after theirs, holding 50 ms bounds that long).
         The rest wait for the outputs; with none left, the call is cancelled (CancelledError)."""
         for job in sorted((job for job in jobs if job.hard), key=lambda job: job.deadline):
             try:
