@@ -47,10 +47,13 @@ class Trace:
     member: str = "none"
 
 
-def client_deadline(header: str, arrival: float) -> float:
-    """A client's absolute deadline (Unix time in seconds, e.g. `1764505000.125`) on the monotonic clock, possibly passed
-    already (`_refuse_expired` refuses it once the request is read); InvalidRequest when it is not a number or more than an hour
-    away either side (a clock in the wrong unit, or out of sync)."""
+def client_deadline(headers: list[str], arrival: float) -> float:
+    """A client's absolute deadline (Unix time in seconds, e.g. `1764505000.125`, its header's one value in `headers`) on the
+    monotonic clock, possibly passed already (`_refuse_expired` refuses it once the request is read); InvalidRequest when
+    sent more than once, not a number or more than an hour away either side (a clock in the wrong unit, or out of sync)."""
+    if len(headers) > 1:  # which one would the client mean? (a proxy adding its own, say)
+        raise InvalidRequest(f"the deadline header was sent {len(headers)} times; send it once")
+    (header,) = headers
     try:
         epoch = float(header)
     except ValueError:

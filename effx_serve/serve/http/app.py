@@ -190,7 +190,7 @@ def create_app(server: Server, worker: WorkerLink | None = None) -> FastAPI:
         try:
             deadline = request.headers.get(DEADLINE_HEADER)
             if deadline is not None:
-                trace.client_deadline = flow.client_deadline(deadline, trace.arrival)
+                trace.client_deadline = flow.client_deadline(request.headers.getlist(DEADLINE_HEADER), trace.arrival)
                 if not may_carry_fields(request):  # nothing in the body can change the SLA: refuse before reading it
                     flow.refuse_expired(server, trace, query)
             # A request counts against the in-flight limit once its body has arrived, so uploads that stall cannot

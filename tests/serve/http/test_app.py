@@ -158,6 +158,9 @@ def test_a_client_deadline_bounds_the_request_end_to_end_and_a_bad_one_is_422(cl
                         (f"{time.time() - 7200:.3f}", "more than 3600 s")):
         refused = _deadline(client, when)
         assert refused.status_code == 422 and words in refused.json()["detail"], (when, refused.json())
+    soon = f"{time.time() + 5:.3f}"
+    twice = client.post("/v1/classify", content=JPEG, headers=[("content-type", "image/jpeg"), ("effx-deadline", soon), ("effx-deadline", soon)])
+    assert twice.status_code == 422 and "sent 2 times" in twice.json()["detail"]  # it used to take the first silently
 
 
 def _counted(client, prefix: str) -> float:
