@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from effx_serve.core.proc import pid_alive
+
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
@@ -98,23 +100,13 @@ def swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover(target: Path) -> list[Path]:
     """Undo what killed builds left: restore a backup if the target is missing, remove dead builds' folders."""
     removed = []
     for kind in ("old", "build"):
         for path in sorted(target.parent.glob(f".{target.name}.{kind}-*")):
             pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                 continue  # another build is running right now
             if kind == "old" and not target.exists():
                 os.rename(path, target)

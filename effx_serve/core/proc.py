@@ -209,6 +209,17 @@ def each(*steps: Callable[[], None] | None) -> Callable[[], None] | None:
     return run
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def running(argv: Sequence[str], ready_url: str, log: Path, timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
             cwd: Path | None = None, grace_s: float = 15.0, cpus: Collection[int] | None = None) -> Iterator[subprocess.Popen]:

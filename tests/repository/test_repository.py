@@ -152,7 +152,7 @@ def test_a_crash_between_the_two_renames_is_recovered(built, tmp_path, monkeypat
         atomic_dir.swap_in(staging, out)
     monkeypatch.setattr(atomic_dir.os, "rename", real_rename)
     assert not out.exists()
-    monkeypatch.setattr(atomic_dir, "_pid_alive", lambda pid: False)  # as if the killed build's process were gone
+    monkeypatch.setattr(atomic_dir, "pid_alive", lambda pid: False)  # as if the killed build's process were gone
     atomic_dir.recover(out)
     assert manifest.read(out) and not staging.exists()
 

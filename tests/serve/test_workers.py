@@ -218,3 +218,19 @@ def test_two_workers_serve_one_port_count_together_and_survive_one_being_killed(
 def test_auto_workers_are_one_per_core_only_where_the_models_run_on_this_cpu(cores, on_host_cpu, building, expected):
     count, why = workers.auto_workers(cores, on_host_cpu, building)
     assert count == expected and why
+
+
+def test_a_supervisor_removes_the_folders_that_killed_supervisors_left_and_keeps_live_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers.tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"{workers.FOLDER_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{workers.FOLDER_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "effx-workers-not-a-pid"
+    for folder in (left, live, other):
+        folder.mkdir()
+        (folder / "connections").write_bytes(b"x")
+    stop, thread, result, log, sock = _supervised(tmp_path, monkeypatch, {}, workers_n=1)
+    stop.set()
+    thread.join(30)
+    assert result == [0] and not left.exists() and live.exists() and other.exists()
