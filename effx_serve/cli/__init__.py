@@ -6,7 +6,9 @@ The only module that imports every stage; nothing imports it (import-linter's la
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from effx_serve import __version__
@@ -31,16 +33,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for reports that record their command
     func: Callable[[argparse.Namespace], int] = args.func
+    interrupted = threading.Event()
     try:
-        with terminate_as_interrupt():  # a process manager's stop runs the `finally` blocks: children stopped, outputs written
+        with terminate_as_interrupt(interrupted):  # a process manager's stop runs the `finally` blocks: children stopped, outputs written
             return func(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        return _interrupted()
     except UserError as error:
+        if interrupted.is_set():  # the interrupt, worded by a library as its own failure
+            return _interrupted()
         print(f"effx-serve: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
-        print("effx-serve: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as error:
+        if interrupted.is_set():
+            return _interrupted()
+        if error.errno not in _PLACE_ERRORS:
+            raise
+        # The place the user chose cannot be written (a read-only or full disk, no permission): theirs to change.
+        print(f"effx-serve: error: {error.filename or 'a file'}: {error.strerror}", file=sys.stderr)
+        return 2
+    except Exception:
+        if interrupted.is_set():
+            return _interrupted()
+        raise
+
+
+_PLACE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _interrupted() -> int:
+    print("effx-serve: interrupted", file=sys.stderr)
+    return 130
 

@@ -61,17 +61,25 @@ def run_script(main: Callable[[], int | None]) -> None:
 
 
 @contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt(interrupted: threading.Event) -> Iterator[None]:
     """A stop from a process manager (SIGTERM) ends the command the way Ctrl-C does, with KeyboardInterrupt: its `finally`
-    blocks run (children stopped, reports written) rather than the process ending where it stands. Main thread only."""
+    blocks run (children stopped, reports written) rather than the process ending where it stands. Either signal sets
+    `interrupted`, for a library that turns the KeyboardInterrupt into an error of its own (torch.onnx.export, interrupted
+    while it imports, reports a failed export). Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def interrupt(signum, frame) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:

@@ -1,5 +1,6 @@
 """User errors end in one line on stderr and exit code 2, never a traceback."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -120,3 +121,38 @@ def test_a_stop_from_a_process_manager_ends_a_command_as_ctrl_c_does(monkeypatch
     assert main(["models"]) == 130
     assert cleaned == [True] and capsys.readouterr().err == "effx-serve: interrupted\n"
     assert signal.getsignal(signal.SIGTERM) is before  # put back once the command ends
+
+
+def test_an_interrupt_a_library_words_as_its_own_error_still_ends_as_interrupted(monkeypatch, capsys):
+    """torch.onnx.export, stopped by Ctrl-C while it imports, raised TorchExportError ("submit a PR to PyTorch"): rc 1
+    and a traceback that blamed the model."""
+    def export_like(args) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise RuntimeError("Failed to export the model with torch.export") from None
+        return 0
+
+    monkeypatch.setattr(models, "cmd_models", export_like)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err == "effx-serve: interrupted\n"
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.ENOSPC])
+def test_a_place_that_cannot_be_written_is_one_line_naming_it(monkeypatch, capsys, code):
+    def write(args) -> int:
+        raise OSError(code, os.strerror(code), "/somewhere/out/.labels.txt.tmp")
+
+    monkeypatch.setattr(models, "cmd_models", write)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == f"effx-serve: error: /somewhere/out/.labels.txt.tmp: {os.strerror(code)}\n"
+
+
+def test_other_os_errors_stay_tracebacks(monkeypatch):
+    def bug(args) -> int:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(models, "cmd_models", bug)
+    with pytest.raises(OSError):
+        main(["models"])
