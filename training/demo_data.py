@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from effx_serve.core.fs import remove_left_by_dead_writers
 from training.errors import SpecError
 
 DATASET_NAME = "effx-demo-shapes"
@@ -337,6 +338,7 @@ def _generate(out: Path, meta: dict, progress: Progress | None) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _check_room(out.parent, total, meta["image_size"])
+        remove_left_by_dead_writers(out, ".partial")  # a killed run's half-written dataset
         staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
         staging.mkdir()
     except OSError as error:

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from effx_serve.core.fs import held
 from training import distributed, rng
 from training.arch.model import build_model
 from training.arch.spec import ModelSpec
@@ -86,9 +87,11 @@ def train(
         raise SpecError(f"max_steps_per_epoch must be a positive integer, got {max_steps_per_epoch!r}")
     ctx = distributed.setup(device)
     try:
-        trainer = _Trainer(ctx, spec, train_set, val_set, recipe, Path(out_dir), data_fingerprint, progress,
-                           max_steps_per_epoch, allow_data_change, log)
-        return trainer.run(resume)
+        # Two runs writing one folder would overwrite each other's checkpoints (rank 0 alone writes them).
+        with held(Path(out_dir), "training run") if ctx.is_main else contextlib.nullcontext():
+            trainer = _Trainer(ctx, spec, train_set, val_set, recipe, Path(out_dir), data_fingerprint, progress,
+                               max_steps_per_epoch, allow_data_change, log)
+            return trainer.run(resume)
     finally:
         distributed.teardown(ctx)
 

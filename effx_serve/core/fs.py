@@ -8,9 +8,12 @@ rename on disk before the data it points to). Whole folders are swapped in by `a
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from effx_serve.core.errors import UserError
+from effx_serve.core.proc import pid_alive
 
 
 def cache_dir() -> Path:
@@ -50,13 +54,15 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
 
     When the block ends without an error the file is fsync'd and renamed over `path`, and the folder fsync'd;
     on an error (or an interrupt) it is removed and `path` is left as it was. The temporary name is
-    `.<name>.<random>.tmp`, so writers that choose a format by suffix must be told it.
+    `.<name>.<pid>.<random>.tmp`, so writers that choose a format by suffix must be told it; those of writers killed
+    (SIGKILL) before they could remove theirs are removed here.
     """
     path = Path(path)
     if path.exists() and not path.is_file():  # a rename would put a file in place of a device, pipe or socket
         kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
         raise UserError(f"{path} is {kind}; write to a file path instead")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_left_by_dead_writers(path, ".tmp")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -69,6 +75,37 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_left_by_dead_writers(path: Path, suffix: str) -> None:
+    """Remove what writers of `path` that are gone (killed) left beside it: `.<name>.<pid>.<anything><suffix>`, files or
+    folders, whose process no longer runs."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
+        pid = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+@contextmanager
+def held(folder: Path, what: str) -> Iterator[None]:
+    """`folder` (made if missing) locked for this process while the block writes into it: UserError when another holds it.
+    The lock (flock on `folder/.lock`) goes with the process, however it ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise UserError(f"{folder} is in use by another {what} ({holder}); wait for it to end, or choose another folder") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        yield
 
 
 def _write_all(handle, data: bytes) -> None:

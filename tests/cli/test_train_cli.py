@@ -89,3 +89,13 @@ def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(demo, tmp_path, capsy
     for arch in ([], ["--arch", TINY.to_json()]):
         assert main(["train", *arch, "--data", str(demo), "--out", str(out), "--resume", "--workers", "0"]) == 2
         assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_a_second_training_run_into_a_folder_in_use_is_refused(demo, tmp_path, capsys):
+    # Two runs on one --out used to race past the "already holds a run" check and overwrite each other's checkpoints.
+    from effx_serve.core.fs import held
+
+    out = tmp_path / "run"
+    with held(out, "training run"):  # as a run in another process holds it
+        assert main(["train", "--arch", TINY.to_json(), "--data", str(demo), "--out", str(out), "--epochs", "1", "--workers", "0"]) == 2
+    assert "is in use by another training run" in capsys.readouterr().err

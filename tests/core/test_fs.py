@@ -1,8 +1,11 @@
-"""effx_serve.core.fs: the one atomic writer (old or new content, never half), the JSON reader's one-line errors, sha256."""
+"""effx_serve.core.fs: the one atomic writer (old or new content, never half; what killed writers left, removed), a folder's
+lock, the JSON reader's one-line errors, sha256."""
 
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -87,3 +90,30 @@ def test_the_cache_folder_follows_the_environment_and_says_when_it_cannot_be_mad
     monkeypatch.setenv("EFFX_CACHE_DIR", str(tmp_path / "file" / "c"))
     with pytest.raises(UserError, match="set EFFX_CACHE_DIR to a writable folder"):
         fs.cache_dir()
+
+
+def test_what_killed_writers_left_is_removed_and_a_live_writers_is_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "m.onnx"
+    left, live = tmp_path / f".m.onnx.{dead.pid}.k2j3.tmp", tmp_path / f".m.onnx.{os.getpid()}.a1b2.tmp"
+    other, folder = tmp_path / ".m.onnx.notapid.tmp", tmp_path / f".data.{dead.pid}.beef.partial"
+    for path in (left, live, other):
+        path.write_bytes(b"half")
+    folder.mkdir()
+    (folder / "train").mkdir()
+    fs.write_atomic(target, "new")  # a writer of the same file sweeps as it starts
+    assert target.read_text() == "new" and not left.exists() and live.exists() and other.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.onnx.") and p not in (live, other)] == []
+    fs.remove_left_by_dead_writers(tmp_path / "data", ".partial")
+    assert not folder.exists()
+
+
+def test_a_held_folder_refuses_a_second_holder_and_is_free_once_released(tmp_path):
+    folder = tmp_path / "run"
+    with fs.held(folder, "training run"):
+        with pytest.raises(UserError, match=rf"{folder} is in use by another training run \(pid {os.getpid()}\)"):
+            with fs.held(folder, "training run"):
+                pass
+    with fs.held(folder, "training run"):  # released: the next run takes it
+        pass
