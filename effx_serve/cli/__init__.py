@@ -6,7 +6,6 @@ The only module that imports every stage; nothing imports it (import-linter's la
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -14,7 +13,7 @@ from collections.abc import Callable, Sequence
 from effx_serve import __version__
 from effx_serve.cli import loadtest, models, perf, repository, scale, search, serve, train
 from effx_serve.cli.common import terminate_as_interrupt
-from effx_serve.core.errors import UserError
+from effx_serve.core.errors import PLACE_ERRNOS, UserError
 
 STAGES = (models, perf, train, scale, search, repository, serve, loadtest)  # the order `effx-serve --help` lists them in
 
@@ -50,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         if interrupted.is_set():
             return _interrupted()
-        if error.errno not in _PLACE_ERRORS:
+        if error.errno not in PLACE_ERRNOS:
             raise
         # The place the user chose cannot be written (a read-only or full disk, no permission): theirs to change.
         print(f"effx-serve: error: {error.filename or 'a file'}: {error.strerror}", file=sys.stderr)
@@ -59,9 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if interrupted.is_set():
             return _interrupted()
         raise
-
-
-_PLACE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 def _interrupted() -> int:

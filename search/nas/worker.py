@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from effx_serve.core.errors import UserError
+from effx_serve.core.errors import UserError, place_error
 from search.evaluators import load_evaluator
 from search.nas import storage as stores
 from search.nas.controllers import make_sampler
@@ -232,6 +232,11 @@ def _evaluate(study, trial, space: SearchSpace, config: SearchConfig, reward: Re
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as error:  # this candidate failed (the evaluator's bug or the candidate's): record it, go on
+        if place_error(error) is not None:  # a full or read-only disk fails every candidate: stop, and run it again on --resume
+            trial.set_user_attr(stores.INTERRUPTED_KEY, f"stopped: {error}"[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            raise UserError(f"trial {trial.number} stopped: {error}; mend that, then run the same command with --resume "
+                            "(this trial runs again)") from None
         trial.set_user_attr(ERROR_KEY, f"{type(error).__name__}: {error}"[:500])
         study.tell(trial, state=TrialState.FAIL)
         return study._storage.get_trial(trial._trial_id)

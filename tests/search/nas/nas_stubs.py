@@ -2,12 +2,14 @@
 
 Accuracy grows with log MACs and is bonused by swish and SE, latency grows with MACs and is charged for
 swish and SE, so the reward has a real optimum in the middle. Environment variables make it log every
-evaluation to a file (EFFX_STUB_LOG), sleep per candidate (EFFX_STUB_SLEEP) and fail on candidates whose
-architecture hash starts with one of the given characters (EFFX_STUB_FAIL).
+evaluation to a file (EFFX_STUB_LOG), sleep per candidate (EFFX_STUB_SLEEP), fail on candidates whose
+architecture hash starts with one of the given characters (EFFX_STUB_FAIL) and find the disk full while a file exists
+(EFFX_STUB_DISK_FULL: as a checkpoint that cannot be written fails).
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import time
@@ -37,6 +39,12 @@ class StubEvaluator:
             time.sleep(self.sleep)
         if self.fail and spec.arch_hash()[0] in self.fail:
             raise RuntimeError(f"stub failure on {spec.arch_hash()}")
+        full = os.environ.get("EFFX_STUB_DISK_FULL")
+        if full and os.path.exists(full):
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "checkpoint-best.safetensors")
+            except OSError as error:
+                raise ValueError(f"cannot write the best checkpoint: {error.strerror}") from None
         macs = expand(spec).macs
         swish = sum(1 for s in spec.stages if (s.activation or spec.activation) == "swish")
         se = sum(1 for s in spec.stages if s.se_ratio)

@@ -206,6 +206,19 @@ def test_an_evaluator_failing_on_everything_stops_with_its_error(tmp_path, monke
     assert "failed" in (tmp_path / "s" / "trials.csv").read_text()  # the outputs are still written
 
 
+def test_a_full_disk_stops_the_search_without_blaming_the_candidate_and_resume_runs_it_again(tmp_path, monkeypatch, stub_log):
+    # It was recorded as five failed candidates (baselines included), which then used up the budget for good.
+    full = tmp_path / "disk-is-full"
+    full.touch()
+    monkeypatch.setenv("EFFX_STUB_DISK_FULL", str(full))
+    with pytest.raises(UserError, match="trial 0 stopped: cannot write the best checkpoint: No space left on device; .* --resume"):
+        run_search(tmp_path / "s", budget_trials=4)
+    full.unlink()
+    result = run_search(tmp_path / "s", resume=True, budget_trials=4)
+    states = [r["state"] for r in result["records"]]
+    assert states.count("complete") == 4 and "failed" not in states  # the stopped trial is not one of the budget's
+
+
 def test_a_search_whose_every_trial_failed_says_so_and_fails(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     monkeypatch.setenv("EFFX_STUB_FAIL", "0123456789abcdef")
