@@ -70,6 +70,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 return self._refuse(f"the request line and headers are more than {self.max_head_bytes} bytes")
         if not self.transport.is_closing():
             super().data_received(data)
+            if self._head_began_in_read:  # the next read's scan needs this one's end: the blank line may span the two
+                self._tail = data[-3:]
 
     def _count_parsed(self, size: int) -> None:
         """A head that began inside this read was not counted before parsing: count what the parser hands over."""

@@ -93,6 +93,13 @@ def test_a_body_after_a_pipelined_request_is_not_counted_as_its_head():
     assert transport.written.count(b"HTTP/1.1 200") == 2 and b"431" not in transport.written
 
 
+def test_a_pipelined_heads_blank_line_split_between_reads_still_ends_it():
+    second = _request(body=b"z" * 200_000)
+    split = second.index(b"\r\n\r\n") + 3  # the first read ends inside the blank line; the body follows whole
+    transport = _exchange([_request() + second[:split], second[split:]])
+    assert transport.written.count(b"HTTP/1.1 200") == 2 and b"431" not in transport.written
+
+
 def test_an_oversized_head_pipelined_behind_a_request_is_431():
     # The endless header begins in the packet that ends the first request, and goes on in later packets.
     transport = _exchange([_request() + b"POST /echo HTTP/1.1\r\nx-big: " + b"a" * 4096] + [b"a" * 4096] * 30)
