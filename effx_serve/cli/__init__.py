@@ -38,25 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return func(args)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM
         return _interrupted()
-    except UserError as error:
-        if interrupted.is_set():  # the interrupt, worded by a library as its own failure
-            return _interrupted()
-        print(f"effx-serve: error: {error}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
         sys.stderr.close()
         return 0
-    except OSError as error:
-        if interrupted.is_set():
+    except Exception as error:
+        if interrupted.is_set():  # the interrupt, worded by a library as its own failure
             return _interrupted()
-        if error.errno not in PLACE_ERRNOS:
-            raise
-        # The place the user chose cannot be written (a read-only or full disk, no permission): theirs to change.
-        print(f"effx-serve: error: {error.filename or 'a file'}: {error.strerror}", file=sys.stderr)
-        return 2
-    except Exception:
-        if interrupted.is_set():
-            return _interrupted()
+        if isinstance(error, UserError):
+            print(f"effx-serve: error: {error}", file=sys.stderr)
+            return 2
+        if isinstance(error, OSError) and error.errno in PLACE_ERRNOS:
+            # The place the user chose cannot be written (a read-only or full disk, no permission): theirs to change.
+            print(f"effx-serve: error: {error.filename or 'a file'}: {error.strerror}", file=sys.stderr)
+            return 2
         raise
 
 

@@ -20,7 +20,6 @@ import json
 import logging
 import mmap
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from effx_serve.core.proc import pid_alive
+from effx_serve.core.fs import remove_left_by_dead_writers
 
 log = logging.getLogger(__name__)
 PUBLISH_S = 1.0
@@ -40,7 +39,10 @@ STOP_GRACE_S = 15.0  # what a worker has to finish its requests at shutdown befo
 EARLY_DEATHS = 3  # a worker that dies this many times in a row within EARLY_S of starting stops the server (unless others serve)
 EARLY_S = 30.0
 RETRY_S = 10.0  # how often such a worker is started again while the other workers serve
-FOLDER_PREFIX = "effx-workers-"  # then the supervisor's pid: the folder it shares with its workers, in the temporary folder
+# The folder a supervisor shares with its workers, in the temporary folder: `.effx-workers.<pid>.<random>.workers`, named
+# as core.fs names what a writer is working on, so that a killed supervisor's is removed by the next one.
+FOLDER = "effx-workers"
+FOLDER_SUFFIX = ".workers"
 
 
 def auto_workers(cores: int, on_host_cpu: bool, building: bool) -> tuple[int, str]:
@@ -204,8 +206,8 @@ def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: s
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-    _sweep_folders_of_dead_supervisors(Path(tempfile.gettempdir()))
-    with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder_name:
+    remove_left_by_dead_writers(Path(tempfile.gettempdir()) / FOLDER, FOLDER_SUFFIX)
+    with tempfile.TemporaryDirectory(prefix=f".{FOLDER}.{os.getpid()}.", suffix=FOLDER_SUFFIX) as folder_name:
         folder = Path(folder_name)
         pool = [_Worker(index) for index in range(workers)]
         ConnectionCounts.create(folder, workers)
@@ -237,14 +239,6 @@ def supervise(argv: Callable[[WorkerSpec], Sequence[str]], workers: int, sock: s
             sock.close()  # new connections are refused from now on, not left to a backlog no worker reads any more
             _stop_all([worker.process for worker in pool])
     return 0
-
-
-def _sweep_folders_of_dead_supervisors(parent: Path) -> None:
-    """Remove the workers' folders of supervisors that are gone: one killed (SIGKILL) could not remove its own."""
-    for folder in parent.glob(f"{FOLDER_PREFIX}*-*"):
-        pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check(worker: _Worker, folder: Path, hang_s: float, others_serving: bool) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from effx_serve.core.proc import free_port, running
+from effx_serve.core.proc import free_port, pid_alive, running
 from effx_serve.serve import workers
 from effx_serve.serve.metrics import ServerMetrics
 from effx_serve.serve.workers import WorkerLink, WorkerSpec
@@ -76,15 +76,7 @@ def _pids(log: Path) -> dict[str, list[int]]:
 
 
 def _left_alive(log: Path) -> list[int]:
-    return [pid for pids in _pids(log).values() for pid in pids if _alive(pid)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return [pid for pids in _pids(log).values() for pid in pids if pid_alive(pid)]
 
 
 def _eventually(condition, timeout_s: float = 15.0) -> bool:
@@ -103,8 +95,8 @@ def test_a_worker_that_crashes_or_hangs_is_replaced_and_shutdown_leaves_no_proce
     try:
         assert _eventually(lambda: len(_pids(log).get("0", [])) == 2), log.read_text()  # the first worker 0, then its replacement
         first, second = _pids(log)["0"]
-        assert _eventually(lambda: not _alive(first))
-        assert _alive(second) and len(_pids(log)["1"]) == 1  # worker 1 went on, untouched
+        assert _eventually(lambda: not pid_alive(first))
+        assert pid_alive(second) and len(_pids(log)["1"]) == 1  # worker 1 went on, untouched
         if plan == "crash":  # the dead worker's connections are no longer counted; its replacement counts once it takes some
             folder = Path(f"{log}.folder").read_text()
             assert workers.ConnectionCounts(Path(folder), 1).count(0) == workers.ConnectionCounts.ABSENT
@@ -207,7 +199,7 @@ def test_two_workers_serve_one_port_count_together_and_survive_one_being_killed(
         assert _eventually(lambda: len(workers_now()) == 2 and victim not in workers_now(), 60)
         assert [classify() for _ in range(4)] == [200] * 4
         survivors = workers_now()
-    assert not [pid for pid in survivors if _alive(pid)]  # the supervisor stopped: so did every worker
+    assert not [pid for pid in survivors if pid_alive(pid)]  # the supervisor stopped: so did every worker
 
 
 @pytest.mark.parametrize(("cores", "on_host_cpu", "building", "expected"), [
@@ -224,9 +216,9 @@ def test_a_supervisor_removes_the_folders_that_killed_supervisors_left_and_keeps
     monkeypatch.setattr(workers.tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    left = tmp_path / f"{workers.FOLDER_PREFIX}{dead.pid}-abc"
-    live = tmp_path / f"{workers.FOLDER_PREFIX}{os.getpid()}-def"
-    other = tmp_path / "effx-workers-not-a-pid"
+    left = tmp_path / f".{workers.FOLDER}.{dead.pid}.abc{workers.FOLDER_SUFFIX}"
+    live = tmp_path / f".{workers.FOLDER}.{os.getpid()}.def{workers.FOLDER_SUFFIX}"
+    other = tmp_path / f".{workers.FOLDER}.not-a-pid{workers.FOLDER_SUFFIX}"
     for folder in (left, live, other):
         folder.mkdir()
         (folder / "connections").write_bytes(b"x")
